@@ -1,0 +1,1 @@
+//! The upstream outcome: pooled hyper client, load balancing and proxy header handling

@@ -1,0 +1,1 @@
+//! Synthetic (configured) responses as a Tower service

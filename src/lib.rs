@@ -1,0 +1,1 @@
+//! Snakeway facade
