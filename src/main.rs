@@ -1,1 +1,5 @@
-fn main() {}
+//! The `snakeway` binary.
+
+fn main() -> std::process::ExitCode {
+    snakeway::cli::main()
+}

@@ -13,18 +13,20 @@ use crate::BoxError;
 pin_project! {
     /// A request or response body.
     ///
-    /// The common cases (nothing, one buffer, a body streamed from a hyper connection) are enum
-    /// variants, so passing a body through the stack costs no allocation. Anything else is boxed
-    /// once with [`Body::new`].
-    #[project = BodyProj]
-    pub enum Body {
-        /// No body at all.
+    /// The common cases (nothing, one buffer, a body streamed from a hyper connection) need no
+    /// allocation; anything else is boxed once with [`Body::new`].
+    pub struct Body {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
         Empty,
-        /// One buffer, yielded once.
         Full { data: Option<Bytes> },
-        /// A body streamed from a hyper connection (client request or upstream response).
         Incoming { #[pin] body: hyper::body::Incoming },
-        /// Any other body.
         Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
     }
 }
@@ -34,13 +36,18 @@ pin_project! {
 impl Body {
     /// An empty body.
     pub const fn empty() -> Self {
-        Self::Empty
+        Self { kind: Kind::Empty }
     }
 
     /// A body made of one buffer.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        if data.is_empty() { Self::Empty } else { Self::Full { data: Some(data) } }
+        let kind = if data.is_empty() {
+            Kind::Empty
+        } else {
+            Kind::Full { data: Some(data) }
+        };
+        Self { kind }
     }
 
     /// Wraps any body whose data is `Bytes`, boxing it.
@@ -50,19 +57,25 @@ impl Body {
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt;
-        Self::Boxed { body: body.map_err(Into::into).boxed_unsync() }
+        Self {
+            kind: Kind::Boxed {
+                body: body.map_err(Into::into).boxed_unsync(),
+            },
+        }
     }
 }
 
 impl Default for Body {
     fn default() -> Self {
-        Self::Empty
+        Self::empty()
     }
 }
 
 impl From<hyper::body::Incoming> for Body {
     fn from(body: hyper::body::Incoming) -> Self {
-        Self::Incoming { body }
+        Self {
+            kind: Kind::Incoming { body },
+        }
     }
 }
 
@@ -86,11 +99,11 @@ impl From<String> for Body {
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self {
-            Self::Empty => "Empty",
-            Self::Full { .. } => "Full",
-            Self::Incoming { .. } => "Incoming",
-            Self::Boxed { .. } => "Boxed",
+        let kind = match self.kind {
+            Kind::Empty => "Empty",
+            Kind::Full { .. } => "Full",
+            Kind::Incoming { .. } => "Incoming",
+            Kind::Boxed { .. } => "Boxed",
         };
         f.debug_tuple("Body").field(&kind).finish()
     }
@@ -105,33 +118,33 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            BodyProj::Empty => Poll::Ready(None),
-            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
-            BodyProj::Boxed { body } => body.poll_frame(cx),
+        match self.project().kind.project() {
+            KindProj::Empty => Poll::Ready(None),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Boxed { body } => body.poll_frame(cx),
         }
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::Full { data } => data.is_none(),
-            Self::Incoming { body } => body.is_end_stream(),
-            Self::Boxed { body } => body.is_end_stream(),
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full { data } => data.is_none(),
+            Kind::Incoming { body } => body.is_end_stream(),
+            Kind::Boxed { body } => body.is_end_stream(),
         }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Empty => SizeHint::with_exact(0),
-            Self::Full { data } => {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Self::Incoming { body } => body.size_hint(),
-            Self::Boxed { body } => body.size_hint(),
+            Kind::Incoming { body } => body.size_hint(),
+            Kind::Boxed { body } => body.size_hint(),
         }
     }
 }

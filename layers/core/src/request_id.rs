@@ -108,6 +108,9 @@ mod tests {
     fn generated_ids_are_unique_hex() {
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| generate()).collect();
         assert_eq!(ids.len(), 10_000);
-        assert!(ids.iter().all(|id| id.as_bytes().iter().all(u8::is_ascii_hexdigit)));
+        assert!(
+            ids.iter()
+                .all(|id| id.as_bytes().iter().all(u8::is_ascii_hexdigit))
+        );
     }
 }

@@ -56,6 +56,9 @@ mod tests {
         assert_eq!(response.status(), 504);
         assert_eq!(response.headers()[&X_REQUEST_ID], "rid-1");
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"504 Gateway Timeout: upstream timed out (request id rid-1)\n");
+        assert_eq!(
+            &body[..],
+            b"504 Gateway Timeout: upstream timed out (request id rid-1)\n"
+        );
     }
 }

@@ -1,1 +1,72 @@
-//! The upstream outcome: pooled hyper client, load balancing and proxy header handling
+//! The upstream outcome of Snakeway: pooled hyper client, load balancing, circuit breaking and
+//! proxy header handling.
+//!
+//! A [`ProxyService`] is one configured service: a list of upstreams ([`Target`]s with weights),
+//! a [`Strategy`] to pick among them, and [`ServiceOptions`] for timeouts, TLS and the circuit
+//! breaker. It depends on no config schema: the server maps `[[service]]` entries to these
+//! constructor arguments.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use snakeway_proxy::{Downstream, ProxyService, ServiceOptions, Target, UpstreamSpec};
+//!
+//! let api = ProxyService::new(
+//!     "api",
+//!     vec![
+//!         UpstreamSpec { target: Target::parse("http://127.0.0.1:3001")?, weight: 2 },
+//!         UpstreamSpec { target: Target::parse("unix:/run/app.sock")?, weight: 1 },
+//!     ],
+//!     ServiceOptions::default(),
+//!     None, // on reload: the old snapshot's service of the same name
+//! )?;
+//! let downstream = Downstream { peer: "192.0.2.7:50123".parse()?, tls: true };
+//! let request = http::Request::get("/users?page=2")
+//!     .header("host", "api.example.com")
+//!     .body(snakeway_core::Body::empty())?;
+//! let response = api.forward(request, &downstream).await?;
+//! # let _ = response; Ok(()) }
+//! ```
+//!
+//! # What `forward` does
+//!
+//! * **Pick.** Smooth weighted round robin over a schedule computed at construction and indexed
+//!   by an atomic counter, or failover (first usable upstream in configured order). Upstreams
+//!   whose circuit is open are skipped; when all are, the request fails with
+//!   [`ErrorKind::NoHealthyUpstream`](snakeway_core::ErrorKind::NoHealthyUpstream) (503).
+//! * **Rewrite.** The URI keeps its path and query and takes the upstream's scheme and
+//!   authority (`http://localhost` for Unix sockets). Hop-by-hop headers are removed,
+//!   `x-forwarded-for` gets the peer IP appended, `x-forwarded-proto` and `x-forwarded-host`
+//!   are set; `host` passes unchanged.
+//! * **Send.** Each upstream has its own pooled hyper-util client (keep-alive; prior-knowledge
+//!   h2c when `http2`; ALPN for `https`) and its own circuit breaker. Bodies stream both ways,
+//!   never buffered.
+//! * **Fail, without retrying.** Refused, reset, TLS failure, closed before responding:
+//!   [`UpstreamUnavailable`](snakeway_core::ErrorKind::UpstreamUnavailable) (502). Connecting
+//!   or the response headers taking longer than their timeouts:
+//!   [`UpstreamTimeout`](snakeway_core::ErrorKind::UpstreamTimeout) (504). Each failure is
+//!   counted by the upstream's circuit breaker (and a 5xx response too, if so configured).
+//!
+//! The hot path takes no lock: picking, the circuit breakers and the counters are atomics.
+//!
+//! # Reloads
+//!
+//! Pass the old snapshot's same-named service as `previous` to [`ProxyService::new`]: an
+//! upstream whose target is unchanged keeps its circuit state and counters, and, when its
+//! connection options are unchanged too, its connection pool.
+
+mod balance;
+mod breaker;
+mod connector;
+mod headers;
+mod io;
+mod service;
+mod target;
+mod tls;
+
+pub use balance::Strategy;
+pub use breaker::{CircuitBreakerOptions, CircuitState};
+pub use service::{
+    BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
+};
+pub use target::{Target, TargetError};
+pub use tls::TlsConfigError;

@@ -1,0 +1,538 @@
+//! The validated config: every default filled in, every relative path resolved.
+//!
+//! These types are built only by [`crate::load`]; they serialize (for `snakeway config dump`)
+//! under the same key names as `snakeway.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+/// The whole, merged configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    /// Process-wide settings (`[server]`).
+    pub server: Server,
+    /// The admin API listener (`[admin]`); none without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+    /// Client-facing listeners (`[[listener]]`), main file first, then includes.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+    /// Upstream services (`[[service]]`).
+    #[serde(rename = "service")]
+    pub services: Vec<Service>,
+    /// Routes (`[[route]]`) in config order.
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    /// Devices (`[[device]]`) in pipeline order, including disabled ones.
+    #[serde(rename = "device")]
+    pub devices: Vec<Device>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Server {
+    /// Runtime worker threads; default: the number of CPUs.
+    pub threads: usize,
+    /// Where the pid is written (used by `snakeway reload`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    /// Drain time on SIGTERM / SIGINT, in milliseconds (default 10000).
+    pub shutdown_grace_ms: u64,
+    /// The include globs, as written.
+    pub include: Vec<String>,
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Admin {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token; always present when `listen` is not a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `[[listener]]`: one client-facing socket.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Listener {
+    /// Name for logs and metrics; default `listener-<index>`.
+    pub name: String,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Offer HTTP/2 (ALPN h2 on TLS, prior-knowledge h2c on plain); default true.
+    pub http2: bool,
+    /// Largest request head accepted, in bytes; beyond it 431 (default 65536).
+    pub max_header_bytes: usize,
+    /// Time allowed to send the request head (default 10000).
+    pub header_read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this (default 60000).
+    pub idle_timeout_ms: u64,
+    /// Open connections beyond this wait in the accept queue (default 10000).
+    pub max_connections: usize,
+    /// TLS settings; plain TCP without them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// `[listener.tls]`: the default certificate plus SNI-selected ones.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tls {
+    /// PEM certificate chain (an existing file).
+    pub cert: PathBuf,
+    /// PEM private key (an existing file).
+    pub key: PathBuf,
+    /// Certificates chosen by SNI host name, before falling back to `cert`.
+    pub sni: Vec<SniCert>,
+}
+
+/// `[[listener.tls.sni]]`: a certificate for some host names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SniCert {
+    /// Lower-cased host names, exact or `*.suffix`.
+    pub hosts: Vec<String>,
+    /// PEM certificate chain (an existing file).
+    pub cert: PathBuf,
+    /// PEM private key (an existing file).
+    pub key: PathBuf,
+}
+
+/// `[[service]]`: a named group of upstreams.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Load-balancing strategy (default round_robin).
+    pub strategy: Strategy,
+    /// What `sticky_hash` hashes; present exactly when the strategy is `sticky_hash`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_key: Option<StickyKey>,
+    /// At least one upstream.
+    pub upstreams: Vec<Upstream>,
+    /// Prior-knowledge HTTP/2 to plain upstreams (default false).
+    pub http2: bool,
+    /// Trust roots for https upstreams (an existing file); default: the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Connect timeout (default 2000).
+    pub connect_timeout_ms: u64,
+    /// Time until the response head arrives, else 504 (default 30000).
+    pub response_timeout_ms: u64,
+    /// Per-upstream circuit breaker.
+    pub circuit_breaker: CircuitBreaker,
+    /// Active health probes.
+    pub health_check: HealthCheck,
+}
+
+/// How a service picks an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first healthy upstream, in config order.
+    Failover,
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random choice.
+    Random,
+    /// The upstream with the fewest requests in flight.
+    LeastRequests,
+    /// A consistent hash of [`StickyKey`].
+    StickyHash,
+}
+
+/// What the `sticky_hash` strategy hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StickyKey {
+    /// The client address (after the identity device, if any).
+    ClientIp,
+    /// A request header (lower-cased name), from `header:<name>`.
+    Header(String),
+    /// A cookie, from `cookie:<name>`.
+    Cookie(String),
+}
+
+impl Serialize for StickyKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::ClientIp => s.serialize_str("client_ip"),
+            Self::Header(name) => s.collect_str(&format_args!("header:{name}")),
+            Self::Cookie(name) => s.collect_str(&format_args!("cookie:{name}")),
+        }
+    }
+}
+
+/// One upstream of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    /// `http://host[:port]`, `https://host[:port]` (scheme and host lower-cased, no path) or
+    /// `unix:/absolute/path`.
+    pub url: String,
+    /// Relative weight, at least 1 (default 1).
+    pub weight: u32,
+}
+
+/// `[service.circuit_breaker]`: per-upstream failure tracking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CircuitBreaker {
+    /// Whether the breaker trips at all (default true).
+    pub enabled: bool,
+    /// Consecutive failures that open the circuit (default 5).
+    pub failure_threshold: u32,
+    /// Time the circuit stays open before probing (default 10000).
+    pub open_ms: u64,
+    /// Requests let through while half-open (default 1).
+    pub half_open_max_requests: u32,
+    /// Successes while half-open that close the circuit (default 2).
+    pub success_threshold: u32,
+    /// Whether a 5xx response counts as a failure (default true).
+    pub count_5xx: bool,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_threshold: 5,
+            open_ms: 10_000,
+            half_open_max_requests: 1,
+            success_threshold: 2,
+            count_5xx: true,
+        }
+    }
+}
+
+/// `[service.health_check]`: active probes, off unless enabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// Whether probes run (default false).
+    pub enabled: bool,
+    /// Path probed with GET (default `/healthz`).
+    pub path: String,
+    /// Time between probes (default 5000).
+    pub interval_ms: u64,
+    /// Probe timeout (default 1000).
+    pub timeout_ms: u64,
+    /// Failed probes that mark an upstream unhealthy (default 3).
+    pub unhealthy_threshold: u32,
+    /// Passed probes that mark it healthy again (default 2).
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/healthz".to_owned(),
+            interval_ms: 5000,
+            timeout_ms: 1000,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// `[[route]]`: a path prefix (and optional host) and what serves it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Route {
+    /// Prefix matched on a segment boundary; starts with `/`.
+    pub path: String,
+    /// Lower-cased host, exact or `*.suffix`; routes with a host win over those without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// What serves matching requests.
+    #[serde(flatten)]
+    pub target: RouteTarget,
+}
+
+/// The one outcome of a route.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RouteTarget {
+    /// Proxy to a service.
+    Service(ServiceRoute),
+    /// Serve files from a directory.
+    Static(StaticRoute),
+    /// A fixed response.
+    Respond(#[serde(serialize_with = "respond_table")] Respond),
+}
+
+/// Serializes as `respond = { .. }`, the way it is written in the TOML.
+fn respond_table<S: Serializer>(respond: &Respond, s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry("respond", respond)?;
+    map.end()
+}
+
+/// A route to a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceRoute {
+    /// Name of a configured service.
+    pub service: String,
+    /// Remove the route's path prefix before forwarding (default false).
+    pub strip_prefix: bool,
+    /// Allow the WebSocket upgrade (default false).
+    pub websocket: bool,
+    /// Open WebSockets allowed on this route (default 1000).
+    pub max_websockets: u32,
+}
+
+/// A route to the static-file handler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaticRoute {
+    /// Directory served (an existing directory).
+    pub static_dir: PathBuf,
+    /// File served for a directory (default `index.html`; `index = ""` turns it off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// Generate listings for directories without an index (default false).
+    pub directory_listing: bool,
+    /// Larger files are refused (default 10485760).
+    pub max_file_size: u64,
+    /// `cache-control` header value, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// On-the-fly compression.
+    pub compression: Compression,
+    /// Serve dot-files (default false).
+    pub serve_hidden: bool,
+}
+
+/// Compression settings of a static route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Compression {
+    /// Offer gzip (default true).
+    pub gzip: bool,
+    /// Offer brotli (default true).
+    pub brotli: bool,
+    /// Smaller files are sent as they are (default 1024).
+    pub min_size: u64,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            gzip: true,
+            brotli: true,
+            min_size: 1024,
+        }
+    }
+}
+
+/// A synthetic response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Respond {
+    /// Status code, 100–599.
+    pub status: u16,
+    /// Body (default empty).
+    pub body: String,
+    /// `content-type` (default `text/plain; charset=utf-8`).
+    pub content_type: String,
+}
+
+/// `[[device]]`: one step of the pipeline, by `type`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Device {
+    /// `type = "identity"`.
+    Identity(IdentityDevice),
+    /// `type = "request_filter"`.
+    RequestFilter(RequestFilterDevice),
+    /// `type = "wasm"`.
+    Wasm(WasmDevice),
+    /// `type = "structured_logging"`.
+    StructuredLogging(LoggingDevice),
+}
+
+impl Device {
+    /// Whether the device is in the pipeline (`enabled = false` keeps it configured but out).
+    pub fn enabled(&self) -> bool {
+        match self {
+            Self::Identity(d) => d.enabled,
+            Self::RequestFilter(d) => d.enabled,
+            Self::Wasm(d) => d.enabled,
+            Self::StructuredLogging(d) => d.enabled,
+        }
+    }
+
+    /// The device's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Identity(d) => d.name.as_deref(),
+            Self::RequestFilter(d) => d.name.as_deref(),
+            Self::Wasm(d) => d.name.as_deref(),
+            Self::StructuredLogging(d) => d.name.as_deref(),
+        }
+    }
+}
+
+/// `type = "identity"`: client address, GeoIP and user-agent facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IdentityDevice {
+    /// In the pipeline (default true).
+    pub enabled: bool,
+    /// Optional unique name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `X-Forwarded-For` is walked right to left past these (bare IPs become /32 or /128).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// MaxMind-format database (an existing file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geoip_db: Option<PathBuf>,
+    /// Parse the user agent (default false).
+    pub user_agent: bool,
+}
+
+/// `type = "request_filter"`: method, header and size rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestFilterDevice {
+    /// In the pipeline (default true).
+    pub enabled: bool,
+    /// Optional unique name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Non-empty: only these methods (upper-cased).
+    pub allow_methods: Vec<String>,
+    /// Methods refused (upper-cased).
+    pub deny_methods: Vec<String>,
+    /// Headers that must be present (lower-cased).
+    pub required_headers: Vec<String>,
+    /// Headers refused (lower-cased).
+    pub deny_headers: Vec<String>,
+    /// Non-empty: only these headers may appear (lower-cased).
+    pub allow_headers: Vec<String>,
+    /// Larger request heads get 431.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<usize>,
+    /// Larger bodies get 413, enforced while streaming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// One status (400–599) for every denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_status: Option<u16>,
+}
+
+/// `type = "wasm"`: a WebAssembly component.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WasmDevice {
+    /// In the pipeline (default true).
+    pub enabled: bool,
+    /// Required, unique name.
+    pub name: Option<String>,
+    /// The component (an existing file).
+    pub path: PathBuf,
+    /// The `config` table, handed to the module once at load, as JSON (TOML datetimes
+    /// become strings).
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Per hook call; exceeded counts as a failure (default 5).
+    pub timeout_ms: u64,
+    /// Linear memory cap (default 16 MiB).
+    pub memory_limit_bytes: u64,
+    /// What a failure does (default closed).
+    pub on_failure: FailurePolicy,
+}
+
+/// What a failing WASM device does to the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Answer 500 for that request.
+    #[default]
+    Closed,
+    /// Skip the device.
+    Open,
+}
+
+/// `type = "structured_logging"`: one JSON line per chosen phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoggingDevice {
+    /// In the pipeline (default true).
+    pub enabled: bool,
+    /// Optional unique name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where lines go (default stdout).
+    pub output: LogOutput,
+    /// Phases that log (default `["response"]`); never empty, no repeats.
+    pub phases: Vec<LogPhase>,
+    /// Log request headers (default false).
+    pub include_headers: bool,
+    /// Headers logged when `include_headers` (lower-cased); empty: all.
+    pub allowed_headers: Vec<String>,
+    /// Headers whose values are replaced (lower-cased).
+    pub redacted_headers: Vec<String>,
+    /// Log identity facts (default true).
+    pub include_identity: bool,
+    /// Which identity facts (default `["ip", "country", "device", "bot"]`).
+    pub identity_fields: Vec<String>,
+}
+
+/// Where a logging device writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to and reopened on reload.
+    File(PathBuf),
+}
+
+impl Serialize for LogOutput {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Stdout => s.serialize_str("stdout"),
+            Self::Stderr => s.serialize_str("stderr"),
+            Self::File(path) => path.serialize(s),
+        }
+    }
+}
+
+/// A pipeline phase a logging device can log at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogPhase {
+    /// The request head arrived.
+    Request,
+    /// Right before the upstream call.
+    BeforeProxy,
+    /// The upstream response head arrived.
+    AfterProxy,
+    /// The response is sent.
+    Response,
+    /// The request failed.
+    Error,
+}
+
+impl LogPhase {
+    /// Every phase with its config name.
+    pub const ALL: [(&'static str, Self); 5] = [
+        ("request", Self::Request),
+        ("before_proxy", Self::BeforeProxy),
+        ("after_proxy", Self::AfterProxy),
+        ("response", Self::Response),
+        ("error", Self::Error),
+    ];
+}
+
+/// The values allowed in `identity_fields`.
+pub const IDENTITY_FIELDS: [&str; 8] = [
+    "ip",
+    "country",
+    "city",
+    "asn",
+    "device",
+    "bot",
+    "user_agent",
+    "proxy_chain",
+];
+
+// === impl Config ===
+
+impl Config {
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

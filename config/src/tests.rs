@@ -1,0 +1,1144 @@
+//! Loading real files from temporary directories.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("snakeway-config-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// Writes `text` to `rel`, creating parent directories.
+    fn file(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn dir(&self, rel: &str) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(&path).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The example of DESIGN §4, with `sticky_hash` (a `sticky_key` on round_robin is an error)
+/// and one SNI certificate.
+const FULL: &str = r#"
+[server]
+threads = 2
+pid_file = "snakeway.pid"
+shutdown_grace_ms = 10000
+
+[admin]
+listen = "127.0.0.1:9901"
+token = "change-me"
+
+[[listener]]
+name = "public"
+listen = "127.0.0.1:8080"
+http2 = true
+max_header_bytes = 65536
+header_read_timeout_ms = 10000
+idle_timeout_ms = 60000
+max_connections = 10000
+[listener.tls]
+cert = "certs/server.pem"
+key = "certs/server.key"
+[[listener.tls.sni]]
+hosts = ["A.example", "*.b.example"]
+cert = "certs/a.pem"
+key = "certs/a.key"
+
+[[service]]
+name = "api"
+strategy = "sticky_hash"
+sticky_key = "client_ip"
+upstreams = [
+  { url = "http://127.0.0.1:3001", weight = 2 },
+  { url = "https://app.internal:8443" },
+  { url = "unix:/run/app.sock" },
+]
+http2 = false
+ca_file = "certs/ca.pem"
+connect_timeout_ms = 2000
+response_timeout_ms = 30000
+[service.circuit_breaker]
+enabled = true
+failure_threshold = 5
+open_ms = 10000
+half_open_max_requests = 1
+success_threshold = 2
+count_5xx = true
+[service.health_check]
+enabled = false
+path = "/healthz"
+interval_ms = 5000
+timeout_ms = 1000
+unhealthy_threshold = 3
+healthy_threshold = 2
+
+[[route]]
+path = "/api"
+host = "api.example.com"
+service = "api"
+strip_prefix = false
+websocket = true
+max_websockets = 1000
+
+[[route]]
+path = "/"
+static_dir = "public"
+index = "index.html"
+directory_listing = false
+max_file_size = 10485760
+cache_control = "public, max-age=3600"
+compression = { gzip = true, brotli = true, min_size = 1024 }
+
+[[route]]
+path = "/healthz"
+respond = { status = 200, body = "ok", content_type = "text/plain" }
+
+[[device]]
+type = "identity"
+trusted_proxies = ["10.0.0.0/8"]
+geoip_db = "geo/country.mmdb"
+user_agent = true
+
+[[device]]
+type = "request_filter"
+allow_methods = ["GET", "POST", "HEAD"]
+deny_methods = ["TRACE"]
+required_headers = ["host"]
+deny_headers = ["x-original-url"]
+allow_headers = []
+max_header_bytes = 16384
+max_body_bytes = 1048576
+deny_status = 403
+
+[[device]]
+type = "wasm"
+name = "tagger"
+path = "devices/tagger.wasm"
+config = { greeting = "hello" }
+timeout_ms = 5
+memory_limit_bytes = 16777216
+on_failure = "closed"
+
+[[device]]
+type = "structured_logging"
+output = "stdout"
+phases = ["response"]
+include_headers = false
+allowed_headers = ["user-agent", "x-request-id"]
+redacted_headers = ["authorization", "cookie"]
+include_identity = true
+identity_fields = ["ip", "country", "device", "bot"]
+"#;
+
+/// A temp dir holding `FULL` and every file it names.
+fn full_example() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new("full");
+    for f in [
+        "certs/server.pem",
+        "certs/server.key",
+        "certs/ca.pem",
+        "certs/a.pem",
+        "certs/a.key",
+    ] {
+        tmp.file(f, "pem");
+    }
+    tmp.file("public/index.html", "<h1>hi</h1>");
+    tmp.file("geo/country.mmdb", "");
+    tmp.file("devices/tagger.wasm", "");
+    let path = tmp.file("snakeway.toml", FULL);
+    (tmp, path)
+}
+
+fn keys(report: &Report) -> Vec<(String, String)> {
+    report
+        .problems
+        .iter()
+        .map(|p| {
+            (
+                p.file.file_name().unwrap().to_string_lossy().into_owned(),
+                p.key.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn full_example_loads_with_its_values() {
+    let (tmp, path) = full_example();
+    let config = load(&path).unwrap_or_else(|r| panic!("{r}"));
+
+    assert_eq!(
+        config.server,
+        Server {
+            threads: 2,
+            pid_file: Some(tmp.path("snakeway.pid")),
+            shutdown_grace_ms: 10_000,
+            include: vec![],
+        }
+    );
+    assert_eq!(
+        config.admin,
+        Some(Admin {
+            listen: "127.0.0.1:9901".parse().unwrap(),
+            token: Some("change-me".into()),
+        })
+    );
+    assert_eq!(
+        config.listeners,
+        vec![Listener {
+            name: "public".into(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            http2: true,
+            max_header_bytes: 65_536,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            tls: Some(Tls {
+                cert: tmp.path("certs/server.pem"),
+                key: tmp.path("certs/server.key"),
+                sni: vec![SniCert {
+                    hosts: vec!["a.example".into(), "*.b.example".into()],
+                    cert: tmp.path("certs/a.pem"),
+                    key: tmp.path("certs/a.key"),
+                }],
+            }),
+        }]
+    );
+    assert_eq!(
+        config.services,
+        vec![Service {
+            name: "api".into(),
+            strategy: Strategy::StickyHash,
+            sticky_key: Some(StickyKey::ClientIp),
+            upstreams: vec![
+                Upstream {
+                    url: "http://127.0.0.1:3001".into(),
+                    weight: 2
+                },
+                Upstream {
+                    url: "https://app.internal:8443".into(),
+                    weight: 1
+                },
+                Upstream {
+                    url: "unix:/run/app.sock".into(),
+                    weight: 1
+                },
+            ],
+            http2: false,
+            ca_file: Some(tmp.path("certs/ca.pem")),
+            connect_timeout_ms: 2000,
+            response_timeout_ms: 30_000,
+            circuit_breaker: CircuitBreaker::default(),
+            health_check: HealthCheck::default(),
+        }]
+    );
+    assert_eq!(
+        config.routes,
+        vec![
+            Route {
+                path: "/api".into(),
+                host: Some("api.example.com".into()),
+                target: RouteTarget::Service(ServiceRoute {
+                    service: "api".into(),
+                    strip_prefix: false,
+                    websocket: true,
+                    max_websockets: 1000,
+                }),
+            },
+            Route {
+                path: "/".into(),
+                host: None,
+                target: RouteTarget::Static(StaticRoute {
+                    static_dir: tmp.path("public"),
+                    index: Some("index.html".into()),
+                    directory_listing: false,
+                    max_file_size: 10_485_760,
+                    cache_control: Some("public, max-age=3600".into()),
+                    compression: Compression::default(),
+                    serve_hidden: false,
+                }),
+            },
+            Route {
+                path: "/healthz".into(),
+                host: None,
+                target: RouteTarget::Respond(Respond {
+                    status: 200,
+                    body: "ok".into(),
+                    content_type: "text/plain".into(),
+                }),
+            },
+        ]
+    );
+    let mut wasm_config = serde_json::Map::new();
+    wasm_config.insert("greeting".into(), "hello".into());
+    assert_eq!(
+        config.devices,
+        vec![
+            Device::Identity(IdentityDevice {
+                enabled: true,
+                name: None,
+                trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+                geoip_db: Some(tmp.path("geo/country.mmdb")),
+                user_agent: true,
+            }),
+            Device::RequestFilter(RequestFilterDevice {
+                enabled: true,
+                name: None,
+                allow_methods: vec!["GET".into(), "POST".into(), "HEAD".into()],
+                deny_methods: vec!["TRACE".into()],
+                required_headers: vec!["host".into()],
+                deny_headers: vec!["x-original-url".into()],
+                allow_headers: vec![],
+                max_header_bytes: Some(16_384),
+                max_body_bytes: Some(1_048_576),
+                deny_status: Some(403),
+            }),
+            Device::Wasm(WasmDevice {
+                enabled: true,
+                name: Some("tagger".into()),
+                path: tmp.path("devices/tagger.wasm"),
+                config: wasm_config,
+                timeout_ms: 5,
+                memory_limit_bytes: 16 * 1024 * 1024,
+                on_failure: FailurePolicy::Closed,
+            }),
+            Device::StructuredLogging(LoggingDevice {
+                enabled: true,
+                name: None,
+                output: LogOutput::Stdout,
+                phases: vec![LogPhase::Response],
+                include_headers: false,
+                allowed_headers: vec!["user-agent".into(), "x-request-id".into()],
+                redacted_headers: vec!["authorization".into(), "cookie".into()],
+                include_identity: true,
+                identity_fields: ["ip", "country", "device", "bot"]
+                    .map(String::from)
+                    .to_vec(),
+            }),
+        ]
+    );
+}
+
+#[test]
+fn defaults_are_filled() {
+    let tmp = TempDir::new("defaults");
+    tmp.file("w.wasm", "");
+    let path = tmp.file(
+        "snakeway.toml",
+        r#"
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[service]]
+name = "api"
+upstreams = [{ url = "HTTP://Example.COM:8080/" }]
+
+[[route]]
+path = "/api"
+service = "api"
+
+[[route]]
+path = "/"
+static_dir = "."
+
+[[route]]
+path = "/ping"
+respond = { status = 204 }
+
+[[device]]
+type = "identity"
+trusted_proxies = ["192.168.1.1", "::1"]
+
+[[device]]
+type = "request_filter"
+deny_methods = ["trace"]
+deny_headers = ["X-Original-URL"]
+
+[[device]]
+type = "wasm"
+name = "w"
+path = "w.wasm"
+enabled = false
+
+[[device]]
+type = "structured_logging"
+"#,
+    );
+    let config = load(&path).unwrap_or_else(|r| panic!("{r}"));
+
+    assert!(config.server.threads >= 1);
+    assert_eq!(config.server.pid_file, None);
+    assert_eq!(config.server.shutdown_grace_ms, 10_000);
+    assert_eq!(config.admin, None);
+    assert_eq!(
+        config.listeners[0],
+        Listener {
+            name: "listener-0".into(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            http2: true,
+            max_header_bytes: 65_536,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            tls: None,
+        }
+    );
+    assert_eq!(
+        config.services[0],
+        Service {
+            name: "api".into(),
+            strategy: Strategy::RoundRobin,
+            sticky_key: None,
+            upstreams: vec![Upstream {
+                url: "http://example.com:8080".into(),
+                weight: 1,
+            }],
+            http2: false,
+            ca_file: None,
+            connect_timeout_ms: 2000,
+            response_timeout_ms: 30_000,
+            circuit_breaker: CircuitBreaker {
+                enabled: true,
+                failure_threshold: 5,
+                open_ms: 10_000,
+                half_open_max_requests: 1,
+                success_threshold: 2,
+                count_5xx: true,
+            },
+            health_check: HealthCheck {
+                enabled: false,
+                path: "/healthz".into(),
+                interval_ms: 5000,
+                timeout_ms: 1000,
+                unhealthy_threshold: 3,
+                healthy_threshold: 2,
+            },
+        }
+    );
+    let targets: Vec<_> = config.routes.iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        targets,
+        vec![
+            RouteTarget::Service(ServiceRoute {
+                service: "api".into(),
+                strip_prefix: false,
+                websocket: false,
+                max_websockets: 1000,
+            }),
+            RouteTarget::Static(StaticRoute {
+                static_dir: tmp.path("."),
+                index: Some("index.html".into()),
+                directory_listing: false,
+                max_file_size: 10_485_760,
+                cache_control: None,
+                compression: Compression {
+                    gzip: true,
+                    brotli: true,
+                    min_size: 1024,
+                },
+                serve_hidden: false,
+            }),
+            RouteTarget::Respond(Respond {
+                status: 204,
+                body: String::new(),
+                content_type: "text/plain; charset=utf-8".into(),
+            }),
+        ]
+    );
+    let Device::Identity(identity) = &config.devices[0] else {
+        panic!()
+    };
+    assert_eq!(
+        identity.trusted_proxies,
+        vec![
+            "192.168.1.1/32".parse().unwrap(),
+            "::1/128".parse().unwrap()
+        ]
+    );
+    assert!(!identity.user_agent && identity.geoip_db.is_none());
+    let Device::RequestFilter(filter) = &config.devices[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            filter.deny_methods.as_slice(),
+            filter.deny_headers.as_slice()
+        ),
+        (
+            &["TRACE".to_owned()][..],
+            &["x-original-url".to_owned()][..]
+        )
+    );
+    assert_eq!(
+        (
+            filter.max_header_bytes,
+            filter.max_body_bytes,
+            filter.deny_status
+        ),
+        (None, None, None)
+    );
+    let Device::Wasm(wasm) = &config.devices[2] else {
+        panic!()
+    };
+    assert!(!config.devices[2].enabled() && config.devices[2].name() == Some("w"));
+    assert_eq!(
+        (wasm.timeout_ms, wasm.memory_limit_bytes, wasm.on_failure),
+        (5, 16_777_216, FailurePolicy::Closed)
+    );
+    assert!(wasm.config.is_empty());
+    assert_eq!(
+        config.devices[3],
+        Device::StructuredLogging(LoggingDevice {
+            enabled: true,
+            name: None,
+            output: LogOutput::Stdout,
+            phases: vec![LogPhase::Response],
+            include_headers: false,
+            allowed_headers: vec![],
+            redacted_headers: vec![],
+            include_identity: true,
+            identity_fields: ["ip", "country", "device", "bot"]
+                .map(String::from)
+                .to_vec(),
+        })
+    );
+}
+
+#[test]
+fn includes_merge_in_order_and_resolve_paths_per_file() {
+    let tmp = TempDir::new("includes");
+    tmp.dir("public");
+    tmp.dir("conf.d/site");
+    tmp.file("extra/tagger.wasm", "");
+    let main = tmp.file(
+        "snakeway.toml",
+        r#"
+[server]
+include = ["conf.d/*.toml", "extra/one.toml", "conf.d/nothing-*.conf"]
+pid_file = "run/snakeway.pid"
+
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "main"
+upstreams = [{ url = "unix:sock/main.sock" }]
+
+[[route]]
+path = "/"
+static_dir = "public"
+"#,
+    );
+    // Read in file-name order: a before b, whatever the order they were written in.
+    tmp.file(
+        "conf.d/b.toml",
+        r#"
+[[service]]
+name = "b"
+upstreams = [{ url = "http://127.0.0.1:3002" }]
+
+[[route]]
+path = "/b"
+static_dir = "site"
+"#,
+    );
+    tmp.file(
+        "conf.d/a.toml",
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "a"
+upstreams = [{ url = "unix:a.sock" }]
+
+[[device]]
+type = "structured_logging"
+output = "logs/access.log"
+"#,
+    );
+    tmp.file("conf.d/ignored.txt", "not toml");
+    tmp.file(
+        "extra/one.toml",
+        r#"
+[[route]]
+path = "/one"
+service = "a"
+
+[[device]]
+type = "wasm"
+name = "tagger"
+path = "tagger.wasm"
+"#,
+    );
+    let config = load(&main).unwrap_or_else(|r| panic!("{r}"));
+
+    let services: Vec<_> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(services, ["main", "a", "b"]);
+    let routes: Vec<_> = config.routes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(routes, ["/", "/b", "/one"]);
+    let listeners: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(listeners, ["listener-0", "listener-1"]);
+
+    assert_eq!(config.server.pid_file, Some(tmp.path("run/snakeway.pid")));
+    assert_eq!(
+        config.services[0].upstreams[0].url,
+        format!("unix:{}", tmp.path("sock/main.sock").display())
+    );
+    assert_eq!(
+        config.services[1].upstreams[0].url,
+        format!("unix:{}", tmp.path("conf.d/a.sock").display())
+    );
+    let RouteTarget::Static(root) = &config.routes[0].target else {
+        panic!()
+    };
+    assert_eq!(root.static_dir, tmp.path("public"));
+    let RouteTarget::Static(b) = &config.routes[1].target else {
+        panic!()
+    };
+    assert_eq!(b.static_dir, tmp.path("conf.d/site"));
+    let Device::StructuredLogging(log) = &config.devices[0] else {
+        panic!()
+    };
+    assert_eq!(
+        log.output,
+        LogOutput::File(tmp.path("conf.d/logs/access.log"))
+    );
+    let Device::Wasm(wasm) = &config.devices[1] else {
+        panic!()
+    };
+    assert_eq!(wasm.path, tmp.path("extra/tagger.wasm"));
+}
+
+#[test]
+fn every_problem_is_reported_with_file_and_key() {
+    let tmp = TempDir::new("problems");
+    tmp.file("file.txt", "not a directory");
+    let main = tmp.file(
+        "snakeway.toml",
+        r#"
+[server]
+threads = 0
+include = ["conf.d/*.toml", "missing.toml"]
+
+[admin]
+listen = "0.0.0.0:9901"
+
+[[listener]]
+listen = "127.0.0.1:99999"
+
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+idle_timeout_ms = 0
+
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+
+[[service]]
+name = "api"
+strategy = "sticky_hash"
+upstreams = [{ url = "ftp://x" }, { url = "http://ok:1", weight = 0 }, { url = "http://h/path" }]
+connect_timeout_ms = 0
+ca_file = "nope.pem"
+
+[[service]]
+name = "web"
+strategy = "round_robin"
+sticky_key = "client_ip"
+upstreams = []
+
+[[service]]
+name = "api"
+strategy = "fastest"
+upstreams = [{ url = "unix:/run/x.sock" }]
+
+[[route]]
+path = "api"
+service = "apx"
+index = "index.html"
+
+[[route]]
+path = "/both"
+service = "api"
+respond = { status = 200 }
+
+[[route]]
+path = "/none"
+
+[[route]]
+path = "/r"
+host = "*.*.example.com"
+respond = { status = 700 }
+strip_prefix = true
+
+[[route]]
+path = "/s"
+static_dir = "file.txt"
+
+[[device]]
+type = "identity"
+trusted_proxies = ["10.0.0.0/33", "10.1.2.3"]
+
+[[device]]
+type = "firewall"
+
+[[device]]
+type = "structured_logging"
+phases = ["response", "later"]
+identity_fields = ["ip", "shoe_size"]
+
+[[device]]
+type = "wasm"
+name = "w"
+path = "missing.wasm"
+on_failure = "maybe"
+"#,
+    );
+    tmp.file(
+        "conf.d/10-extra.toml",
+        r#"
+[server]
+threads = 4
+
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[service]]
+name = "inc"
+upstreams = [{ url = "http://127.0.0.1:3000" }]
+
+[[route]]
+path = "/api"
+service = "inc"
+retries = 3
+
+[[route]]
+path = "/s"
+service = "nope"
+"#,
+    );
+    let report = load(&main).unwrap_err();
+    let text = report.to_string();
+    let main_name = "snakeway.toml";
+    let inc = "10-extra.toml";
+    let expected: Vec<(&str, &str, &str)> = vec![
+        (main_name, "server.threads", "must be at least 1"),
+        (
+            main_name,
+            "admin.token",
+            "required when admin.listen (0.0.0.0:9901) is not a loopback address",
+        ),
+        (
+            main_name,
+            "listener[0].listen",
+            r#""127.0.0.1:99999" is not a socket address"#,
+        ),
+        (
+            main_name,
+            "listener[1].idle_timeout_ms",
+            "must be greater than 0",
+        ),
+        (
+            main_name,
+            "listener[2].name",
+            r#"duplicate listener name "a" (also listener[1])"#,
+        ),
+        (
+            main_name,
+            "listener[2].listen",
+            "127.0.0.1:8080 is already used by listener[1]",
+        ),
+        (
+            main_name,
+            "service[0].sticky_key",
+            "required for strategy sticky_hash",
+        ),
+        (
+            main_name,
+            "service[0].upstreams[0].url",
+            r#""ftp://x" has unsupported scheme "ftp""#,
+        ),
+        (
+            main_name,
+            "service[0].upstreams[1].weight",
+            "must be greater than 0",
+        ),
+        (
+            main_name,
+            "service[0].upstreams[2].url",
+            "must not have a path",
+        ),
+        (
+            main_name,
+            "service[0].ca_file",
+            r#""nope.pem" (resolved to "#,
+        ),
+        (
+            main_name,
+            "service[0].connect_timeout_ms",
+            "must be greater than 0",
+        ),
+        (
+            main_name,
+            "service[1].sticky_key",
+            "only used by strategy sticky_hash",
+        ),
+        (main_name, "service[1].upstreams", "no upstreams"),
+        (
+            main_name,
+            "service[2].name",
+            r#"duplicate service name "api" (also service[0])"#,
+        ),
+        (
+            main_name,
+            "service[2].strategy",
+            r#"unknown value "fastest" (expected one of failover, round_robin"#,
+        ),
+        (main_name, "route[0].path", r#""api" must start with '/'"#),
+        (
+            main_name,
+            "route[0].index",
+            "only allowed on routes with `static_dir`",
+        ),
+        (
+            main_name,
+            "route[0].service",
+            r#"no service named "apx" (services: api, inc, web)"#,
+        ),
+        (main_name, "route[1]", "has service and respond"),
+        (
+            main_name,
+            "route[2]",
+            "needs exactly one of service, static_dir or respond",
+        ),
+        (main_name, "route[3].host", "may only use '*' as a leading"),
+        (
+            main_name,
+            "route[3].strip_prefix",
+            "only allowed on routes with `service`",
+        ),
+        (
+            main_name,
+            "route[3].respond.status",
+            "700 is not an HTTP status",
+        ),
+        (main_name, "route[4].static_dir", "is not a directory"),
+        (
+            main_name,
+            "device[0].trusted_proxies[0]",
+            r#""10.0.0.0/33" is not an IP network"#,
+        ),
+        (
+            main_name,
+            "device[1].type",
+            r#"unknown device type "firewall" (expected one of identity, request_filter, wasm, structured_logging)"#,
+        ),
+        (main_name, "device[2].phases[1]", r#"unknown value "later""#),
+        (
+            main_name,
+            "device[2].identity_fields[1]",
+            r#"unknown identity field "shoe_size""#,
+        ),
+        (main_name, "device[3].path", "does not exist"),
+        (
+            main_name,
+            "device[3].on_failure",
+            r#"unknown value "maybe" (expected one of closed, open)"#,
+        ),
+        (main_name, "server.include[1]", "no such file"),
+        (inc, "server", "only allowed in the main file"),
+        (
+            inc,
+            "listener[3].listen",
+            "127.0.0.1:8080 is already used by listener[1]",
+        ),
+        (inc, "route[5].retries", "unknown field `retries`"),
+        (inc, "route[6].service", r#"no service named "nope""#),
+        (
+            inc,
+            "route[6].path",
+            r#"duplicate route for no host and path "/s" (also route[4])"#,
+        ),
+    ];
+    for (file, key, message) in &expected {
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.file.ends_with(file) && p.key == *key && p.message.contains(message)),
+            "missing {file}: {key}: {message}\nin:\n{text}"
+        );
+    }
+    let mut got = keys(&report);
+    let mut want: Vec<_> = expected
+        .iter()
+        .map(|(f, k, _)| (f.to_string(), k.to_string()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "\n{text}");
+    // One problem per line, `file: key: message`.
+    assert_eq!(text.lines().count(), expected.len());
+    assert!(text.contains(&format!(
+        "{}: route[0].service: no service named \"apx\"",
+        main.display()
+    )));
+    // Problems in an included file name it and carry its line.
+    let retries = report
+        .problems
+        .iter()
+        .find(|p| p.key == "route[5].retries")
+        .unwrap();
+    assert_eq!(retries.file, tmp.path("conf.d/10-extra.toml"));
+    assert!(
+        retries.message.ends_with("(line 15, column 1)"),
+        "{}",
+        retries.message
+    );
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_name_where() {
+    let path = Path::new("/nonexistent/snakeway.toml");
+    // Each element stops at its first such error, but every element and file is still read.
+    let report = load_str(
+        "[server]\nthread = 2\n\n[[service]]\nname = \"a\"\nupstreams = [{ url = \"http://a\" }]\n[service.circuit_breaker]\ntreshold = 1\n\n[[service]]\nname = \"b\"\nupstreams = [{ url = \"http://a\", wieght = 2 }]\n\n[[device]]\ntype = \"wasm\"\nnam = \"x\"\n\n[listeners]\n",
+        path,
+    )
+    .unwrap_err();
+    let got: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.message.as_str()))
+        .collect();
+    let find = |key: &str| {
+        got.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, m)| *m)
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+    };
+    assert!(find("server.thread").starts_with("unknown field `thread`, expected one of `threads`"));
+    assert!(find("server.thread").ends_with("(line 2, column 1)"));
+    assert!(find("service[1].upstreams[0].wieght").contains("unknown field `wieght`"));
+    assert!(find("service[0].circuit_breaker.treshold").ends_with("(line 8, column 1)"));
+    assert!(find("device[0].nam").contains("unknown field `nam`"));
+    assert!(find("listeners").starts_with("unknown key (expected one of server, admin, listener"));
+    assert!(report.problems.iter().all(|p| p.file == path));
+
+    let report = load_str("[server]\nthreads = 2\nthreads = 3\n", path).unwrap_err();
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(report.problems[0].key, "line 3, column 1");
+
+    let report = load_str("[[listener]]\nlisten = 8080\n", path).unwrap_err();
+    assert_eq!(report.problems[0].key, "listener[0].listen");
+    assert!(
+        report.problems[0]
+            .message
+            .starts_with("invalid type: integer `8080`, expected a string")
+    );
+
+    let report = load(Path::new("/nonexistent/snakeway.toml")).unwrap_err();
+    assert_eq!(report.problems[0].key, "");
+    assert!(
+        report
+            .to_string()
+            .starts_with("/nonexistent/snakeway.toml: cannot read:")
+    );
+}
+
+#[test]
+fn values_are_checked() {
+    let tmp = TempDir::new("values");
+    let path = tmp.path("snakeway.toml");
+    let problems = |text: &str| -> Vec<String> {
+        match load_str(text, &path) {
+            Ok(_) => vec![],
+            Err(report) => report
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect(),
+        }
+    };
+    let service =
+        |url: &str| format!("[[service]]\nname = \"s\"\nupstreams = [{{ url = {url:?} }}]\n");
+    for ok in [
+        "http://a",
+        "https://A.b-c.example:8443",
+        "http://[::1]:80",
+        "http://10.0.0.1:1/",
+        "unix:///run/x.sock",
+        "unix:rel.sock",
+    ] {
+        assert_eq!(problems(&service(ok)), Vec::<String>::new(), "{ok}");
+    }
+    for bad in [
+        "a:80",
+        "tcp://a:1",
+        "http://",
+        "http://a:0",
+        "http://a:x",
+        "http://u@a",
+        "http://a/b",
+        "http://a?x",
+        "http://[zz]:1",
+        "unix:",
+    ] {
+        assert_eq!(problems(&service(bad)).len(), 1, "{bad}");
+    }
+    let route = |host: &str| {
+        format!("[[route]]\npath = \"/\"\nhost = {host:?}\nrespond = {{ status = 200 }}\n")
+    };
+    for ok in ["example.com", "*.example.com", "EXAMPLE.com", "10.0.0.1"] {
+        assert_eq!(problems(&route(ok)), Vec::<String>::new(), "{ok}");
+    }
+    for bad in ["", "a/b", "a:80", "a b", "*", "*.", "a.*.b", "*example.com"] {
+        assert_eq!(problems(&route(bad)).len(), 1, "{bad}");
+    }
+    let sticky = |key: &str| {
+        format!(
+            "{}strategy = \"sticky_hash\"\nsticky_key = {key:?}\n",
+            service("http://a")
+        )
+    };
+    for ok in ["client_ip", "header:X-User", "cookie:session"] {
+        assert_eq!(problems(&sticky(ok)), Vec::<String>::new(), "{ok}");
+    }
+    for bad in ["ip", "header:", "cookie:a b"] {
+        assert_eq!(problems(&sticky(bad)).len(), 1, "{bad}");
+    }
+    // Port 0 may repeat; a wildcard address conflicts with a specific one on the same port.
+    let listeners =
+        |a: &str, b: &str| format!("[[listener]]\nlisten = {a:?}\n[[listener]]\nlisten = {b:?}\n");
+    assert!(problems(&listeners("127.0.0.1:0", "127.0.0.1:0")).is_empty());
+    assert!(problems(&listeners("127.0.0.1:80", "127.0.0.2:80")).is_empty());
+    assert_eq!(problems(&listeners("0.0.0.0:80", "127.0.0.1:80")).len(), 1);
+    // The admin token may be left out on loopback only.
+    assert!(problems("[admin]\nlisten = \"[::1]:9901\"\n").is_empty());
+    assert_eq!(problems("[admin]\nlisten = \"10.0.0.1:9901\"\n").len(), 1);
+    let filter = "[[device]]\ntype = \"request_filter\"\nallow_methods = [\"GET\", \"BAD METHOD\"]\nallow_headers = [\"x:y\"]\ndeny_status = 200\n";
+    assert_eq!(
+        problems(filter),
+        [
+            "device[0].allow_methods[1]: \"BAD METHOD\" is not an HTTP method",
+            "device[0].allow_headers[0]: \"x:y\" is not a header name",
+            "device[0].deny_status: 200 is not an error status (400-599)",
+        ]
+    );
+    let included = "[server]\ninclude = [\"x.toml\"]\n";
+    tmp.file(
+        "x.toml",
+        "[server]\ninclude = [\"y.toml\"]\n[[route]]\npath = \"/\"\nrespond = { status = 200 }\n",
+    );
+    assert_eq!(
+        problems(included),
+        ["server: only allowed in the main file (line 1, column 2)"]
+    );
+}
+
+#[test]
+fn starter_loads_and_is_not_overwritten() {
+    let tmp = TempDir::new("starter");
+    let dir = tmp.path("new/site");
+    let path = write_starter(&dir).unwrap();
+    assert_eq!(path, dir.join("snakeway.toml"));
+    assert!(dir.join("public/index.html").is_file());
+    let config = load(&path).unwrap_or_else(|r| panic!("{r}"));
+    assert_eq!(config.listeners.len(), 1);
+    assert!(
+        config
+            .routes
+            .iter()
+            .any(|r| r.path == "/" && matches!(r.target, RouteTarget::Static(_)))
+    );
+
+    fs::write(&path, "# mine").unwrap();
+    let err = write_starter(&dir).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "# mine");
+}
+
+#[test]
+fn config_serializes_to_toml_and_json() {
+    let (tmp, path) = full_example();
+    let config = load(&path).unwrap();
+
+    let text = toml::to_string(&config).unwrap();
+    let dumped: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(dumped["server"]["threads"].as_integer(), Some(2));
+    assert_eq!(
+        dumped["listener"][0]["listen"].as_str(),
+        Some("127.0.0.1:8080")
+    );
+    let cert = tmp.path("certs/server.pem");
+    assert_eq!(dumped["listener"][0]["tls"]["cert"].as_str(), cert.to_str());
+    assert_eq!(
+        dumped["service"][0]["sticky_key"].as_str(),
+        Some("client_ip")
+    );
+    assert_eq!(
+        dumped["service"][0]["circuit_breaker"]["failure_threshold"].as_integer(),
+        Some(5)
+    );
+    assert_eq!(dumped["route"][0]["service"].as_str(), Some("api"));
+    assert_eq!(
+        dumped["route"][1]["compression"]["min_size"].as_integer(),
+        Some(1024)
+    );
+    assert_eq!(
+        dumped["route"][2]["respond"]["status"].as_integer(),
+        Some(200)
+    );
+    assert_eq!(
+        dumped["device"][0]["trusted_proxies"][0].as_str(),
+        Some("10.0.0.0/8")
+    );
+    assert_eq!(dumped["device"][2]["type"].as_str(), Some("wasm"));
+    assert_eq!(
+        dumped["device"][2]["config"]["greeting"].as_str(),
+        Some("hello")
+    );
+    assert_eq!(dumped["device"][3]["output"].as_str(), Some("stdout"));
+    // The dump uses the schema's own keys with absolute paths, so it even loads back as it is.
+    assert_eq!(
+        load_str(&text, &tmp.path("elsewhere/dump.toml")).unwrap_or_else(|r| panic!("{r}")),
+        config
+    );
+
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["admin"]["listen"], "127.0.0.1:9901");
+    assert_eq!(json["route"][2]["respond"]["content_type"], "text/plain");
+    assert_eq!(json["device"][3]["phases"][0], "response");
+    assert_eq!(json["service"][0]["strategy"], "sticky_hash");
+}

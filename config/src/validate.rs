@@ -1,0 +1,972 @@
+//! [`RawConfig`] into [`Config`]: defaults, path resolution and every check.
+//!
+//! Nothing here stops at the first problem. An element that cannot be built (a required key is
+//! missing or unusable) is left out of the result, which is thrown away when any problem was
+//! reported anyway.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::model::*;
+use crate::raw::*;
+use crate::report::Problems;
+
+const TARGETS: &str = "exactly one of service, static_dir or respond";
+
+/// Checks everything and fills defaults; problems go to `problems`.
+pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
+    let RawConfig {
+        files,
+        server,
+        admin,
+        listeners,
+        services,
+        routes,
+        devices,
+    } = raw;
+    let main = &files[0];
+
+    let server = build_server(
+        &mut Scope::new(main, "server", problems),
+        server.unwrap_or_default(),
+    );
+
+    let mut listen_addrs: Vec<(SocketAddr, String)> = Vec::new();
+    let mut out_listeners = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, item) in listeners.into_iter().enumerate() {
+        let Some(raw) = item.raw else { continue };
+        let mut s = Scope::new(&files[item.file], format!("listener[{i}]"), problems);
+        let name = raw.name.clone().unwrap_or_else(|| format!("listener-{i}"));
+        if name.trim().is_empty() {
+            s.bad("name", "is empty");
+        } else if let Some(first) = names.insert(name.clone(), i) {
+            s.bad(
+                "name",
+                format!("duplicate listener name {name:?} (also listener[{first}])"),
+            );
+        }
+        if let Some(listener) = build_listener(&mut s, raw, name, &mut listen_addrs) {
+            out_listeners.push(listener);
+        }
+    }
+
+    let admin = admin
+        .and_then(|raw| build_admin(&mut Scope::new(main, "admin", problems), raw, &listen_addrs));
+
+    let mut out_services = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // Names routes may use; `None` when some service's name is unknown (it failed to parse).
+    let known: Option<Vec<String>> = services.iter().map(|item| item.name.clone()).collect();
+    let known = known.map(|mut names| {
+        names.sort();
+        names.dedup();
+        names
+    });
+    for (i, item) in services.into_iter().enumerate() {
+        let Some(raw) = item.raw else { continue };
+        let mut s = Scope::new(&files[item.file], format!("service[{i}]"), problems);
+        if let Some(name) = &raw.name
+            && let Some(first) = names.insert(name.clone(), i)
+        {
+            s.bad(
+                "name",
+                format!("duplicate service name {name:?} (also service[{first}])"),
+            );
+        }
+        if let Some(service) = build_service(&mut s, raw) {
+            out_services.push(service);
+        }
+    }
+
+    let mut out_routes = Vec::new();
+    let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
+    for (i, item) in routes.into_iter().enumerate() {
+        let Some(raw) = item.raw else { continue };
+        let mut s = Scope::new(&files[item.file], format!("route[{i}]"), problems);
+        let Some(route) = build_route(&mut s, raw, known.as_deref()) else {
+            continue;
+        };
+        if let Some(first) = seen.insert((route.host.clone(), route.path.clone()), i) {
+            let host = route
+                .host
+                .as_deref()
+                .map_or("no host".to_owned(), |h| format!("host {h:?}"));
+            s.bad(
+                "path",
+                format!(
+                    "duplicate route for {host} and path {:?} (also route[{first}])",
+                    route.path
+                ),
+            );
+        }
+        out_routes.push(route);
+    }
+
+    let mut out_devices = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, item) in devices.into_iter().enumerate() {
+        let Some(raw) = item.raw else { continue };
+        let mut s = Scope::new(&files[item.file], format!("device[{i}]"), problems);
+        if let Some(name) = &item.name
+            && let Some(first) = names.insert(name.clone(), i)
+        {
+            s.bad(
+                "name",
+                format!("duplicate device name {name:?} (also device[{first}])"),
+            );
+        }
+        if let Some(device) = build_device(&mut s, raw) {
+            out_devices.push(device);
+        }
+    }
+
+    Config {
+        server,
+        admin,
+        listeners: out_listeners,
+        services: out_services,
+        routes: out_routes,
+        devices: out_devices,
+    }
+}
+
+// === server, admin, listeners ===
+
+fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
+    let threads = match raw.threads {
+        Some(0) => {
+            s.bad("threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    Server {
+        threads,
+        pid_file: raw.pid_file.and_then(|p| s.path("pid_file", &p)),
+        shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(10_000),
+        include: raw.include.unwrap_or_default(),
+    }
+}
+
+fn build_admin(
+    s: &mut Scope<'_>,
+    raw: RawAdmin,
+    listeners: &[(SocketAddr, String)],
+) -> Option<Admin> {
+    let listen = s.socket_addr("listen", raw.listen);
+    if let Some(addr) = listen
+        && let Some((_, other)) = listeners.iter().find(|(a, _)| conflicts(*a, addr))
+    {
+        s.bad("listen", format!("{addr} is already used by {other}"));
+    }
+    let token = raw.token;
+    if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        s.bad("token", "is empty");
+    }
+    let listen = listen?;
+    if token.is_none() && !listen.ip().is_loopback() {
+        s.bad(
+            "token",
+            format!("required when admin.listen ({listen}) is not a loopback address"),
+        );
+    }
+    Some(Admin { listen, token })
+}
+
+fn build_listener(
+    s: &mut Scope<'_>,
+    raw: RawListener,
+    name: String,
+    seen: &mut Vec<(SocketAddr, String)>,
+) -> Option<Listener> {
+    let listen = s.socket_addr("listen", raw.listen);
+    if let Some(addr) = listen {
+        if let Some((_, other)) = seen.iter().find(|(a, _)| conflicts(*a, addr)) {
+            s.bad("listen", format!("{addr} is already used by {other}"));
+        }
+        seen.push((addr, s.prefix.clone()));
+    }
+    let tls = match raw.tls {
+        None => Some(None),
+        Some(tls) => build_tls(s, tls).map(Some),
+    };
+    Some(Listener {
+        name,
+        listen: listen?,
+        http2: raw.http2.unwrap_or(true),
+        max_header_bytes: s.nonzero("max_header_bytes", raw.max_header_bytes, 65_536),
+        header_read_timeout_ms: s.nonzero(
+            "header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            10_000,
+        ),
+        idle_timeout_ms: s.nonzero("idle_timeout_ms", raw.idle_timeout_ms, 60_000),
+        max_connections: s.nonzero("max_connections", raw.max_connections, 10_000),
+        tls: tls?,
+    })
+}
+
+/// Two listen addresses that cannot both be bound. Port 0 (any free port) never conflicts.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn build_tls(s: &mut Scope<'_>, raw: RawTls) -> Option<Tls> {
+    let cert = s.existing("tls.cert", raw.cert, Kind::File);
+    let key = s.existing("tls.key", raw.key, Kind::File);
+    let mut sni = Vec::new();
+    for (j, entry) in raw.sni.unwrap_or_default().into_iter().enumerate() {
+        let at = format!("tls.sni[{j}]");
+        let hosts = match entry.hosts {
+            Some(hosts) if !hosts.is_empty() => hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(k, h)| s.host(&format!("{at}.hosts[{k}]"), h))
+                .collect(),
+            _ => {
+                s.bad(&format!("{at}.hosts"), "needs at least one host name");
+                Vec::new()
+            }
+        };
+        let cert = s.existing(&format!("{at}.cert"), entry.cert, Kind::File);
+        let key = s.existing(&format!("{at}.key"), entry.key, Kind::File);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            sni.push(SniCert { hosts, cert, key });
+        }
+    }
+    Some(Tls {
+        cert: cert?,
+        key: key?,
+        sni,
+    })
+}
+
+// === services ===
+
+fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
+    let name = s.required("name", raw.name);
+    if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        s.bad("name", "is empty");
+    }
+    let strategy = match raw.strategy.as_deref() {
+        None => Strategy::default(),
+        Some(text) => s.one_of("strategy", text, &STRATEGIES)?,
+    };
+    let sticky_key = match (strategy, raw.sticky_key) {
+        (Strategy::StickyHash, None) => {
+            s.bad(
+                "sticky_key",
+                "required for strategy sticky_hash (client_ip, header:<name> or cookie:<name>)",
+            );
+            None
+        }
+        (Strategy::StickyHash, Some(text)) => parse_sticky_key(&text).or_else(|| {
+            s.bad(
+                "sticky_key",
+                format!("{text:?} is not client_ip, header:<name> or cookie:<name>"),
+            );
+            None
+        }),
+        (_, Some(_)) => {
+            s.bad("sticky_key", "only used by strategy sticky_hash");
+            None
+        }
+        (_, None) => None,
+    };
+    let mut upstreams = Vec::new();
+    match raw.upstreams {
+        Some(list) if !list.is_empty() => {
+            for (j, up) in list.into_iter().enumerate() {
+                let at = format!("upstreams[{j}]");
+                let url = s.required(&format!("{at}.url"), up.url).and_then(|url| {
+                    upstream_url(&url, &s.file.dir)
+                        .map_err(|why| s.bad(&format!("{at}.url"), format!("{url:?} {why}")))
+                        .ok()
+                });
+                let weight = s.nonzero(&format!("{at}.weight"), up.weight, 1);
+                if let Some(url) = url {
+                    upstreams.push(Upstream { url, weight });
+                }
+            }
+        }
+        _ => s.bad("upstreams", "no upstreams: a service needs at least one"),
+    }
+    let cb = raw.circuit_breaker.unwrap_or_default();
+    let d = CircuitBreaker::default();
+    let circuit_breaker = CircuitBreaker {
+        enabled: cb.enabled.unwrap_or(d.enabled),
+        failure_threshold: s.nonzero(
+            "circuit_breaker.failure_threshold",
+            cb.failure_threshold,
+            d.failure_threshold,
+        ),
+        open_ms: s.nonzero("circuit_breaker.open_ms", cb.open_ms, d.open_ms),
+        half_open_max_requests: s.nonzero(
+            "circuit_breaker.half_open_max_requests",
+            cb.half_open_max_requests,
+            d.half_open_max_requests,
+        ),
+        success_threshold: s.nonzero(
+            "circuit_breaker.success_threshold",
+            cb.success_threshold,
+            d.success_threshold,
+        ),
+        count_5xx: cb.count_5xx.unwrap_or(d.count_5xx),
+    };
+    let hc = raw.health_check.unwrap_or_default();
+    let d = HealthCheck::default();
+    let path = hc.path.unwrap_or(d.path);
+    if !path.starts_with('/') {
+        s.bad("health_check.path", format!("{path:?} must start with '/'"));
+    }
+    let health_check = HealthCheck {
+        enabled: hc.enabled.unwrap_or(d.enabled),
+        path,
+        interval_ms: s.nonzero("health_check.interval_ms", hc.interval_ms, d.interval_ms),
+        timeout_ms: s.nonzero("health_check.timeout_ms", hc.timeout_ms, d.timeout_ms),
+        unhealthy_threshold: s.nonzero(
+            "health_check.unhealthy_threshold",
+            hc.unhealthy_threshold,
+            d.unhealthy_threshold,
+        ),
+        healthy_threshold: s.nonzero(
+            "health_check.healthy_threshold",
+            hc.healthy_threshold,
+            d.healthy_threshold,
+        ),
+    };
+    let ca_file = raw
+        .ca_file
+        .and_then(|p| s.existing("ca_file", Some(p), Kind::File));
+    Some(Service {
+        name: name?,
+        strategy,
+        sticky_key,
+        upstreams,
+        http2: raw.http2.unwrap_or(false),
+        ca_file,
+        connect_timeout_ms: s.nonzero("connect_timeout_ms", raw.connect_timeout_ms, 2000),
+        response_timeout_ms: s.nonzero("response_timeout_ms", raw.response_timeout_ms, 30_000),
+        circuit_breaker,
+        health_check,
+    })
+}
+
+const STRATEGIES: [(&str, Strategy); 5] = [
+    ("failover", Strategy::Failover),
+    ("round_robin", Strategy::RoundRobin),
+    ("random", Strategy::Random),
+    ("least_requests", Strategy::LeastRequests),
+    ("sticky_hash", Strategy::StickyHash),
+];
+
+fn parse_sticky_key(text: &str) -> Option<StickyKey> {
+    if text == "client_ip" {
+        Some(StickyKey::ClientIp)
+    } else if let Some(name) = text.strip_prefix("header:") {
+        is_token(name).then(|| StickyKey::Header(name.to_ascii_lowercase()))
+    } else if let Some(name) = text.strip_prefix("cookie:") {
+        is_token(name).then(|| StickyKey::Cookie(name.to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Checks an upstream URL; returns it normalized, or why it is wrong (after the quoted URL).
+fn upstream_url(url: &str, dir: &Path) -> Result<String, String> {
+    const SHAPES: &str = "http://host[:port], https://host[:port] or unix:/path";
+    if let Some(path) = url.strip_prefix("unix:") {
+        // `unix:///run/x.sock` is common too.
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err("has no socket path (unix:/path/to.sock)".to_owned());
+        }
+        return Ok(format!("unix:{}", dir.join(path).display()));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("is not a valid upstream: use {SHAPES}"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("has unsupported scheme {scheme:?}: use {SHAPES}"));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if !tail.is_empty() && tail != "/" {
+        return Err("must not have a path or query: the upstream is host and port only".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("must not contain user info".to_owned());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or_else(|| "has an unclosed '['".to_owned())?;
+        ip.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("has an invalid IPv6 address {ip:?}"))?;
+        (&authority[..ip.len() + 2], after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    if !host_ok {
+        return Err(format!("has an invalid host {host:?}"));
+    }
+    if let Some(port) = port
+        && !matches!(port.parse::<u16>(), Ok(p) if p != 0)
+    {
+        return Err(format!("has an invalid port {port:?} (1-65535)"));
+    }
+    Ok(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+// === routes ===
+
+fn build_route(s: &mut Scope<'_>, mut raw: RawRoute, services: Option<&[String]>) -> Option<Route> {
+    let path = s.required("path", raw.path.take());
+    if let Some(p) = &path {
+        if !p.starts_with('/') {
+            s.bad("path", format!("{p:?} must start with '/'"));
+        } else if p.contains(['?', '#']) || p.contains(char::is_whitespace) {
+            s.bad(
+                "path",
+                format!("{p:?} must be a plain path (no '?', '#' or whitespace)"),
+            );
+        }
+    }
+    let host = raw.host.take().and_then(|h| s.host("host", &h));
+
+    let service_keys = [
+        ("strip_prefix", raw.strip_prefix.is_some()),
+        ("websocket", raw.websocket.is_some()),
+        ("max_websockets", raw.max_websockets.is_some()),
+    ];
+    let static_keys = [
+        ("index", raw.index.is_some()),
+        ("directory_listing", raw.directory_listing.is_some()),
+        ("max_file_size", raw.max_file_size.is_some()),
+        ("cache_control", raw.cache_control.is_some()),
+        ("compression", raw.compression.is_some()),
+        ("serve_hidden", raw.serve_hidden.is_some()),
+    ];
+    let given: Vec<&str> = [
+        ("service", raw.service.is_some()),
+        ("static_dir", raw.static_dir.is_some()),
+        ("respond", raw.respond.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, present)| present.then_some(k))
+    .collect();
+    let target = match given.as_slice() {
+        [] => {
+            s.bad("", format!("needs {TARGETS}"));
+            None
+        }
+        [one] => {
+            // Keys of the other targets are mistakes, not silently ignored settings.
+            for (key, present) in service_keys {
+                if present && *one != "service" {
+                    s.bad(key, "only allowed on routes with `service`");
+                }
+            }
+            for (key, present) in static_keys {
+                if present && *one != "static_dir" {
+                    s.bad(key, "only allowed on routes with `static_dir`");
+                }
+            }
+            match *one {
+                "service" => service_target(s, raw, services),
+                "static_dir" => static_target(s, raw),
+                _ => respond_target(s, raw.respond),
+            }
+        }
+        many => {
+            s.bad(
+                "",
+                format!("has {}: a route needs {TARGETS}", many.join(" and ")),
+            );
+            None
+        }
+    };
+    Some(Route {
+        path: path?,
+        host,
+        target: target?,
+    })
+}
+
+fn service_target(
+    s: &mut Scope<'_>,
+    raw: RawRoute,
+    services: Option<&[String]>,
+) -> Option<RouteTarget> {
+    let service = raw.service?;
+    if let Some(names) = services
+        && !names.contains(&service)
+    {
+        let list = if names.is_empty() {
+            "no services are defined".to_owned()
+        } else {
+            format!("services: {}", names.join(", "))
+        };
+        s.bad("service", format!("no service named {service:?} ({list})"));
+    }
+    Some(RouteTarget::Service(ServiceRoute {
+        service,
+        strip_prefix: raw.strip_prefix.unwrap_or(false),
+        websocket: raw.websocket.unwrap_or(false),
+        max_websockets: s.nonzero("max_websockets", raw.max_websockets, 1000),
+    }))
+}
+
+fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
+    let static_dir = s.existing("static_dir", raw.static_dir, Kind::Dir);
+    let index = match raw.index {
+        None => Some("index.html".to_owned()),
+        Some(i) if i.is_empty() => None,
+        Some(i) => {
+            if i.contains(['/', '\\']) || i == "." || i == ".." {
+                s.bad("index", format!("{i:?} must be a file name, not a path"));
+            }
+            Some(i)
+        }
+    };
+    if let Some(value) = &raw.cache_control {
+        s.header_value("cache_control", value);
+    }
+    let c = raw.compression.unwrap_or_default();
+    let d = Compression::default();
+    Some(RouteTarget::Static(StaticRoute {
+        static_dir: static_dir?,
+        index,
+        directory_listing: raw.directory_listing.unwrap_or(false),
+        max_file_size: s.nonzero("max_file_size", raw.max_file_size, 10_485_760),
+        cache_control: raw.cache_control,
+        compression: Compression {
+            gzip: c.gzip.unwrap_or(d.gzip),
+            brotli: c.brotli.unwrap_or(d.brotli),
+            min_size: c.min_size.unwrap_or(d.min_size),
+        },
+        serve_hidden: raw.serve_hidden.unwrap_or(false),
+    }))
+}
+
+fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<RouteTarget> {
+    let respond = respond?;
+    let status = s.required("respond.status", respond.status).and_then(|st| {
+        if (100..=599).contains(&st) {
+            u16::try_from(st).ok()
+        } else {
+            s.bad(
+                "respond.status",
+                format!("{st} is not an HTTP status (100-599)"),
+            );
+            None
+        }
+    });
+    let content_type = respond
+        .content_type
+        .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
+    s.header_value("respond.content_type", &content_type);
+    Some(RouteTarget::Respond(Respond {
+        status: status?,
+        body: respond.body.unwrap_or_default(),
+        content_type,
+    }))
+}
+
+// === devices ===
+
+fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
+    match raw {
+        RawDevice::Identity(raw) => {
+            let mut trusted_proxies = Vec::new();
+            for (j, text) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+                let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                });
+                match net {
+                    Some(net) => trusted_proxies.push(net),
+                    None => s.bad(
+                        &format!("trusted_proxies[{j}]"),
+                        format!("{text:?} is not an IP network (CIDR like 10.0.0.0/8) or address"),
+                    ),
+                }
+            }
+            let geoip_db = raw
+                .geoip_db
+                .and_then(|p| s.existing("geoip_db", Some(p), Kind::File));
+            Some(Device::Identity(IdentityDevice {
+                enabled: raw.enabled.unwrap_or(true),
+                name: s.name(raw.name),
+                trusted_proxies,
+                geoip_db,
+                user_agent: raw.user_agent.unwrap_or(false),
+            }))
+        }
+        RawDevice::RequestFilter(raw) => {
+            let allow_methods = s.methods("allow_methods", raw.allow_methods);
+            let deny_methods = s.methods("deny_methods", raw.deny_methods);
+            for m in deny_methods.iter().filter(|m| allow_methods.contains(m)) {
+                s.bad("deny_methods", format!("{m} is also in allow_methods"));
+            }
+            let required_headers = s.header_names("required_headers", raw.required_headers);
+            let deny_headers = s.header_names("deny_headers", raw.deny_headers);
+            let allow_headers = s.header_names("allow_headers", raw.allow_headers);
+            let deny_status = raw.deny_status.and_then(|st| {
+                if (400..=599).contains(&st) {
+                    u16::try_from(st).ok()
+                } else {
+                    s.bad(
+                        "deny_status",
+                        format!("{st} is not an error status (400-599)"),
+                    );
+                    None
+                }
+            });
+            Some(Device::RequestFilter(RequestFilterDevice {
+                enabled: raw.enabled.unwrap_or(true),
+                name: s.name(raw.name),
+                allow_methods,
+                deny_methods,
+                required_headers,
+                deny_headers,
+                allow_headers,
+                max_header_bytes: raw
+                    .max_header_bytes
+                    .map(|v| s.nonzero("max_header_bytes", Some(v), v)),
+                max_body_bytes: raw.max_body_bytes,
+                deny_status,
+            }))
+        }
+        RawDevice::Wasm(raw) => {
+            let name = s.required("name", raw.name);
+            if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                s.bad("name", "is empty");
+            }
+            let path = s.existing("path", raw.path, Kind::File);
+            let on_failure = match raw.on_failure.as_deref() {
+                None => Some(FailurePolicy::default()),
+                Some(text) => s.one_of(
+                    "on_failure",
+                    text,
+                    &[
+                        ("closed", FailurePolicy::Closed),
+                        ("open", FailurePolicy::Open),
+                    ],
+                ),
+            };
+            let config = raw
+                .config
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, to_json(v)))
+                .collect();
+            Some(Device::Wasm(WasmDevice {
+                enabled: raw.enabled.unwrap_or(true),
+                name: Some(name?),
+                path: path?,
+                config,
+                timeout_ms: s.nonzero("timeout_ms", raw.timeout_ms, 5),
+                memory_limit_bytes: s.nonzero(
+                    "memory_limit_bytes",
+                    raw.memory_limit_bytes,
+                    16 * 1024 * 1024,
+                ),
+                on_failure: on_failure?,
+            }))
+        }
+        RawDevice::StructuredLogging(raw) => {
+            let output = match raw.output.as_deref() {
+                None | Some("stdout") => Some(LogOutput::Stdout),
+                Some("stderr") => Some(LogOutput::Stderr),
+                Some(path) => s.path("output", Path::new(path)).map(LogOutput::File),
+            };
+            let mut phases = Vec::new();
+            for (j, text) in raw
+                .phases
+                .unwrap_or_else(|| vec!["response".to_owned()])
+                .iter()
+                .enumerate()
+            {
+                if let Some(phase) = s.one_of(&format!("phases[{j}]"), text, &LogPhase::ALL)
+                    && !phases.contains(&phase)
+                {
+                    phases.push(phase);
+                }
+            }
+            if phases.is_empty() {
+                s.bad("phases", "names no phase: the device would never log");
+            }
+            let default_fields = || {
+                ["ip", "country", "device", "bot"]
+                    .map(str::to_owned)
+                    .to_vec()
+            };
+            let identity_fields = raw.identity_fields.unwrap_or_else(default_fields);
+            for (j, field) in identity_fields.iter().enumerate() {
+                if !IDENTITY_FIELDS.contains(&field.as_str()) {
+                    let message = format!(
+                        "unknown identity field {field:?} (expected one of {})",
+                        IDENTITY_FIELDS.join(", ")
+                    );
+                    s.bad(&format!("identity_fields[{j}]"), message);
+                }
+            }
+            Some(Device::StructuredLogging(LoggingDevice {
+                enabled: raw.enabled.unwrap_or(true),
+                name: s.name(raw.name),
+                output: output?,
+                phases,
+                include_headers: raw.include_headers.unwrap_or(false),
+                allowed_headers: s.header_names("allowed_headers", raw.allowed_headers),
+                redacted_headers: s.header_names("redacted_headers", raw.redacted_headers),
+                include_identity: raw.include_identity.unwrap_or(true),
+                identity_fields,
+            }))
+        }
+    }
+}
+
+/// TOML to JSON for the WASM `config`: datetimes become strings, as do non-finite floats.
+fn to_json(value: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(f).map_or_else(|| J::String(f.to_string()), J::Number)
+        }
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(to_json).collect()),
+        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+    }
+}
+
+// === impl Scope ===
+
+/// One element being checked: its file, its key prefix (`route[2]`) and the problem sink.
+struct Scope<'a> {
+    file: &'a SourceFile,
+    prefix: String,
+    problems: &'a mut Problems,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+impl<'a> Scope<'a> {
+    fn new(file: &'a SourceFile, prefix: impl Into<String>, problems: &'a mut Problems) -> Self {
+        Self {
+            file,
+            prefix: prefix.into(),
+            problems,
+        }
+    }
+
+    /// Reports a problem at `prefix.key` (at `prefix` itself when `key` is empty).
+    fn bad(&mut self, key: &str, message: impl Into<String>) {
+        let key = if key.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{key}", self.prefix)
+        };
+        self.problems.push(self.file.name.clone(), key, message);
+    }
+
+    fn required<T>(&mut self, key: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.bad(key, "missing (required)");
+        }
+        value
+    }
+
+    /// `value` or `default`; zero is a problem (and yields the default).
+    fn nonzero<T: Copy + Default + PartialEq>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+    ) -> T {
+        match value {
+            Some(v) if v == T::default() => {
+                self.bad(key, "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    /// `text` looked up in `choices`; otherwise a problem listing them.
+    fn one_of<T: Copy>(&mut self, key: &str, text: &str, choices: &[(&str, T)]) -> Option<T> {
+        let found = choices
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, v)| *v);
+        if found.is_none() {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            self.bad(
+                key,
+                format!(
+                    "unknown value {text:?} (expected one of {})",
+                    names.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<String>) -> Option<SocketAddr> {
+        let text = self.required(key, value)?;
+        let addr = text.parse().ok();
+        if addr.is_none() {
+            self.bad(
+                key,
+                format!("{text:?} is not a socket address (ip:port, e.g. 127.0.0.1:8080)"),
+            );
+        }
+        addr
+    }
+
+    /// Resolves a path against the file's directory; no existence check.
+    fn path(&mut self, key: &str, path: &Path) -> Option<PathBuf> {
+        if path.as_os_str().is_empty() {
+            self.bad(key, "is empty");
+            return None;
+        }
+        Some(self.file.dir.join(path))
+    }
+
+    /// Resolves a required path that must exist as a file or directory. The resolved path is
+    /// returned even when missing, so one missing file does not hide the rest of the element.
+    fn existing(&mut self, key: &str, path: Option<PathBuf>, kind: Kind) -> Option<PathBuf> {
+        let path = self.required(key, path)?;
+        let full = self.path(key, &path)?;
+        let shown = if path.is_absolute() {
+            format!("{:?}", path.display().to_string())
+        } else {
+            format!(
+                "{:?} (resolved to {})",
+                path.display().to_string(),
+                full.display()
+            )
+        };
+        match std::fs::metadata(&full) {
+            Ok(meta) if kind == Kind::File && !meta.is_file() => {
+                self.bad(key, format!("{shown} is not a file"))
+            }
+            Ok(meta) if kind == Kind::Dir && !meta.is_dir() => {
+                self.bad(key, format!("{shown} is not a directory"))
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.bad(key, format!("{shown} does not exist"))
+            }
+            Err(err) => self.bad(key, format!("{shown} cannot be read: {err}")),
+        }
+        Some(full)
+    }
+
+    /// A host pattern: lower-cased; exact or `*.suffix`.
+    fn host(&mut self, key: &str, host: &str) -> Option<String> {
+        let host = host.to_ascii_lowercase();
+        let why = if host.is_empty() {
+            Some("is empty")
+        } else if host.contains('/') {
+            Some("must be a host name, not a URL or path")
+        } else if host.contains(':') {
+            Some("must not contain ':' (no port; IPv6 literals are not supported)")
+        } else if host.contains(char::is_whitespace) {
+            Some("must not contain whitespace")
+        } else if host.strip_prefix("*.").unwrap_or(&host).contains('*') {
+            Some("may only use '*' as a leading \"*.\"")
+        } else if host == "*." {
+            Some("needs a suffix after \"*.\"")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                self.bad(key, format!("{host:?} {why}"));
+                None
+            }
+            None => Some(host),
+        }
+    }
+
+    fn name(&mut self, name: Option<String>) -> Option<String> {
+        if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            self.bad("name", "is empty");
+        }
+        name
+    }
+
+    fn methods(&mut self, key: &str, list: Option<Vec<String>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (j, m) in list.unwrap_or_default().into_iter().enumerate() {
+            if is_token(&m) {
+                out.push(m.to_ascii_uppercase());
+            } else {
+                self.bad(
+                    &format!("{key}[{j}]"),
+                    format!("{m:?} is not an HTTP method"),
+                );
+            }
+        }
+        out
+    }
+
+    fn header_names(&mut self, key: &str, list: Option<Vec<String>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (j, h) in list.unwrap_or_default().into_iter().enumerate() {
+            if is_token(&h) {
+                out.push(h.to_ascii_lowercase());
+            } else {
+                self.bad(
+                    &format!("{key}[{j}]"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+        out
+    }
+
+    fn header_value(&mut self, key: &str, value: &str) {
+        if value
+            .chars()
+            .any(|c| (c.is_ascii_control() && c != '\t') || !c.is_ascii())
+        {
+            self.bad(
+                key,
+                format!("{value:?} is not a valid header value (visible ASCII only)"),
+            );
+        }
+    }
+}
+
+/// An RFC 9110 token (method or header name).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

@@ -1,0 +1,265 @@
+//! Hop-by-hop header removal and the `x-forwarded-*` headers.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use bytes::{BufMut as _, BytesMut};
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::Authority;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Headers that only make sense on one connection, removed in both directions (besides
+/// `connection` itself and whatever it names).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
+/// Which way a message is going; requests may keep `te: trailers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Request,
+    Response,
+}
+
+/// Removes hop-by-hop headers: `connection` and every header it names, `keep-alive`,
+/// `proxy-connection`, `proxy-authenticate`, `proxy-authorization`, `te`, `trailer`,
+/// `transfer-encoding` and `upgrade`.
+///
+/// A request keeps `te` when its only value is `trailers` (gRPC needs it end to end, and HTTP/2
+/// allows exactly that value). `connection` cannot remove `host` or `x-request-id`.
+#[inline]
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
+    // Header values are reference counted, so cloning the usual single `connection` value does
+    // not allocate; several `connection` lines are rare enough to collect.
+    let mut values = headers.get_all(CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => {}
+        (Some(value), None) => {
+            let value = value.clone();
+            remove_listed(headers, &value);
+        }
+        (Some(_), Some(_)) => {
+            let all: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            for value in &all {
+                remove_listed(headers, value);
+            }
+        }
+    }
+    headers.remove(CONNECTION);
+
+    let keep_te = direction == Direction::Request && is_te_trailers(headers);
+    for name in HOP_BY_HOP {
+        if keep_te && name == TE {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// Removes the headers named in one `connection` value.
+fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
+    let Ok(value) = value.to_str() else { return };
+    for name in value.split(',') {
+        let name = name.trim();
+        if name.is_empty()
+            || name.eq_ignore_ascii_case(HOST.as_str())
+            || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str())
+        {
+            continue;
+        }
+        // `close` and `keep-alive` are options, not header names; removing them is harmless.
+        headers.remove(name);
+    }
+}
+
+/// Whether every `te` value is exactly `trailers`.
+fn is_te_trailers(headers: &HeaderMap) -> bool {
+    let mut any = false;
+    for value in headers.get_all(TE) {
+        if !value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"trailers")
+        {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// Sets the forwarding headers of a request: appends `peer` to `x-forwarded-for`, sets
+/// `x-forwarded-proto` and `x-forwarded-host`, and gives a request without `host` (HTTP/2) one
+/// from its URI authority. `host` itself is never changed.
+#[inline]
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    authority: Option<&Authority>,
+    peer: IpAddr,
+    tls: bool,
+) {
+    append_forwarded_for(headers, peer.to_canonical());
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        if tls { HTTPS.clone() } else { HTTP.clone() },
+    );
+
+    let host = match headers.get(HOST) {
+        Some(host) => Some(host.clone()),
+        None => {
+            let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = &host {
+                headers.insert(HOST, host.clone());
+            }
+            host
+        }
+    };
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+        // Nothing to report: do not pass on what the client claimed.
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// `x-forwarded-for: <existing values, comma separated>, <peer>`, as one header line.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    // The longest IPv6 text is 45 bytes.
+    let mut ip = [0u8; 48];
+    let ip_len = {
+        let mut cursor = &mut ip[..];
+        let _ = write!(cursor, "{peer}");
+        48 - cursor.len()
+    };
+    let ip = &ip[..ip_len];
+
+    let existing = headers.get_all(&X_FORWARDED_FOR);
+    let mut len = 0;
+    for value in existing.iter() {
+        len += value.len() + 2;
+    }
+    let value = if len == 0 {
+        HeaderValue::from_bytes(ip)
+    } else {
+        let mut buf = BytesMut::with_capacity(len + ip.len());
+        for value in existing.iter() {
+            let value = value.as_bytes().trim_ascii();
+            if !value.is_empty() {
+                buf.put_slice(value);
+                buf.put_slice(b", ");
+            }
+        }
+        buf.put_slice(ip);
+        HeaderValue::from_maybe_shared(buf.freeze())
+    };
+    if let Ok(value) = value {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("proxy-authorization", "basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "example.com"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, Direction::Request);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_passes_on_requests_only() {
+        let mut h = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut h, Direction::Request);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        remove_hop_by_hop(&mut h, Direction::Response);
+        assert!(h.get("te").is_none());
+
+        let mut h = map(&[("te", "trailers"), ("te", "gzip")]);
+        remove_hop_by_hop(&mut h, Direction::Request);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", " 2.2.2.2 "),
+            ("x-forwarded-proto", "gopher"),
+        ]);
+        set_forwarded(&mut h, None, "10.0.0.9".parse().unwrap(), true);
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 10.0.0.9"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(h.get("host").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn forwarded_for_h2_without_host() {
+        let mut h = map(&[("x-forwarded-host", "spoofed")]);
+        let authority = Authority::from_static("api.example:8443");
+        set_forwarded(
+            &mut h,
+            Some(&authority),
+            "::ffff:10.0.0.1".parse().unwrap(),
+            false,
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("host").unwrap(), "api.example:8443");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example:8443");
+
+        let mut h = map(&[("x-forwarded-host", "spoofed")]);
+        set_forwarded(&mut h, None, "2001:db8::1".parse().unwrap(), false);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "2001:db8::1");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+}

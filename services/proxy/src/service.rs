@@ -1,0 +1,670 @@
+//! [`ProxyService`]: one configured service, its upstreams, their pools and circuit breakers.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+use snakeway_core::{Body, Error, ErrorKind, cause_ref};
+
+use crate::balance::{Balancer, Strategy};
+use crate::breaker::{Breaker, CircuitBreakerOptions, CircuitState, Permit};
+use crate::connector::{ConnectError, Connector};
+use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
+use crate::target::Target;
+use crate::tls::{self, TlsConfigError};
+
+/// One upstream of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    /// Where it lives.
+    pub target: Target,
+    /// Its share of requests under [`Strategy::RoundRobin`] (at least 1).
+    pub weight: u32,
+}
+
+/// How a service talks to its upstreams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// How requests are spread over the upstreams.
+    pub strategy: Strategy,
+    /// Prior-knowledge HTTP/2 (h2c) to `http` and `unix` upstreams; `https` upstreams then offer
+    /// `h2` and `http/1.1` by ALPN (otherwise `http/1.1` only).
+    pub http2: bool,
+    /// PEM file of the certificates trusted for `https` upstreams; `None`: the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Limit on connecting, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// Limit on getting response headers, connecting included → 504.
+    pub response_timeout: Duration,
+    /// The circuit breaker of each upstream.
+    pub circuit_breaker: CircuitBreakerOptions,
+}
+
+impl Default for ServiceOptions {
+    /// The defaults of the design contract: round robin, HTTP/1.1, system roots, 2 s to connect,
+    /// 30 s to respond, default circuit breaker.
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            http2: false,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            circuit_breaker: CircuitBreakerOptions::default(),
+        }
+    }
+}
+
+/// What the proxy needs to know about the downstream connection.
+///
+/// [`ProxyService::forward`] takes it as an argument; the [`tower::Service`] impl reads it from
+/// the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Downstream {
+    /// The client's address; its IP is appended to `x-forwarded-for`.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
+}
+
+/// Why a [`ProxyService`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The service lists no upstream.
+    #[error("service {service:?} has no upstream")]
+    NoUpstreams {
+        /// The service name.
+        service: String,
+    },
+    /// An upstream has weight 0.
+    #[error("service {service:?}: upstream {target} has weight 0 (the minimum is 1)")]
+    ZeroWeight {
+        /// The service name.
+        service: String,
+        /// The upstream.
+        target: String,
+    },
+    /// The TLS client configuration could not be built.
+    #[error("service {service:?}: {source}")]
+    Tls {
+        /// The service name.
+        service: String,
+        /// What went wrong.
+        #[source]
+        source: TlsConfigError,
+    },
+}
+
+/// A read-only view of one upstream, for the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    /// The upstream URL (`http://127.0.0.1:3001`, `unix:/run/app.sock`).
+    pub target: String,
+    /// Its configured weight.
+    pub weight: u32,
+    /// Its circuit.
+    pub state: CircuitState,
+    /// Requests sent to it (since it was first configured; reloads keep the count).
+    pub requests: u64,
+    /// Failed requests: connect errors, timeouts, and 5xx responses when those are counted.
+    pub failures: u64,
+}
+
+/// The upstream outcome of a route: picks an upstream, forwards the request over a pooled
+/// connection and streams both bodies.
+///
+/// Cloning is cheap (one `Arc`). Built once per config snapshot; see [`ProxyService::new`] for
+/// how pools survive a reload.
+#[derive(Clone)]
+pub struct ProxyService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Box<str>,
+    upstreams: Box<[Upstream]>,
+    balancer: Balancer,
+    response_timeout: Duration,
+    breaker: CircuitBreakerOptions,
+}
+
+struct Upstream {
+    target: Target,
+    weight: u32,
+    /// `host:port` or `unix:/path`, for messages.
+    short_name: Box<str>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `host` for the rare request that has none (HTTP/1.0 without `Host`).
+    default_host: Option<HeaderValue>,
+    pool: Arc<Pool>,
+    health: Arc<Health>,
+}
+
+/// The connection pool of one upstream and the options it was built with; carried over to the
+/// next snapshot when those options are unchanged.
+struct Pool {
+    client: Client<Connector, Body>,
+    options: ConnOptions,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ConnOptions {
+    target: Target,
+    http2: bool,
+    connect_timeout: Duration,
+    /// Only for `https` targets: a changed `ca_file` does not matter to the others.
+    ca_file: Option<PathBuf>,
+}
+
+/// Circuit breaker and counters of one upstream; carried over to the next snapshot whenever
+/// the target is unchanged.
+struct Health {
+    breaker: Breaker,
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+// === impl ProxyService ===
+
+impl ProxyService {
+    /// Builds the service `name` over `upstreams`.
+    ///
+    /// `previous` is the same-named service of the snapshot being replaced, if any. Each new
+    /// upstream whose target was already there keeps its circuit breaker and counters; when its
+    /// connection options (`http2`, `connect_timeout`, and `ca_file` for `https`) are unchanged
+    /// too, it keeps its connection pool, so a reload does not drop idle keep-alive connections.
+    pub fn new(
+        name: &str,
+        upstreams: Vec<UpstreamSpec>,
+        options: ServiceOptions,
+        previous: Option<&Self>,
+    ) -> Result<Self, BuildError> {
+        if upstreams.is_empty() {
+            return Err(BuildError::NoUpstreams {
+                service: name.to_owned(),
+            });
+        }
+        if let Some(spec) = upstreams.iter().find(|u| u.weight == 0) {
+            return Err(BuildError::ZeroWeight {
+                service: name.to_owned(),
+                target: spec.target.to_string(),
+            });
+        }
+
+        let old: &[Upstream] = previous.map_or(&[], |p| &p.inner.upstreams);
+        let mut taken = vec![false; old.len()];
+        let mut tls: Option<Arc<ClientConfig>> = None;
+        let mut built = Vec::with_capacity(upstreams.len());
+        for spec in upstreams {
+            let UpstreamSpec { target, weight } = spec;
+            let conn = ConnOptions {
+                target: target.clone(),
+                http2: options.http2,
+                connect_timeout: options.connect_timeout,
+                ca_file: if target.is_tls() {
+                    options.ca_file.clone()
+                } else {
+                    None
+                },
+            };
+            // The first old upstream with this target, preferring one whose pool fits as is.
+            let same_target = |(i, u): &(usize, &Upstream)| !taken[*i] && u.target == target;
+            let reused = old
+                .iter()
+                .enumerate()
+                .filter(same_target)
+                .find(|(_, u)| u.pool.options == conn)
+                .or_else(|| old.iter().enumerate().find(same_target));
+            if let Some((i, _)) = reused {
+                taken[i] = true;
+            }
+            let reused = reused.map(|(_, u)| u);
+
+            let pool = match reused {
+                Some(u) if u.pool.options == conn => u.pool.clone(),
+                _ => Arc::new(Pool::new(conn, &mut tls, &options).map_err(|source| {
+                    BuildError::Tls {
+                        service: name.to_owned(),
+                        source,
+                    }
+                })?),
+            };
+            let health = match reused {
+                Some(u) => u.health.clone(),
+                None => Arc::new(Health {
+                    breaker: Breaker::new(),
+                    requests: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                }),
+            };
+            let authority = target.uri_authority().clone();
+            built.push(Upstream {
+                short_name: target.short_name().into_boxed_str(),
+                scheme: target.scheme(),
+                default_host: HeaderValue::from_str(authority.as_str()).ok(),
+                authority,
+                target,
+                weight,
+                pool,
+                health,
+            });
+        }
+
+        let weights: Vec<u32> = built.iter().map(|u| u.weight).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: name.into(),
+                balancer: Balancer::new(options.strategy, &weights),
+                upstreams: built.into_boxed_slice(),
+                response_timeout: options.response_timeout,
+                breaker: options.circuit_breaker,
+            }),
+        })
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// A snapshot of every upstream, in configured order.
+    pub fn upstreams(&self) -> impl Iterator<Item = UpstreamStatus> + '_ {
+        self.inner.upstreams.iter().map(|u| UpstreamStatus {
+            target: u.target.to_string(),
+            weight: u.weight,
+            state: u.health.breaker.state(&self.inner.breaker),
+            requests: u.health.requests.load(Ordering::Relaxed),
+            failures: u.health.failures.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Forwards `req` to one upstream and returns its response, whose body streams from the
+    /// upstream connection.
+    ///
+    /// The request is expected to be validated and routed already (framing checked, path
+    /// normalized, prefix stripped, `x-request-id` set). Its path and query are kept; scheme and
+    /// authority become the upstream's. Hop-by-hop headers are removed both ways and the
+    /// `x-forwarded-*` headers are set; `host` passes unchanged.
+    ///
+    /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
+    /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long,
+    /// [`ErrorKind::UpstreamUnavailable`] when the connection fails or the upstream hangs up.
+    /// An upstream failing after the headers surfaces as an error from the response body.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Result<Response<Body>, Error> {
+        let inner = &*self.inner;
+        let Some((index, permit)) = inner.balancer.pick(inner.upstreams.len(), |i| {
+            Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker)
+        }) else {
+            return Err(Error::new(
+                ErrorKind::NoHealthyUpstream,
+                format!("service \"{}\": no healthy upstream", inner.name),
+            ));
+        };
+        let upstream = &inner.upstreams[index];
+        let req = upstream.prepare(req, downstream).map_err(|e| {
+            Error::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "service \"{}\": cannot build the upstream request",
+                    inner.name
+                ),
+            )
+            .with_source(e)
+        })?;
+
+        upstream.health.requests.fetch_add(1, Ordering::Relaxed);
+        let response =
+            tokio::time::timeout(inner.response_timeout, upstream.pool.client.request(req)).await;
+        match response {
+            Ok(Ok(response)) => {
+                if inner.breaker.count_5xx && response.status().is_server_error() {
+                    upstream.health.failures.fetch_add(1, Ordering::Relaxed);
+                    permit.failure();
+                } else {
+                    permit.success();
+                }
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers, Direction::Response);
+                Ok(Response::from_parts(parts, Body::from(body)))
+            }
+            Ok(Err(error)) => {
+                let (error, upstream_fault) = inner.upstream_error(upstream, error);
+                if upstream_fault {
+                    upstream.health.failures.fetch_add(1, Ordering::Relaxed);
+                    permit.failure();
+                }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                upstream.health.failures.fetch_add(1, Ordering::Relaxed);
+                permit.failure();
+                Err(Error::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "service \"{}\": upstream {} did not respond within {} ms",
+                        inner.name,
+                        upstream.short_name,
+                        inner.response_timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn pool_ptr(&self, index: usize) -> *const () {
+        Arc::as_ptr(&self.inner.upstreams[index].pool).cast()
+    }
+}
+
+impl fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyService")
+            .field("name", &self.inner.name)
+            .field(
+                "upstreams",
+                &self
+                    .inner
+                    .upstreams
+                    .iter()
+                    .map(|u| &u.target)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`ProxyService`]'s [`tower::Service`] impl. Boxed: callers that care about the
+/// allocation call [`ProxyService::forward`] directly.
+pub type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
+
+/// Forwards requests that carry a [`Downstream`] in their extensions (a request without one is
+/// an [`ErrorKind::Internal`] error). Always ready.
+impl tower::Service<Request<Body>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ProxyFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let Some(downstream) = req.extensions().get::<Downstream>().copied() else {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "service \"{}\": request without downstream info",
+                        this.name()
+                    ),
+                ));
+            };
+            this.forward(req, &downstream).await
+        })
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// Turns a client error into the error the caller sees, and says whether it is the
+    /// upstream's fault (and so counts against its circuit).
+    fn upstream_error(
+        &self,
+        upstream: &Upstream,
+        error: hyper_util::client::legacy::Error,
+    ) -> (Error, bool) {
+        let (name, up) = (&self.name, &upstream.short_name);
+        let (kind, message, fault) = if let Some(connect) = cause_ref::<ConnectError>(&error) {
+            match connect {
+                ConnectError::Timeout(t) => (
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "timed out connecting to upstream {up} after {} ms",
+                        t.as_millis()
+                    ),
+                    true,
+                ),
+                ConnectError::Tls(_) => (
+                    ErrorKind::UpstreamUnavailable,
+                    format!("TLS handshake with upstream {up} failed"),
+                    true,
+                ),
+                ConnectError::Connect(io) => {
+                    let what = match io.kind() {
+                        io::ErrorKind::ConnectionRefused => "refused the connection",
+                        io::ErrorKind::NotFound => "does not exist",
+                        io::ErrorKind::TimedOut => "timed out",
+                        _ => "is unreachable",
+                    };
+                    (
+                        ErrorKind::UpstreamUnavailable,
+                        format!("upstream {up} {what}"),
+                        true,
+                    )
+                }
+            }
+        } else if let Some(h) = cause_ref::<hyper::Error>(&error)
+            && h.is_user()
+        {
+            // Our side of the exchange failed, mostly the downstream request body breaking
+            // off: nothing the upstream did.
+            (
+                ErrorKind::BadRequest,
+                format!("the request to upstream {up} could not be sent"),
+                false,
+            )
+        } else {
+            let io_kind = cause_ref::<io::Error>(&error).map(io::Error::kind);
+            let hyper = cause_ref::<hyper::Error>(&error);
+            let what = if matches!(
+                io_kind,
+                Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)
+            ) {
+                "reset the connection"
+            } else if hyper.is_some_and(|h| h.is_parse() || h.is_parse_status()) {
+                "sent an invalid response"
+            } else if hyper
+                .is_some_and(|h| h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+                || io_kind == Some(io::ErrorKind::BrokenPipe)
+            {
+                "closed the connection before responding"
+            } else {
+                "failed"
+            };
+            (
+                ErrorKind::UpstreamUnavailable,
+                format!("upstream {up} {what}"),
+                true,
+            )
+        };
+        (
+            Error::new(kind, format!("service \"{name}\": {message}")).with_source(error),
+            fault,
+        )
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Rewrites a downstream request for this upstream: URI, version and headers.
+    #[inline]
+    fn prepare(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Result<Request<Body>, http::uri::InvalidUriParts> {
+        let (mut parts, body) = req.into_parts();
+        let uri = std::mem::take(&mut parts.uri).into_parts();
+
+        remove_hop_by_hop(&mut parts.headers, Direction::Request);
+        set_forwarded(
+            &mut parts.headers,
+            uri.authority.as_ref(),
+            downstream.peer.ip(),
+            downstream.tls,
+        );
+        if !parts.headers.contains_key(HOST)
+            && let Some(host) = &self.default_host
+        {
+            parts.headers.insert(HOST, host.clone());
+        }
+
+        let mut upstream_uri = http::uri::Parts::default();
+        upstream_uri.scheme = Some(self.scheme.clone());
+        upstream_uri.authority = Some(self.authority.clone());
+        upstream_uri.path_and_query = Some(
+            uri.path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(upstream_uri)?;
+        // hyper speaks HTTP/1.1 or HTTP/2 to the upstream as the connection allows; a version
+        // of 2 on an HTTP/1 connection would be refused.
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    fn new(
+        options: ConnOptions,
+        tls: &mut Option<Arc<ClientConfig>>,
+        service: &ServiceOptions,
+    ) -> Result<Self, TlsConfigError> {
+        let tls = if options.target.is_tls() {
+            if tls.is_none() {
+                *tls = Some(tls::client_config(
+                    service.ca_file.as_deref(),
+                    service.http2,
+                )?);
+            }
+            tls.as_ref()
+        } else {
+            None
+        };
+        let connector = Connector::new(&options.target, tls, options.connect_timeout)?;
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            // `host` passes through as the client sent it.
+            .set_host(false)
+            // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
+            .http2_only(options.http2 && !options.target.is_tls())
+            .build(connector);
+        Ok(Self { client, options })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str, weight: u32) -> UpstreamSpec {
+        UpstreamSpec {
+            target: Target::parse(url).unwrap(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn send_sync_and_cheap_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<ProxyService>();
+        fn assert_send<T: Send>(_: &T) {}
+        let svc = ProxyService::new(
+            "a",
+            vec![spec("http://127.0.0.1:1", 1)],
+            ServiceOptions::default(),
+            None,
+        )
+        .unwrap();
+        let d = Downstream {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            tls: false,
+        };
+        let fut = svc.forward(Request::new(Body::empty()), &d);
+        assert_send(&fut);
+    }
+
+    #[tokio::test]
+    async fn previous_keeps_pools_only_when_options_match() {
+        let ups = || vec![spec("http://127.0.0.1:1", 1), spec("http://127.0.0.1:2", 1)];
+        let a = ProxyService::new("a", ups(), ServiceOptions::default(), None).unwrap();
+        let b = ProxyService::new("a", ups(), ServiceOptions::default(), Some(&a)).unwrap();
+        assert_eq!(a.pool_ptr(0), b.pool_ptr(0));
+        assert_eq!(a.pool_ptr(1), b.pool_ptr(1));
+        assert!(Arc::ptr_eq(
+            &a.inner.upstreams[1].health,
+            &b.inner.upstreams[1].health
+        ));
+
+        // Reordered: pools follow their targets.
+        let c = ProxyService::new(
+            "a",
+            vec![spec("http://127.0.0.1:2", 1), spec("http://127.0.0.1:3", 1)],
+            ServiceOptions::default(),
+            Some(&b),
+        )
+        .unwrap();
+        assert_eq!(c.pool_ptr(0), b.pool_ptr(1));
+
+        // Changed connection options: new pool, same breaker.
+        let opts = ServiceOptions {
+            http2: true,
+            ..ServiceOptions::default()
+        };
+        let d = ProxyService::new("a", ups(), opts, Some(&b)).unwrap();
+        assert_ne!(d.pool_ptr(0), b.pool_ptr(0));
+        assert!(Arc::ptr_eq(
+            &d.inner.upstreams[0].health,
+            &b.inner.upstreams[0].health
+        ));
+    }
+
+    #[test]
+    fn build_errors() {
+        let e = ProxyService::new("a", vec![], ServiceOptions::default(), None).unwrap_err();
+        assert!(matches!(e, BuildError::NoUpstreams { .. }));
+        let e = ProxyService::new(
+            "a",
+            vec![spec("http://h:1", 0)],
+            ServiceOptions::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, BuildError::ZeroWeight { .. }), "{e}");
+        let opts = ServiceOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..ServiceOptions::default()
+        };
+        let e = ProxyService::new("a", vec![spec("https://h", 1)], opts.clone(), None).unwrap_err();
+        assert!(matches!(e, BuildError::Tls { .. }), "{e}");
+        // The CA file only matters to https upstreams.
+        ProxyService::new("a", vec![spec("http://h:1", 1)], opts, None).unwrap();
+    }
+}

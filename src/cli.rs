@@ -1,0 +1,174 @@
+//! The `snakeway` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Snakeway: a programmable L7 edge proxy.
+#[derive(Debug, Parser)]
+#[command(name = "snakeway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long, default_value = "snakeway.toml")]
+        config: PathBuf,
+    },
+    /// Check, print or create a configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ask the running server (the pid in `server.pid_file`) to reload its configuration.
+    Reload {
+        /// The configuration file naming the pid file.
+        #[arg(short, long, default_value = "snakeway.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration and report every problem; exits non-zero if there are any.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "snakeway.toml")]
+        config: PathBuf,
+    },
+    /// Print the merged configuration with every default filled in.
+    Dump {
+        /// The configuration file.
+        #[arg(short, long, default_value = "snakeway.toml")]
+        config: PathBuf,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a starter configuration (and a page to serve) into DIR.
+    Init {
+        /// Where to write `snakeway.toml`.
+        dir: PathBuf,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("snakeway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            init_tracing();
+            let Some(loaded) = load_or_report(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            crate::serve::serve(&config, loaded)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => Ok(match load_or_report(&config) {
+            Some(_) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::FAILURE,
+        }),
+        Command::Config {
+            command: ConfigCommand::Dump { config, json },
+        } => {
+            let Some(loaded) = load_or_report(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&loaded)?);
+            } else {
+                print!("{}", toml::to_string_pretty(&loaded)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Init { dir },
+        } => {
+            let written = snakeway_config::write_starter(&dir)?;
+            println!(
+                "wrote {}; run it with: snakeway serve -c {}",
+                written.display(),
+                written.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { config } => {
+            let Some(loaded) = load_or_report(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let Some(pid_file) = loaded.server.pid_file else {
+                anyhow::bail!(
+                    "{}: server.pid_file is not set, so the server cannot be found",
+                    config.display()
+                );
+            };
+            signal_reload(&pid_file)?;
+            println!("sent SIGHUP to the server in {}", pid_file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads a configuration, printing the full problem report to stderr on failure.
+fn load_or_report(path: &Path) -> Option<snakeway_config::Config> {
+    match snakeway_config::load(path) {
+        Ok(config) => Some(config),
+        Err(report) => {
+            eprintln!(
+                "{} problem(s) in the configuration:\n{report}",
+                report.problems.len()
+            );
+            None
+        }
+    }
+}
+
+fn signal_reload(pid_file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e} (is the server running?)",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} does not hold a process id", pid_file.display()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot signal process {pid}: {e}"))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SNAKEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}

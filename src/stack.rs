@@ -1,0 +1,243 @@
+//! Turns a validated configuration into the immutable runtime [`Snapshot`]: the router with its
+//! typed outcome services, and the per-listener connection settings.
+//!
+//! A snapshot is built off the hot path (at start and on reload) and swapped in with one store;
+//! requests load it once and keep it for their whole life. Upstream pools of services whose
+//! upstreams did not change are carried over from the previous snapshot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use snakeway_config::{Config, Problem, Report, RouteTarget};
+use snakeway_proxy::{
+    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
+};
+use snakeway_synthetic::Synthetic;
+use tokio_rustls::TlsAcceptor;
+
+use crate::router::{HostMatch, Route, Router};
+use crate::tls;
+
+/// The whole runtime state of the server, built from one configuration.
+pub(crate) struct Snapshot {
+    /// Increases by one on every successful reload.
+    pub(crate) epoch: u64,
+    /// The configuration this snapshot was built from.
+    pub(crate) config: Arc<Config>,
+    /// The main configuration file (named in problems found while building).
+    pub(crate) source: PathBuf,
+    pub(crate) router: Router<Outcome>,
+    /// Connection settings per configured listen address.
+    pub(crate) listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
+    /// Upstream services by name (for pool carry-over on reload).
+    pub(crate) services: HashMap<String, ProxyService>,
+}
+
+/// Where a route leads.
+pub(crate) enum Outcome {
+    /// Forward to an upstream service.
+    Service {
+        service: ProxyService,
+        strip_prefix: bool,
+    },
+    /// Answer with a configured response.
+    Respond(Synthetic),
+    /// Serve files from a directory.
+    Static(snakeway_static::StaticFiles),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Service { service, .. } => write!(f, "Service({})", service.name()),
+            Self::Respond(s) => write!(f, "Respond({s:?})"),
+            Self::Static(_) => f.write_str("Static"),
+        }
+    }
+}
+
+/// How connections accepted on one listener are served.
+pub(crate) struct ListenerRuntime {
+    pub(crate) name: String,
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// The hyper connection builder (HTTP/1.1, plus h2c / ALPN h2 unless disabled).
+    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Builds a snapshot, reusing what can be reused from `previous`. Fails with a report (e.g.
+    /// a certificate that does not parse) without side effects.
+    pub(crate) fn build(
+        config: Config,
+        source: PathBuf,
+        epoch: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, Report> {
+        let mut problems = Vec::new();
+
+        let mut services = HashMap::new();
+        for (i, svc) in config.services.iter().enumerate() {
+            let previous = previous.and_then(|p| p.services.get(&svc.name));
+            match build_service(svc, previous) {
+                Ok(built) => {
+                    services.insert(svc.name.clone(), built);
+                }
+                Err(message) => problems.push(problem(&source, format!("service[{i}]"), message)),
+            }
+        }
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let outcome = match &route.target {
+                RouteTarget::Service(s) => match services.get(&s.service) {
+                    Some(service) => Outcome::Service {
+                        service: service.clone(),
+                        strip_prefix: s.strip_prefix,
+                    },
+                    // Unknown services are reported by validation; a failed build was reported above.
+                    None => continue,
+                },
+                RouteTarget::Respond(r) => {
+                    match Synthetic::new(r.status, &r.content_type, r.body.clone()) {
+                        Ok(s) => Outcome::Respond(s),
+                        Err(e) => {
+                            problems.push(problem(
+                                &source,
+                                format!("route[{i}].respond"),
+                                e.to_string(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                RouteTarget::Static(s) => Outcome::Static(snakeway_static::StaticFiles::new(
+                    &s.static_dir,
+                    s.index.as_deref(),
+                )),
+            };
+            routes.push(Route {
+                host: HostMatch::parse(route.host.as_deref()),
+                prefix: route.path.clone(),
+                target: outcome,
+            });
+        }
+
+        let mut listeners = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => match tls::acceptor(t, l.http2) {
+                    Ok(acceptor) => Some(acceptor),
+                    Err(message) => {
+                        problems.push(problem(&source, format!("listener[{i}].tls"), message));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls)));
+        }
+
+        if !problems.is_empty() {
+            return Err(Report { problems });
+        }
+        Ok(Self {
+            epoch,
+            config: Arc::new(config),
+            source,
+            router: Router::new(routes),
+            listeners,
+            services,
+        })
+    }
+}
+
+fn problem(source: &Path, key: String, message: String) -> Problem {
+    Problem {
+        file: source.to_owned(),
+        key,
+        message,
+    }
+}
+
+fn build_service(
+    svc: &snakeway_config::Service,
+    previous: Option<&ProxyService>,
+) -> Result<ProxyService, String> {
+    let upstreams = svc
+        .upstreams
+        .iter()
+        .map(|u| {
+            Ok(UpstreamSpec {
+                target: Target::parse(&u.url).map_err(|e| format!("{}: {e}", u.url))?,
+                weight: u.weight,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let strategy = match svc.strategy {
+        snakeway_config::Strategy::Failover => Strategy::Failover,
+        snakeway_config::Strategy::RoundRobin => Strategy::RoundRobin,
+        other => {
+            return Err(format!(
+                "strategy {other:?} is not supported yet (use round_robin or failover)"
+            ));
+        }
+    };
+    let cb = &svc.circuit_breaker;
+    let options = ServiceOptions {
+        strategy,
+        http2: svc.http2,
+        ca_file: svc.ca_file.clone(),
+        connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
+        response_timeout: Duration::from_millis(svc.response_timeout_ms),
+        circuit_breaker: CircuitBreakerOptions {
+            enabled: cb.enabled,
+            failure_threshold: cb.failure_threshold,
+            open: Duration::from_millis(cb.open_ms),
+            half_open_max_requests: cb.half_open_max_requests,
+            success_threshold: cb.success_threshold,
+            count_5xx: cb.count_5xx,
+        },
+    };
+    ProxyService::new(&svc.name, upstreams, options, previous).map_err(|e| e.to_string())
+}
+
+// === impl ListenerRuntime ===
+
+impl ListenerRuntime {
+    fn new(l: &snakeway_config::Listener, tls: Option<TlsAcceptor>) -> Self {
+        let header_read_timeout = Duration::from_millis(l.header_read_timeout_ms);
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            // hyper's floor is 8 KiB; smaller limits are enforced exactly by `StrictH1`.
+            .max_buf_size(l.max_header_bytes.max(8192))
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX));
+        if !l.http2 {
+            http = http.http1_only();
+        }
+        Self {
+            name: l.name.clone(),
+            tls,
+            http,
+            max_header_bytes: l.max_header_bytes,
+            header_read_timeout,
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            max_connections: l.max_connections,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! TLS for listeners: rustls with ALPN (`h2`, `http/1.1`) and SNI certificates.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// The crypto provider every TLS config uses (aws-lc-rs, with post-quantum key exchange).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+/// A TLS acceptor for a listener's `[listener.tls]` table.
+pub(crate) fn acceptor(tls: &snakeway_config::Tls, http2: bool) -> Result<TlsAcceptor, String> {
+    let provider = provider();
+    let default = load_key(&provider, &tls.cert, &tls.key)?;
+    let mut by_host = HashMap::new();
+    let mut by_suffix = Vec::new();
+    for (i, sni) in tls.sni.iter().enumerate() {
+        let key = load_key(&provider, &sni.cert, &sni.key).map_err(|e| format!("sni[{i}]: {e}"))?;
+        for host in &sni.hosts {
+            let host = host.to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(suffix) => by_suffix.push((suffix.to_owned(), key.clone())),
+                None => {
+                    by_host.insert(host, key.clone());
+                }
+            }
+        }
+    }
+    by_suffix.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    let resolver = SniResolver {
+        default,
+        by_host,
+        by_suffix,
+    };
+
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn load_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| {
+            format!(
+                "{}: cannot read a PEM certificate chain: {e}",
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read a PEM private key: {e}", key.display()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Picks a certificate by SNI: exact host, then the longest matching `*.suffix`, then the
+/// listener's default certificate.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    by_suffix: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = self.by_host.get(&name) {
+            return Some(key.clone());
+        }
+        let by_suffix = self
+            .by_suffix
+            .iter()
+            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()));
+        Some(by_suffix.map_or(&self.default, |(_, k)| k).clone())
+    }
+}

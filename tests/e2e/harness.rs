@@ -1,0 +1,332 @@
+//! Starting the real `snakeway` binary on loopback sockets, watching its log, signalling it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+
+/// The server binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_snakeway");
+
+/// A directory under the system temp dir, unique per test, removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("snakeway-e2e-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test dir");
+        Self { path }
+    }
+
+    /// Writes `contents` to `rel` (creating parent directories) and returns the full path.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create parent dir");
+        }
+        std::fs::write(&p, contents).expect("write test file");
+        p
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Runs `snakeway ARGS` to completion (for the CLI subcommands), with a 30 s limit.
+pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snakeway");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("snakeway {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// A free loopback port (bound and released; the kernel does not hand it out again right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `snakeway serve`.
+pub struct Server {
+    child: Child,
+    /// The listeners' addresses, in config order, as logged at start.
+    pub addrs: Vec<SocketAddr>,
+    pub pid: u32,
+    pub config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    // Dropped after `child` is killed (see `Drop`).
+    pub dir: TestDir,
+}
+
+impl Server {
+    /// Writes `toml` as `snakeway.toml` into a fresh directory and serves it.
+    pub async fn start(toml: &str) -> Server {
+        Self::start_in(TestDir::new("srv"), toml).await
+    }
+
+    /// Writes `toml` as `snakeway.toml` into `dir` (which may hold certificates etc.) and serves
+    /// it, waiting for one `listening` line per `[[listener]]` in `toml`.
+    pub async fn start_in(dir: TestDir, toml: &str) -> Server {
+        let config = dir.write("snakeway.toml", toml);
+        let n = count_listeners(toml);
+        Self::start_file(dir, config, n).await
+    }
+
+    /// Serves the config file `config`, waiting for `listeners` `listening` lines (≤ 10 s).
+    pub async fn start_file(dir: TestDir, config: PathBuf, listeners: usize) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("-c")
+            .arg(&config)
+            .current_dir(&dir.path)
+            .env("SNAKEWAY_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn snakeway serve");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let s = String::from_utf8_lossy(&line).trim_end().to_owned();
+                            logs.lock().unwrap().push(s);
+                        }
+                    }
+                }
+            });
+        }
+        let pid = child.id();
+        let mut server = Server {
+            child,
+            addrs: Vec::new(),
+            pid,
+            config,
+            logs,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let addrs = server.listening_addrs();
+            if addrs.len() >= listeners {
+                server.addrs = addrs;
+                break;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                panic!(
+                    "snakeway serve exited early ({status}); log:\n{}",
+                    server.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "snakeway serve did not log {listeners} listening line(s) within 10 s; log:\n{}",
+                    server.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every `addr=` of every `listening` line logged so far, in order.
+    pub fn listening_addrs(&self) -> Vec<SocketAddr> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("listening"))
+            .filter_map(|l| parse_addr(l))
+            .collect()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until some log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_count(needle, 1, timeout).await
+    }
+
+    /// Waits until at least `n` log lines contain `needle`.
+    pub async fn wait_for_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_count(needle) >= n {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal)
+            .expect("kill(2)");
+    }
+
+    /// Rewrites the config file (the server reads it on the next reload).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self.config, toml).expect("rewrite config");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Peak resident set size of the server process (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let lines = self.log_lines();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "---- snakeway log (last {} lines) ----\n{}\n----",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+fn count_listeners(toml: &str) -> usize {
+    toml.lines().filter(|l| l.trim() == "[[listener]]").count()
+}
+
+/// `addr=127.0.0.1:41234` in a log line.
+pub fn parse_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("addr=")? + 5..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ',' || c == '"')
+        .unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().ok()
+}
+
+/// Waits until `f` returns true, polling every 10 ms.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,17 @@
+//! Black-box end-to-end tests: each starts the real `snakeway` binary on loopback ports and
+//! talks to it with real clients (hyper, raw TCP, curl). One test binary on purpose: every
+//! extra one costs a long link.
+
+#![allow(missing_docs, unreachable_pub)]
+
+mod client;
+mod harness;
+mod pki;
+mod upstream;
+
+mod config_cli;
+mod framing;
+mod listeners;
+mod proxy;
+mod reload;
+mod routing;
