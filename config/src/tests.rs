@@ -45,7 +45,7 @@ impl Drop for TempDir {
     }
 }
 
-/// The example of DESIGN §4, with `sticky_hash` (a `sticky_key` on round_robin is an error)
+/// The example of DESIGN §4, with `sticky_hash`
 /// and one SNI certificate.
 const FULL: &str = r#"
 [server]
@@ -675,7 +675,7 @@ ca_file = "nope.pem"
 [[service]]
 name = "web"
 strategy = "round_robin"
-sticky_key = "client_ip"
+sticky_key = "ip_address"
 upstreams = []
 
 [[service]]
@@ -812,7 +812,7 @@ service = "nope"
         (
             main_name,
             "service[1].sticky_key",
-            "only used by strategy sticky_hash",
+            "is not client_ip, header:<name> or cookie:<name>",
         ),
         (main_name, "service[1].upstreams", "no upstreams"),
         (

@@ -266,17 +266,15 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
             );
             None
         }
-        (Strategy::StickyHash, Some(text)) => parse_sticky_key(&text).or_else(|| {
+        // Accepted (and checked) with any strategy, so switching strategies is a one-line
+        // change; only sticky_hash uses it.
+        (_, Some(text)) => parse_sticky_key(&text).or_else(|| {
             s.bad(
                 "sticky_key",
                 format!("{text:?} is not client_ip, header:<name> or cookie:<name>"),
             );
             None
         }),
-        (_, Some(_)) => {
-            s.bad("sticky_key", "only used by strategy sticky_hash");
-            None
-        }
         (_, None) => None,
     };
     let mut upstreams = Vec::new();
