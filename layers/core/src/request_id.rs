@@ -26,10 +26,10 @@ pub fn is_well_formed(value: &HeaderValue) -> bool {
 /// none or a malformed one. Repeated headers are collapsed to the one kept.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     let mut values = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(first), None) = (values.next(), values.next()) {
-        if is_well_formed(first) {
-            return first.clone();
-        }
+    if let (Some(first), None) = (values.next(), values.next())
+        && is_well_formed(first)
+    {
+        return first.clone();
     }
     let id = generate();
     headers.insert(X_REQUEST_ID.clone(), id.clone());

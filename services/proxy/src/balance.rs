@@ -54,6 +54,11 @@ impl Balancer {
     ) -> Option<(usize, T)> {
         match self {
             Self::Failover => (0..upstreams).find_map(|i| admit(i).map(|t| (i, t))),
+            // One upstream (the common case): no shared counter to bump.
+            Self::RoundRobin { schedule, .. } if schedule.len() == 1 => {
+                let i = schedule[0] as usize;
+                admit(i).map(|t| (i, t))
+            }
             Self::RoundRobin { schedule, next } => {
                 // Upstreams that refused during this pick (exact for the first 64, which is
                 // every realistic service; beyond that the walk is bounded by the schedule).
@@ -153,5 +158,12 @@ mod tests {
         assert_eq!(b.pick(3, |i| (i >= 1).then_some(i)), Some((1, 1)));
         assert_eq!(b.pick(3, |_| Some(())), Some((0, ())));
         assert_eq!(b.pick(3, |_| None::<()>), None);
+    }
+
+    #[test]
+    fn a_single_upstream_is_always_picked_when_admitted() {
+        let b = Balancer::new(Strategy::RoundRobin, &[3]);
+        assert_eq!(b.pick(1, Some), Some((0, 0)));
+        assert_eq!(b.pick(1, |_| None::<()>), None);
     }
 }

@@ -573,6 +573,10 @@ impl Pool {
             .pool_timer(TokioTimer::new())
             // `host` passes through as the client sent it.
             .set_host(false)
+            // Not a retry of the request: hyper re-sends only a request it got back unwritten,
+            // because the idle pooled connection it picked turned out closed (the keep-alive
+            // race). The upstream never saw it. A request that reached the wire is never resent.
+            .retry_canceled_requests(true)
             // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
             .http2_only(options.http2 && !options.target.is_tls())
             .build(connector);

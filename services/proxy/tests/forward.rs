@@ -630,7 +630,12 @@ async fn large_response_streams_without_buffering() {
     let mut body = response.into_body();
     let mut received = 0;
     while received < CHUNK {
-        let frame = body.frame().await.unwrap().unwrap();
+        // A proxy that buffered the whole body would never get here: fail instead of hanging.
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the start of the body streams before its end exists")
+            .unwrap()
+            .unwrap();
         received += frame.into_data().unwrap().len();
     }
     assert_eq!(
@@ -660,11 +665,19 @@ async fn request_and_response_stream_together() {
             .header("host", "example.com")
             .body(body)
             .unwrap();
-        let response = svc.forward(req, &downstream()).await.unwrap();
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), svc.forward(req, &downstream()))
+                .await
+                .expect("response headers arrive while the request body is still open")
+                .unwrap();
         let mut echo = response.into_body();
         for word in ["one", "two", "three"] {
             tx.send(Bytes::from_static(word.as_bytes())).await.unwrap();
-            let frame = echo.frame().await.unwrap().unwrap();
+            let frame = tokio::time::timeout(Duration::from_secs(10), echo.frame())
+                .await
+                .expect("each chunk comes back before the request body ends")
+                .unwrap()
+                .unwrap();
             assert_eq!(frame.into_data().unwrap(), word, "http2 = {http2}");
         }
         drop(tx);
