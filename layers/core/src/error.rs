@@ -66,6 +66,8 @@ impl fmt::Display for ErrorKind {
 /// operator, and the underlying cause, if any.
 pub struct Error {
     kind: ErrorKind,
+    status: Option<StatusCode>,
+    ctx: Option<Box<crate::RequestCtx>>,
     message: std::borrow::Cow<'static, str>,
     source: Option<BoxError>,
 }
@@ -77,6 +79,8 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Self {
             kind,
+            status: None,
+            ctx: None,
             message: message.into(),
             source: None,
         }
@@ -86,6 +90,27 @@ impl Error {
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Answers the client with `status` instead of the kind's status (devices with their own
+    /// failure status).
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Carries the request context of the failed request back to the pipeline, so
+    /// `on_error` and `on_response` still see what earlier devices stored.
+    #[must_use]
+    pub fn with_ctx(mut self, ctx: crate::RequestCtx) -> Self {
+        self.ctx = Some(Box::new(ctx));
+        self
+    }
+
+    /// Takes the request context carried by [`Error::with_ctx`].
+    pub fn take_ctx(&mut self) -> Option<crate::RequestCtx> {
+        self.ctx.take().map(|ctx| *ctx)
     }
 
     /// What went wrong.
@@ -100,7 +125,10 @@ impl Error {
 
     /// The status code the client receives.
     pub const fn status(&self) -> StatusCode {
-        self.kind.status()
+        match self.status {
+            Some(status) => status,
+            None => self.kind.status(),
+        }
     }
 }
 
@@ -108,9 +136,16 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
             .field("kind", &self.kind)
+            .field("status", &self.status)
             .field("message", &self.message)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 

@@ -7,13 +7,25 @@
 //! * [`Error`] and [`ErrorKind`]: an opaque error that knows which HTTP status it becomes;
 //! * [`request_id`]: accepting or generating `x-request-id`;
 //! * [`path`]: RFC 3986 path normalization with the safety rules of the design contract;
-//! * [`respond`]: small synthetic responses (error pages, configured bodies).
+//! * [`respond`]: small synthetic responses (error pages, configured bodies);
+//! * [`Device`] and [`pipeline`]: the device API and the Tower layers that run devices at their
+//!   phases.
 
 mod body;
+mod ctx;
+mod device;
 mod error;
 pub mod path;
+pub mod pipeline;
 pub mod request_id;
 pub mod respond;
 
 pub use body::Body;
+pub use ctx::{BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx};
+pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
 pub use error::{BoxError, Error, ErrorKind, cause_ref, is_caused_by};
+
+/// The downstream peer's address, as a request extension. The server sets it; in an axum app,
+/// insert it from `ConnectInfo` so devices see the client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);

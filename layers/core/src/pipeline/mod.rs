@@ -1,0 +1,233 @@
+//! The device pipeline as Tower layers.
+//!
+//! A [`Pipeline`] is an ordered list of devices, compiled once into per-phase lists so that a
+//! phase no device implements costs nothing. Two layers run it at the right places of a stack:
+//!
+//! * [`PipelineLayer`] goes around the router (or any service): `on_request`, the body hook
+//!   (as a body wrapper), `on_error` and `on_response`;
+//! * [`ProxyHooksLayer`] goes directly around the upstream client: `before_proxy` and
+//!   `after_proxy`.
+//!
+//! The [`RequestCtx`] travels between them in the request's extensions, comes back in the
+//! response's extensions (or in the [`Error`]), and is never forwarded upstream.
+//!
+//! In every phase, devices run in configured order: this is a linear pipeline, not an onion.
+//! An early answer skips the upstream and the remaining request-side hooks, and `on_response`
+//! still runs for every device. A failing or panicking device fails that request alone.
+
+mod body;
+mod proxy_hooks;
+mod service;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, request, response};
+
+pub use self::body::{BodyStopped, HookedBody};
+pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
+pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
+use crate::{
+    Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
+    ResponseCtx, respond,
+};
+
+const PHASES: [Phase; 6] = [
+    Phase::Request,
+    Phase::RequestBody,
+    Phase::BeforeProxy,
+    Phase::AfterProxy,
+    Phase::Response,
+    Phase::Error,
+];
+
+/// An ordered list of devices, compiled per phase. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    devices: Vec<Arc<dyn Device>>,
+    /// For each phase (indexed like `PHASES`), the devices taking part, in configured order.
+    by_phase: [Box<[Arc<dyn Device>]>; 6],
+}
+
+// === impl Pipeline ===
+
+impl Pipeline {
+    /// A pipeline running `devices` in this order.
+    pub fn new(devices: Vec<Arc<dyn Device>>) -> Self {
+        let by_phase = PHASES.map(|phase| {
+            devices
+                .iter()
+                .filter(|d| d.phases().contains(phase))
+                .cloned()
+                .collect::<Box<[_]>>()
+        });
+        Self {
+            inner: Arc::new(Inner { devices, by_phase }),
+        }
+    }
+
+    /// The devices, in configured order.
+    pub fn devices(&self) -> &[Arc<dyn Device>] {
+        &self.inner.devices
+    }
+
+    /// Whether no device takes part in any phase.
+    pub fn is_empty(&self) -> bool {
+        self.inner.by_phase.iter().all(|d| d.is_empty())
+    }
+
+    /// Whether any device takes part in `phase`.
+    #[inline]
+    pub fn has(&self, phase: Phase) -> bool {
+        !self.in_phase(phase).is_empty()
+    }
+
+    /// The outer layer: `on_request`, body hook, `on_error`, `on_response`.
+    pub fn layer(&self) -> PipelineLayer {
+        PipelineLayer::new(self.clone())
+    }
+
+    /// The inner layer, for directly around the upstream client: `before_proxy`, `after_proxy`.
+    pub fn proxy_hooks(&self) -> ProxyHooksLayer {
+        ProxyHooksLayer::new(self.clone())
+    }
+
+    #[inline]
+    fn in_phase(&self, phase: Phase) -> &[Arc<dyn Device>] {
+        &self.inner.by_phase[phase as usize]
+    }
+
+    fn run_request_side(
+        &self,
+        phase: Phase,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+        hook: fn(&dyn Device, &mut RequestCtx, &mut request::Parts) -> DeviceResult,
+    ) -> DeviceResult {
+        for device in self.in_phase(phase) {
+            match guarded(device.as_ref(), phase, || hook(device.as_ref(), ctx, head))? {
+                Flow::Continue => {}
+                respond @ Flow::Respond(_) => return Ok(respond),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_request(&self, ctx: &mut RequestCtx, head: &mut request::Parts) -> DeviceResult {
+        self.run_request_side(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
+    }
+
+    fn before_proxy(&self, ctx: &mut RequestCtx, head: &mut request::Parts) -> DeviceResult {
+        self.run_request_side(Phase::BeforeProxy, ctx, head, |d, c, h| {
+            d.before_proxy(c, h)
+        })
+    }
+
+    fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
+        for device in self.in_phase(Phase::AfterProxy) {
+            match guarded(device.as_ref(), Phase::AfterProxy, || {
+                device.after_proxy(ctx, head)
+            })? {
+                Flow::Continue => {}
+                respond @ Flow::Respond(_) => return Ok(respond),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_request_body(&self, ctx: &BodyCtx, chunk: &Bytes, end_of_stream: bool) -> DeviceResult {
+        for device in self.in_phase(Phase::RequestBody) {
+            let flow = guarded(device.as_ref(), Phase::RequestBody, || {
+                device.on_request_body(ctx, chunk, end_of_stream)
+            })?;
+            if let Flow::Respond(_) = flow {
+                return Ok(flow);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Ends a request: `on_error` for a failure (which becomes its error response), then
+    /// `on_response` for every device, in order.
+    fn finish(&self, mut ctx: RequestCtx, result: Result<Response<Body>, Error>) -> Response<Body> {
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => self.fail(&mut ctx, &error),
+        };
+        let mut origin = ctx.origin.unwrap_or(Origin::Upstream);
+        let devices = self.in_phase(Phase::Response);
+        if !devices.is_empty() {
+            let (mut head, body) = response.into_parts();
+            let mut body = Some(body);
+            for device in devices {
+                let mut res = ResponseCtx {
+                    head: &mut head,
+                    origin,
+                };
+                if let Err(e) = guarded(device.as_ref(), Phase::Response, || {
+                    device.on_response(&mut ctx, &mut res)
+                }) {
+                    // The response is replaced by the error's; later devices see that one.
+                    let replaced = self.fail(&mut ctx, &e.into_error());
+                    let (h, b) = replaced.into_parts();
+                    head = h;
+                    body = Some(b);
+                    origin = Origin::Error;
+                }
+            }
+            response = Response::from_parts(head, body.take().unwrap_or_default());
+        }
+        response
+    }
+
+    /// Runs `on_error` and builds the error response.
+    fn fail(&self, ctx: &mut RequestCtx, error: &Error) -> Response<Body> {
+        for device in self.in_phase(Phase::Error) {
+            // `on_error` only observes; a panic there is logged and otherwise ignored.
+            if catch_unwind(AssertUnwindSafe(|| device.on_error(ctx, error))).is_err() {
+                tracing::error!(device = device.name(), "device panicked in on_error");
+            }
+        }
+        ctx.origin = Some(Origin::Error);
+        respond::error(error, ctx.request_id())
+    }
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.inner.devices.iter().map(|d| d.name()))
+            .finish()
+    }
+}
+
+/// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
+/// and phase.
+#[inline]
+fn guarded<T>(
+    device: &dyn Device,
+    phase: Phase,
+    hook: impl FnOnce() -> Result<T, DeviceError>,
+) -> Result<T, DeviceError> {
+    match catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.at(device.name(), phase)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(DeviceError::new(format!("panicked: {what}")).at(device.name(), phase))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,444 @@
+//! Ordering, short-circuit, failure and panic semantics of the pipeline, per phase.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, request, response};
+use http_body_util::{BodyExt, StreamBody};
+use tower::{Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::{BodyCtx, ErrorKind, Phases, ResponseCtx};
+
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    Respond(u16),
+    Fail,
+    Panic,
+}
+
+#[derive(Clone, Debug)]
+struct Marker(&'static str);
+
+struct Recorder {
+    name: &'static str,
+    phases: Phases,
+    log: Arc<Mutex<Vec<String>>>,
+    acts: HashMap<Phase, Act>,
+}
+
+impl Recorder {
+    fn act(&self, phase: Phase) -> DeviceResult {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}.{}", self.name, phase));
+        match self.acts.get(&phase) {
+            None => Ok(Flow::Continue),
+            Some(Act::Respond(status)) => {
+                let mut response = Response::new(Body::from(format!("from {}", self.name)));
+                *response.status_mut() = StatusCode::from_u16(*status).unwrap();
+                Ok(Flow::Respond(response))
+            }
+            Some(Act::Fail) => {
+                Err(DeviceError::new("refused").with_status(StatusCode::SERVICE_UNAVAILABLE))
+            }
+            Some(Act::Panic) => panic!("{} exploded", self.name),
+        }
+    }
+}
+
+impl Device for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn phases(&self) -> Phases {
+        self.phases
+    }
+    fn on_request(&self, ctx: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
+        ctx.extensions.insert(Marker(self.name));
+        self.act(Phase::Request)
+    }
+    fn on_request_body(&self, _: &BodyCtx, chunk: &Bytes, end: bool) -> DeviceResult {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}.body({},{end})", self.name, chunk.len()));
+        match self.acts.get(&Phase::RequestBody) {
+            Some(Act::Respond(status)) if end => {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::from_u16(*status).unwrap();
+                Ok(Flow::Respond(response))
+            }
+            _ => Ok(Flow::Continue),
+        }
+    }
+    fn before_proxy(&self, _: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
+        self.act(Phase::BeforeProxy)
+    }
+    fn after_proxy(&self, _: &mut RequestCtx, _: &mut response::Parts) -> DeviceResult {
+        self.act(Phase::AfterProxy)
+    }
+    fn on_response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), DeviceError> {
+        let marker = ctx.extensions.get::<Marker>().map_or("-", |m| m.0);
+        res.head
+            .headers
+            .append("x-seen-by", self.name.parse().unwrap());
+        self.log.lock().unwrap().push(format!(
+            "{}.response({},{},{})",
+            self.name,
+            res.head.status.as_u16(),
+            res.origin.as_str(),
+            marker
+        ));
+        match self.acts.get(&Phase::Response) {
+            Some(Act::Fail) => Err(DeviceError::new("bad response")),
+            Some(Act::Panic) => panic!("{} exploded", self.name),
+            _ => Ok(()),
+        }
+    }
+    fn on_error(&self, ctx: &mut RequestCtx, error: &Error) {
+        let marker = ctx.extensions.get::<Marker>().map_or("-", |m| m.0);
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}.error({},{marker})", self.name, error.kind()));
+    }
+}
+
+struct Harness {
+    log: Arc<Mutex<Vec<String>>>,
+    upstream_calls: Arc<AtomicUsize>,
+    devices: Vec<Arc<dyn Device>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            log: Arc::default(),
+            upstream_calls: Arc::default(),
+            devices: Vec::new(),
+        }
+    }
+
+    fn device(mut self, name: &'static str, acts: &[(Phase, Act)]) -> Self {
+        self.devices.push(Arc::new(Recorder {
+            name,
+            phases: Phases::ALL,
+            log: self.log.clone(),
+            acts: acts.iter().copied().collect(),
+        }));
+        self
+    }
+
+    fn device_with_phases(mut self, name: &'static str, phases: Phases) -> Self {
+        self.devices.push(Arc::new(Recorder {
+            name,
+            phases,
+            log: self.log.clone(),
+            acts: HashMap::new(),
+        }));
+        self
+    }
+
+    /// The pipeline around proxy hooks around an upstream that answers 200 (after reading the
+    /// body), or fails with `upstream_error`.
+    async fn send(&self, body: Body, upstream_error: Option<ErrorKind>) -> Response<Body> {
+        let pipeline = Pipeline::new(self.devices.clone());
+        let calls = self.upstream_calls.clone();
+        let log = self.log.clone();
+        let upstream = service_fn(move |req: Request<Body>| {
+            let calls = calls.clone();
+            let log = log.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let collected = req.into_body().collect().await;
+                log.lock().unwrap().push("upstream".into());
+                if collected.is_err() {
+                    return Err(Error::new(ErrorKind::BadRequest, "body stopped"));
+                }
+                match upstream_error {
+                    Some(kind) => Err(Error::new(kind, "upstream failed")),
+                    None => Ok(Response::new(Body::from("upstream"))),
+                }
+            }
+        });
+        let stack = tower::ServiceBuilder::new()
+            .layer(pipeline.layer())
+            .layer(pipeline.proxy_hooks())
+            .service(upstream);
+        let req = Request::post("/x").header("host", "h").body(body).unwrap();
+        stack.oneshot(req).await.unwrap()
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    fn upstream_calls(&self) -> usize {
+        self.upstream_calls.load(Ordering::SeqCst)
+    }
+}
+
+fn seen_by(response: &Response<Body>) -> Vec<&str> {
+    response
+        .headers()
+        .get_all("x-seen-by")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_phase_runs_in_configured_order() {
+    let h = Harness::new()
+        .device("a", &[])
+        .device("b", &[])
+        .device("c", &[]);
+    let response = h.send(Body::from("hi"), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(seen_by(&response), ["a", "b", "c"]);
+    assert_eq!(
+        h.log(),
+        [
+            "a.request",
+            "b.request",
+            "c.request",
+            "a.before_proxy",
+            "b.before_proxy",
+            "c.before_proxy",
+            "a.body(2,true)",
+            "b.body(2,true)",
+            "c.body(2,true)",
+            "upstream",
+            "a.after_proxy",
+            "b.after_proxy",
+            "c.after_proxy",
+            "a.response(200,upstream,c)",
+            "b.response(200,upstream,c)",
+            "c.response(200,upstream,c)",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn early_answer_in_on_request_skips_the_rest_but_not_on_response() {
+    let h = Harness::new()
+        .device("a", &[])
+        .device("b", &[(Phase::Request, Act::Respond(401))])
+        .device("c", &[]);
+    let response = h.send(Body::from("hi"), None).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(h.upstream_calls(), 0);
+    assert_eq!(
+        h.log(),
+        [
+            "a.request",
+            "b.request",
+            "a.response(401,device,b)",
+            "b.response(401,device,b)",
+            "c.response(401,device,b)"
+        ]
+    );
+    assert!(
+        response.headers().contains_key("x-request-id") || seen_by(&response) == ["a", "b", "c"]
+    );
+}
+
+#[tokio::test]
+async fn early_answer_in_before_proxy_skips_the_upstream() {
+    let h = Harness::new()
+        .device("a", &[(Phase::BeforeProxy, Act::Respond(429))])
+        .device("b", &[]);
+    let response = h.send(Body::from("hi"), None).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(h.upstream_calls(), 0);
+    assert_eq!(
+        h.log(),
+        [
+            "a.request",
+            "b.request",
+            "a.before_proxy",
+            "a.response(429,device,b)",
+            "b.response(429,device,b)"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn after_proxy_may_replace_the_response() {
+    let h = Harness::new()
+        .device("a", &[(Phase::AfterProxy, Act::Respond(418))])
+        .device("b", &[]);
+    let response = h.send(Body::empty(), None).await;
+    assert_eq!(response.status(), 418);
+    let log = h.log();
+    assert!(log.contains(&"a.after_proxy".to_owned()));
+    assert!(!log.contains(&"b.after_proxy".to_owned()), "{log:?}");
+    assert!(
+        log.contains(&"b.response(418,device,b)".to_owned()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_device_fails_the_request_with_its_status_and_on_error_sees_it() {
+    for phase in [Phase::Request, Phase::BeforeProxy, Phase::AfterProxy] {
+        let h = Harness::new()
+            .device("a", &[])
+            .device("b", &[(phase, Act::Fail)]);
+        let response = h.send(Body::empty(), None).await;
+        assert_eq!(response.status(), 503, "{phase}");
+        let log = h.log();
+        assert!(
+            log.contains(&"a.error(device,b)".to_owned()),
+            "{phase}: {log:?}"
+        );
+        assert!(
+            log.contains(&"b.response(503,error,b)".to_owned()),
+            "{phase}: {log:?}"
+        );
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains(&format!("device \"b\" failed in {phase}: refused")),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_device_is_a_500_for_that_request_alone() {
+    for phase in [
+        Phase::Request,
+        Phase::BeforeProxy,
+        Phase::AfterProxy,
+        Phase::Response,
+    ] {
+        let h = Harness::new()
+            .device("a", &[(phase, Act::Panic)])
+            .device("b", &[]);
+        let response = h.send(Body::empty(), None).await;
+        assert_eq!(response.status(), 500, "{phase}");
+        let log = h.log();
+        assert!(
+            log.iter().any(|l| l.starts_with("b.error(device,")),
+            "{phase}: {log:?}"
+        );
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&text).contains("panicked: a exploded"),
+            "{phase}"
+        );
+    }
+    // The same pipeline keeps serving.
+    let h = Harness::new().device("a", &[]);
+    assert_eq!(h.send(Body::empty(), None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_failing_on_response_turns_the_response_into_a_500() {
+    let h = Harness::new()
+        .device("a", &[(Phase::Response, Act::Fail)])
+        .device("b", &[]);
+    let response = h.send(Body::empty(), None).await;
+    assert_eq!(response.status(), 500);
+    let log = h.log();
+    assert!(
+        log.contains(&"b.response(500,error,b)".to_owned()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_reach_on_error_with_the_context() {
+    let h = Harness::new().device("a", &[]);
+    let response = h
+        .send(Body::empty(), Some(ErrorKind::UpstreamTimeout))
+        .await;
+    assert_eq!(response.status(), 504);
+    assert!(response.headers().contains_key("x-request-id"));
+    let log = h.log();
+    assert!(
+        log.contains(&"a.error(upstream_timeout,a)".to_owned()),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"a.response(504,error,a)".to_owned()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn body_hooks_see_each_chunk_and_may_stop_the_body() {
+    let chunks =
+        ["ab", "cde", "f"].map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(c))));
+    let body = Body::new(StreamBody::new(futures_util::stream::iter(chunks)));
+    let h = Harness::new().device("a", &[(Phase::RequestBody, Act::Respond(413))]);
+    let response = h.send(body, None).await;
+    assert_eq!(response.status(), 413);
+    let log = h.log();
+    let body_calls: Vec<_> = log.iter().filter(|l| l.contains("body")).cloned().collect();
+    assert_eq!(
+        body_calls,
+        [
+            "a.body(2,false)",
+            "a.body(3,false)",
+            "a.body(1,false)",
+            "a.body(0,true)"
+        ]
+    );
+    // The context survives the stopped body: the marker stored in on_request is still there.
+    assert!(
+        log.contains(&"a.response(413,device,a)".to_owned()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn devices_are_only_called_in_their_phases() {
+    let h = Harness::new()
+        .device_with_phases("r", Phases::only(Phase::Response))
+        .device_with_phases("q", Phases::only(Phase::Request));
+    let response = h.send(Body::from("x"), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        h.log(),
+        ["q.request", "upstream", "r.response(200,upstream,q)"]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_pipeline_passes_requests_through() {
+    let h = Harness::new();
+    let response = h.send(Body::from("x"), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.log(), ["upstream"]);
+}
+
+#[test]
+fn layers_and_services_meet_axum_bounds() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<PipelineLayer>();
+    assert_send_sync_clone::<ProxyHooksLayer>();
+    assert_send_sync_clone::<
+        PipelineService<
+            tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+        >,
+    >();
+    fn assert_send<T: Send>(_: &T) {}
+    let svc = PipelineService::new(
+        service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) }),
+        Pipeline::default(),
+    );
+    let mut svc = svc;
+    let future = svc.call(Request::new(Body::empty()));
+    assert_send(&future);
+}
