@@ -82,13 +82,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Config {
             command: ConfigCommand::Check { config },
-        } => Ok(match load_or_report(&config) {
-            Some(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            None => ExitCode::FAILURE,
-        }),
+        } => {
+            let Some(loaded) = load_or_report(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            Ok(match crate::serve::check(&config, loaded) {
+                Ok(()) => {
+                    println!("{}: configuration is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    print_report(&report);
+                    ExitCode::FAILURE
+                }
+            })
+        }
         Command::Config {
             command: ConfigCommand::Dump { config, json },
         } => {
@@ -135,13 +143,17 @@ fn load_or_report(path: &Path) -> Option<snakeway_config::Config> {
     match snakeway_config::load(path) {
         Ok(config) => Some(config),
         Err(report) => {
-            eprintln!(
-                "{} problem(s) in the configuration:\n{report}",
-                report.problems.len()
-            );
+            print_report(&report);
             None
         }
     }
+}
+
+fn print_report(report: &snakeway_config::Report) {
+    eprintln!(
+        "{} problem(s) in the configuration:\n{report}",
+        report.problems.len()
+    );
 }
 
 fn signal_reload(pid_file: &Path) -> anyhow::Result<()> {

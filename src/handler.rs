@@ -1,5 +1,6 @@
-//! The per-request flow: one snapshot load, request id, path normalization, routing, the
-//! outcome, and errors turned into responses that carry the request id.
+//! The per-request flow: one snapshot load, request id, path normalization, the device
+//! pipeline around the router, the outcome, and errors turned into responses that carry the
+//! request id.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -7,14 +8,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
-use snakeway_core::{Body, Error, ErrorKind, path, respond};
+use snakeway_core::{Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, path, respond};
 use snakeway_proxy::Downstream;
+use tower::ServiceExt;
 
 use crate::router::request_host;
 use crate::stack::{Outcome, Snapshot};
@@ -32,16 +36,8 @@ pub(crate) struct ConnService {
 // === impl ConnService ===
 
 impl ConnService {
-    pub(crate) fn new(
-        state: Arc<State>,
-        downstream: Downstream,
-        in_flight: Arc<AtomicUsize>,
-    ) -> Self {
-        Self {
-            state,
-            downstream,
-            in_flight,
-        }
+    pub(crate) fn new(state: Arc<State>, downstream: Downstream, in_flight: Arc<AtomicUsize>) -> Self {
+        Self { state, downstream, in_flight }
     }
 }
 
@@ -55,7 +51,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let downstream = self.downstream;
         let in_flight = InFlight::enter(&self.in_flight);
         Box::pin(async move {
-            let response = handle(&snapshot, &downstream, req.map(Body::from)).await;
+            let response = handle(snapshot, downstream, req.map(Body::from)).await;
             drop(in_flight);
             Ok(response)
         })
@@ -79,75 +75,135 @@ impl Drop for InFlight {
 }
 
 /// Runs one request through the snapshot and always produces a response.
-pub(crate) async fn handle(
-    snapshot: &Snapshot,
-    downstream: &Downstream,
-    mut req: Request<Body>,
-) -> Response<Body> {
+pub(crate) async fn handle(snapshot: Arc<Snapshot>, downstream: Downstream, mut req: Request<Body>) -> Response<Body> {
     let request_id = request_id::ensure(req.headers_mut());
-    let mut response = match route_and_call(snapshot, downstream, req).await {
-        Ok(response) => response,
-        Err(error) => {
-            if error.kind() == ErrorKind::BadRequest || error.kind() == ErrorKind::NoRoute {
-                tracing::debug!(request_id = ?request_id, %error, "request rejected");
-            } else {
-                tracing::warn!(request_id = ?request_id, %error, "request failed");
-            }
-            respond::error(&error, &request_id)
+    // Devices see the normalized path. A path that does not normalize is left as it is and
+    // rejected by the router, so its 400 still passes through `on_error` and `on_response`.
+    if let Ok(Cow::Owned(normalized)) = path::normalize(req.uri().path())
+        && let Some(uri) = rewrite_uri(req.uri(), &normalized)
+    {
+        *req.uri_mut() = uri;
+    }
+    let mut response = if snapshot.pipeline.is_empty() {
+        match route_and_call(&snapshot, &downstream, req).await {
+            Ok(response) => response,
+            Err(error) => respond::error(&error, &request_id),
         }
+    } else {
+        req.extensions_mut().insert(PeerAddr(downstream.peer));
+        let router = Router { snapshot: snapshot.clone(), downstream };
+        let Ok(response) = PipelineService::new(router, snapshot.pipeline.clone()).oneshot(req).await;
+        response
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
+    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     response
 }
 
-async fn route_and_call(
-    snapshot: &Snapshot,
-    downstream: &Downstream,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, Error> {
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
-        return Err(Error::new(
-            ErrorKind::BadRequest,
-            "HTTP/1.1 requests need a Host header",
-        ));
+/// The router as a Tower service, for the device pipeline to wrap.
+#[derive(Clone)]
+struct Router {
+    snapshot: Arc<Snapshot>,
+    downstream: Downstream,
+}
+
+impl tower::Service<Request<Body>> for Router {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
     }
-    let normalized = path::normalize(req.uri().path())
-        .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
-    let host = request_host(&req);
-    let Some(route) = snapshot.router.route(host, &normalized) else {
-        return Err(Error::new(
-            ErrorKind::NoRoute,
-            format!("no route for {}", normalized),
-        ));
-    };
-    match &route.target {
-        Outcome::Respond(synthetic) => Ok(synthetic.respond()),
-        Outcome::Static(files) => Ok(files.serve(req).await),
-        Outcome::Service {
-            service,
-            strip_prefix,
-        } => {
-            let forwarded = if *strip_prefix {
-                strip(&normalized, &route.prefix)
-            } else {
-                normalized
-            };
-            let rewritten = rewrite_uri(req.uri(), &forwarded);
-            if let Some(uri) = rewritten {
-                *req.uri_mut() = uri;
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let snapshot = self.snapshot.clone();
+        let downstream = self.downstream;
+        Box::pin(async move { route_and_call(&snapshot, &downstream, req).await })
+    }
+}
+
+/// Routes a request and calls its outcome. A [`RequestCtx`] in the request's extensions (put
+/// there by the pipeline) comes back in the response's extensions, or in the error.
+async fn route_and_call(snapshot: &Snapshot, downstream: &Downstream, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+    let mut ctx = req.extensions_mut().remove::<RequestCtx>();
+    let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    let result = match select(snapshot, &req) {
+        Err(error) => Err(error),
+        Ok(route) => {
+            if let Some(ctx) = &mut ctx {
+                ctx.route = Some(route.name.clone());
             }
-            service.forward(req, downstream).await
+            match &route.target {
+                Outcome::Respond(synthetic) => Ok((synthetic.respond(), Origin::Synthetic)),
+                Outcome::Static(files) => Ok((files.serve(req).await, Origin::Static)),
+                Outcome::Service { service, name, strip_prefix } => {
+                    if *strip_prefix {
+                        let stripped = strip(req.uri().path(), &route.prefix);
+                        if let Some(uri) = rewrite_uri(req.uri(), &stripped) {
+                            *req.uri_mut() = uri;
+                        }
+                    }
+                    let forward = tower::service_fn(|req: Request<Body>| service.forward(req, downstream));
+                    match ctx.take() {
+                        None => forward.oneshot(req).await.map(|r| (r, Origin::Upstream)),
+                        Some(mut ctx) => {
+                            ctx.service = Some(name.clone());
+                            req.extensions_mut().insert(ctx);
+                            // The proxy hooks hand the context back in the response or the error.
+                            let hooked = ProxyHooks::new(forward, snapshot.pipeline.clone());
+                            return log_failure(hooked.oneshot(req).await, request_id.as_ref());
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let result = match (result, ctx) {
+        (Ok((response, _)), None) => Ok(response),
+        (Err(error), None) => Err(error),
+        (Ok((mut response, origin)), Some(mut ctx)) => {
+            ctx.origin = Some(origin);
+            response.extensions_mut().insert(ctx);
+            Ok(response)
+        }
+        (Err(error), Some(ctx)) => Err(error.with_ctx(ctx)),
+    };
+    log_failure(result, request_id.as_ref())
+}
+
+/// The route for a request, or why there is none.
+fn select<'a>(snapshot: &'a Snapshot, req: &Request<Body>) -> Result<&'a crate::router::Route<Outcome>, Error> {
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        return Err(Error::new(ErrorKind::BadRequest, "HTTP/1.1 requests need a Host header"));
+    }
+    let path = path::normalize(req.uri().path()).map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
+    snapshot
+        .router
+        .route(request_host(req), &path)
+        .ok_or_else(|| Error::new(ErrorKind::NoRoute, format!("no route for {path}")))
+}
+
+fn log_failure(
+    result: Result<Response<Body>, Error>,
+    request_id: Option<&http::HeaderValue>,
+) -> Result<Response<Body>, Error> {
+    if let Err(error) = &result {
+        match error.kind() {
+            ErrorKind::BadRequest | ErrorKind::NoRoute => {
+                tracing::debug!(?request_id, %error, "request rejected");
+            }
+            _ => tracing::warn!(?request_id, %error, "request failed"),
         }
     }
+    result
 }
 
 /// `/api/x` with prefix `/api` → `/x`; `/api` → `/`.
-fn strip<'a>(path: &Cow<'a, str>, prefix: &str) -> Cow<'a, str> {
-    match &path[prefix.len()..] {
-        "" => Cow::Borrowed("/"),
-        rest => Cow::Owned(rest.to_owned()),
+fn strip(path: &str, prefix: &str) -> String {
+    match &path[prefix.len().min(path.len())..] {
+        "" => "/".to_owned(),
+        rest => rest.to_owned(),
     }
 }
 

@@ -15,6 +15,7 @@ pub use snakeway_proxy as proxy;
 pub use snakeway_synthetic as synthetic;
 
 pub mod cli;
+mod devices;
 mod handler;
 mod listener;
 mod router;

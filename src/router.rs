@@ -59,6 +59,8 @@ impl HostMatch {
 /// One routing entry: where it applies and what it leads to.
 #[derive(Debug)]
 pub(crate) struct Route<T> {
+    /// The route's name in logs and device contexts: `[host]path` as configured.
+    pub(crate) name: std::sync::Arc<str>,
     pub(crate) host: HostMatch,
     /// The path prefix, without a trailing `/` (the root route is the empty string).
     pub(crate) prefix: String,
@@ -125,6 +127,7 @@ mod tests {
             routes
                 .iter()
                 .map(|(host, prefix, name)| Route {
+                    name: (*name).into(),
                     host: HostMatch::parse(*host),
                     prefix: (*prefix).to_owned(),
                     target: *name,

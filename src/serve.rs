@@ -16,6 +16,12 @@ use crate::state::State;
 /// A request to reload the configuration, with an optional reply (the new epoch or the report).
 pub(crate) type ReloadRequest = Option<oneshot::Sender<Result<u64, Report>>>;
 
+/// Everything `serve` checks before it binds: the configuration's validation (already done by
+/// loading it) plus building the runtime snapshot (certificates, CA files, strategies, devices).
+pub(crate) fn check(config_path: &Path, config: Config) -> Result<(), Report> {
+    Snapshot::build(config, config_path.to_owned(), 0, None).map(drop)
+}
+
 /// Loads `config_path`, then serves until SIGTERM or SIGINT. Returns once every connection has
 /// finished or the shutdown grace period has passed.
 pub(crate) fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use snakeway_config::{Config, Problem, Report, RouteTarget};
+use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
     CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
 };
@@ -36,6 +37,8 @@ pub(crate) struct Snapshot {
     pub(crate) listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
     /// Upstream services by name (for pool carry-over on reload).
     pub(crate) services: HashMap<String, ProxyService>,
+    /// The `[[device]]` pipeline (empty: requests skip it entirely).
+    pub(crate) pipeline: Pipeline,
 }
 
 /// Where a route leads.
@@ -43,6 +46,8 @@ pub(crate) enum Outcome {
     /// Forward to an upstream service.
     Service {
         service: ProxyService,
+        /// The service's name, shared with request contexts.
+        name: Arc<str>,
         strip_prefix: bool,
     },
     /// Answer with a configured response.
@@ -103,6 +108,7 @@ impl Snapshot {
                 RouteTarget::Service(s) => match services.get(&s.service) {
                     Some(service) => Outcome::Service {
                         service: service.clone(),
+                        name: s.service.as_str().into(),
                         strip_prefix: s.strip_prefix,
                     },
                     // Unknown services are reported by validation; a failed build was reported above.
@@ -122,11 +128,26 @@ impl Snapshot {
                     }
                 }
                 RouteTarget::Static(s) => Outcome::Static(snakeway_static::StaticFiles::new(
-                    &s.static_dir,
-                    s.index.as_deref(),
+                    snakeway_static::StaticOptions::new(&s.static_dir)
+                        .with_prefix(&route.path)
+                        .with_index(s.index.as_deref())
+                        .with_directory_listing(s.directory_listing)
+                        .with_max_file_size(s.max_file_size)
+                        .with_cache_control(s.cache_control.as_deref())
+                        .with_compression(snakeway_static::CompressionOptions {
+                            gzip: s.compression.gzip,
+                            brotli: s.compression.brotli,
+                            min_size: s.compression.min_size,
+                        })
+                        .with_serve_hidden(s.serve_hidden),
                 )),
             };
+            let name = match &route.host {
+                Some(host) => format!("{host}{}", route.path),
+                None => route.path.clone(),
+            };
             routes.push(Route {
+                name: name.into(),
                 host: HostMatch::parse(route.host.as_deref()),
                 prefix: route.path.clone(),
                 target: outcome,
@@ -148,6 +169,16 @@ impl Snapshot {
             listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls)));
         }
 
+        let pipeline = match crate::devices::pipeline(&config.devices) {
+            Ok(pipeline) => pipeline,
+            Err(failed) => {
+                for (i, message) in failed {
+                    problems.push(problem(&source, format!("device[{i}]"), message));
+                }
+                Pipeline::default()
+            }
+        };
+
         if !problems.is_empty() {
             return Err(Report { problems });
         }
@@ -158,6 +189,7 @@ impl Snapshot {
             router: Router::new(routes),
             listeners,
             services,
+            pipeline,
         })
     }
 }

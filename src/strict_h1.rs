@@ -15,13 +15,15 @@
 //!   below hyper's 8 KiB floor.
 //! * Bodies are followed (`content-length` bytes, or the chunked encoding up to its last chunk
 //!   and trailers, mirroring hyper's chunked decoder) and released as they arrive.
-//! * After a violation the read side reports end of stream, but only once hyper has finished
-//!   every response it owes for the requests before it: the write side follows the response
-//!   boundaries hyper produces (see `Tx`), because an end of stream seen while a response is
-//!   still pending makes hyper abort that connection without answering. hyper then sees a clean
-//!   end of stream on an idle connection and shuts the connection down; in `poll_shutdown` the
-//!   wrapper first writes its own `400 Bad Request` (or `431`), with `connection: close` and an
-//!   `x-request-id`, then shuts the transport down.
+//! * After a violation, once hyper has finished every response it owes for the requests before
+//!   it, the wrapper writes its own `400 Bad Request` (`431` for size), with `connection: close`
+//!   and an `x-request-id`, then reports end of stream to hyper, which sees a clean end of stream
+//!   on an idle connection and closes. Waiting matters: an end of stream seen while a response is
+//!   pending makes hyper abort the connection without answering, so the write side follows the
+//!   response boundaries hyper produces (see `Tx`). The response is written from `poll_read`
+//!   rather than left to `poll_shutdown` because hyper skips `poll_shutdown` when an earlier
+//!   request on the connection asked for an upgrade that was declined; `poll_shutdown` still
+//!   sends it if hyper closes between responses without reading again (keep-alive off).
 //! * Upgrades: after a request that hyper may upgrade (`CONNECT`, or HTTP/1.1 with an `upgrade`
 //!   header) the following client bytes are held until hyper's response to it has been written:
 //!   `101` (or `2xx` to `CONNECT`) makes the stream opaque (pass-through from then on), any
@@ -33,8 +35,10 @@
 //!
 //! The common case (a head read whole, then a sized body or none) neither copies nor allocates:
 //! heads are parsed in place in hyper's own read buffer. Only a head split across reads (and the
-//! first request of a connection when hyper-util's protocol sniffing reads a few bytes at a
-//! time) goes through an internal buffer.
+//! first request of a connection, which hyper-util's protocol sniffing reads 24 bytes at a time)
+//! goes through an internal buffer. While a head is held, hyper's header read timeout runs as
+//! usual (hyper waits for a head it has not seen); at the start of a connection, hyper-util's
+//! sniffing (which has no timeout) is given an empty line so that it hands over to hyper.
 
 use std::collections::VecDeque;
 use std::io;
@@ -124,6 +128,32 @@ impl<IO> StrictH1<IO> {
         self.violation = Some(violation);
     }
 
+    /// Writes and flushes the error response, if one is being sent.
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        if let Reply::Writing(bytes, written) = &mut self.reply {
+            while *written < bytes.len() {
+                match ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*written..])) {
+                    Ok(0) => {
+                        self.reply = Reply::Done;
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(n) => *written += n,
+                    Err(e) => {
+                        self.reply = Reply::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            let flushed = ready!(Pin::new(&mut self.io).poll_flush(cx));
+            self.reply = Reply::Done;
+            return Poll::Ready(flushed);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Follows up on a scan: inspection that has stopped needs no response tracking either.
     fn after_scan(&mut self) {
         if matches!(self.rx.state, RxState::Passthrough) {
@@ -169,10 +199,8 @@ impl<IO> StrictH1<IO> {
         if self.violation.is_some() && self.hyper_idle() {
             wake = true;
         }
-        if wake {
-            if let Some(waker) = self.read_waker.take() {
-                waker.wake();
-            }
+        if wake && let Some(waker) = self.read_waker.take() {
+            waker.wake();
         }
     }
 }
@@ -184,6 +212,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // hyper-util's auto builder reads a few bytes to tell HTTP/2 from HTTP/1.
+        let sniffing = matches!(this.rx.state, RxState::Start) && buf.remaining() < SMALL_READ;
         loop {
             // Validated bytes first.
             if this.pos < this.ready {
@@ -200,9 +230,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.violation.is_some() {
-                // End of stream, once hyper owes no response any more (it then shuts down).
+            if let Some(violation) = this.violation {
+                // Once hyper owes no response any more: the error response, then end of stream
+                // (hyper then shuts the connection down).
                 if this.hyper_idle() {
+                    if let Reply::None = this.reply {
+                        this.reply = Reply::Writing(error_response(violation), 0);
+                    }
+                    if let Err(e) = ready!(this.poll_reply(cx)) {
+                        tracing::debug!(error = %e, "failed to send the framing error response");
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 this.read_waker = Some(cx.waker().clone());
@@ -223,7 +260,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
             }
 
             let held = this.stash.len() - this.ready;
-            let sniffing = matches!(this.rx.state, RxState::Start) && buf.remaining() < SMALL_READ;
             if held == 0 && !sniffing {
                 // The common case: inspect in place what the transport put in hyper's buffer.
                 let start = buf.filled().len();
@@ -277,6 +313,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
                 return Poll::Ready(Ok(()));
             }
             this.scan_stash();
+            if sniffing
+                && this.pos == this.ready
+                && this.violation.is_none()
+                && !matches!(this.rx.state, RxState::Start)
+            {
+                // Not HTTP/2, but the head is incomplete. hyper-util's sniffing has no timeout:
+                // give it an empty line (hyper ignores those before a request line) so that it
+                // hands the connection to hyper's HTTP/1 server, whose header read timeout then
+                // runs while the rest of the head is awaited.
+                buf.put_slice(if buf.remaining() >= 2 { b"\r\n" } else { b"\n" });
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -330,22 +378,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StrictH1<IO> {
                 Reply::Done
             };
         }
-        if let Reply::Writing(bytes, written) = &mut this.reply {
-            while *written < bytes.len() {
-                let n = ready!(Pin::new(&mut this.io).poll_write(cx, &bytes[*written..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                *written += n;
-            }
-            ready!(Pin::new(&mut this.io).poll_flush(cx))?;
-            this.reply = Reply::Done;
-        }
+        ready!(this.poll_reply(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
-/// The wrapper's own error response, written on shutdown after a violation.
+/// The wrapper's own error response after a violation.
 enum Reply {
     None,
     Writing(Vec<u8>, usize),
@@ -943,6 +981,7 @@ mod tests {
 
     const MAX_HEAD: usize = 4096;
     const TIMEOUT: Duration = Duration::from_secs(5);
+    const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
     type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -959,6 +998,11 @@ mod tests {
         hits.fetch_add(1, Ordering::SeqCst);
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
+        if method == hyper::Method::CONNECT {
+            let mut resp = Response::new(full(String::new()));
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return Ok(resp);
+        }
         match path.as_str() {
             "/ws" if req.headers().contains_key("upgrade") => {
                 let on_upgrade = hyper::upgrade::on(req);
@@ -1007,6 +1051,44 @@ mod tests {
     struct Server {
         addr: SocketAddr,
         hits: Arc<AtomicUsize>,
+        /// Connections hyper called `poll_shutdown` on.
+        shutdowns: Arc<AtomicUsize>,
+    }
+
+    /// Counts `poll_shutdown` calls on the transport under `StrictH1`.
+    struct Probe {
+        inner: TcpStream,
+        shutdowns: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Probe {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Probe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.shutdowns.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut this.inner).poll_shutdown(cx)
+        }
     }
 
     async fn server(max_head: usize) -> Server {
@@ -1014,6 +1096,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let shutdown_counter = shutdowns.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -1021,20 +1105,34 @@ mod tests {
                 };
                 let _ = stream.set_nodelay(true);
                 let hits = counter.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, hits.clone()));
-                    let mut http = auto::Builder::new(TokioExecutor::new());
-                    http.http1()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(3))
-                        .max_buf_size(max_head.max(8192))
-                        .keep_alive(true);
-                    let io = TokioIo::new(StrictH1::new(stream, max_head));
-                    let _ = http.serve_connection_with_upgrades(io, service).await;
-                });
+                let stream = Probe {
+                    inner: stream,
+                    shutdowns: shutdown_counter.clone(),
+                };
+                tokio::spawn(serve_connection(stream, max_head, hits));
             }
         });
-        Server { addr, hits }
+        Server {
+            addr,
+            hits,
+            shutdowns,
+        }
+    }
+
+    /// Serves one connection as the listener does: hyper-util's auto builder over `StrictH1`.
+    async fn serve_connection<IO>(io: IO, max_head: usize, hits: Arc<AtomicUsize>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| handle(req, hits.clone()));
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(max_head.max(8192))
+            .keep_alive(true);
+        let io = TokioIo::new(StrictH1::new(io, max_head));
+        let _ = http.serve_connection_with_upgrades(io, service).await;
     }
 
     impl Server {
@@ -1244,6 +1342,7 @@ mod tests {
         assert_rejection(&resp, 431, "request head too large");
         // Also when the head arrives in pieces and never ends.
         let mut stream = server.connect().await;
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         for _ in 0..20 {
             if stream
                 .write_all(format!("X-Filler: {}\r\n", "b".repeat(100)).as_bytes())
@@ -1365,6 +1464,8 @@ mod tests {
         assert!(resp.contains("GET /first 0 0\n"));
         assert_rejection(&resp, 400, "duplicate content-length");
         assert_eq!(server.hits(), 1);
+        // hyper saw a clean end of stream on an idle connection and shut it down.
+        assert_eq!(server.shutdowns.load(Ordering::SeqCst), 1);
         // Pipelined, while hyper is still busy with the (slow) earlier requests.
         let mut raw = b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
         raw.extend_from_slice(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
@@ -1457,7 +1558,7 @@ mod tests {
         raw.extend_from_slice(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
         raw.extend_from_slice(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         let resp = server.exchange(&raw).await;
-        assert_eq!(statuses(&resp), [200, 200, 400], "{resp}");
+        assert_eq!(statuses(&resp), [200, 405, 400], "{resp}");
         assert!(resp.contains("GET /no-ws 0 0\n"), "{resp}");
         assert_rejection(&resp, 400, "both content-length and transfer-encoding");
         assert_eq!(server.hits(), 2);
@@ -1469,6 +1570,65 @@ mod tests {
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
         let resp = server.exchange(raw).await;
         assert!(!resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn over_tls() {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_der = cert.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, hits) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve_connection(tls, MAX_HEAD, hits).await;
+                    }
+                });
+            }
+        });
+
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut raw = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        raw.extend_from_slice(CHUNKED_POST);
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n");
+        tls.write_all(&raw).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = String::from_utf8(out).unwrap();
+        assert_eq!(statuses(&resp), [200, 200, 400], "{resp}");
+        assert!(resp.contains("POST /a 2 0\n") && resp.contains("POST /chunked 15 2\n"));
+        assert_rejection(&resp, 400, "obsolete line folding");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -1493,9 +1653,36 @@ mod tests {
     #[tokio::test]
     async fn client_gone_mid_head() {
         let server = server(MAX_HEAD).await;
-        let resp = server.exchange(b"GET / HTTP/1.1\r\nHost:").await;
+        let mut stream = server.connect().await;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let resp = read_all(&mut stream).await;
         assert!(resp.is_empty(), "{resp}");
         assert_eq!(server.hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn incomplete_head_is_subject_to_the_header_read_timeout() {
+        // hyper-util's protocol sniffing has no timeout of its own: holding the first head must
+        // not keep hyper from starting its header read timer.
+        let server = server(MAX_HEAD).await;
+        for partial in [&b"G"[..], b"GET / HTTP/1.1\r\nHost: a\r\n"] {
+            let mut stream = server.connect().await;
+            stream.write_all(partial).await.unwrap();
+            let started = std::time::Instant::now();
+            let resp = read_all(&mut stream).await;
+            assert!(resp.is_empty(), "{resp}");
+            assert!(started.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_millis(100));
+        }
+        // Also on later requests of a keep-alive connection.
+        let mut stream = server.connect().await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let resp = read_all(&mut stream).await;
+        assert_eq!(statuses(&resp), [200], "{resp}");
+        assert_eq!(server.hits(), 1);
     }
 
     // === the stream itself, without hyper ===
@@ -1545,8 +1732,9 @@ mod tests {
 
     fn script(reads: Vec<Vec<u8>>) -> (StrictH1<Script>, Arc<Mutex<Vec<u8>>>) {
         let written = Arc::new(Mutex::new(Vec::new()));
+        let reads = reads.into_iter().filter(|r| !r.is_empty()).collect();
         let io = Script {
-            reads: reads.into(),
+            reads,
             written: written.clone(),
         };
         (StrictH1::new(io, MAX_HEAD), written)
@@ -1580,15 +1768,22 @@ mod tests {
 
     #[tokio::test]
     async fn every_split_point_is_handled() {
-        let raw = valid_stream();
+        let raw = valid_stream()[2..].to_vec();
+        assert!(raw.starts_with(b"POST"));
+        let head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         for at in 0..=raw.len() {
             for step in [1, 7, 24, 8192] {
                 let (mut strict, _) = script(vec![raw[..at].to_vec(), raw[at..].to_vec()]);
-                assert_eq!(
-                    drain(&mut strict, step).await,
-                    raw,
-                    "split at {at}, reads of {step}"
-                );
+                let out = drain(&mut strict, step).await;
+                // Sniffing reads of an incomplete first head are given an empty line (once the
+                // bytes are known not to be the HTTP/2 preface: "P" still could be).
+                let injected = step < SMALL_READ && (2..head_len).contains(&at);
+                let expected = match (injected, step) {
+                    (false, _) => raw.clone(),
+                    (true, 1) => [&b"\n"[..], &raw].concat(),
+                    (true, _) => [&b"\r\n"[..], &raw].concat(),
+                };
+                assert_eq!(out, expected, "split at {at}, reads of {step}");
                 assert_eq!(strict.rx.pending.len(), 4);
                 assert_eq!(strict.rx.state, RxState::Head);
             }
@@ -1675,7 +1870,7 @@ mod tests {
         let mut c = Chunked::default();
         assert_eq!(
             c.advance(b"3 ;ext\r\nabc\r\n0\r\nT: 1\r\n\r\nnext"),
-            Ok((25, true))
+            Ok((24, true))
         );
         for bad in [
             &b"g\r\n"[..],

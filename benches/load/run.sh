@@ -377,9 +377,23 @@ if [[ $SKIP_CALLGRIND != 1 ]]; then
         for mode in self inclusive; do
             incl=no
             [[ $mode == inclusive ]] && incl=yes
-            callgrind_annotate --inclusive=$incl "$OUT_DIR/callgrind-$p-$((5 * N)).out" \
+            callgrind_annotate --auto=no --inclusive=$incl "$OUT_DIR/callgrind-$p-$((5 * N)).out" \
                 >"$OUT_DIR/callgrind-$p-$((5 * N)).annotate-$mode.txt" 2>&1 || true
         done
+        # Self cost summed per function name (the annotate output splits a function by the
+        # source file each inlined piece came from), as a share of the whole run.
+        awk -v total="$large" '
+            /file:function/ { table = 1; next }
+            table && /^$/ { exit }
+            table && /^ *[0-9,]+ +\( *[0-9.]+%\)  / {
+                ir = $1; gsub(/,/, "", ir)
+                fn = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\)  /, "", fn)
+                sub(/ \[[^]]*\]$/, "", fn); sub(/^[^ ]*\.(rs|c|S|h|cc|cpp):/, "", fn); sub(/^\?\?\?:/, "", fn)
+                sum[fn] += ir
+            }
+            END { for (f in sum) printf "%14d %6.2f%%  %s\n", sum[f], 100 * sum[f] / total, f }' \
+            "$OUT_DIR/callgrind-$p-$((5 * N)).annotate-self.txt" | sort -rn \
+            >"$OUT_DIR/callgrind-$p-$((5 * N)).self-by-function.txt" || true
         log "$p: ${IPR[$p]} instructions per request"
     done
 fi

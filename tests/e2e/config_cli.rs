@@ -412,3 +412,48 @@ respond = { status = 200, body = "from main" }
     assert_eq!(json["uri"], "/sock/x");
     assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
+
+#[test]
+fn config_check_defaults_to_snakeway_toml_and_rejects_unknown_server_keys() {
+    let dir = TestDir::new("check-default");
+    dir.write("snakeway.toml", VALID);
+    let out = run_cli(&["config", "check"], &dir.path);
+    assert!(
+        out.status.success(),
+        "`config check` without -c did not read ./snakeway.toml:\n{}",
+        stderr(&out)
+    );
+
+    dir.write(
+        "snakeway.toml",
+        VALID.replace("threads = 1", "threads = 1\nthreadz = 2"),
+    );
+    let out = run_cli(&["config", "check"], &dir.path);
+    assert!(!out.status.success(), "unknown key server.threadz accepted");
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("snakeway.toml: ") && l.contains("threadz")),
+        "unknown key not reported with its file and name:\n{err}"
+    );
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// `server.threads` sets the number of worker threads: 4 workers run exactly 3 more threads
+/// than 1 worker, everything else equal.
+#[tokio::test]
+async fn server_threads_sets_the_worker_count() {
+    let cfg = |n: usize| VALID.replace("threads = 1", &format!("threads = {n}"));
+    let one = Server::start(&cfg(1)).await;
+    let four = Server::start(&cfg(4)).await;
+    for s in [&one, &four] {
+        assert_eq!(get(s.addr(), "/healthz").await.status, 200);
+    }
+    let (a, b) = (threads_of(one.pid), threads_of(four.pid));
+    assert_eq!(b, a + 3, "threads with 1 worker: {a}, with 4 workers: {b}");
+}

@@ -249,6 +249,13 @@ impl Server {
     }
 
     pub fn signal(&self, signal: Signal) {
+        SIGNALS.lock().unwrap().push(format!(
+            "{:?} {signal} -> pid {}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            self.pid
+        ));
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal)
             .expect("kill(2)");
     }
@@ -300,9 +307,17 @@ impl Drop for Server {
                 tail.len(),
                 tail.join("\n")
             );
+            eprintln!(
+                "server pid {}; signals sent by this test binary so far:\n{}",
+                self.pid,
+                SIGNALS.lock().unwrap().join("\n")
+            );
         }
     }
 }
+
+/// Every signal the harness sent, for diagnosing failures (tests run in parallel).
+static SIGNALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn count_listeners(toml: &str) -> usize {
     toml.lines().filter(|l| l.trim() == "[[listener]]").count()

@@ -15,3 +15,4 @@ mod listeners;
 mod proxy;
 mod reload;
 mod routing;
+mod static_files;

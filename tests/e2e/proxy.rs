@@ -58,7 +58,7 @@ async fn forwarded_and_hop_by_hop_headers() {
         X-Foo: secret\r\n\
         X-Bar: kept\r\n\
         Keep-Alive: timeout=5\r\n\
-        TE: trailers\r\n\
+        TE: gzip\r\n\
         Upgrade: websocket\r\n\
         Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
         Proxy-Connection: keep-alive\r\n\
@@ -120,6 +120,16 @@ async fn forwarded_and_hop_by_hop_headers() {
     assert_eq!(echo_headers(&json, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echo_headers(&json, "x-forwarded-proto"), ["http"]);
     assert_eq!(echo_headers(&json, "x-forwarded-host"), ["front.test"]);
+
+    // The one exception to dropping `te`: `te: trailers` (gRPC needs it end to end, RFC 9113
+    // §8.2.2 allows it). Any other value is dropped, as above.
+    let req = Request::get("/t")
+        .header("host", "front.test")
+        .header("te", "trailers")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let json = send_h1(server.addr(), req).await.unwrap().json();
+    assert_eq!(echo_headers(&json, "te"), ["trailers"]);
 }
 
 #[tokio::test]
@@ -614,4 +624,142 @@ async fn download_of_256_mib_streams_with_bounded_memory() {
         "peak RSS {rss} KiB while proxying a 256 MiB download (limit {RSS_LIMIT_KIB} KiB)"
     );
     eprintln!("download: proxy peak RSS {rss} KiB");
+}
+
+/// A single upstream whose circuit is open: 503 (not 502), with a request id, and the upstream
+/// is not tried.
+#[tokio::test]
+async fn open_circuit_is_503_with_request_id() {
+    let dead = upstream::refused_addr();
+    let keys = "[service.circuit_breaker]\nfailure_threshold = 1\nopen_ms = 60000";
+    let server = Server::start(&service_config(
+        "fragile",
+        &format!("{{ url = \"http://{dead}\" }}"),
+        keys,
+        "",
+    ))
+    .await;
+    let first = get(server.addr(), "/").await;
+    assert_eq!(first.status, 502, "{}", first.text());
+    for _ in 0..3 {
+        let res = get(server.addr(), "/").await;
+        assert_eq!(
+            res.status,
+            503,
+            "request with the circuit open: {}",
+            res.text()
+        );
+        assert!(is_generated_id(res.request_id()));
+        assert!(
+            res.text().contains("fragile"),
+            "503 body does not name the service: {:?}",
+            res.text()
+        );
+    }
+}
+
+/// `response_timeout_ms` bounds the wait for the response head, not the whole body: a body that
+/// trickles in for longer still arrives complete.
+#[tokio::test]
+async fn response_timeout_does_not_cut_a_slow_body() {
+    let up = upstream::http(upstream::handler(|_req| async {
+        let chunks = stream::unfold(0u8, |i| async move {
+            if i == 6 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'a' + i; 10]))),
+                i + 1,
+            ))
+        });
+        http::Response::builder()
+            .header("content-length", "60")
+            .body(BodyExt::boxed(StreamBody::new(chunks)))
+            .unwrap()
+    }))
+    .await;
+    let server = Server::start(&service_config(
+        "trickle",
+        &one(&up),
+        "response_timeout_ms = 300",
+        "",
+    ))
+    .await;
+    let start = Instant::now();
+    let res = get(server.addr(), "/").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.text(),
+        "aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeeeffffffffff"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(550),
+        "body arrived too fast to prove anything"
+    );
+}
+
+/// Hop-by-hop headers are dropped on the way back too.
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_stripped() {
+    let up = upstream::http(upstream::handler(|_req| async {
+        http::Response::builder()
+            .header("connection", "x-secret")
+            .header("x-secret", "upstream-only")
+            .header("keep-alive", "timeout=1")
+            .header("x-normal", "yes")
+            .body(upstream::full_body("body"))
+            .unwrap()
+    }))
+    .await;
+    let server = Server::start(&service_config("hop", &one(&up), "", "")).await;
+    let res = get(server.addr(), "/").await;
+    assert_eq!((res.status, res.text().as_str()), (200, "body"));
+    assert_eq!(res.header("x-normal"), Some("yes"));
+    assert_eq!(
+        res.header("x-secret"),
+        None,
+        "header named by the upstream's connection header forwarded"
+    );
+    assert_eq!(res.header("keep-alive"), None);
+    assert!(
+        res.header("connection")
+            .is_none_or(|v| !v.contains("x-secret"))
+    );
+}
+
+/// The proxy passes the upstream's status, headers and body through, whatever the status.
+#[tokio::test]
+async fn upstream_status_headers_and_body_pass_through() {
+    let up = upstream::http(upstream::handler(|req| async move {
+        let status = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .parse::<u16>()
+            .unwrap_or(200);
+        http::Response::builder()
+            .status(status)
+            .header("x-custom", "from-upstream")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .body(upstream::full_body(format!("status {status}")))
+            .unwrap()
+    }))
+    .await;
+    let server = Server::start(&service_config("pass", &one(&up), "", "")).await;
+    for status in [200u16, 201, 404, 418, 500, 503] {
+        let res = get(server.addr(), &format!("/{status}")).await;
+        assert_eq!(res.status, status);
+        assert_eq!(res.text(), format!("status {status}"));
+        assert_eq!(res.header("x-custom"), Some("from-upstream"));
+        let cookies: Vec<_> = res
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(res.header("x-request-id").is_some());
+    }
 }

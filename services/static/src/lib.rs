@@ -1,66 +1,44 @@
-//! The static-file outcome: `static_dir` routes serve files from a directory.
+//! The static-file outcome: `static_dir` routes serve the files below one directory.
 //!
-//! This is tower-http's [`ServeDir`] (GET/HEAD, content types, conditional requests, ranges,
-//! and its own traversal protection) behind Snakeway's body type. The request path it sees has
-//! already been normalized and checked by the server.
+//! [`StaticFiles`] answers GET and HEAD with the file a request path names, safely (nothing
+//! outside the root, no dotfiles unless allowed), with validators and conditional requests
+//! (RFC 9110 §13), single byte ranges (§14), content negotiation between gzip, brotli and
+//! identity (§12.5.3, with precompressed `file.br` / `file.gz` siblings), index files,
+//! trailing-slash redirects and optional directory listings.
+//!
+//! Small files live in a lock-free in-memory cache together with their compressed variants,
+//! revalidated by device, inode, size and mtime; larger ones stream from disk in bounded
+//! memory. The operator documentation is `docs/static-files.md`.
+//!
+//! The crate does not depend on the configuration crate: it takes a [`StaticOptions`].
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use snakeway_static::{StaticFiles, StaticOptions};
+//!
+//! let files = StaticFiles::new(
+//!     StaticOptions::new("public")
+//!         .with_prefix("/assets")
+//!         .with_cache_control(Some("public, max-age=3600")),
+//! );
+//! let req = http::Request::get("/assets/app.js").body(snakeway_core::Body::empty()).unwrap();
+//! let response = files.serve(req).await;
+//! # drop(response);
+//! # }
+//! ```
 
-use std::convert::Infallible;
-use std::path::Path;
+mod body;
+mod cache;
+mod conditional;
+mod encoding;
+mod entry;
+mod listing;
+mod options;
+mod path;
+mod service;
 
-use http::{Request, Response};
-use snakeway_core::Body;
-use tower::ServiceExt;
-use tower_http::services::ServeDir;
-
-/// Serves the files below one directory.
-#[derive(Clone, Debug)]
-pub struct StaticFiles {
-    dir: ServeDir,
-}
-
-// === impl StaticFiles ===
-
-impl StaticFiles {
-    /// Files from `root`; a request for a directory serves its `index.html` when `index` is
-    /// `Some("index.html")`.
-    pub fn new(root: &Path, index: Option<&str>) -> Self {
-        let dir = ServeDir::new(root).append_index_html_on_directories(index == Some("index.html"));
-        Self { dir }
-    }
-
-    /// Answers one request.
-    pub async fn serve(&self, req: Request<Body>) -> Response<Body> {
-        let result: Result<_, Infallible> = self.dir.clone().oneshot(req).await;
-        let Ok(response) = result;
-        response.map(Body::new)
-    }
-}
+pub use options::{CacheOptions, CompressionOptions, StaticOptions};
+pub use service::StaticFiles;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn serves_a_file_and_404s_a_missing_one() {
-        let dir = std::env::temp_dir().join(format!("snakeway-static-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hello.txt"), "hi").unwrap();
-        let files = StaticFiles::new(&dir, Some("index.html"));
-
-        let ok = files
-            .serve(Request::get("/hello.txt").body(Body::empty()).unwrap())
-            .await;
-        assert_eq!(ok.status(), 200);
-        assert_eq!(
-            &ok.into_body().collect().await.unwrap().to_bytes()[..],
-            b"hi"
-        );
-
-        let missing = files
-            .serve(Request::get("/nope.txt").body(Body::empty()).unwrap())
-            .await;
-        assert_eq!(missing.status(), 404);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

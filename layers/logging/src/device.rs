@@ -1,0 +1,318 @@
+//! [`StructuredLogging`]: the device.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, request, response};
+use snakeway_core::{
+    Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, Phases, RequestCtx, ResponseCtx,
+};
+
+use crate::layer::StructuredLoggingLayer;
+use crate::record::{CapturedHeader, ErrorRecord, HeaderFields, Record, Timestamp};
+use crate::{IdentityExtractor, LogPhase, LogWriter, LoggingOptions};
+
+/// Lines longer than this do not keep the per-thread formatting buffer grown.
+const KEEP_BUFFER_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// The per-thread buffer lines are formatted into; each line is then copied out once.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Tells apart the captures of several logging devices in one pipeline.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The structured-logging device: one JSON line per configured event, handed to a
+/// [`LogWriter`] without blocking. See the [crate docs](crate) for the line format.
+pub struct StructuredLogging {
+    id: u64,
+    /// The events logged.
+    events: Phases,
+    /// The phases taken part in: the events plus `Request` (for the capture).
+    phases: Phases,
+    include_headers: bool,
+    allowed_headers: Box<[HeaderName]>,
+    redacted_headers: Box<[HeaderName]>,
+    /// `Some` when identity fields are logged (the extractor may still be missing).
+    identity: Option<Option<IdentityExtractor>>,
+    writer: LogWriter,
+}
+
+/// What this device captured of the request head at `on_request`, for its later lines.
+#[derive(Clone, Debug)]
+struct Capture {
+    device: u64,
+    bytes_in: Option<u64>,
+    headers: Option<Box<[CapturedHeader]>>,
+}
+
+/// The captures of the logging devices of a pipeline (almost always one), in the request's
+/// context extensions.
+#[derive(Clone, Debug)]
+struct Captures {
+    first: Capture,
+    more: Vec<Capture>,
+}
+
+/// What a line knows beyond the request context.
+#[derive(Default)]
+struct Event<'a> {
+    status: Option<u16>,
+    bytes_out: Option<Option<u64>>,
+    origin: Option<Origin>,
+    error: Option<&'a Error>,
+}
+
+// === impl StructuredLogging ===
+
+impl StructuredLogging {
+    /// A device logging as `options` say, to `writer` (`options.output` and
+    /// `options.queue_capacity` are not used: the writer is already open).
+    pub fn new(options: LoggingOptions, writer: LogWriter) -> Self {
+        let events: Phases = options.phases.iter().map(|p| p.phase()).collect();
+        let phases = if events == Phases::NONE {
+            Phases::NONE
+        } else {
+            events.with(Phase::Request)
+        };
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            events,
+            phases,
+            include_headers: options.include_headers,
+            allowed_headers: options.allowed_headers.into(),
+            redacted_headers: options.redacted_headers.into(),
+            identity: options.include_identity.then_some(options.identity),
+            writer,
+        }
+    }
+
+    /// Opens `options.output` with a queue of `options.queue_capacity` lines (see
+    /// [`LogWriter::open`]) and builds the device on it.
+    pub fn open(options: LoggingOptions) -> io::Result<Self> {
+        let writer = LogWriter::open(&options.output, options.queue_capacity)?;
+        Ok(Self::new(options, writer))
+    }
+
+    /// The device's writer (for its `dropped` and `written` counters).
+    pub fn writer(&self) -> &LogWriter {
+        &self.writer
+    }
+
+    /// Whether `event` is logged.
+    pub fn logs(&self, event: LogPhase) -> bool {
+        self.events.contains(event.phase())
+    }
+
+    /// The device alone as a Tower layer (see [`StructuredLoggingLayer`]).
+    pub fn into_layer(self) -> StructuredLoggingLayer {
+        StructuredLoggingLayer::new(self)
+    }
+
+    fn capture(&self, headers: &HeaderMap) -> Capture {
+        let bytes_in = content_length(headers);
+        let headers = self.include_headers.then(|| {
+            let mut captured = Vec::new();
+            if self.allowed_headers.is_empty() {
+                for name in headers.keys() {
+                    self.capture_header(headers, name, &mut captured);
+                }
+            } else {
+                for name in self.allowed_headers.iter() {
+                    self.capture_header(headers, name, &mut captured);
+                }
+            }
+            captured.into_boxed_slice()
+        });
+        Capture {
+            device: self.id,
+            bytes_in,
+            headers,
+        }
+    }
+
+    fn capture_header(
+        &self,
+        headers: &HeaderMap,
+        name: &HeaderName,
+        out: &mut Vec<CapturedHeader>,
+    ) {
+        let redacted = self.redacted_headers.contains(name);
+        for value in headers.get_all(name) {
+            out.push((name.clone(), (!redacted).then(|| value.clone())));
+        }
+    }
+
+    fn stored<'c>(&self, ctx: &'c RequestCtx) -> Option<&'c Capture> {
+        let captures = ctx.extensions.get::<Captures>()?;
+        std::iter::once(&captures.first)
+            .chain(&captures.more)
+            .find(|c| c.device == self.id)
+    }
+
+    fn store(&self, ctx: &mut RequestCtx, capture: Capture) {
+        match ctx.extensions.get_mut::<Captures>() {
+            Some(captures) => captures.more.push(capture),
+            None => {
+                ctx.extensions.insert(Captures {
+                    first: capture,
+                    more: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Formats one line and queues it; never blocks.
+    fn emit(
+        &self,
+        phase: LogPhase,
+        ctx: &RequestCtx,
+        capture: Option<&Capture>,
+        event: &Event<'_>,
+    ) {
+        let ts = Timestamp::now();
+        let identity = match &self.identity {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(extract)) => Some(extract(ctx)),
+        };
+        let info = ctx.info();
+        let elapsed = info.started.elapsed();
+        let record = Record {
+            ts: ts.as_str(),
+            event: phase.as_str(),
+            request_id: String::from_utf8_lossy(info.request_id.as_bytes()),
+            method: info.method.as_str(),
+            path: info.uri.path(),
+            status: event.status,
+            duration_ms: (elapsed.as_micros() as f64) / 1000.0,
+            route: ctx.route.as_deref(),
+            upstream: ctx.service.as_deref(),
+            origin: event.origin.or(ctx.origin).map(Origin::as_str),
+            peer: info.peer,
+            bytes_in: capture.and_then(|c| c.bytes_in),
+            bytes_out: event.bytes_out,
+            error: event.error.map(|error| ErrorRecord {
+                kind: error.kind().as_str(),
+                message: error,
+            }),
+            headers: self
+                .include_headers
+                .then(|| capture.and_then(|c| c.headers.as_deref().map(HeaderFields))),
+            identity: identity.as_ref().map(Option::as_ref),
+        };
+        let line = SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            if serde_json::to_writer(&mut *buf, &record).is_err() {
+                return None;
+            }
+            buf.push(b'\n');
+            let line: Box<[u8]> = buf.as_slice().into();
+            if buf.capacity() > KEEP_BUFFER_BYTES {
+                *buf = Vec::with_capacity(1024);
+            }
+            Some(line)
+        });
+        if let Some(line) = line {
+            self.writer.send(line);
+        }
+    }
+}
+
+impl Device for StructuredLogging {
+    fn name(&self) -> &str {
+        "structured_logging"
+    }
+
+    fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    /// Captures `bytes_in` (and the headers, when enabled) for later lines, and writes the
+    /// `request` line if configured.
+    fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
+        let capture = self.capture(&req.headers);
+        if self.events.contains(Phase::Request) {
+            self.emit(LogPhase::Request, ctx, Some(&capture), &Event::default());
+        }
+        // Only later events read the capture.
+        if self.events != Phases::only(Phase::Request) {
+            self.store(ctx, capture);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn before_proxy(&self, ctx: &mut RequestCtx, _req: &mut request::Parts) -> DeviceResult {
+        self.emit(
+            LogPhase::BeforeProxy,
+            ctx,
+            self.stored(ctx),
+            &Event::default(),
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn after_proxy(&self, ctx: &mut RequestCtx, res: &mut response::Parts) -> DeviceResult {
+        let event = Event {
+            status: Some(res.status.as_u16()),
+            bytes_out: Some(content_length(&res.headers)),
+            origin: Some(Origin::Upstream),
+            error: None,
+        };
+        self.emit(LogPhase::AfterProxy, ctx, self.stored(ctx), &event);
+        Ok(Flow::Continue)
+    }
+
+    fn on_response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), DeviceError> {
+        let event = Event {
+            status: Some(res.head.status.as_u16()),
+            bytes_out: Some(content_length(&res.head.headers)),
+            origin: Some(res.origin),
+            error: None,
+        };
+        self.emit(LogPhase::Response, ctx, self.stored(ctx), &event);
+        Ok(())
+    }
+
+    fn on_error(&self, ctx: &mut RequestCtx, error: &Error) {
+        let event = Event {
+            status: Some(error.status().as_u16()),
+            bytes_out: None,
+            // The response that follows is the error's.
+            origin: Some(Origin::Error),
+            error: Some(error),
+        };
+        self.emit(LogPhase::Error, ctx, self.stored(ctx), &event);
+    }
+}
+
+impl fmt::Debug for StructuredLogging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StructuredLogging")
+            .field("events", &self.events)
+            .field("include_headers", &self.include_headers)
+            .field("allowed_headers", &self.allowed_headers)
+            .field("redacted_headers", &self.redacted_headers)
+            .field("include_identity", &self.identity.is_some())
+            .field("writer", &self.writer)
+            .finish()
+    }
+}
+
+/// A well-formed `content-length`, if there is exactly one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.parse().ok()
+}
