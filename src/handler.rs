@@ -92,7 +92,7 @@ pub(crate) async fn handle(snapshot: Arc<Snapshot>, downstream: Downstream, mut 
     } else {
         req.extensions_mut().insert(PeerAddr(downstream.peer));
         let router = Router { snapshot: snapshot.clone(), downstream };
-        let Ok(response) = PipelineService::new(router, snapshot.pipeline.clone()).oneshot(req).await;
+        let Ok(response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone()).oneshot(req).await;
         response
     };
     response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);

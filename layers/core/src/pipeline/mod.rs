@@ -88,9 +88,11 @@ impl Pipeline {
         !self.in_phase(phase).is_empty()
     }
 
-    /// The outer layer: `on_request`, body hook, `on_error`, `on_response`.
+    /// The outer layer for a stack with [`Pipeline::proxy_hooks`] inside: `on_request`, body
+    /// hook, `on_error`, `on_response`. (For a stack without proxy hooks, e.g. an axum app,
+    /// use [`PipelineLayer::new`].)
     pub fn layer(&self) -> PipelineLayer {
-        PipelineLayer::new(self.clone())
+        PipelineLayer::with_proxy_hooks(self.clone())
     }
 
     /// The inner layer, for directly around the upstream client: `before_proxy`, `after_proxy`.

@@ -21,18 +21,35 @@ use crate::{Body, BoxError, Error, Flow, Origin, PeerAddr, Phase, RequestCtx, Re
 /// Layer that applies the [`PipelineService`] middleware, which runs a [`Pipeline`]'s
 /// `on_request`, body, `on_error` and `on_response` hooks around a service.
 ///
+/// [`PipelineLayer::new`] keeps the [`RequestCtx`] inside the layer: use it in any Tower or
+/// axum app. [`PipelineLayer::with_proxy_hooks`] hands the context to a
+/// [`ProxyHooksLayer`](super::ProxyHooksLayer) further in and expects it back in the response
+/// or the error (the server's stack).
+///
 /// See the [module docs](crate::pipeline).
 #[derive(Clone, Debug)]
 pub struct PipelineLayer {
     pipeline: Pipeline,
+    handoff: bool,
 }
 
 // === impl PipelineLayer ===
 
 impl PipelineLayer {
-    /// A layer running `pipeline`.
+    /// A layer running `pipeline`, keeping the request context to itself.
     pub fn new(pipeline: Pipeline) -> Self {
-        Self { pipeline }
+        Self {
+            pipeline,
+            handoff: false,
+        }
+    }
+
+    /// A layer running `pipeline` that hands the request context to a `ProxyHooksLayer` inside.
+    pub fn with_proxy_hooks(pipeline: Pipeline) -> Self {
+        Self {
+            pipeline,
+            handoff: true,
+        }
     }
 }
 
@@ -40,7 +57,12 @@ impl<S> Layer<S> for PipelineLayer {
     type Service = PipelineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PipelineService::new(inner, self.pipeline.clone())
+        PipelineService {
+            inner,
+            pipeline: self.pipeline.clone(),
+            handoff: self.handoff,
+            not_ready: None,
+        }
     }
 }
 
@@ -53,6 +75,8 @@ impl<S> Layer<S> for PipelineLayer {
 pub struct PipelineService<S> {
     inner: S,
     pipeline: Pipeline,
+    /// Whether the request context travels to a `ProxyHooks` inside (see [`PipelineLayer`]).
+    handoff: bool,
     /// The inner service's readiness failure, answered on the next `call`.
     not_ready: Option<Error>,
 }
@@ -60,19 +84,26 @@ pub struct PipelineService<S> {
 // === impl PipelineService ===
 
 impl<S> PipelineService<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, keeping the request context to itself (see [`PipelineLayer::new`]).
     pub fn new(inner: S, pipeline: Pipeline) -> Self {
-        Self {
-            inner,
-            pipeline,
-            not_ready: None,
-        }
+        PipelineLayer::new(pipeline).layer(inner)
+    }
+
+    /// Wraps `inner`, handing the request context to a `ProxyHooks` inside (see
+    /// [`PipelineLayer::with_proxy_hooks`]).
+    pub fn with_proxy_hooks(inner: S, pipeline: Pipeline) -> Self {
+        PipelineLayer::with_proxy_hooks(pipeline).layer(inner)
     }
 }
 
 impl<S: Clone> Clone for PipelineService<S> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.pipeline.clone())
+        Self {
+            inner: self.inner.clone(),
+            pipeline: self.pipeline.clone(),
+            handoff: self.handoff,
+            not_ready: None,
+        }
     }
 }
 
@@ -150,13 +181,19 @@ where
             (Body::new(body), None)
         };
         let info = ctx.info().clone();
-        head.extensions.insert(ctx);
+        let local = if self.handoff {
+            head.extensions.insert(ctx);
+            None
+        } else {
+            Some(ctx)
+        };
         let future = self.inner.call(Request::from_parts(head, body));
         PipelineFuture {
             state: State::Inner {
                 future,
                 pipeline,
                 info,
+                local,
                 verdict,
             },
         }
@@ -180,6 +217,8 @@ pin_project! {
             future: F,
             pipeline: Pipeline,
             info: Arc<RequestInfo>,
+            // The request context, when it did not travel inward.
+            local: Option<RequestCtx>,
             verdict: Option<Arc<Mutex<Option<BodyVerdict>>>>,
         },
     }
@@ -203,20 +242,24 @@ where
                 future,
                 pipeline,
                 info,
+                local,
                 verdict,
             } => {
                 let result = ready!(future.poll(cx));
                 let (ctx, result) = match result {
                     Ok(response) => {
                         let (mut head, body) = response.into_parts();
-                        let ctx = head.extensions.remove::<RequestCtx>();
+                        let ctx = local
+                            .take()
+                            .or_else(|| head.extensions.remove::<RequestCtx>());
                         let ctx = ctx.unwrap_or_else(|| RequestCtx::from_info(info.clone()));
                         (ctx, Ok(Response::from_parts(head, Body::new(body))))
                     }
                     Err(e) => {
                         let mut error: Error = e.into();
-                        let mut ctx = error
-                            .take_ctx()
+                        let mut ctx = local
+                            .take()
+                            .or_else(|| error.take_ctx())
                             .unwrap_or_else(|| RequestCtx::from_info(info.clone()));
                         // A body hook that stopped the body decides the answer.
                         let decided = verdict.as_ref().and_then(|v| v.lock().ok()?.take());

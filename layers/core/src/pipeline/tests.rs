@@ -442,3 +442,34 @@ fn layers_and_services_meet_axum_bounds() {
     let future = svc.call(Request::new(Body::empty()));
     assert_send(&future);
 }
+
+#[tokio::test]
+async fn standalone_layers_keep_their_context_when_the_handler_drops_extensions() {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let device = |name| -> Arc<dyn Device> {
+        Arc::new(Recorder {
+            name,
+            phases: Phases::only(Phase::Request).with(Phase::Response),
+            log: log.clone(),
+            acts: HashMap::new(),
+        })
+    };
+    // An axum-like handler: it answers with a fresh response, extensions and all dropped.
+    let handler =
+        service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    let stack = tower::ServiceBuilder::new()
+        .layer(PipelineLayer::new(Pipeline::new(vec![device("outer")])))
+        .layer(PipelineLayer::new(Pipeline::new(vec![device("inner")])))
+        .service(handler);
+    let response = stack.oneshot(Request::new(Body::empty())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "outer.request",
+            "inner.request",
+            "inner.response(200,upstream,inner)",
+            "outer.response(200,upstream,outer)"
+        ]
+    );
+}
