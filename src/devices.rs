@@ -25,7 +25,11 @@ pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize,
             Err(message) => problems.push((i, message)),
         }
     }
-    if problems.is_empty() { Ok(Pipeline::new(built)) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(Pipeline::new(built))
+    } else {
+        Err(problems)
+    }
 }
 
 fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
@@ -51,14 +55,18 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
             max_body_bytes: d.max_body_bytes,
             deny_status: d
                 .deny_status
-                .map(|s| StatusCode::from_u16(s).map_err(|_| format!("deny_status: {s} is not a status")))
+                .map(|s| {
+                    StatusCode::from_u16(s).map_err(|_| format!("deny_status: {s} is not a status"))
+                })
                 .transpose()?,
         })),
         DeviceConfig::StructuredLogging(d) => {
             let output = match &d.output {
                 snakeway_config::LogOutput::Stdout => snakeway_logging::Output::Stdout,
                 snakeway_config::LogOutput::Stderr => snakeway_logging::Output::Stderr,
-                snakeway_config::LogOutput::File(path) => snakeway_logging::Output::File(path.clone()),
+                snakeway_config::LogOutput::File(path) => {
+                    snakeway_logging::Output::File(path.clone())
+                }
             };
             let options = LoggingOptions {
                 output: output.clone(),
@@ -67,7 +75,9 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
                 allowed_headers: headers(&d.allowed_headers)?,
                 redacted_headers: headers(&d.redacted_headers)?,
                 include_identity: d.include_identity,
-                identity: d.include_identity.then(|| identity_extractor(d.identity_fields.clone())),
+                identity: d
+                    .include_identity
+                    .then(|| identity_extractor(d.identity_fields.clone())),
                 ..LoggingOptions::default()
             };
             let writer = LogWriter::open(&output, options.queue_capacity)
@@ -79,11 +89,19 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
 }
 
 fn methods(names: &[String]) -> Result<Vec<Method>, String> {
-    names.iter().map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("{m:?} is not a method"))).collect()
+    names
+        .iter()
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("{m:?} is not a method")))
+        .collect()
 }
 
 fn headers(names: &[String]) -> Result<Vec<HeaderName>, String> {
-    names.iter().map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("{h:?} is not a header name"))).collect()
+    names
+        .iter()
+        .map(|h| {
+            HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("{h:?} is not a header name"))
+        })
+        .collect()
 }
 
 fn log_phase(phase: snakeway_config::LogPhase) -> snakeway_logging::LogPhase {

@@ -36,8 +36,16 @@ pub(crate) struct ConnService {
 // === impl ConnService ===
 
 impl ConnService {
-    pub(crate) fn new(state: Arc<State>, downstream: Downstream, in_flight: Arc<AtomicUsize>) -> Self {
-        Self { state, downstream, in_flight }
+    pub(crate) fn new(
+        state: Arc<State>,
+        downstream: Downstream,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            state,
+            downstream,
+            in_flight,
+        }
     }
 }
 
@@ -75,7 +83,11 @@ impl Drop for InFlight {
 }
 
 /// Runs one request through the snapshot and always produces a response.
-pub(crate) async fn handle(snapshot: Arc<Snapshot>, downstream: Downstream, mut req: Request<Body>) -> Response<Body> {
+pub(crate) async fn handle(
+    snapshot: Arc<Snapshot>,
+    downstream: Downstream,
+    mut req: Request<Body>,
+) -> Response<Body> {
     let request_id = request_id::ensure(req.headers_mut());
     // Devices see the normalized path. A path that does not normalize is left as it is and
     // rejected by the router, so its 400 still passes through `on_error` and `on_response`.
@@ -91,11 +103,18 @@ pub(crate) async fn handle(snapshot: Arc<Snapshot>, downstream: Downstream, mut 
         }
     } else {
         req.extensions_mut().insert(PeerAddr(downstream.peer));
-        let router = Router { snapshot: snapshot.clone(), downstream };
-        let Ok(response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone()).oneshot(req).await;
+        let router = Router {
+            snapshot: snapshot.clone(),
+            downstream,
+        };
+        let Ok(response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
+            .oneshot(req)
+            .await;
         response
     };
-    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
     response
 }
 
@@ -125,7 +144,11 @@ impl tower::Service<Request<Body>> for Router {
 
 /// Routes a request and calls its outcome. A [`RequestCtx`] in the request's extensions (put
 /// there by the pipeline) comes back in the response's extensions, or in the error.
-async fn route_and_call(snapshot: &Snapshot, downstream: &Downstream, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+async fn route_and_call(
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Error> {
     let mut ctx = req.extensions_mut().remove::<RequestCtx>();
     let request_id = req.headers().get(&X_REQUEST_ID).cloned();
     let result = match select(snapshot, &req) {
@@ -137,14 +160,19 @@ async fn route_and_call(snapshot: &Snapshot, downstream: &Downstream, mut req: R
             match &route.target {
                 Outcome::Respond(synthetic) => Ok((synthetic.respond(), Origin::Synthetic)),
                 Outcome::Static(files) => Ok((files.serve(req).await, Origin::Static)),
-                Outcome::Service { service, name, strip_prefix } => {
+                Outcome::Service {
+                    service,
+                    name,
+                    strip_prefix,
+                } => {
                     if *strip_prefix {
                         let stripped = strip(req.uri().path(), &route.prefix);
                         if let Some(uri) = rewrite_uri(req.uri(), &stripped) {
                             *req.uri_mut() = uri;
                         }
                     }
-                    let forward = tower::service_fn(|req: Request<Body>| service.forward(req, downstream));
+                    let forward =
+                        tower::service_fn(|req: Request<Body>| service.forward(req, downstream));
                     match ctx.take() {
                         None => forward.oneshot(req).await.map(|r| (r, Origin::Upstream)),
                         Some(mut ctx) => {
@@ -173,11 +201,18 @@ async fn route_and_call(snapshot: &Snapshot, downstream: &Downstream, mut req: R
 }
 
 /// The route for a request, or why there is none.
-fn select<'a>(snapshot: &'a Snapshot, req: &Request<Body>) -> Result<&'a crate::router::Route<Outcome>, Error> {
+fn select<'a>(
+    snapshot: &'a Snapshot,
+    req: &Request<Body>,
+) -> Result<&'a crate::router::Route<Outcome>, Error> {
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
-        return Err(Error::new(ErrorKind::BadRequest, "HTTP/1.1 requests need a Host header"));
+        return Err(Error::new(
+            ErrorKind::BadRequest,
+            "HTTP/1.1 requests need a Host header",
+        ));
     }
-    let path = path::normalize(req.uri().path()).map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
+    let path = path::normalize(req.uri().path())
+        .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
     snapshot
         .router
         .route(request_host(req), &path)

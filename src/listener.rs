@@ -234,14 +234,11 @@ impl Connection {
             idle: self.runtime.idle_timeout,
             shutdown: self.shutdown.clone(),
         };
-        let http = &self.runtime.http;
         let max_head = self.runtime.max_header_bytes;
         match &self.runtime.tls {
             None => {
-                let io = TokioIo::new(StrictH1::new(stream, max_head));
-                watch
-                    .drive(http.serve_connection_with_upgrades(io, service))
-                    .await;
+                self.serve_http(StrictH1::new(stream, max_head), service, watch)
+                    .await
             }
             Some(acceptor) => {
                 let handshake =
@@ -252,26 +249,75 @@ impl Connection {
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    watch
-                        .drive(http.serve_connection_with_upgrades(TokioIo::new(tls), service))
-                        .await;
+                    // ALPN offers h2 only when the listener serves HTTP/2.
+                    let conn = self
+                        .runtime
+                        .http
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watch.drive(conn).await;
                 } else {
-                    let io = TokioIo::new(StrictH1::new(tls, max_head));
-                    watch
-                        .drive(http.serve_connection_with_upgrades(io, service))
+                    self.serve_http(StrictH1::new(tls, max_head), service, watch)
                         .await;
                 }
             }
         }
     }
+
+    /// Serves HTTP/1.1 on `io`, plus prior-knowledge h2c unless the listener disables HTTP/2.
+    async fn serve_http<I>(&self, io: I, service: ConnService, watch: Watch)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if self.runtime.http2 {
+            watch
+                .drive(
+                    self.runtime
+                        .http
+                        .serve_connection_with_upgrades(io, service),
+                )
+                .await;
+        } else {
+            watch
+                .drive(
+                    self.runtime
+                        .http1
+                        .serve_connection(io, service)
+                        .with_upgrades(),
+                )
+                .await;
+        }
+    }
 }
 
-type HyperConn<'a, I> = hyper_util::server::conn::auto::UpgradeableConnection<
-    'a,
-    TokioIo<I>,
-    ConnService,
-    TokioExecutor,
->;
+/// A hyper connection that can be asked to finish its in-flight requests and close.
+trait Drain {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I> Drain
+    for hyper_util::server::conn::auto::UpgradeableConnection<
+        '_,
+        TokioIo<I>,
+        ConnService,
+        TokioExecutor,
+    >
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Drain for hyper::server::conn::http1::UpgradeableConnection<TokioIo<I>, ConnService>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
 
 /// Drives one connection: closes it gracefully on server shutdown, or when it has been idle
 /// (no bytes either way and no request waiting for its response) for a whole `idle` period.
@@ -283,9 +329,10 @@ struct Watch {
 }
 
 impl Watch {
-    async fn drive<I>(self, conn: HyperConn<'_, I>)
+    async fn drive<C, E>(self, conn: C)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        C: std::future::Future<Output = Result<(), E>> + Drain,
+        E: std::fmt::Display,
     {
         let mut conn = pin!(conn);
         let mut ticker =
@@ -301,14 +348,14 @@ impl Watch {
                     return;
                 }
                 () = self.shutdown.cancelled(), if !draining => {
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().drain();
                     draining = true;
                 }
                 _ = ticker.tick(), if !draining => {
                     let now = self.activity.load(Ordering::Relaxed);
                     if now == seen && self.in_flight.load(Ordering::Relaxed) == 0 {
                         tracing::debug!("closing idle connection");
-                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().drain();
                         draining = true;
                     }
                     seen = now;

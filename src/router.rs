@@ -83,8 +83,7 @@ impl<T> Router<T> {
             route.prefix.truncate(trimmed);
         }
         // Stable sort: among equally specific routes, configuration order decides.
-        routes
-            .sort_by(|a, b| (b.host.rank(), b.prefix.len()).cmp(&(a.host.rank(), a.prefix.len())));
+        routes.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
         Self { routes }
     }
 

@@ -70,8 +70,12 @@ impl std::fmt::Debug for Outcome {
 pub(crate) struct ListenerRuntime {
     pub(crate) name: String,
     pub(crate) tls: Option<TlsAcceptor>,
-    /// The hyper connection builder (HTTP/1.1, plus h2c / ALPN h2 unless disabled).
+    /// The hyper connection builder for HTTP/1.1 plus h2c / ALPN h2.
     pub(crate) http: auto::Builder<TokioExecutor>,
+    /// The hyper connection builder for HTTP/1.1 only (`http2 = false`).
+    pub(crate) http1: hyper::server::conn::http1::Builder,
+    /// Whether HTTP/2 is served.
+    pub(crate) http2: bool,
     pub(crate) max_header_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -249,23 +253,30 @@ fn build_service(
 impl ListenerRuntime {
     fn new(l: &snakeway_config::Listener, tls: Option<TlsAcceptor>) -> Self {
         let header_read_timeout = Duration::from_millis(l.header_read_timeout_ms);
+        let max_buf = l.max_header_bytes.max(8192); // hyper's floor; `StrictH1` enforces smaller limits
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
-            // hyper's floor is 8 KiB; smaller limits are enforced exactly by `StrictH1`.
-            .max_buf_size(l.max_header_bytes.max(8192))
+            .max_buf_size(max_buf)
             .keep_alive(true);
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX));
-        if !l.http2 {
-            http = http.http1_only();
-        }
+        // `auto` cannot refuse HTTP/2 once it serves with upgrades, so HTTP/1-only listeners
+        // use hyper's HTTP/1 builder.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
         Self {
             name: l.name.clone(),
             tls,
             http,
+            http1,
+            http2: l.http2,
             max_header_bytes: l.max_header_bytes,
             header_read_timeout,
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),

@@ -236,6 +236,12 @@ impl Parsed {
 /// Parses one complete response from the start of `bytes` (content-length, chunked, or
 /// to-EOF bodies). `None` if incomplete or not HTTP.
 pub fn parse_response(bytes: &[u8]) -> Option<Parsed> {
+    parse_response_to(bytes, false)
+}
+
+/// [`parse_response`] for the answer to a request whose method is HEAD (`head_request`): such a
+/// response has no body whatever its `content-length` says.
+pub fn parse_response_to(bytes: &[u8], head_request: bool) -> Option<Parsed> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -251,7 +257,7 @@ pub fn parse_response(bytes: &[u8]) -> Option<Parsed> {
         .collect();
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let rest = &bytes[head_end..];
-    let no_body = status == 204 || status == 304 || (100..200).contains(&status);
+    let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
     let (body, used) = if no_body {
         (Vec::new(), 0)
     } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
@@ -301,7 +307,7 @@ pub fn parse_response(bytes: &[u8]) -> Option<Parsed> {
 /// Sends `request` (which should say `connection: close`) and parses the response.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Parsed {
     let r = raw(addr, request, T).await;
-    parse_response(&r.bytes).unwrap_or_else(|| {
+    parse_response_to(&r.bytes, request.starts_with(b"HEAD ")).unwrap_or_else(|| {
         panic!(
             "no complete response to {:?}: {:?}",
             String::from_utf8_lossy(request),

@@ -43,7 +43,7 @@ async fn http1_and_prior_knowledge_h2c_share_a_listener() {
         (200, Version::HTTP_11, "hello")
     );
 
-    let h2 = http::Request::get(format!("http://t.test/x"))
+    let h2 = http::Request::get("http://t.test/x")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let res = send_h2(server.addr(), h2)
@@ -196,6 +196,60 @@ service = "echo"
     assert_eq!(res.status, 200);
 }
 
+/// `http2 = false` on a TLS listener: ALPN never picks h2, and an h2 preface sent anyway over
+/// the http/1.1 connection is not served as HTTP/2.
+#[tokio::test]
+async fn tls_listener_with_http2_false_speaks_only_http11() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["proxy.test"]);
+    let dir = TestDir::new("tls-h1only");
+    dir.write("certs/server.pem", &leaf.cert_pem);
+    dir.write("certs/server.key", &leaf.key_pem);
+    let toml = r#"
+[[listener]]
+listen = "127.0.0.1:0"
+http2 = false
+[listener.tls]
+cert = "certs/server.pem"
+key = "certs/server.key"
+
+[[route]]
+path = "/"
+respond = { status = 200, body = "h1 only" }
+"#;
+    let server = Server::start_in(dir, toml).await;
+    let tls = tls_connect(
+        server.addr(),
+        "proxy.test",
+        ca.client_config(&[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"http/1.1"[..]),
+        "ALPN picked h2 with http2 = false"
+    );
+    let res = send_h1_on(tls, get_req("proxy.test", "/")).await.unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "h1 only"));
+
+    let tls = tls_connect(
+        server.addr(),
+        "proxy.test",
+        ca.client_config(&[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let req = http::Request::get("https://proxy.test/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let result = send_h2_on(tls, req).await;
+    assert!(
+        result.is_err(),
+        "HTTP/2 served over TLS on a listener with http2 = false: {result:?}"
+    );
+}
+
 #[tokio::test]
 async fn tls_sni_selects_the_configured_certificate() {
     let ca = Ca::new();
@@ -280,9 +334,8 @@ async fn max_header_bytes_answers_431() {
         .header("x-big", big)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    match send_h2(server.addr(), req).await {
-        Ok(res) => assert_eq!(res.status, 431, "h2 request with a 10 KiB header"),
-        Err(_) => {} // refused at the HTTP/2 layer
+    if let Ok(res) = send_h2(server.addr(), req).await {
+        assert_eq!(res.status, 431, "h2 request with a 10 KiB header");
     }
 }
 

@@ -9,6 +9,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod axum_example;
 mod config_cli;
 mod framing;
 mod listeners;

@@ -149,7 +149,10 @@ async fn request_id_is_kept_or_generated_and_returned() {
     let res = get(server.addr(), "/").await;
     let id = res.request_id().to_owned();
     assert!(is_generated_id(&id), "generated request id: {id:?}");
-    assert_eq!(echo_headers(&res.json(), "x-request-id"), [id.clone()]);
+    assert_eq!(
+        echo_headers(&res.json(), "x-request-id"),
+        std::slice::from_ref(&id)
+    );
     let other = get(server.addr(), "/").await;
     assert_ne!(
         other.request_id(),
@@ -535,7 +538,12 @@ async fn upstream_dying_mid_body_aborts_the_client_response() {
     // curl: exit 18 (partial file) or another transfer error, never success.
     let url = format!("http://{}/big", server.addr());
     let out = client::curl(&["-o", "/dev/null", &url]).await;
-    assert!(!out.status.success(), "curl saw a complete body");
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "curl should fail with 18 (partial file): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!(
         "curl exit status on truncation: {:?} ({})",
         out.status.code(),
@@ -762,4 +770,70 @@ async fn upstream_status_headers_and_body_pass_through() {
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert!(res.header("x-request-id").is_some());
     }
+}
+
+/// An upstream that accepts and then closes without answering: 502.
+#[tokio::test]
+async fn upstream_reset_before_answering_is_502() {
+    let up = upstream::raw(|mut s| {
+        Box::pin(async move {
+            let mut buf = vec![0u8; 8192];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            drop(s);
+        })
+    })
+    .await;
+    let server = Server::start(&service_config("hangup", &one(&up), "", "")).await;
+    let res = get(server.addr(), "/").await;
+    assert_eq!(res.status, 502, "{}", res.text());
+    assert!(is_generated_id(res.request_id()));
+    assert!(
+        res.text().contains("hangup"),
+        "502 body does not name the service: {:?}",
+        res.text()
+    );
+    assert!(up.connections() >= 1);
+}
+
+/// HTTP/2 clients get real multiplexing: 20 concurrent streams on one connection to a 300 ms
+/// upstream finish together, not one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_are_proxied_concurrently() {
+    let up = upstream::http(upstream::slow(Duration::from_millis(300), "slow")).await;
+    let server = Server::start(&service_config("slow", &one(&up), "", "")).await;
+    let stream = connect(server.addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://t.test/{i}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let res = sender.send_request(req).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for t in tasks {
+        let (status, body) = tokio::time::timeout(T, t)
+            .await
+            .expect("stream finished")
+            .unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"slow"[..]));
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "20 concurrent h2 streams took {elapsed:?} (each upstream call 300 ms)"
+    );
+    assert_eq!(up.requests(), 20);
 }

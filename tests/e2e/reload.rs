@@ -233,7 +233,7 @@ respond = {{ status = 200, body = "extra" }}
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let path = if (i + c) % 2 == 0 {
+                let path = if (i + c).is_multiple_of(2) {
                     "/api/x"
                 } else {
                     "/version"
@@ -394,4 +394,99 @@ async fn sigint_with_nothing_in_flight_exits_zero_promptly() {
         .await
         .expect("server exited within 3 s of SIGINT");
     assert_eq!(status.code(), Some(0));
+}
+
+/// A request in flight during a reload finishes on the configuration it started with, even when
+/// the new one removes its route; its connection is not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_survive_a_reload_that_removes_their_route() {
+    let up = upstream::http(upstream::slow(Duration::from_millis(700), "finished")).await;
+    let with_route = format!(
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "slow"
+upstreams = [{{ url = "{}" }}]
+
+[[route]]
+path = "/slow"
+service = "slow"
+"#,
+        up.url()
+    );
+    let server = Server::start(&with_route).await;
+    let addr = server.addr();
+    let in_flight = tokio::spawn(async move { client::get(addr, "/slow").await });
+    assert!(
+        eventually(WAIT, || up.requests() == 1).await,
+        "the slow request did not reach the upstream"
+    );
+    server.rewrite_config("[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/other\"\nrespond = { status = 200 }\n");
+    server.signal(Signal::SIGHUP);
+    assert!(server.wait_for_log(RELOADED, WAIT).await);
+    assert_eq!(
+        get(addr, "/slow").await.status,
+        404,
+        "the new config is not in force"
+    );
+    let res = tokio::time::timeout(T, in_flight)
+        .await
+        .expect("in-flight request finished")
+        .unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "finished"));
+}
+
+/// In-flight requests that outlast `shutdown_grace_ms` do not keep the process alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_period_bounds_the_drain() {
+    let up = upstream::http(upstream::slow(Duration::from_secs(3600), "never")).await;
+    let mut server = Server::start(&format!(
+        r#"
+[server]
+shutdown_grace_ms = 300
+
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "stuck"
+upstreams = [{{ url = "{}" }}]
+
+[[route]]
+path = "/"
+service = "stuck"
+"#,
+        up.url()
+    ))
+    .await;
+    let addr = server.addr();
+    let in_flight =
+        tokio::spawn(async move { client::send_h1(addr, client::get_req("t.test", "/")).await });
+    assert!(eventually(WAIT, || up.requests() == 1).await);
+    let start = std::time::Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("server exited after the grace period");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "exited after {elapsed:?}, before the 300 ms grace period"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "exited only after {elapsed:?} (grace 300 ms)"
+    );
+    assert_eq!(status.code(), Some(0), "exit status: {status}");
+    let result = tokio::time::timeout(T, in_flight)
+        .await
+        .expect("client released")
+        .unwrap();
+    assert!(
+        result.is_err() || result.as_ref().is_ok_and(|r| r.status >= 500),
+        "cut-off request: {result:?}"
+    );
 }

@@ -23,11 +23,14 @@ pub struct FilterOptions {
     /// allowed, see [`IMPLICITLY_ALLOWED`](crate::IMPLICITLY_ALLOWED)) is answered 403.
     pub allow_headers: Vec<HeaderName>,
     /// The most header bytes a request may carry, counted as `name + value + 4` for each header
-    /// line (the HTTP/1.1 wire size of `name: value\r\n`); more is answered 431.
+    /// line (the HTTP/1.1 wire size of `name: value\r\n`, request line excluded; HTTP/2
+    /// requests are counted the same way, so the limit means the same on both); more is
+    /// answered 431. The `x-request-id` the pipeline adds when the client sent none counts too.
     pub max_header_bytes: Option<usize>,
     /// The largest request body, in bytes; more is answered 413: at once when `content-length`
     /// announces it, otherwise as soon as the streamed body goes past it.
     pub max_body_bytes: Option<u64>,
-    /// When set, every denial above is answered with this status instead.
+    /// When set, every denial above is answered with this status instead (the body still names
+    /// the reason; `Allow` is sent only when this status is 405).
     pub deny_status: Option<StatusCode>,
 }

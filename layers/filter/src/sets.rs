@@ -1,6 +1,7 @@
 //! Lookup sets built once, at construction, so that checking a request allocates nothing.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use http::{HeaderName, Method};
 
@@ -136,16 +137,85 @@ impl MethodRule {
     }
 }
 
-/// A set of header names. Sets as short as the usual configured lists are scanned (comparing a
-/// standard name is comparing a tag, which beats hashing); longer ones are hashed.
+/// A set of header names. Sets as short as the usual deny lists are scanned (comparing a
+/// standard name is comparing a tag); longer ones are hashed with [`FxHasher`].
 #[derive(Clone, Debug)]
 pub(crate) enum NameSet {
     Scan(Box<[HeaderName]>),
-    Hash(HashSet<HeaderName>),
+    Hash(HashSet<HeaderName, BuildHasherDefault<FxHasher>>),
 }
 
 /// Up to this many names, a [`NameSet`] is scanned.
-const SCAN_MAX: usize = 8;
+const SCAN_MAX: usize = 4;
+
+/// The Fx hash (rustc's): a multiply and a rotate per word, several times faster than the
+/// default SipHash on names this short.
+///
+/// It is not keyed, which is safe here: the sets are built once from configuration and never
+/// grow, so a client choosing header names can only probe them, never lengthen their chains.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+// === impl FxHasher ===
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
 
 // === impl NameSet ===
 
@@ -250,6 +320,7 @@ mod tests {
     #[test]
     fn name_sets_scan_short_lists_and_hash_long_ones() {
         let short = NameSet::new(["host", "x-a", "host"].map(HeaderName::from_static));
+        assert!(short.contains(&HeaderName::from_static("host")));
         assert!(matches!(&short, NameSet::Scan(n) if n.len() == 2));
         assert!(short.contains(&HeaderName::from_static("x-a")));
         assert!(!short.contains(&HeaderName::from_static("x-b")));
@@ -257,6 +328,15 @@ mod tests {
         let long = NameSet::new((0..20).map(|i| HeaderName::try_from(format!("x-{i}")).unwrap()));
         assert!(matches!(long, NameSet::Hash(_)));
         assert!(long.contains(&HeaderName::from_static("x-7")));
+        for i in 0..20 {
+            assert!(long.contains(&HeaderName::try_from(format!("x-{i}")).unwrap()));
+        }
+        let standard =
+            NameSet::new(["host", "accept", "cookie", "te", "x-a"].map(HeaderName::from_static));
+        assert!(matches!(standard, NameSet::Hash(_)));
+        assert!(standard.contains(&http::header::ACCEPT));
+        assert!(standard.contains(&HeaderName::from_static("x-a")));
+        assert!(!standard.contains(&http::header::USER_AGENT));
         assert!(!long.contains(&HeaderName::from_static("x-70")));
         assert!(NameSet::default().is_empty());
     }

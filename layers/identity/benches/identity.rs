@@ -14,8 +14,8 @@ use std::time::Instant;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, request};
 use mmdb::{Value, Writer};
-use snakeway_core::{Device, RequestCtx, RequestInfo};
-use snakeway_identity::{GeoIp, Identity, IdentityOptions};
+use snakeway_core::{Device, PeerAddr, RequestCtx, RequestInfo};
+use snakeway_identity::{GeoIp, Identity, IdentityOptions, UserAgent};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
      (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
@@ -57,7 +57,9 @@ fn input(peer: &str, xff: Option<&'static str>) -> (RequestCtx, request::Parts) 
     if let Some(xff) = xff {
         builder = builder.header("x-forwarded-for", HeaderValue::from_static(xff));
     }
-    let (head, ()) = builder.body(()).unwrap().into_parts();
+    let (mut head, ()) = builder.body(()).unwrap().into_parts();
+    // As the server does: the peer rides in the request's extensions.
+    head.extensions.insert(PeerAddr(peer.parse().unwrap()));
     let ctx = RequestCtx::new(RequestInfo {
         request_id: HeaderValue::from_static("bench"),
         peer: peer.parse().unwrap(),
@@ -90,13 +92,13 @@ fn bench(c: &mut Criterion) {
             Some("6.6.6.6, 81.2.69.160, 172.16.0.4, 10.0.0.2"),
         ),
         (
-            "xff + user agent",
+            "xff + user agent (cached)",
             Identity::new(options(true, None)),
             "10.0.0.1:5000",
             Some("81.2.69.160, 10.0.0.2"),
         ),
         (
-            "xff + user agent + geoip",
+            "xff + user agent (cached) + geoip",
             Identity::new(options(true, Some(geoip()))),
             "10.0.0.1:5000",
             Some("81.2.69.160, 10.0.0.2"),
@@ -116,6 +118,11 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // What a user-agent cache miss costs: woothee on a typical desktop agent.
+    c.bench_function("identity/user_agent_parse_uncached", |b| {
+        b.iter(|| UserAgent::parse(black_box(CHROME.as_bytes())));
+    });
 }
 
 criterion_group!(benches, bench);

@@ -113,7 +113,7 @@ impl Identity {
         let user_agent = if self.user_agent {
             headers
                 .get(USER_AGENT)
-                .map(|ua| UserAgent::parse(ua.as_bytes()))
+                .map(|ua| user_agent::classify(ua.as_bytes()))
         } else {
             None
         };

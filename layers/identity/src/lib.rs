@@ -32,7 +32,9 @@
 //! client address is looked up for its country code, and for the city and ASN where the
 //! database has them (Country, City and ASN databases all work). With `user_agent` on, the
 //! first [`MAX_USER_AGENT_BYTES`] of the `user-agent` header are classified with woothee
-//! into a [`UserAgent`]: a [`DeviceClass`], a bot flag, browser and OS names.
+//! into a [`UserAgent`]: a [`DeviceClass`], a bot flag, browser and OS names. Each worker
+//! thread remembers the last user agents it classified (a small lock-free per-thread cache),
+//! since real traffic repeats a handful of them and parsing one costs microseconds.
 //!
 //! # Cost
 //!

@@ -1,5 +1,6 @@
 //! User-agent classification (with woothee).
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::Serialize;
@@ -112,6 +113,55 @@ impl UserAgent {
     }
 }
 
+/// How many classified user agents each thread remembers (direct-mapped, by hash).
+const CACHE_SLOTS: usize = 128;
+
+/// A cache slot: the (capped) header bytes and what they classified as.
+type Slot = Option<(Box<[u8]>, UserAgent)>;
+
+thread_local! {
+    static CACHE: RefCell<Vec<Slot>> = RefCell::new(vec![None; CACHE_SLOTS]);
+}
+
+/// [`UserAgent::parse`] behind a small per-thread cache: real traffic repeats a few user
+/// agents, and parsing costs microseconds while a hit costs a hash, a compare and a clone. No
+/// lock (each worker thread has its own), bounded memory (`CACHE_SLOTS` entries of at most
+/// [`MAX_USER_AGENT_BYTES`] per thread); colliding agents just evict each other.
+pub(crate) fn classify(header: &[u8]) -> UserAgent {
+    let key = &header[..header.len().min(MAX_USER_AGENT_BYTES)];
+    let slot = (hash(key) % CACHE_SLOTS as u64) as usize;
+    let cached = CACHE.try_with(|cache| {
+        let cache = cache.borrow();
+        match &cache[slot] {
+            Some((k, ua)) if **k == *key => Some(ua.clone()),
+            _ => None,
+        }
+    });
+    if let Ok(Some(ua)) = cached {
+        return ua;
+    }
+    let ua = UserAgent::parse(key);
+    let _ = CACHE.try_with(|cache| {
+        cache.borrow_mut()[slot] = Some((key.into(), ua.clone()));
+    });
+    ua
+}
+
+/// A fast non-cryptographic hash (FxHash's mixing over 8-byte words); collisions only cost a
+/// cache miss.
+fn hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut h = bytes.len() as u64;
+    for chunk in &mut chunks {
+        h = mix(h, u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+    }
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    mix(h, u64::from_le_bytes(last))
+}
+
 /// woothee files tablets under "smartphone"; tell them apart the way the vendors mean it:
 /// an iPad, or Android without the `Mobile` token (Google's guidance for tablet UAs).
 fn is_tablet(os: &str, ua: &str) -> bool {
@@ -129,6 +179,25 @@ pub(crate) fn warm_up() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_gives_what_parse_gives() {
+        let agents: Vec<Vec<u8>> = (0..3 * CACHE_SLOTS)
+            .map(|i| format!("Mozilla/5.0 (Windows NT 10.0) Chrome/{i}.0 Safari/537.36").into())
+            .chain([b"Googlebot/2.1".to_vec(), b"\xff".to_vec(), Vec::new()])
+            .collect();
+        for _ in 0..2 {
+            for agent in &agents {
+                assert_eq!(classify(agent), UserAgent::parse(agent));
+            }
+        }
+        let long = vec![b'a'; 2 * MAX_USER_AGENT_BYTES];
+        assert_eq!(classify(&long), UserAgent::parse(&long));
+        assert_eq!(
+            classify(&long[..MAX_USER_AGENT_BYTES]),
+            UserAgent::parse(&long)
+        );
+    }
 
     #[test]
     fn capped_and_cut_at_invalid_utf8() {

@@ -162,9 +162,10 @@ impl Pipeline {
             Ok(response) => response,
             Err(error) => self.fail(&mut ctx, &error),
         };
-        response
-            .headers_mut()
-            .insert(crate::request_id::X_REQUEST_ID.clone(), ctx.request_id().clone());
+        response.headers_mut().insert(
+            crate::request_id::X_REQUEST_ID.clone(),
+            ctx.request_id().clone(),
+        );
         let mut origin = ctx.origin.unwrap_or(Origin::Upstream);
         let devices = self.in_phase(Phase::Response);
         if !devices.is_empty() {
