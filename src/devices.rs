@@ -11,9 +11,13 @@ use snakeway_filter::{FilterOptions, RequestFilter};
 use snakeway_identity::{ClientIdentity, GeoIp, Identity, IdentityOptions};
 use snakeway_logging::{IdentityExtractor, LogWriter, LoggingOptions, StructuredLogging};
 
+/// Why a device could not be built: the key inside its `[[device]]` entry, if one is to
+/// blame, and the reason.
+pub(crate) type Failure = (Option<&'static str>, String);
+
 /// The pipeline for `devices` (disabled ones left out), or, per failing entry, its index and
-/// the reason.
-pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize, String)>> {
+/// what failed.
+pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize, Failure)>> {
     let mut built: Vec<Arc<dyn Device>> = Vec::new();
     let mut problems = Vec::new();
     for (i, device) in devices.iter().enumerate() {
@@ -32,11 +36,11 @@ pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize,
     }
 }
 
-fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
+fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, Failure> {
     Ok(match device {
         DeviceConfig::Identity(d) => {
             let geoip = match &d.geoip_db {
-                Some(path) => Some(GeoIp::open(path).map_err(|e| format!("geoip_db: {e}"))?),
+                Some(path) => Some(GeoIp::open(path).map_err(|e| (Some("geoip_db"), e.to_string()))?),
                 None => None,
             };
             Arc::new(Identity::new(IdentityOptions {
@@ -46,17 +50,17 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
             }))
         }
         DeviceConfig::RequestFilter(d) => Arc::new(RequestFilter::new(FilterOptions {
-            allow_methods: methods(&d.allow_methods)?,
-            deny_methods: methods(&d.deny_methods)?,
-            required_headers: headers(&d.required_headers)?,
-            deny_headers: headers(&d.deny_headers)?,
-            allow_headers: headers(&d.allow_headers)?,
+            allow_methods: methods(&d.allow_methods).map_err(|e| (Some("allow_methods"), e))?,
+            deny_methods: methods(&d.deny_methods).map_err(|e| (Some("deny_methods"), e))?,
+            required_headers: headers(&d.required_headers).map_err(|e| (Some("required_headers"), e))?,
+            deny_headers: headers(&d.deny_headers).map_err(|e| (Some("deny_headers"), e))?,
+            allow_headers: headers(&d.allow_headers).map_err(|e| (Some("allow_headers"), e))?,
             max_header_bytes: d.max_header_bytes,
             max_body_bytes: d.max_body_bytes,
             deny_status: d
                 .deny_status
                 .map(|s| {
-                    StatusCode::from_u16(s).map_err(|_| format!("deny_status: {s} is not a status"))
+                    StatusCode::from_u16(s).map_err(|_| (Some("deny_status"), format!("{s} is not a status")))
                 })
                 .transpose()?,
         })),
@@ -72,8 +76,8 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
                 output: output.clone(),
                 phases: d.phases.iter().map(|p| log_phase(*p)).collect(),
                 include_headers: d.include_headers,
-                allowed_headers: headers(&d.allowed_headers)?,
-                redacted_headers: headers(&d.redacted_headers)?,
+                allowed_headers: headers(&d.allowed_headers).map_err(|e| (Some("allowed_headers"), e))?,
+                redacted_headers: headers(&d.redacted_headers).map_err(|e| (Some("redacted_headers"), e))?,
                 include_identity: d.include_identity,
                 identity: d
                     .include_identity
@@ -81,10 +85,10 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, String> {
                 ..LoggingOptions::default()
             };
             let writer = LogWriter::open(&output, options.queue_capacity)
-                .map_err(|e| format!("output: cannot open {output:?}: {e}"))?;
+                .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;
             Arc::new(StructuredLogging::new(options, writer))
         }
-        DeviceConfig::Wasm(_) => return Err("wasm devices are not supported yet".to_owned()),
+        DeviceConfig::Wasm(_) => return Err((None, "wasm devices are not supported yet".to_owned())),
     })
 }
 

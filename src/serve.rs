@@ -83,6 +83,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     } else {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
     }
+    state.snapshot.load().pipeline.flush();
     if let Some(pid_file) = &pid_file {
         let _ = std::fs::remove_file(pid_file);
     }

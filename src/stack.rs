@@ -176,8 +176,12 @@ impl Snapshot {
         let pipeline = match crate::devices::pipeline(&config.devices) {
             Ok(pipeline) => pipeline,
             Err(failed) => {
-                for (i, message) in failed {
-                    problems.push(problem(&source, format!("device[{i}]"), message));
+                for (i, (key, message)) in failed {
+                    let key = match key {
+                        Some(key) => format!("device[{i}].{key}"),
+                        None => format!("device[{i}]"),
+                    };
+                    problems.push(problem(&source, key, message));
                 }
                 Pipeline::default()
             }

@@ -107,6 +107,8 @@ OUT_DIR=${OUT_DIR:-$ROOT/bench-out/static-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 TMP=$(mktemp -d /tmp/snakeway-static.XXXXXX)
+# nginx started as root serves as `nobody`: the files must be world-readable.
+chmod 755 "$TMP"
 PIDS=()
 
 cleanup() {
@@ -209,6 +211,7 @@ scenario_ae() { case $1 in *gzip*) echo gzip ;; *) echo "" ;; esac; }
 # The files.
 WWW=$TMP/www
 mkdir -p "$WWW/d" "$WWW/s"
+chmod -R a+rX "$WWW"
 make_html() { # BYTES FILE: deterministic, compressible HTML (about 3:1 with gzip -1)
     awk -v n="$1" 'BEGIN {
         split("static file server request response header body cache range etag gzip brotli \
@@ -227,6 +230,7 @@ for f in 1k:1024 100k:102400; do
     cp -p "$WWW/d/${f%%:*}.html" "$WWW/s/${f%%:*}.html"
     gzip -9 -n -k "$WWW/s/${f%%:*}.html"
 done
+chmod -R a+rX "$WWW"
 ls -l "$WWW/d" "$WWW/s" >"$OUT_DIR/files.txt"
 
 # nginx_start NAME PORT CPU GLOBALS [VALGRIND...]: sets STARTED_PID and STARTED_DIR.

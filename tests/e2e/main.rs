@@ -11,6 +11,7 @@ mod upstream;
 
 mod axum_example;
 mod config_cli;
+mod devices;
 mod framing;
 mod listeners;
 mod proxy;

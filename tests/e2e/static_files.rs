@@ -481,19 +481,32 @@ async fn max_file_size_refuses_larger_files_with_404() {
     assert!(!res.body.contains(&7u8));
 }
 
+/// The cache trusts an entry for one second (`CacheOptions::revalidate_after`), then sees the
+/// change; until then it serves the previous version whole (bytes and validators together).
 #[tokio::test]
-async fn changed_files_are_served_fresh() {
+async fn changed_files_are_served_fresh_within_a_second() {
     let dir = site();
     let path = dir.join("site/hello.txt");
     let server = start(dir, "").await;
-    assert_eq!(
-        get(server.addr(), "/hello.txt").await.text(),
-        "hello world\n"
-    );
+    let a = server.addr();
+    let first = get(a, "/hello.txt").await;
+    assert_eq!(first.text(), "hello world\n");
     std::fs::write(&path, "changed!").unwrap();
-    assert_eq!(get(server.addr(), "/hello.txt").await.text(), "changed!");
+    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+    loop {
+        let res = get(a, "/hello.txt").await;
+        if res.text() == "changed!" {
+            assert_ne!(res.header("etag"), first.header("etag"));
+            break;
+        }
+        assert_eq!(res.text(), "hello world\n", "a mix of versions");
+        assert_eq!(res.header("etag"), first.header("etag"), "a mix of versions");
+        assert!(std::time::Instant::now() < deadline, "still stale after 2.5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(get(server.addr(), "/hello.txt").await.status, 404);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(a, "/hello.txt").await.status, 404);
 }
 
 /// A 20 MiB file, three downloads at once (one of them a range) plus a 4 MiB one compressed

@@ -93,6 +93,10 @@ pub trait Device: Send + Sync + 'static {
     fn on_error(&self, ctx: &mut RequestCtx, error: &Error) {
         let _ = (ctx, error);
     }
+
+    /// Runs when the server shuts down, after connections are drained, off the request path:
+    /// a device that buffers output (a log writer) writes it out. Default: nothing.
+    fn flush(&self) {}
 }
 
 /// A phase of the request lifecycle.

@@ -32,7 +32,7 @@ impl RequestFilterLayer {
 impl From<RequestFilter> for RequestFilterLayer {
     fn from(filter: RequestFilter) -> Self {
         Self {
-            inner: Pipeline::new(vec![Arc::new(filter)]).layer(),
+            inner: PipelineLayer::new(Pipeline::new(vec![Arc::new(filter)])),
         }
     }
 }

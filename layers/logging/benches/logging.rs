@@ -20,6 +20,19 @@ use snakeway_logging::{LogPhase, LogWriter, LoggingOptions, Output, StructuredLo
 #[derive(Clone)]
 struct Client;
 
+/// A sink that never completes a write.
+struct Stalled(std::sync::mpsc::Receiver<()>);
+
+impl std::io::Write for Stalled {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write(&[]).map(drop)
+    }
+}
+
 fn device(options: LoggingOptions) -> StructuredLogging {
     let writer = LogWriter::open(&Output::File(PathBuf::from("/dev/null")), 8192).unwrap();
     StructuredLogging::new(options, writer)
@@ -94,6 +107,18 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("response_line_headers_identity", |b| {
         b.iter(|| one(&full, &head))
+    });
+
+    // Formatting alone: the sink is stalled and the one-line queue is full, so every line is
+    // formatted and then dropped (no wake-up of the writer thread, no write).
+    let (_keep_stalled, stalled) = std::sync::mpsc::channel::<()>();
+    let sink = Stalled(stalled);
+    let dropped = StructuredLogging::new(
+        LoggingOptions::default(),
+        LogWriter::with_sink(sink, 1).unwrap(),
+    );
+    group.bench_function("response_line_format_only", |b| {
+        b.iter(|| one(&dropped, &head))
     });
     group.finish();
 

@@ -292,6 +292,13 @@ impl Device for StructuredLogging {
         };
         self.emit(LogPhase::Error, ctx, self.stored(ctx), &event);
     }
+
+    /// Waits (up to two seconds) for the queued lines to reach the output.
+    fn flush(&self) {
+        if let Err(e) = self.writer.flush(std::time::Duration::from_secs(2)) {
+            tracing::warn!(error = %e, "structured log lines may be lost at shutdown");
+        }
+    }
 }
 
 impl fmt::Debug for StructuredLogging {

@@ -107,7 +107,7 @@ use http::HeaderName;
 use snakeway_core::{Phase, RequestCtx};
 
 pub use self::device::StructuredLogging;
-pub use self::layer::{ReturnCtx, ReturnCtxFuture, StructuredLoggingLayer};
+pub use self::layer::StructuredLoggingLayer;
 pub use self::writer::LogWriter;
 
 /// The default capacity of a [`LogWriter`]'s queue, in lines.

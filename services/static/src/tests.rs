@@ -601,7 +601,10 @@ async fn precompressed_siblings_are_served_as_they_are() {
 async fn cache_follows_changes_on_disk() {
     let d = Dir::new();
     let p = d.write("f.txt", "one");
-    let files = StaticFiles::new(StaticOptions::new(&d.0));
+    let files = StaticFiles::new(StaticOptions::new(&d.0).with_cache(CacheOptions {
+        revalidate_after: Duration::ZERO,
+        ..CacheOptions::default()
+    }));
     assert_eq!(get(&files, "/f.txt", &[]).await.1, b"one");
     assert_eq!(files_cached(&files), 1);
     std::fs::write(&p, "two!").unwrap();
@@ -722,7 +725,10 @@ async fn a_root_that_is_a_symlink_follows_deploys() {
     d.write("v2/app.txt", "v2");
     let current = d.0.join("current");
     std::os::unix::fs::symlink(d.0.join("v1"), &current).unwrap();
-    let files = StaticFiles::new(StaticOptions::new(&current));
+    let files = StaticFiles::new(StaticOptions::new(&current).with_cache(CacheOptions {
+        revalidate_after: Duration::ZERO,
+        ..CacheOptions::default()
+    }));
     assert_eq!(get(&files, "/app.txt", &[]).await.1, b"v1");
     let next = d.0.join("next");
     std::os::unix::fs::symlink(d.0.join("v2"), &next).unwrap();

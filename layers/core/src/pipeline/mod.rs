@@ -77,6 +77,13 @@ impl Pipeline {
         &self.inner.devices
     }
 
+    /// Calls [`Device::flush`] on every device (at shutdown).
+    pub fn flush(&self) {
+        for device in &self.inner.devices {
+            device.flush();
+        }
+    }
+
     /// Whether no device takes part in any phase.
     pub fn is_empty(&self) -> bool {
         self.inner.by_phase.iter().all(|d| d.is_empty())
