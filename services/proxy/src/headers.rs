@@ -48,34 +48,47 @@ pub(crate) enum Direction {
 /// allows exactly that value). `connection` cannot remove `host` or `x-request-id`.
 #[inline]
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
-    // Header values are reference counted, so cloning the usual single `connection` value does
-    // not allocate; several `connection` lines are rare enough to collect.
-    let mut values = headers.get_all(CONNECTION).iter();
-    match (values.next(), values.next()) {
-        (None, _) => {}
-        (Some(value), None) => {
-            let value = value.clone();
-            remove_listed(headers, &value);
-        }
-        (Some(_), Some(_)) => {
-            let all: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-            for value in &all {
-                remove_listed(headers, value);
-            }
+    // One pass over the names present (no hashing): which hop-by-hop headers are there?
+    // Most requests carry none, and then nothing else is done.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if name == CONNECTION {
+            present |= 1 << HOP_BY_HOP.len();
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
         }
     }
-    headers.remove(CONNECTION);
+    if present == 0 {
+        return;
+    }
+
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        let mut values = headers.get_all(CONNECTION).iter();
+        match (values.next(), values.next()) {
+            (None, _) => {}
+            (Some(value), None) => {
+                let value = value.clone();
+                remove_listed(headers, &value);
+            }
+            (Some(_), Some(_)) => {
+                let all: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+                for value in &all {
+                    remove_listed(headers, value);
+                }
+            }
+        }
+        headers.remove(CONNECTION);
+    }
 
     let keep_te = direction == Direction::Request && is_te_trailers(headers);
-    for name in HOP_BY_HOP {
-        if keep_te && name == TE {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 || (keep_te && *name == TE) {
             continue;
         }
-        headers.remove(name);
+        headers.remove(*name);
     }
 }
 
-/// Removes the headers named in one `connection` value.
 fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
     let Ok(value) = value.to_str() else { return };
     for name in value.split(',') {
@@ -144,11 +157,7 @@ pub(crate) fn set_forwarded(
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     // The longest IPv6 text is 45 bytes.
     let mut ip = [0u8; 48];
-    let ip_len = {
-        let mut cursor = &mut ip[..];
-        let _ = write!(cursor, "{peer}");
-        48 - cursor.len()
-    };
+    let ip_len = format_ip(peer, &mut ip);
     let ip = &ip[..ip_len];
 
     let existing = headers.get_all(&X_FORWARDED_FOR);
@@ -175,9 +184,59 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     }
 }
 
+/// Writes `ip` into `out` and returns the length. IPv4 (nearly every peer) is formatted by
+/// hand: `core::fmt` costs about a thousand instructions per address.
+fn format_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    out[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    out[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                out[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = &mut out[..];
+            let _ = write!(cursor, "{ip}");
+            48 - cursor.len()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_ips_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = [0u8; 48];
+            let len = format_ip(ip, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), ip.to_string());
+        }
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
