@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config } => {
-            init_tracing();
+            let _log_guard = init_tracing();
             let Some(loaded) = load_or_report(&config) else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -174,13 +174,16 @@ fn signal_reload(pid_file: &Path) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot signal process {pid}: {e}"))
 }
 
-fn init_tracing() {
+/// Sends the server's own log lines to stderr through a dedicated writer thread (bounded and
+/// lossy: a worker never blocks on stderr). The guard flushes the queue when dropped.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SNAKEWAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("snakeway-log")
+        .finish(std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
+    guard
 }
