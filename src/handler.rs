@@ -96,12 +96,15 @@ pub(crate) async fn handle(
     {
         *req.uri_mut() = uri;
     }
-    let mut response = if snapshot.pipeline.is_empty() {
-        match route_and_call(&snapshot, &downstream, req).await {
+    if snapshot.pipeline.is_empty() {
+        let mut response = match route_and_call(&snapshot, &downstream, req).await {
             Ok(response) => response,
             Err(error) => respond::error(&error, &request_id),
-        }
+        };
+        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        response
     } else {
+        // The pipeline returns the request id on every response it produces.
         req.extensions_mut().insert(PeerAddr(downstream.peer));
         let router = Router {
             snapshot: snapshot.clone(),
@@ -111,11 +114,7 @@ pub(crate) async fn handle(
             .oneshot(req)
             .await;
         response
-    };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
-    response
+    }
 }
 
 /// The router as a Tower service, for the device pipeline to wrap.
