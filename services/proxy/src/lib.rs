@@ -57,6 +57,7 @@
 mod balance;
 mod breaker;
 mod connector;
+mod h1pool;
 mod headers;
 mod io;
 mod service;

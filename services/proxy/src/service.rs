@@ -17,11 +17,12 @@ use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use snakeway_core::{Body, Error, ErrorKind, cause_ref};
+use snakeway_core::{Body, BoxError, Error, ErrorKind, cause_ref};
 
 use crate::balance::{Balancer, Strategy};
 use crate::breaker::{Breaker, CircuitBreakerOptions, CircuitState, Permit};
 use crate::connector::{ConnectError, Connector};
+use crate::h1pool::H1Pool;
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
@@ -158,8 +159,16 @@ struct Upstream {
 /// The connection pool of one upstream and the options it was built with; carried over to the
 /// next snapshot when those options are unchanged.
 struct Pool {
-    client: Client<Connector, Body>,
+    client: PoolClient,
     options: ConnOptions,
+}
+
+/// How requests reach one upstream.
+enum PoolClient {
+    /// HTTP/1.1: our own lock-free pool of connections.
+    Http1(Arc<H1Pool>),
+    /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, which multiplexes one connection.
+    Http2(Client<Connector, Body>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,8 +341,7 @@ impl ProxyService {
         })?;
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
-        let response =
-            tokio::time::timeout(inner.response_timeout, upstream.pool.client.request(req)).await;
+        let response = tokio::time::timeout(inner.response_timeout, upstream.pool.send(req)).await;
         match response {
             Ok(Ok(response)) => {
                 if inner.breaker.count_5xx && response.status().is_server_error() {
@@ -344,7 +352,7 @@ impl ProxyService {
                 }
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
-                Ok(Response::from_parts(parts, Body::from(body)))
+                Ok(Response::from_parts(parts, body))
             }
             Ok(Err(error)) => {
                 let (error, upstream_fault) = inner.upstream_error(upstream, error);
@@ -431,13 +439,10 @@ impl tower::Service<Request<Body>> for ProxyService {
 impl Inner {
     /// Turns a client error into the error the caller sees, and says whether it is the
     /// upstream's fault (and so counts against its circuit).
-    fn upstream_error(
-        &self,
-        upstream: &Upstream,
-        error: hyper_util::client::legacy::Error,
-    ) -> (Error, bool) {
+    fn upstream_error(&self, upstream: &Upstream, source: BoxError) -> (Error, bool) {
+        let error: &(dyn std::error::Error + 'static) = &*source;
         let (name, up) = (&self.name, &upstream.short_name);
-        let (kind, message, fault) = if let Some(connect) = cause_ref::<ConnectError>(&error) {
+        let (kind, message, fault) = if let Some(connect) = cause_ref::<ConnectError>(error) {
             match connect {
                 ConnectError::Timeout(t) => (
                     ErrorKind::UpstreamTimeout,
@@ -466,7 +471,7 @@ impl Inner {
                     )
                 }
             }
-        } else if let Some(h) = cause_ref::<hyper::Error>(&error)
+        } else if let Some(h) = cause_ref::<hyper::Error>(error)
             && h.is_user()
         {
             // Our side of the exchange failed, mostly the downstream request body breaking
@@ -477,8 +482,8 @@ impl Inner {
                 false,
             )
         } else {
-            let io_kind = cause_ref::<io::Error>(&error).map(io::Error::kind);
-            let hyper = cause_ref::<hyper::Error>(&error);
+            let io_kind = cause_ref::<io::Error>(error).map(io::Error::kind);
+            let hyper = cause_ref::<hyper::Error>(error);
             let what = if matches!(
                 io_kind,
                 Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)
@@ -501,7 +506,7 @@ impl Inner {
             )
         };
         (
-            Error::new(kind, format!("service \"{name}\": {message}")).with_source(error),
+            Error::new(kind, format!("service \"{name}\": {message}")).with_source(source),
             fault,
         )
     }
@@ -568,19 +573,32 @@ impl Pool {
             None
         };
         let connector = Connector::new(&options.target, tls, options.connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // `host` passes through as the client sent it.
-            .set_host(false)
-            // Not a retry of the request: hyper re-sends only a request it got back unwritten,
-            // because the idle pooled connection it picked turned out closed (the keep-alive
-            // race). The upstream never saw it. A request that reached the wire is never resent.
-            .retry_canceled_requests(true)
-            // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
-            .http2_only(options.http2 && !options.target.is_tls())
-            .build(connector);
+        let client = if options.http2 {
+            let client = Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                // `host` passes through as the client sent it.
+                .set_host(false)
+                // Not a retry of the request: hyper re-sends only a request it got back
+                // unwritten, because the idle pooled connection it picked turned out closed
+                // (the keep-alive race). The upstream never saw it.
+                .retry_canceled_requests(true)
+                // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
+                .http2_only(!options.target.is_tls())
+                .build(connector);
+            PoolClient::Http2(client)
+        } else {
+            PoolClient::Http1(Arc::new(H1Pool::new(connector)))
+        };
         Ok(Self { client, options })
+    }
+
+    /// Sends a prepared request to this upstream.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        match &self.client {
+            PoolClient::Http1(pool) => pool.request(req).await,
+            PoolClient::Http2(client) => Ok(client.request(req).await?.map(Body::from)),
+        }
     }
 }
 

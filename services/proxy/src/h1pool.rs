@@ -1,0 +1,163 @@
+//! A lock-free pool of HTTP/1.1 connections to one upstream.
+//!
+//! hyper-util's pooled client keys its pool by scheme and authority in a SipHash map behind a
+//! mutex, and spawns a task per request to return the connection when it is ready again. Our
+//! pools already belong to one upstream, so a plain queue of idle senders does: a request takes
+//! an idle connection (or opens one), and the connection goes back when the response body has
+//! been read to its end. HTTP/2 upstreams (one multiplexed connection) keep hyper-util's client.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use pin_project_lite::pin_project;
+use snakeway_core::{Body, BoxError};
+use tower::ServiceExt;
+
+use crate::connector::Connector;
+
+/// Idle connections kept per upstream; more are closed when they finish.
+const MAX_IDLE: usize = 512;
+
+/// The idle HTTP/1.1 connections of one upstream.
+pub(crate) struct H1Pool {
+    connector: Connector,
+    idle: ArrayQueue<http1::SendRequest<Body>>,
+}
+
+// === impl H1Pool ===
+
+impl H1Pool {
+    pub(crate) fn new(connector: Connector) -> Self {
+        Self {
+            connector,
+            idle: ArrayQueue::new(MAX_IDLE),
+        }
+    }
+
+    /// Sends `req` over an idle connection, or a new one. The request URI must be absolute
+    /// (as the caller builds it); it is sent in origin form.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, BoxError> {
+        *req.uri_mut() = origin_form(req.uri());
+        // At most one look at each idle connection: a closed one is dropped, a busy one (still
+        // finishing its previous exchange) goes back.
+        for _ in 0..self.idle.len() {
+            let Some(mut sender) = self.idle.pop() else {
+                break;
+            };
+            if sender.is_closed() {
+                continue;
+            }
+            if !sender.is_ready() {
+                // The queue is full only if others returned connections meanwhile; then this
+                // one is closed, which is fine.
+                let _ = self.idle.push(sender);
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.checkin_after(response, sender)),
+                Err(mut error) => match error.take_message() {
+                    // Never written: the upstream closed this keep-alive connection just as it
+                    // was picked. The upstream saw nothing; use another connection.
+                    Some(unsent) => req = unsent,
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        }
+        let io = self
+            .connector
+            .clone()
+            .oneshot(Uri::from_static("/"))
+            .await?;
+        let (mut sender, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        let response = sender.send_request(req).await?;
+        Ok(self.checkin_after(response, sender))
+    }
+
+    /// Wraps the response body so that the connection returns to the pool once the body has
+    /// been read to its end (at once for a response without a body).
+    fn checkin_after(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: http1::SendRequest<Body>,
+    ) -> Response<Body> {
+        use http_body::Body as _;
+        if response.body().is_end_stream() {
+            let _ = self.idle.push(sender);
+            return response.map(Body::from);
+        }
+        response.map(|body| {
+            Body::new(Checkin {
+                body,
+                sender: Some(sender),
+                pool: self.clone(),
+            })
+        })
+    }
+}
+
+/// `http://host/path?q` → `/path?q`: the request target an HTTP/1.1 origin server expects.
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
+
+pin_project! {
+    /// An upstream response body that returns its connection to the pool at its end. Dropped
+    /// early, it drops the connection (hyper closes it: the rest of the body is unread).
+    struct Checkin {
+        #[pin]
+        body: Incoming,
+        sender: Option<http1::SendRequest<Body>>,
+        pool: Arc<H1Pool>,
+    }
+}
+
+impl http_body::Body for Checkin {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        // The end: `None`, or the last frame (a server stops polling once the body says so).
+        let ended = frame.is_none()
+            || (frame.as_ref().is_some_and(Result::is_ok) && this.body.is_end_stream());
+        if ended && let Some(sender) = this.sender.take() {
+            let _ = this.pool.idle.push(sender);
+        }
+        Poll::Ready(frame)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
