@@ -168,7 +168,7 @@ enum PoolClient {
     /// HTTP/1.1: our own lock-free pool of connections.
     Http1(Arc<H1Pool>),
     /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, which multiplexes one connection.
-    Http2(Client<Connector, Body>),
+    Http2(Box<Client<Connector, Body>>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -586,7 +586,7 @@ impl Pool {
                 // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
                 .http2_only(!options.target.is_tls())
                 .build(connector);
-            PoolClient::Http2(client)
+            PoolClient::Http2(Box::new(client))
         } else {
             PoolClient::Http1(Arc::new(H1Pool::new(connector)))
         };
