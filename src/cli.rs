@@ -184,6 +184,10 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(true)
         .thread_name("snakeway-log")
         .finish(std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .init();
     guard
 }

@@ -11,20 +11,51 @@ use snakeway_filter::{FilterOptions, RequestFilter};
 use snakeway_identity::{ClientIdentity, GeoIp, Identity, IdentityOptions};
 use snakeway_logging::{IdentityExtractor, LogWriter, LoggingOptions, StructuredLogging};
 
+/// What a pipeline is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// To serve: outputs are opened.
+    Serve,
+    /// For `config check`: nothing is created; outputs are only checked.
+    Check,
+}
+
+/// Checks, without creating it, that a log file could be opened: its directory exists and the
+/// path is not a directory.
+fn check_output(output: &snakeway_logging::Output) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let snakeway_logging::Output::File(path) = output else {
+        return Ok(());
+    };
+    if path.is_dir() {
+        return Err(Error::new(ErrorKind::IsADirectory, "it is a directory"));
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no directory {}", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Why a device could not be built: the key inside its `[[device]]` entry, if one is to
 /// blame, and the reason.
 pub(crate) type Failure = (Option<&'static str>, String);
 
 /// The pipeline for `devices` (disabled ones left out), or, per failing entry, its index and
 /// what failed.
-pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize, Failure)>> {
+pub(crate) fn pipeline(
+    devices: &[DeviceConfig],
+    purpose: Purpose,
+) -> Result<Pipeline, Vec<(usize, Failure)>> {
     let mut built: Vec<Arc<dyn Device>> = Vec::new();
     let mut problems = Vec::new();
     for (i, device) in devices.iter().enumerate() {
         if !device.enabled() {
             continue;
         }
-        match build(device) {
+        match build(device, purpose) {
             Ok(device) => built.push(device),
             Err(message) => problems.push((i, message)),
         }
@@ -36,11 +67,13 @@ pub(crate) fn pipeline(devices: &[DeviceConfig]) -> Result<Pipeline, Vec<(usize,
     }
 }
 
-fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, Failure> {
+fn build(device: &DeviceConfig, purpose: Purpose) -> Result<Arc<dyn Device>, Failure> {
     Ok(match device {
         DeviceConfig::Identity(d) => {
             let geoip = match &d.geoip_db {
-                Some(path) => Some(GeoIp::open(path).map_err(|e| (Some("geoip_db"), e.to_string()))?),
+                Some(path) => {
+                    Some(GeoIp::open(path).map_err(|e| (Some("geoip_db"), e.to_string()))?)
+                }
                 None => None,
             };
             Arc::new(Identity::new(IdentityOptions {
@@ -52,7 +85,8 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, Failure> {
         DeviceConfig::RequestFilter(d) => Arc::new(RequestFilter::new(FilterOptions {
             allow_methods: methods(&d.allow_methods).map_err(|e| (Some("allow_methods"), e))?,
             deny_methods: methods(&d.deny_methods).map_err(|e| (Some("deny_methods"), e))?,
-            required_headers: headers(&d.required_headers).map_err(|e| (Some("required_headers"), e))?,
+            required_headers: headers(&d.required_headers)
+                .map_err(|e| (Some("required_headers"), e))?,
             deny_headers: headers(&d.deny_headers).map_err(|e| (Some("deny_headers"), e))?,
             allow_headers: headers(&d.allow_headers).map_err(|e| (Some("allow_headers"), e))?,
             max_header_bytes: d.max_header_bytes,
@@ -60,7 +94,8 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, Failure> {
             deny_status: d
                 .deny_status
                 .map(|s| {
-                    StatusCode::from_u16(s).map_err(|_| (Some("deny_status"), format!("{s} is not a status")))
+                    StatusCode::from_u16(s)
+                        .map_err(|_| (Some("deny_status"), format!("{s} is not a status")))
                 })
                 .transpose()?,
         })),
@@ -76,19 +111,49 @@ fn build(device: &DeviceConfig) -> Result<Arc<dyn Device>, Failure> {
                 output: output.clone(),
                 phases: d.phases.iter().map(|p| log_phase(*p)).collect(),
                 include_headers: d.include_headers,
-                allowed_headers: headers(&d.allowed_headers).map_err(|e| (Some("allowed_headers"), e))?,
-                redacted_headers: headers(&d.redacted_headers).map_err(|e| (Some("redacted_headers"), e))?,
+                allowed_headers: headers(&d.allowed_headers)
+                    .map_err(|e| (Some("allowed_headers"), e))?,
+                redacted_headers: headers(&d.redacted_headers)
+                    .map_err(|e| (Some("redacted_headers"), e))?,
                 include_identity: d.include_identity,
                 identity: d
                     .include_identity
-                    .then(|| identity_extractor(d.identity_fields.clone())),
+                    .then(|| identity_extractor(&d.identity_fields)),
                 ..LoggingOptions::default()
             };
-            let writer = LogWriter::open(&output, options.queue_capacity)
-                .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;
+            let writer = match purpose {
+                Purpose::Serve => LogWriter::open(&output, options.queue_capacity),
+                Purpose::Check => {
+                    check_output(&output).and_then(|()| LogWriter::with_sink(std::io::sink(), 1))
+                }
+            }
+            .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;
             Arc::new(StructuredLogging::new(options, writer))
         }
-        DeviceConfig::Wasm(_) => return Err((None, "wasm devices are not supported yet".to_owned())),
+        DeviceConfig::Wasm(d) => {
+            let engine = snakeway_wasm::WasmEngine::shared().map_err(|e| (None, e.to_string()))?;
+            let limits = snakeway_wasm::WasmLimits {
+                timeout: std::time::Duration::from_millis(d.timeout_ms),
+                memory_bytes: usize::try_from(d.memory_limit_bytes).unwrap_or(usize::MAX),
+                on_failure: match d.on_failure {
+                    snakeway_config::FailurePolicy::Closed => snakeway_wasm::FailurePolicy::Closed,
+                    snakeway_config::FailurePolicy::Open => snakeway_wasm::FailurePolicy::Open,
+                },
+                output: snakeway_wasm::OutputLimits::default(),
+            };
+            let config = serde_json::Value::Object(d.config.clone()).to_string();
+            let name = d.name.as_deref().unwrap_or("wasm");
+            let device = snakeway_wasm::WasmDevice::load(&engine, name, &d.path, &config, limits)
+                .map_err(|e| {
+                let key = match e {
+                    snakeway_wasm::LoadError::Limits(_) => None,
+                    snakeway_wasm::LoadError::Init(_) => Some("config"),
+                    _ => Some("path"),
+                };
+                (key, format!("{}: {e}", d.path.display()))
+            })?;
+            Arc::new(device)
+        }
     })
 }
 
@@ -120,28 +185,73 @@ fn log_phase(phase: snakeway_config::LogPhase) -> snakeway_logging::LogPhase {
     }
 }
 
+/// One field of `ClientIdentity` a logging device can include.
+#[derive(Clone, Copy)]
+enum IdentityField {
+    Ip,
+    Country,
+    City,
+    Asn,
+    Device,
+    Bot,
+    UserAgent,
+    ProxyChain,
+}
+
 /// The identity fields a logging device includes, read from the identity device's
-/// `ClientIdentity` in the request context.
-fn identity_extractor(fields: Vec<String>) -> IdentityExtractor {
+/// `ClientIdentity` in the request context. Field names are resolved once, here; a log line
+/// reads each value straight from the struct.
+fn identity_extractor(names: &[String]) -> IdentityExtractor {
+    use serde_json::{Map, Value};
+    let fields: Vec<(String, IdentityField)> = names
+        .iter()
+        .filter_map(|name| {
+            let field = match name.as_str() {
+                "ip" => IdentityField::Ip,
+                "country" => IdentityField::Country,
+                "city" => IdentityField::City,
+                "asn" => IdentityField::Asn,
+                "device" => IdentityField::Device,
+                "bot" => IdentityField::Bot,
+                "user_agent" => IdentityField::UserAgent,
+                "proxy_chain" => IdentityField::ProxyChain,
+                // The configuration accepts only the names above.
+                _ => return None,
+            };
+            Some((name.clone(), field))
+        })
+        .collect();
     Arc::new(move |ctx| {
         let identity = ctx.extensions.get::<Arc<ClientIdentity>>()?;
-        let mut all = match serde_json::to_value(&**identity).ok()? {
-            serde_json::Value::Object(map) => map,
-            _ => return None,
-        };
-        // `device`, `bot`, `user_agent` live in the nested user-agent record.
-        let ua = all.remove("user_agent").and_then(|v| match v {
-            serde_json::Value::Object(map) => Some(map),
-            _ => None,
-        });
-        let mut out = serde_json::Map::new();
-        for field in &fields {
-            let value = match field.as_str() {
-                "device" | "bot" => ua.as_ref().and_then(|u| u.get(field)).cloned(),
-                "user_agent" => ua.clone().map(serde_json::Value::Object),
-                other => all.get(other).cloned(),
+        let text = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::from(s.as_str()));
+        let mut out = Map::with_capacity(fields.len());
+        for (name, field) in &fields {
+            let value = match field {
+                IdentityField::Ip => Value::from(identity.ip.to_string()),
+                IdentityField::Country => text(&identity.country),
+                IdentityField::City => text(&identity.city),
+                IdentityField::Asn => identity.asn.map_or(Value::Null, Value::from),
+                IdentityField::Device => identity
+                    .device()
+                    .map_or(Value::Null, |d| Value::from(d.as_str())),
+                IdentityField::Bot => identity
+                    .user_agent
+                    .as_ref()
+                    .map_or(Value::Null, |ua| Value::from(ua.bot)),
+                IdentityField::UserAgent => identity
+                    .user_agent
+                    .as_ref()
+                    .and_then(|ua| serde_json::to_value(ua).ok())
+                    .unwrap_or(Value::Null),
+                IdentityField::ProxyChain => Value::Array(
+                    identity
+                        .proxy_chain
+                        .iter()
+                        .map(|ip| Value::from(ip.to_string()))
+                        .collect(),
+                ),
             };
-            out.insert(field.clone(), value.unwrap_or(serde_json::Value::Null));
+            out.insert(name.clone(), value);
         }
         Some(out)
     })

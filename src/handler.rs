@@ -101,7 +101,9 @@ pub(crate) async fn handle(
             Ok(response) => response,
             Err(error) => respond::error(&error, &request_id),
         };
-        response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
         response
     } else {
         // The pipeline returns the request id on every response it produces.

@@ -9,6 +9,7 @@ use snakeway_config::{Config, Report};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::devices::Purpose;
 use crate::listener::Listeners;
 use crate::stack::Snapshot;
 use crate::state::State;
@@ -19,7 +20,7 @@ pub(crate) type ReloadRequest = Option<oneshot::Sender<Result<u64, Report>>>;
 /// Everything `serve` checks before it binds: the configuration's validation (already done by
 /// loading it) plus building the runtime snapshot (certificates, CA files, strategies, devices).
 pub(crate) fn check(config_path: &Path, config: Config) -> Result<(), Report> {
-    Snapshot::build(config, config_path.to_owned(), 0, None).map(drop)
+    Snapshot::build(config, config_path.to_owned(), 0, None, Purpose::Check).map(drop)
 }
 
 /// Loads `config_path`, then serves until SIGTERM or SIGINT. Returns once every connection has
@@ -39,7 +40,7 @@ pub(crate) fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let pid_file = config.server.pid_file.clone();
-    let snapshot = Snapshot::build(config, path.clone(), 1, None)?;
+    let snapshot = Snapshot::build(config, path.clone(), 1, None, Purpose::Serve)?;
     let mut listeners = Listeners::new();
     let bound = listeners.bind(&snapshot)?;
     let state = Arc::new(State {
@@ -101,7 +102,13 @@ async fn reload(path: &Path, state: &Arc<State>, listeners: &mut Listeners) -> R
                 .expect("config loading does not panic")?
         };
         let current = state.snapshot.load_full();
-        let snapshot = Snapshot::build(loaded, path.to_owned(), current.epoch + 1, Some(&current))?;
+        let snapshot = Snapshot::build(
+            loaded,
+            path.to_owned(),
+            current.epoch + 1,
+            Some(&current),
+            Purpose::Serve,
+        )?;
         let bound = listeners.bind(&snapshot)?;
         let epoch = snapshot.epoch;
         state.snapshot.store(Arc::new(snapshot));

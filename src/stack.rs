@@ -21,6 +21,7 @@ use snakeway_proxy::{
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
 
+use crate::devices::Purpose;
 use crate::router::{HostMatch, Route, Router};
 use crate::tls;
 
@@ -86,12 +87,14 @@ pub(crate) struct ListenerRuntime {
 
 impl Snapshot {
     /// Builds a snapshot, reusing what can be reused from `previous`. Fails with a report (e.g.
-    /// a certificate that does not parse) without side effects.
+    /// a certificate that does not parse). For [`Purpose::Check`] nothing is created (no log
+    /// file is opened).
     pub(crate) fn build(
         config: Config,
         source: PathBuf,
         epoch: u64,
         previous: Option<&Snapshot>,
+        purpose: Purpose,
     ) -> Result<Self, Report> {
         let mut problems = Vec::new();
 
@@ -173,7 +176,7 @@ impl Snapshot {
             listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls)));
         }
 
-        let pipeline = match crate::devices::pipeline(&config.devices) {
+        let pipeline = match crate::devices::pipeline(&config.devices, purpose) {
             Ok(pipeline) => pipeline,
             Err(failed) => {
                 for (i, (key, message)) in failed {

@@ -3,6 +3,16 @@
 #
 #   benches/load/run.sh                      # DURATION=10 ROUNDS=3 N=2000
 #   DURATION=5 ROUNDS=1 SKIP_CALLGRIND=1 benches/load/run.sh
+#   PIPELINE=1 benches/load/run.sh           # + the device pipeline and nginx's access log
+#
+# Proxies (PROXIES):
+#   nginx               nginx, `access_log off` (proxy.nginx.conf.in)
+#   nginx-log           the same nginx writing its access log (default `combined` format,
+#                       unbuffered) to a file in the scratch directory
+#   snakeway            Snakeway without devices (snakeway.toml.in)
+#   snakeway-pipeline   the same Snakeway with the builtin pipeline (pipeline-devices.toml.in):
+#                       identity + request_filter + structured_logging to a file in the
+#                       scratch directory
 #
 # Everything runs on 127.0.0.1 on free ports found at run time. CPU 0 runs the proxy under
 # test (one worker each), CPU 1 runs the upstream (nginx, one worker) and the load generator.
@@ -22,7 +32,9 @@
 #   N               requests of the small callgrind run; the large one serves 5N (default 2000)
 #   SKIP_CALLGRIND  1: skip the callgrind part
 #   SNAKEWAY_BIN    use this binary instead of `cargo build --release --bin snakeway`
-#   PROXIES         which proxies to run (default "nginx snakeway")
+#   PROXIES         which proxies to run (default "nginx snakeway"; with PIPELINE=1
+#                   "nginx nginx-log snakeway snakeway-pipeline")
+#   PIPELINE        1: the default PROXIES include the pipeline and access-log variants
 #   WARMUP          seconds of the wrk warm-up before each measured run (default 2)
 #   CONNECTIONS     wrk connections (default 64)
 #   OUT_DIR         where raw outputs go (default bench-out/load-<timestamp> in the repo)
@@ -38,7 +50,12 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 N=${N:-2000}
 SKIP_CALLGRIND=${SKIP_CALLGRIND:-0}
-PROXIES=${PROXIES:-nginx snakeway}
+PIPELINE=${PIPELINE:-0}
+if [[ $PIPELINE == 1 ]]; then
+    PROXIES=${PROXIES:-nginx nginx-log snakeway snakeway-pipeline}
+else
+    PROXIES=${PROXIES:-nginx snakeway}
+fi
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CPU=0
@@ -51,12 +68,16 @@ log() { printf '[load] %s\n' "$*" >&2; }
 die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
 
 for p in $PROXIES; do
-    case $p in nginx | snakeway) ;; *) die "unknown proxy '$p' in PROXIES (nginx, snakeway)" ;; esac
+    case $p in
+    nginx | nginx-log | snakeway | snakeway-pipeline) ;;
+    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline)" ;;
+    esac
 done
 for v in DURATION ROUNDS N WARMUP CONNECTIONS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
+wants_snakeway() { wants snakeway || wants snakeway-pipeline; }
 
 # ---------------------------------------------------------------------------------------------
 # Tools: check, never install.
@@ -67,7 +88,7 @@ declare -A PKG=(
 )
 need=(nginx wrk taskset getconf curl awk sed sort pgrep)
 if [[ $SKIP_CALLGRIND != 1 ]]; then need+=(h2load valgrind callgrind_annotate); fi
-if wants snakeway && [[ -z ${SNAKEWAY_BIN:-} ]]; then need+=(cargo); fi
+if wants_snakeway && [[ -z ${SNAKEWAY_BIN:-} ]]; then need+=(cargo); fi
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t (${PKG[$t]})"); done
 if ((${#missing[@]})); then
@@ -122,6 +143,10 @@ free_port() { # a port in 20000-32767 (below Linux's ephemeral range) nobody lis
         return 0
     done
     die "no free port found"
+}
+
+access_log_of() { # PROXY: the @ACCESS_LOG@ of an nginx proxy
+    if [[ $1 == nginx-log ]]; then echo "DIR/access.log"; else echo off; fi
 }
 
 wait_port() { # PORT PID TIMEOUT LOGFILE: wait until PORT accepts while PID lives
@@ -184,13 +209,17 @@ check_body() { # PORT: the proxy must answer 200 with the upstream's body
 }
 
 # nginx_start NAME TEMPLATE PORT CPU GLOBALS [VALGRIND...]: runs nginx in the foreground
-# (daemon off) in the background of this script; sets STARTED_PID and STARTED_DIR.
+# (daemon off) in the background of this script; sets STARTED_PID and STARTED_DIR. The
+# template's @ACCESS_LOG@ is $ACCESS_LOG (default `off`; `DIR/...` is put in the scratch dir).
 nginx_start() {
-    local name=$1 tpl=$2 port=$3 cpu=$4 globals=$5 dir
+    local name=$1 tpl=$2 port=$3 cpu=$4 globals=$5 dir access_log
     shift 5
     dir="$TMP/$name"
     mkdir -p "$dir/tmp" "$dir/logs"
-    fill "$tpl" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM_PORT="${UPSTREAM_PORT:-0}"
+    access_log=${ACCESS_LOG:-off}
+    access_log=${access_log//DIR/$dir}
+    fill "$tpl" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM_PORT="${UPSTREAM_PORT:-0}" \
+        ACCESS_LOG="$access_log"
     cp "$dir/nginx.conf" "$OUT_DIR/$name.nginx.conf"
     taskset -c "$cpu" "$@" nginx -p "$dir/" -c "$dir/nginx.conf" -g "$globals" >"$dir/stdout.log" 2>&1 &
     STARTED_PID=$!
@@ -198,13 +227,18 @@ nginx_start() {
     PIDS+=("$STARTED_PID")
 }
 
-# snakeway_start NAME PORT CPU [VALGRIND...]: sets STARTED_PID and STARTED_DIR.
+# snakeway_start NAME PROXY PORT CPU [VALGRIND...]: PROXY is snakeway or snakeway-pipeline
+# (the same config plus pipeline-devices.toml.in); sets STARTED_PID and STARTED_DIR.
 snakeway_start() {
-    local name=$1 port=$2 cpu=$3 dir
-    shift 3
+    local name=$1 proxy=$2 port=$3 cpu=$4 dir
+    shift 4
     dir="$TMP/$name"
     mkdir -p "$dir"
     fill "$HERE/snakeway.toml.in" "$dir/snakeway.toml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+    if [[ $proxy == snakeway-pipeline ]]; then
+        fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir"
+        cat "$dir/devices.toml" >>"$dir/snakeway.toml"
+    fi
     cp "$dir/snakeway.toml" "$OUT_DIR/$name.toml"
     SNAKEWAY_LOG=warn taskset -c "$cpu" "$@" "$SNAKEWAY" serve -c "$dir/snakeway.toml" >"$dir/stdout.log" 2>&1 &
     STARTED_PID=$!
@@ -215,7 +249,7 @@ snakeway_start() {
 # ---------------------------------------------------------------------------------------------
 # Snakeway binary.
 SNAKEWAY=
-if wants snakeway; then
+if wants_snakeway; then
     if [[ -n ${SNAKEWAY_BIN:-} ]]; then
         SNAKEWAY=$SNAKEWAY_BIN
     else
@@ -245,7 +279,7 @@ fi
         echo "snakeway: $SNAKEWAY ($("$SNAKEWAY" --version 2>&1 | head -n 1 || true))"
         echo "snakeway git: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
     fi
-    echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PROXIES='$PROXIES'"
+    echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PIPELINE=$PIPELINE PROXIES='$PROXIES'"
     echo "loadavg at start: $(cat /proc/loadavg)"
 } >"$OUT_DIR/machine.txt"
 log "raw outputs in $OUT_DIR"
@@ -261,15 +295,15 @@ log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (CPU $LOAD_CPU)"
 
 # ---------------------------------------------------------------------------------------------
 # Part 1: throughput, latency and CPU time per request, with wrk.
-declare -A PORT WORKER MAIN RPS P99 CPU_US
+declare -A PORT WORKER MAIN RPS P99 CPU_US SENT LOGDIR
 RESULTS="$OUT_DIR/wrk-results.tsv"
 printf 'round\tproxy\trequests\treq_per_s\tp99_ms\tcpu_ticks\tcpu_us_per_req\tsocket_errors\tnon_2xx\n' >"$RESULTS"
 
 for p in $PROXIES; do
     PORT[$p]=$(free_port)
     case $p in
-    nginx)
-        nginx_start proxy-nginx "$HERE/proxy.nginx.conf.in" "${PORT[$p]}" "$PROXY_CPU" 'daemon off;'
+    nginx | nginx-log)
+        ACCESS_LOG=$(access_log_of "$p") nginx_start "proxy-$p" "$HERE/proxy.nginx.conf.in" "${PORT[$p]}" "$PROXY_CPU" 'daemon off;'
         master=$STARTED_PID
         wait_port "${PORT[$p]}" "$master" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
         worker=
@@ -282,14 +316,16 @@ for p in $PROXIES; do
         WORKER[$p]=$worker
         MAIN[$p]=$master
         ;;
-    snakeway)
-        snakeway_start proxy-snakeway "${PORT[$p]}" "$PROXY_CPU"
+    snakeway | snakeway-pipeline)
+        snakeway_start "proxy-$p" "$p" "${PORT[$p]}" "$PROXY_CPU"
         wait_port "${PORT[$p]}" "$STARTED_PID" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
         WORKER[$p]=$STARTED_PID
         MAIN[$p]=$STARTED_PID
         ;;
     esac
+    LOGDIR[$p]=$STARTED_DIR
     check_body "${PORT[$p]}"
+    SENT[$p]=1
     log "$p on 127.0.0.1:${PORT[$p]} (CPU $PROXY_CPU, measured pid ${WORKER[$p]})"
 done
 
@@ -305,6 +341,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for p in "${this_round[@]}"; do
         url="http://127.0.0.1:${PORT[$p]}/"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >"$OUT_DIR/wrk-$p-warmup-$r.txt" 2>&1
+        SENT[$p]=$((${SENT[$p]} + $(awk '/ requests in / { print $1; exit }' "$OUT_DIR/wrk-$p-warmup-$r.txt")))
         before=$(cpu_ticks "${WORKER[$p]}")
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$OUT_DIR/wrk-$p-$r.txt" 2>&1
         after=$(cpu_ticks "${WORKER[$p]}")
@@ -321,6 +358,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         cpu_us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$p" "$requests" "$rps" "$p99" "$ticks" "$cpu_us" \
             "${sockerr:-0}" "${non2xx:-0}" >>"$RESULTS"
+        SENT[$p]=$((${SENT[$p]} + requests))
         RPS[$p]+="$rps "
         P99[$p]+="$p99 "
         CPU_US[$p]+="$cpu_us "
@@ -335,6 +373,20 @@ for p in $PROXIES; do
     stop_pid "${MAIN[$p]}" TERM 30
 done
 
+# Access-log lines written vs requests completed (wrk does not count the responses still in
+# flight when a run ends, so up to CONNECTIONS lines per wrk run may come on top).
+printf 'proxy\trequests_completed\tlog_lines\tlog_bytes\n' >"$OUT_DIR/access-log.tsv"
+for p in $PROXIES; do
+    f="${LOGDIR[$p]}/access.log"
+    [[ -f $f ]] || continue
+    lines=$(wc -l <"$f")
+    bytes=$(wc -c <"$f")
+    printf '%s\t%s\t%s\t%s\n' "$p" "${SENT[$p]}" "$lines" "$bytes" >>"$OUT_DIR/access-log.tsv"
+    head -n 2 "$f" >"$OUT_DIR/access-log-sample-$p.txt"
+    log "$p wrote $lines access-log lines ($bytes bytes) for ${SENT[$p]} completed requests"
+    rm -f "$f"
+done
+
 # ---------------------------------------------------------------------------------------------
 # Part 2: instructions per request under callgrind.
 declare -A IPR
@@ -346,8 +398,11 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
     rm -f "$out"
     local vg=(valgrind --tool=callgrind "--callgrind-out-file=$out")
     case $p in
-    nginx) nginx_start "$name" "$HERE/proxy.nginx.conf.in" "$port" "$PROXY_CPU" 'daemon off; master_process off;' "${vg[@]}" ;;
-    snakeway) snakeway_start "$name" "$port" "$PROXY_CPU" "${vg[@]}" ;;
+    nginx | nginx-log)
+        ACCESS_LOG=$(access_log_of "$p") nginx_start "$name" "$HERE/proxy.nginx.conf.in" "$port" "$PROXY_CPU" \
+            'daemon off; master_process off;' "${vg[@]}"
+        ;;
+    snakeway | snakeway-pipeline) snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}" ;;
     esac
     local pid=$STARTED_PID dir=$STARTED_DIR
     wait_port "$port" "$pid" "$VALGRIND_START_TIMEOUT" "$dir/stdout.log"
@@ -416,13 +471,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
     for p in $PROXIES; do
         printf '| %s | %.0f | %.2f | %.2f | %s |\n' "$p" "${M_RPS[$p]}" "${M_P99[$p]}" "${M_CPU[$p]}" "${IPR[$p]:-–}"
     done
-    if wants nginx && wants snakeway; then
-        printf '| snakeway / nginx | %s | %s | %s | %s |\n' \
-            "$(ratio "${M_RPS[snakeway]}" "${M_RPS[nginx]}")" \
-            "$(ratio "${M_P99[snakeway]}" "${M_P99[nginx]}")" \
-            "$(ratio "${M_CPU[snakeway]}" "${M_CPU[nginx]}")" \
-            "$(ratio "${IPR[snakeway]:-}" "${IPR[nginx]:-}")"
-    fi
+    ratio_row() { # A B: the row "A / B"
+        wants "$1" && wants "$2" || return 0
+        printf '| %s / %s | %s | %s | %s | %s |\n' "$1" "$2" \
+            "$(ratio "${M_RPS[$1]}" "${M_RPS[$2]}")" \
+            "$(ratio "${M_P99[$1]}" "${M_P99[$2]}")" \
+            "$(ratio "${M_CPU[$1]}" "${M_CPU[$2]}")" \
+            "$(ratio "${IPR[$1]:-}" "${IPR[$2]:-}")"
+    }
+    ratio_row snakeway nginx
+    ratio_row snakeway-pipeline snakeway
+    ratio_row nginx-log nginx
+    ratio_row snakeway-pipeline nginx-log
     echo
     echo "$ROUNDS rounds of wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up each); callgrind: N=$N and 5N requests via h2load --h1 -c$CALLGRIND_CLIENT_CONNECTIONS."
     echo "$(grep -E '^(nproc|cpu|loadavg)' "$OUT_DIR/machine.txt" | paste -sd ';' | sed 's/;/; /g')"

@@ -142,6 +142,14 @@ async fn send_from(from: &str, to: SocketAddr, req: Request<Empty<bytes::Bytes>>
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                       (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
 
+/// One request of the identity test.
+struct Case {
+    peer: &'static str,
+    xff: Option<&'static str>,
+    ua: &'static str,
+    identity: Value,
+}
+
 #[tokio::test]
 async fn identity_resolves_the_client_through_trusted_proxies_only() {
     let up = ok_upstream().await;
@@ -163,47 +171,51 @@ async fn identity_resolves_the_client_through_trusted_proxies_only() {
     let addr = server.addr();
 
     // (peer, x-forwarded-for, user-agent) → (ip, device, bot)
-    let cases: [(&str, Option<&str>, &str, &str, &str, bool); 5] = [
+    // peer, x-forwarded-for, user-agent → the identity logged.
+    let cases = [
         // Trusted peer: walk right to left past the trusted 10.0.0.5.
-        (
-            "127.0.0.1",
-            Some("203.0.113.7, 10.0.0.5"),
-            CHROME,
-            "203.0.113.7",
-            "desktop",
-            false,
-        ),
+        Case {
+            peer: "127.0.0.1",
+            xff: Some("203.0.113.7, 10.0.0.5"),
+            ua: CHROME,
+            identity: json!({ "ip": "203.0.113.7", "device": "desktop", "bot": false }),
+        },
         // A spoofed leftmost entry is never reached: the first untrusted hop is the client.
-        (
-            "127.0.0.1",
-            Some("198.51.100.1, 203.0.113.7, 10.0.0.5"),
-            "curl/8.5.0",
-            "203.0.113.7",
-            "bot",
-            true,
-        ),
+        Case {
+            peer: "127.0.0.1",
+            xff: Some("198.51.100.1, 203.0.113.7, 10.0.0.5"),
+            ua: "curl/8.5.0",
+            identity: json!({ "ip": "203.0.113.7", "device": "bot", "bot": true }),
+        },
         // Trusted peer without x-forwarded-for: the peer is the client.
-        ("127.0.0.1", None, CHROME, "127.0.0.1", "desktop", false),
+        Case {
+            peer: "127.0.0.1",
+            xff: None,
+            ua: CHROME,
+            identity: json!({ "ip": "127.0.0.1", "device": "desktop", "bot": false }),
+        },
         // Untrusted peer: x-forwarded-for is ignored, whatever it claims.
-        (
-            "127.0.0.2",
-            Some("203.0.113.7"),
-            CHROME,
-            "127.0.0.2",
-            "desktop",
-            false,
-        ),
-        // Untrusted peer claiming a trusted proxy chain.
-        (
-            "127.0.0.3",
-            Some("198.51.100.1, 10.0.0.5, 127.0.0.1"),
-            "Googlebot/2.1 (+http://www.google.com/bot.html)",
-            "127.0.0.3",
-            "bot",
-            true,
-        ),
+        Case {
+            peer: "127.0.0.2",
+            xff: Some("203.0.113.7"),
+            ua: CHROME,
+            identity: json!({ "ip": "127.0.0.2", "device": "desktop", "bot": false }),
+        },
+        // Untrusted peer claiming a chain of trusted proxies.
+        Case {
+            peer: "127.0.0.3",
+            xff: Some("198.51.100.1, 10.0.0.5, 127.0.0.1"),
+            ua: "Googlebot/2.1 (+http://www.google.com/bot.html)",
+            identity: json!({ "ip": "127.0.0.3", "device": "bot", "bot": true }),
+        },
     ];
-    for (peer, xff, ua, ip, device, bot) in cases {
+    for Case {
+        peer,
+        xff,
+        ua,
+        identity,
+    } in cases
+    {
         let mut headers = vec![("user-agent", ua)];
         if let Some(xff) = xff {
             headers.push(("x-forwarded-for", xff));
@@ -214,8 +226,7 @@ async fn identity_resolves_the_client_through_trusted_proxies_only() {
         assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
         let line = &lines[0];
         assert_eq!(
-            line["identity"],
-            json!({ "ip": ip, "device": device, "bot": bot }),
+            line["identity"], identity,
             "peer {peer}, x-forwarded-for {xff:?}, user-agent {ua:?}: {line}"
         );
         // `peer` is the socket address, whatever the identity says.
@@ -527,16 +538,28 @@ async fn logging_writes_one_line_per_request_with_redacted_headers() {
     assert_eq!(line["upstream"], "app-svc", "{line}");
     assert_eq!(line["origin"], "upstream", "{line}");
     assert_eq!(line["bytes_out"], 2, "{line}");
-    assert!(line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{line}");
-    assert!(line["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{line}"
+    );
+    assert!(
+        line["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
     assert_eq!(
         line["headers"],
         json!({ "authorization": "[redacted]", "x-trace": "abc" }),
         "{line}"
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains("topsecret"), "a redacted value reached the log: {text}");
-    assert!(!text.contains("querysecret"), "the query string reached the log: {text}");
+    assert!(
+        !text.contains("topsecret"),
+        "a redacted value reached the log: {text}"
+    );
+    assert!(
+        !text.contains("querysecret"),
+        "the query string reached the log: {text}"
+    );
 
     // A second request: its own line, its own id; a POST's bytes_in is its content-length.
     let res = send_h1(
@@ -556,7 +579,12 @@ async fn logging_writes_one_line_per_request_with_redacted_headers() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["method"], "POST");
     assert_eq!(lines[0]["bytes_in"], 5, "{}", lines[0]);
-    assert_eq!(log_lines(&log).len(), 2, "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        log_lines(&log).len(),
+        2,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -583,7 +611,12 @@ async fn logging_phases_and_upstream_failures() {
     let lines = wait_lines(&log, res.request_id(), 2).await;
     assert_eq!(events(&lines), ["request", "response"], "{lines:?}");
     assert!(lines[0].get("status").is_none(), "{}", lines[0]);
-    assert_eq!(lines[0]["route"], Value::Null, "not routed yet: {}", lines[0]);
+    assert_eq!(
+        lines[0]["route"],
+        Value::Null,
+        "not routed yet: {}",
+        lines[0]
+    );
     assert_eq!(lines[1]["status"], 200);
     assert_eq!(lines[1]["upstream"], "live");
 
@@ -591,12 +624,21 @@ async fn logging_phases_and_upstream_failures() {
     let res = send(addr, request("GET", "/dead/x", &[])).await;
     assert_eq!(res.status, 502, "{}", res.text());
     let lines = wait_lines(&log, res.request_id(), 3).await;
-    assert_eq!(events(&lines), ["request", "error", "response"], "{lines:?}");
+    assert_eq!(
+        events(&lines),
+        ["request", "error", "response"],
+        "{lines:?}"
+    );
     let error = &lines[1];
     assert_eq!(error["status"], 502, "{error}");
     assert_eq!(error["origin"], "error", "{error}");
     assert_eq!(error["error"]["kind"], "upstream_unavailable", "{error}");
-    assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
     assert_eq!(error["route"], "/dead", "{error}");
     assert_eq!(error["upstream"], "dead", "{error}");
     let response = &lines[2];
@@ -668,7 +710,11 @@ async fn reload_reopens_the_log_file_after_rotation() {
     let rotated = dir.join("access.log.1");
     let server = Server::start_in(
         dir,
-        &config(&[("app", up.url())], &[("/", "app")], &logging_device(&log, "")),
+        &config(
+            &[("app", up.url())],
+            &[("/", "app")],
+            &logging_device(&log, ""),
+        ),
     )
     .await;
     let addr = server.addr();
@@ -701,7 +747,9 @@ async fn reload_reopens_the_log_file_after_rotation() {
     );
     let old: Vec<Value> = log_lines(&rotated);
     assert_eq!(
-        old.iter().map(|l| l["request_id"].as_str().unwrap()).collect::<Vec<_>>(),
+        old.iter()
+            .map(|l| l["request_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         [first.as_str(), second.as_str()],
         "the rotated file"
     );
@@ -733,7 +781,11 @@ async fn disabled_devices_are_left_out() {
     // The enabled logging device runs; the disabled one never even opened its file.
     let lines = wait_lines(&on, res.request_id(), 1).await;
     assert_eq!(lines[0]["status"], 200);
-    assert!(!off.exists(), "a disabled logging device created {}", off.display());
+    assert!(
+        !off.exists(),
+        "a disabled logging device created {}",
+        off.display()
+    );
 }
 
 // === config check ===
@@ -744,7 +796,10 @@ fn check(dir: &TestDir, name: &str, devices: &str) -> (bool, String, PathBuf) {
          respond = {{ status = 200, body = \"ok\" }}\n\n{devices}"
     );
     let file = dir.write(name, toml);
-    let out = run_cli(&["config", "check", "-c", file.to_str().unwrap()], &dir.path);
+    let out = run_cli(
+        &["config", "check", "-c", file.to_str().unwrap()],
+        &dir.path,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -759,7 +814,8 @@ fn assert_problem(dir: &TestDir, name: &str, devices: &str, key: &str, needle: &
     assert!(!ok, "config check accepted {name}:\n{devices}");
     let prefix = format!("{}: {key}: ", file.display());
     assert!(
-        err.lines().any(|l| l.starts_with(&prefix) && l.contains(needle)),
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(needle)),
         "no `{prefix}…{needle}…` problem for {name}; config check said:\n{err}"
     );
 }
@@ -767,7 +823,10 @@ fn assert_problem(dir: &TestDir, name: &str, devices: &str, key: &str, needle: &
 #[test]
 fn config_check_reports_bad_device_config_with_its_key() {
     let dir = TestDir::new("check-devices");
-    dir.write("garbage.mmdb", b"this is not a MaxMind database\n".repeat(100));
+    dir.write(
+        "garbage.mmdb",
+        b"this is not a MaxMind database\n".repeat(100),
+    );
     std::fs::create_dir_all(dir.join("a-directory.mmdb")).unwrap();
 
     // A valid pipeline passes.
@@ -832,7 +891,10 @@ fn config_check_reports_bad_device_config_with_its_key() {
 #[test]
 fn config_check_reports_a_garbage_geoip_db_under_its_key() {
     let dir = TestDir::new("check-geoip");
-    dir.write("garbage.mmdb", b"this is not a MaxMind database\n".repeat(100));
+    dir.write(
+        "garbage.mmdb",
+        b"this is not a MaxMind database\n".repeat(100),
+    );
     assert_problem(
         &dir,
         "geoip-garbage.toml",

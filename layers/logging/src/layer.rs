@@ -26,7 +26,9 @@ pub struct StructuredLoggingLayer {
 impl StructuredLoggingLayer {
     /// A layer running `device`.
     pub fn new(device: StructuredLogging) -> Self {
-        Self { inner: PipelineLayer::new(Pipeline::new(vec![Arc::new(device)])) }
+        Self {
+            inner: PipelineLayer::new(Pipeline::new(vec![Arc::new(device)])),
+        }
     }
 }
 

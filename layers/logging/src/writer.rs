@@ -169,6 +169,10 @@ impl fmt::Debug for LogWriter {
     }
 }
 
+/// How long the writer thread collects lines after its queue ran empty before it blocks; the
+/// most a line waits for its write beyond the time it spends queued.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The writer thread: write lines as they come, flush whenever the queue runs empty, and exit
 /// (after draining and flushing) when every sender is gone.
 fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) {
@@ -182,9 +186,17 @@ fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) 
                     let result = out.flush();
                     note(result.as_ref().err(), &mut failing, stats, output);
                 }
-                match receiver.recv() {
+                // Sleep through a short window before blocking in `recv`: while this thread
+                // sleeps, workers hand lines over without waking it, so a busy server pays one
+                // wake-up per batch instead of one (a context switch) per line.
+                std::thread::sleep(BATCH_WINDOW);
+                match receiver.try_recv() {
                     Ok(msg) => msg,
-                    Err(_) => break,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => match receiver.recv() {
+                        Ok(msg) => msg,
+                        Err(_) => break,
+                    },
                 }
             }
             Err(TryRecvError::Disconnected) => break,
