@@ -18,3 +18,4 @@ mod proxy;
 mod reload;
 mod routing;
 mod static_files;
+mod wasm;

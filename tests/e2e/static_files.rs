@@ -500,8 +500,15 @@ async fn changed_files_are_served_fresh_within_a_second() {
             break;
         }
         assert_eq!(res.text(), "hello world\n", "a mix of versions");
-        assert_eq!(res.header("etag"), first.header("etag"), "a mix of versions");
-        assert!(std::time::Instant::now() < deadline, "still stale after 2.5 s");
+        assert_eq!(
+            res.header("etag"),
+            first.header("etag"),
+            "a mix of versions"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still stale after 2.5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::remove_file(&path).unwrap();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri, request, response};
@@ -13,7 +13,7 @@ use snakeway_core::{
 };
 use snakeway_identity::ClientIdentity;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::{host, types};
@@ -101,6 +101,33 @@ pub(crate) struct HostState {
     request_id: String,
     attributes: Attributes,
     log_lines: u32,
+    /// The running call's CPU budget: the thread's CPU clock when it started, the limit, and a
+    /// wall-clock backstop (10 × the limit) for a thread starved of CPU.
+    cpu_start: Duration,
+    cpu_budget: Duration,
+    wall_deadline: Instant,
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_nsec()).unwrap_or(0),
+        )
+    })
+}
+
+/// Arms the time limit for the next call into `store`: the epoch deadline first fires after
+/// `ticks` (wall clock); from then on, every tick checks the CPU time this thread really spent
+/// in the call, so a worker descheduled by the OS does not fail a well-behaved guest.
+fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
+    let data = store.data_mut();
+    data.cpu_start = thread_cpu();
+    data.cpu_budget = budget;
+    data.wall_deadline = Instant::now() + budget.saturating_mul(10);
+    store.set_epoch_deadline(ticks);
 }
 
 impl host::Host for HostState {
@@ -159,8 +186,7 @@ impl host::Host for HostState {
                         value.len()
                     )));
                 }
-                if self.attributes.len() >= MAX_ATTRIBUTES && self.attributes.get(&name).is_none()
-                {
+                if self.attributes.len() >= MAX_ATTRIBUTES && self.attributes.get(&name).is_none() {
                     return Err(wasmtime::Error::msg(format!(
                         "more than {MAX_ATTRIBUTES} attributes"
                     )));
@@ -218,7 +244,7 @@ impl Failure {
     }
 
     fn from_wasm(error: &wasmtime::Error) -> Self {
-        if let Some(trap) = error.downcast_ref::<Trap>() {
+        if let Some(trap) = error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
             return match trap {
                 Trap::Interrupt => Self {
                     what: "timeout",
@@ -237,7 +263,15 @@ impl Failure {
                 },
             };
         }
-        let detail = error.to_string();
+        let detail = error.root_cause().to_string();
+        if detail.starts_with("unknown import") {
+            // A WASI function a `std` guest links implicitly (e.g. printing a panic message).
+            return Self {
+                what: "trap",
+                detail: format!("called an import that is not granted ({detail})"),
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+            };
+        }
         if detail.starts_with("forcing trap when growing memory") {
             return Self {
                 what: "memory limit",
@@ -339,9 +373,13 @@ impl WasmDevice {
             phases: Phases::NONE,
             registry: Mutex::default(),
         };
-        let (_, registration) = device
-            .instantiate(String::new(), Attributes::default())
-            .map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
+        // `init` at load is off the request path: it gets at least a second.
+        let per_hook = device.ticks;
+        device.ticks = per_hook.max(u64::try_from(1_000_000_000 / tick).unwrap_or(1));
+        let loaded = device.instantiate(String::new(), Attributes::default());
+        device.ticks = per_hook;
+        let (_, registration) =
+            loaded.map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
         device.guest_phases = registration.phases;
         device.phases = phases_of(registration.phases, true);
         Ok(device)
@@ -379,9 +417,20 @@ impl WasmDevice {
                 request_id,
                 attributes,
                 log_lines: 0,
+                cpu_start: Duration::ZERO,
+                cpu_budget: self.limits.timeout,
+                wall_deadline: Instant::now(),
             },
         );
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            let used = thread_cpu().saturating_sub(state.cpu_start);
+            if used >= state.cpu_budget || Instant::now() >= state.wall_deadline {
+                return Err(wasmtime::Error::new(Trap::Interrupt));
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
         store
     }
 
@@ -392,7 +441,8 @@ impl WasmDevice {
         attributes: Attributes,
     ) -> Result<(Live, types::Registration), Failure> {
         let mut store = self.new_store(request_id, attributes);
-        store.set_epoch_deadline(self.ticks);
+        let budget = self.budget();
+        arm(&mut store, self.ticks, budget);
         let guest = self.pre.instantiate(&mut store).map_err(|e| {
             let mut failure = Failure::from_wasm(&e);
             if failure.what == "error" {
@@ -402,7 +452,7 @@ impl WasmDevice {
             }
             failure
         })?;
-        store.set_epoch_deadline(self.ticks);
+        arm(&mut store, self.ticks, budget);
         let registration = guest
             .snakeway_device_device()
             .call_init(&mut store, &self.config)
@@ -418,6 +468,14 @@ impl WasmDevice {
             identity: None,
         };
         Ok((live, registration))
+    }
+
+    /// The time budget of the current `ticks` (longer while `init` runs at load).
+    fn budget(&self) -> Duration {
+        let tick = self.engine.options().tick;
+        self.limits
+            .timeout
+            .max(tick.saturating_mul(u32::try_from(self.ticks).unwrap_or(u32::MAX)))
     }
 
     fn lock_registry(&self) -> MutexGuard<'_, Registry> {
@@ -485,7 +543,7 @@ impl WasmDevice {
         if let Some(identity) = identity {
             live.identity = Some(identity.clone());
         }
-        live.store.set_epoch_deadline(self.ticks);
+        arm(&mut live.store, self.ticks, self.limits.timeout);
         match run(live) {
             Ok(value) => Ok(Some(value)),
             Err(failure) => {
@@ -518,7 +576,11 @@ impl WasmDevice {
                     on_failure = "closed",
                     "{}", failure.detail
                 );
-                Err(DeviceError::new(message).with_status(failure.status))
+                // The client sees what kind of failure and where; the details (guest output,
+                // request id) go to the log and the error's source.
+                Err(DeviceError::new(format!("{} in {hook}", failure.what))
+                    .with_status(failure.status)
+                    .with_source(message))
             }
             FailurePolicy::Open => {
                 tracing::warn!(
@@ -588,7 +650,12 @@ impl Device for WasmDevice {
         let info = &ctx.info;
         let limits = self.limits.output;
         let flow = self.call(info, Hook::OnRequestBody, None, None, |live| {
-            let context = context(&info.request_id, &info.method, &info.uri, live.identity.clone());
+            let context = context(
+                &info.request_id,
+                &info.method,
+                &info.uri,
+                live.identity.clone(),
+            );
             let action = live
                 .guest
                 .snakeway_device_device()
@@ -614,7 +681,12 @@ impl Device for WasmDevice {
     fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
         let attributes = Attributes::of(ctx);
         let identity = identity_of(ctx);
-        let context = context(ctx.request_id(), ctx.method(), &ctx.info().uri, identity.clone());
+        let context = context(
+            ctx.request_id(),
+            ctx.method(),
+            &ctx.info().uri,
+            identity.clone(),
+        );
         let headers = output::headers_view(&head.headers);
         let status = head.status.as_u16();
         let info = ctx.info().clone();
@@ -646,12 +718,20 @@ impl Device for WasmDevice {
         Ok(flow.unwrap_or(Flow::Continue))
     }
 
-    fn on_response(&self, ctx: &mut RequestCtx, res: &mut ResponseCtx<'_>) -> Result<(), DeviceError> {
+    fn on_response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), DeviceError> {
         let result = if self.guest_phases.contains(types::Phases::ON_RESPONSE) {
             let attributes = Attributes::of(ctx);
             let identity = identity_of(ctx);
-            let context =
-                context(ctx.request_id(), ctx.method(), &ctx.info().uri, identity.clone());
+            let context = context(
+                ctx.request_id(),
+                ctx.method(),
+                &ctx.info().uri,
+                identity.clone(),
+            );
             let headers = output::headers_view(&res.head.headers);
             let status = res.head.status.as_u16();
             let info = ctx.info().clone();

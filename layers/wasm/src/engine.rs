@@ -42,6 +42,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// Compiled components by content hash (full bytes compared on a hit).
+type Cache = HashMap<u64, Vec<(Arc<[u8]>, Component)>>;
+
 /// The wasmtime engine all WASM devices share (cheap to clone): compilation settings, the
 /// instance pool, the epoch ticker thread, and a cache of compiled components by content, so
 /// a reload of an unchanged module skips compilation.
@@ -53,8 +56,7 @@ pub struct WasmEngine {
 struct Inner {
     engine: Engine,
     options: EngineOptions,
-    /// Compiled components by content hash (full bytes compared on a hit).
-    cache: Mutex<HashMap<u64, Vec<(Arc<[u8]>, Component)>>>,
+    cache: Mutex<Cache>,
 }
 
 // === impl WasmEngine ===
@@ -66,6 +68,7 @@ impl WasmEngine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .wasm_backtrace_max_frames(None)
             .max_wasm_stack(options.max_wasm_stack)
             .memory_init_cow(true);
         if options.pooling {
@@ -145,8 +148,11 @@ impl WasmEngine {
         self.lock_cache().values().map(Vec::len).sum()
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<(Arc<[u8]>, Component)>>> {
-        self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -347,8 +347,14 @@ mod tests {
             (Edit::Reroute("/x".into()), Hook::BeforeProxy),
             (Edit::UpstreamPath("/x".into()), Hook::OnRequest),
             (Edit::SetStatus(200), Hook::OnRequest),
-            (Edit::SetHeader(("content-length".into(), b"1".to_vec())), Hook::OnRequest),
-            (Edit::SetHeader(("x".into(), b"a\nb".to_vec())), Hook::OnRequest),
+            (
+                Edit::SetHeader(("content-length".into(), b"1".to_vec())),
+                Hook::OnRequest,
+            ),
+            (
+                Edit::SetHeader(("x".into(), b"a\nb".to_vec())),
+                Hook::OnRequest,
+            ),
             (Edit::Reroute("/../etc".into()), Hook::OnRequest),
             (Edit::Reroute("relative".into()), Hook::OnRequest),
         ] {

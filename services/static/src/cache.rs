@@ -93,20 +93,28 @@ impl Cache {
         Some(Arc::clone(entry))
     }
 
-    /// Caches `entry` under `key`, replacing any older one, then evicts if over budget.
-    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
-        if !self.enabled() {
-            return;
-        }
+    /// Caches `entry` under `key` and returns the entry to use: the one already cached if it
+    /// describes the same file (concurrent misses then share one entry, and so one
+    /// compression of each variant), else `entry`, replacing any older one. Evicts if over
+    /// budget.
+    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> Arc<Entry> {
         let weight = entry.weight.load(Ordering::Relaxed);
-        if weight > self.max_bytes {
-            return;
+        if !self.enabled() || weight > self.max_bytes {
+            return entry;
         }
         let shard = self.shard(key);
         {
             let _writer = shard.write.lock().unwrap_or_else(|e| e.into_inner());
-            let mut map = Map::clone(&shard.map.load());
-            if let Some(old) = map.insert(key.into(), entry) {
+            let current = shard.map.load();
+            if let Some(cached) = current.get(key)
+                && cached.stamp == entry.stamp
+                && cached.path == entry.path
+            {
+                cached.touch();
+                return Arc::clone(cached);
+            }
+            let mut map = Map::clone(&current);
+            if let Some(old) = map.insert(key.into(), Arc::clone(&entry)) {
                 self.sub(old.weight.load(Ordering::Relaxed));
             }
             shard.map.store(Arc::new(map));
@@ -115,6 +123,7 @@ impl Cache {
         if used > self.max_bytes {
             self.evict();
         }
+        entry
     }
 
     /// Drops `key` if it still maps to `entry` (a stale entry found by a reader).

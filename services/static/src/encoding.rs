@@ -216,8 +216,15 @@ const BROTLI_CACHED_LARGE: u32 = 9;
 const BROTLI_STREAMED: u32 = 5;
 const BROTLI_STREAMED_WINDOW: u32 = 20;
 
+/// Compressions done, by input length (tests check that concurrent requests share one).
+#[cfg(test)]
+pub(crate) static COMPRESSED_LENGTHS: std::sync::Mutex<Vec<usize>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// Compresses a whole cached file once.
 pub(crate) fn compress(coding: Coding, data: &[u8]) -> io::Result<Vec<u8>> {
+    #[cfg(test)]
+    COMPRESSED_LENGTHS.lock().unwrap().push(data.len());
     match coding {
         Coding::Identity => Ok(data.to_vec()),
         Coding::Gzip => {

@@ -8,8 +8,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use snakeway_core::{Body, path as core_path};
+use tokio::sync::OnceCell;
 
 use crate::body::FileBody;
 use crate::cache::Cache;
@@ -275,9 +276,17 @@ impl Inner {
         if let Some(status) = preconditions(head, &rep.etag, cond) {
             return Ok(self.not_modified_or_failed(status, head, &rep.etag));
         }
-        let mut h = HeaderMap::with_capacity(10);
-        let (status, body) = match range.map(|r| r.resolve(head.len)) {
+        Ok(match range.map(|r| r.resolve(head.len)) {
+            None => {
+                let body = if head_only {
+                    Body::empty()
+                } else {
+                    Body::full(rep.bytes.clone())
+                };
+                response(StatusCode::OK, rep.headers.clone(), body)
+            }
             Some(Some((start, end))) => {
+                let mut h = HeaderMap::with_capacity(12);
                 self.file_headers(&mut h, head, &rep.etag, Coding::Identity);
                 h.insert(CONTENT_RANGE, content_range(start, end, head.len));
                 h.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
@@ -286,21 +295,10 @@ impl Inner {
                 } else {
                     Body::full(rep.bytes.slice(to_usize(start)..=to_usize(end)))
                 };
-                (StatusCode::PARTIAL_CONTENT, body)
+                response(StatusCode::PARTIAL_CONTENT, h, body)
             }
-            Some(None) => return Ok(self.unsatisfiable(head)),
-            None => {
-                self.file_headers(&mut h, head, &rep.etag, rep.coding);
-                h.insert(CONTENT_LENGTH, rep.len_header.clone());
-                let body = if head_only {
-                    Body::empty()
-                } else {
-                    Body::full(rep.bytes.clone())
-                };
-                (StatusCode::OK, body)
-            }
-        };
-        Ok(response(status, h, body))
+            Some(None) => self.unsatisfiable(head),
+        })
     }
 
     /// The representation of a cached file to send for `prefs`: a precompressed sibling
@@ -323,26 +321,22 @@ impl Inner {
                     };
                 }
                 Variant::Lazy(cell) => {
-                    if let Some(done) = cell.get() {
-                        match done {
-                            Some(rep) => return Ok(rep),
-                            None => continue, // not worth it: `offered` is false now
-                        }
-                    }
-                    let data = entry.identity.bytes.clone();
-                    let out = tokio::task::spawn_blocking(move || compress(coding, &data))
-                        .await
-                        .ok()
-                        .and_then(Result::ok);
-                    let rep = out
-                        .filter(|c| c.len() < entry.identity.bytes.len())
-                        .map(|c| {
+                    let compressed = cell
+                        .get_or_init(|| async {
+                            let data = entry.identity.bytes.clone();
+                            let out = tokio::task::spawn_blocking(move || compress(coding, &data))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .filter(|c| c.len() < entry.identity.bytes.len())?;
+                            self.cache.grow(entry, out.len() as u64);
                             let etag = weak(&entry.stamp.etag(coding));
-                            Rep::new(coding, etag, Bytes::from(c), None)
-                        });
-                    let added = rep.as_ref().map_or(0, |r| r.bytes.len() as u64);
-                    if cell.set(rep).is_ok() && added > 0 {
-                        self.cache.grow(entry, added);
+                            Some(self.rep(&entry.head, coding, etag, Bytes::from(out), None))
+                        })
+                        .await;
+                    match compressed {
+                        Some(rep) => return Ok(rep),
+                        None => continue, // not worth it: `offered` is false now
                     }
                 }
             }
@@ -488,18 +482,18 @@ impl Inner {
                 && let Ok(data) = read_all(f, s.len)
             {
                 weight += data.len() as u64;
-                let rep = Rep::new(coding, s.etag(coding), data, Some((sib_path, s)));
+                let rep = self.rep(&head, coding, s.etag(coding), data, Some((sib_path, s)));
                 return Variant::Sibling(rep);
             }
             if on && dynamic {
-                Variant::Lazy(OnceLock::new())
+                Variant::Lazy(OnceCell::new())
             } else {
                 Variant::None
             }
         };
         let brotli = variant(Coding::Brotli, c.brotli, brotli);
         let gzip = variant(Coding::Gzip, c.gzip, gzip);
-        let identity = Rep::new(Coding::Identity, head.etag.clone(), bytes, None);
+        let identity = self.rep(&head, Coding::Identity, head.etag.clone(), bytes, None);
         let entry = Arc::new(Entry {
             path,
             stamp,
@@ -511,8 +505,7 @@ impl Inner {
             referenced: AtomicBool::new(true),
             weight: AtomicU64::new(weight),
         });
-        self.cache.insert(key, Arc::clone(&entry));
-        Ok(Resolved::Cached(entry))
+        Ok(Resolved::Cached(self.cache.insert(key, entry)))
     }
 
     // --- responses -----------------------------------------------------------------------
@@ -553,7 +546,7 @@ impl Inner {
         if let Some(status) = preconditions(&head, &etag, cond) {
             return self.not_modified_or_failed(status, &head, &etag);
         }
-        let mut h = HeaderMap::with_capacity(10);
+        let mut h = HeaderMap::with_capacity(12);
         let (status, body) = match range.map(|r| r.resolve(head.len)) {
             Some(Some((start, end))) => {
                 self.file_headers(&mut h, &head, &etag, Coding::Identity);
@@ -587,6 +580,27 @@ impl Inner {
             }
         };
         response(status, h, body)
+    }
+
+    /// A representation held in memory, with its `200` header block.
+    fn rep(
+        &self,
+        head: &Head,
+        coding: Coding,
+        etag: HeaderValue,
+        bytes: Bytes,
+        sibling: Option<(PathBuf, Stamp)>,
+    ) -> Rep {
+        // Room for what the server adds (`x-request-id`) without growing.
+        let mut headers = HeaderMap::with_capacity(12);
+        self.file_headers(&mut headers, head, &etag, coding);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Rep {
+            etag,
+            bytes,
+            headers,
+            sibling,
+        }
     }
 
     /// The headers of a 200 or 206 about a file.

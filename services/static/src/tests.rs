@@ -819,3 +819,31 @@ async fn works_as_a_tower_service() {
     fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync::<StaticFiles>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_compress_once() {
+    const LEN: usize = 54_321; // unique among the tests: identifies this file's compressions
+    let d = Dir::new();
+    d.write("once.js", text(LEN));
+    let files = StaticFiles::new(StaticOptions::new(&d.0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let (res, body) = get(&files, "/once.js", &[("accept-encoding", "br")]).await;
+                assert_eq!(h(&res, "content-encoding"), Some("br"));
+                unbrotli(&body)
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), text(LEN));
+    }
+    let n = crate::encoding::COMPRESSED_LENGTHS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&l| l == LEN)
+        .count();
+    assert_eq!(n, 1, "one compression for sixteen concurrent requests");
+}

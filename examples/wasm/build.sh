@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the example WASM devices (wasm32-wasip2 components) into examples/wasm/out/.
+# Needs the target: `rustup target add wasm32-wasip2`.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    echo "build.sh: installing the wasm32-wasip2 target" >&2
+    rustup target add wasm32-wasip2
+fi
+cargo build --release --target wasm32-wasip2 --quiet "$@"
+mkdir -p out
+for crate in add-header deny reroute identity-gate body-inspector testkit forbidden-import; do
+    cp "target/wasm32-wasip2/release/${crate//-/_}.wasm" "out/$crate.wasm"
+done
+ls -l out/*.wasm >&2
