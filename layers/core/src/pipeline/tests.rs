@@ -68,6 +68,10 @@ impl Device for Recorder {
             .unwrap()
             .push(format!("{}.body({},{end})", self.name, chunk.len()));
         match self.acts.get(&Phase::RequestBody) {
+            Some(Act::Panic) => panic!("{} exploded", self.name),
+            Some(Act::Fail) => {
+                Err(DeviceError::new("refused").with_status(StatusCode::SERVICE_UNAVAILABLE))
+            }
             Some(Act::Respond(status)) if end => {
                 let mut response = Response::new(Body::empty());
                 *response.status_mut() = StatusCode::from_u16(*status).unwrap();
@@ -472,4 +476,30 @@ async fn standalone_layers_keep_their_context_when_the_handler_drops_extensions(
             "outer.response(200,upstream,outer)"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_failing_or_panicking_body_hook_fails_that_request_and_stops_the_body() {
+    for (act, status) in [(Act::Fail, 503), (Act::Panic, 500)] {
+        let h = Harness::new()
+            .device("a", &[(Phase::RequestBody, act)])
+            .device("b", &[]);
+        let response = h.send(Body::from("payload"), None).await;
+        assert_eq!(response.status(), status, "{act:?}");
+        let log = h.log();
+        assert!(
+            log.iter().any(|l| l.starts_with("b.error(device,")),
+            "{act:?}: {log:?}"
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with(&format!("b.response({status},error,"))),
+            "{act:?}: {log:?}"
+        );
+        // The device stopped the body at its first chunk: b's body hook never saw it.
+        assert!(
+            !log.iter().any(|l| l.starts_with("b.body")),
+            "{act:?}: {log:?}"
+        );
+    }
 }
