@@ -225,11 +225,12 @@ fn log_failure(
     request_id: Option<&http::HeaderValue>,
 ) -> Result<Response<Body>, Error> {
     if let Err(error) = &result {
+        let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
         match error.kind() {
             ErrorKind::BadRequest | ErrorKind::NoRoute => {
-                tracing::debug!(?request_id, %error, "request rejected");
+                tracing::debug!(request_id, %error, "request rejected");
             }
-            _ => tracing::warn!(?request_id, %error, "request failed"),
+            _ => tracing::warn!(request_id, %error, "request failed"),
         }
     }
     result
