@@ -212,21 +212,30 @@ pub(crate) fn apply_request_edits(
         });
     }
     for op in ops {
-        match op {
-            Op::Set(name, value) => {
-                head.headers.insert(name, value);
-            }
-            Op::Append(name, value) => {
-                head.headers.append(name, value);
-            }
-            Op::Remove(name) => {
-                head.headers.remove(name);
-            }
-            Op::Uri(uri) => head.uri = uri,
-            Op::Status(_) => unreachable!("no status edit on a request"),
+        match apply_header(&mut head.headers, op) {
+            None => {}
+            Some(Op::Uri(uri)) => head.uri = uri,
+            Some(_) => unreachable!("no status edit on a request"),
         }
     }
     Ok(())
+}
+
+/// Applies a header edit to `headers`; hands any other edit back.
+fn apply_header(headers: &mut http::HeaderMap, op: Op) -> Option<Op> {
+    match op {
+        Op::Set(name, value) => {
+            headers.insert(name, value);
+        }
+        Op::Append(name, value) => {
+            headers.append(name, value);
+        }
+        Op::Remove(name) => {
+            headers.remove(name);
+        }
+        other => return Some(other),
+    }
+    None
 }
 
 /// Validates every edit of a response-side hook, then applies them all (or none).
@@ -255,18 +264,10 @@ pub(crate) fn apply_response_edits(
         });
     }
     for op in ops {
-        match op {
-            Op::Set(name, value) => {
-                head.headers.insert(name, value);
-            }
-            Op::Append(name, value) => {
-                head.headers.append(name, value);
-            }
-            Op::Remove(name) => {
-                head.headers.remove(name);
-            }
-            Op::Status(status) => head.status = status,
-            Op::Uri(_) => unreachable!("no path edit on a response"),
+        match apply_header(&mut head.headers, op) {
+            None => {}
+            Some(Op::Status(status)) => head.status = status,
+            Some(_) => unreachable!("no path edit on a response"),
         }
     }
     Ok(())
