@@ -87,9 +87,6 @@ struct Large {
     gzip: Option<(File, Stamp)>,
 }
 
-/// A cached sibling changed on disk: the entry must be rebuilt.
-struct Stale;
-
 // === impl StaticFiles ===
 
 impl StaticFiles {
@@ -162,13 +159,9 @@ impl StaticFiles {
 
         if let Some(entry) = inner.cache.get(rel) {
             if inner.fresh(&entry) {
-                match inner.send_cached(&entry, &cond, head_only).await {
-                    Ok(res) => return res,
-                    Err(Stale) => inner.cache.remove(rel, &entry),
-                }
-            } else {
-                inner.cache.remove(rel, &entry);
+                return inner.send_cached(&entry, &cond, head_only).await;
             }
+            inner.cache.remove(rel, &entry);
         }
 
         let this = Arc::clone(&self.inner);
@@ -191,11 +184,7 @@ impl StaticFiles {
                     .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 res
             }
-            Resolved::Cached(entry) => match inner.send_cached(&entry, &cond, head_only).await {
-                Ok(res) => res,
-                // Changed again between the fill and now: tell the client to come back.
-                Err(Stale) => plain(StatusCode::SERVICE_UNAVAILABLE, head_only),
-            },
+            Resolved::Cached(entry) => inner.send_cached(&entry, &cond, head_only).await,
             Resolved::Large(large) => inner.send_large(*large, &cond, head_only),
             Resolved::Failed(e) => {
                 tracing::warn!(path = %normalized, error = %e, "static file error");
@@ -230,8 +219,8 @@ impl<B> tower::Service<Request<B>> for StaticFiles {
 // === impl Inner ===
 
 impl Inner {
-    /// Whether a cached entry still describes the file on disk (one `statx`, unless checked
-    /// less than `revalidate_after` ago).
+    /// Whether a cached entry still describes the file on disk, and its precompressed
+    /// siblings theirs (one `statx` each, unless checked less than `revalidate_after` ago).
     fn fresh(&self, entry: &Entry) -> bool {
         let now = if self.revalidate_ms > 0 {
             let now = self.now_ms();
@@ -242,7 +231,15 @@ impl Inner {
         } else {
             None
         };
-        let ok = matches!(fs::metadata(&entry.path), Ok(m) if Stamp::of(&m) == entry.stamp);
+        let unchanged = |path: &Path, stamp: &Stamp| matches!(fs::metadata(path), Ok(m) if Stamp::of(&m) == *stamp);
+        let ok = unchanged(&entry.path, &entry.stamp)
+            && [&entry.gzip, &entry.brotli].into_iter().all(|v| match v {
+                Variant::Sibling(Rep {
+                    sibling: Some((path, stamp)),
+                    ..
+                }) => unchanged(path, stamp),
+                _ => true,
+            });
         if let (true, Some(now)) = (ok, now) {
             entry.checked_ms.store(now, Ordering::Relaxed);
         }
@@ -260,7 +257,7 @@ impl Inner {
         entry: &Arc<Entry>,
         cond: &Conditions<'_>,
         head_only: bool,
-    ) -> Result<Response<Body>, Stale> {
+    ) -> Response<Body> {
         let head = &entry.head;
         let range = range_request(head, cond, head_only);
         let rep = if range.is_some() {
@@ -270,13 +267,13 @@ impl Inner {
                 Some(v) if head.vary => AcceptPrefs::parse(cond.all(&ACCEPT_ENCODING, v)),
                 _ => AcceptPrefs::IDENTITY,
             };
-            self.pick_cached(entry, prefs).await?
+            self.pick_cached(entry, prefs).await
         };
 
         if let Some(status) = preconditions(head, &rep.etag, cond) {
-            return Ok(self.not_modified_or_failed(status, head, &rep.etag));
+            return self.not_modified_or_failed(status, head, &rep.etag);
         }
-        Ok(match range.map(|r| r.resolve(head.len)) {
+        match range.map(|r| r.resolve(head.len)) {
             None => {
                 let body = if head_only {
                     Body::empty()
@@ -298,28 +295,18 @@ impl Inner {
                 response(StatusCode::PARTIAL_CONTENT, h, body)
             }
             Some(None) => self.unsatisfiable(head),
-        })
+        }
     }
 
-    /// The representation of a cached file to send for `prefs`: a precompressed sibling
-    /// (revalidated), a variant compressed once (now, on the blocking pool, if this is the
-    /// first request for it), or the file itself.
-    async fn pick_cached<'e>(
-        &self,
-        entry: &'e Arc<Entry>,
-        prefs: AcceptPrefs,
-    ) -> Result<&'e Rep, Stale> {
+    /// The representation of a cached file to send for `prefs`: a precompressed sibling, a
+    /// variant compressed once (now, on the blocking pool, if this is the first request for
+    /// it), or the file itself.
+    async fn pick_cached<'e>(&self, entry: &'e Arc<Entry>, prefs: AcceptPrefs) -> &'e Rep {
         loop {
             let coding = prefs.choose(entry.brotli.offered(), entry.gzip.offered());
             match entry.variant(coding) {
-                Variant::None => return Ok(&entry.identity),
-                Variant::Sibling(rep) => {
-                    let (path, stamp) = rep.sibling.as_ref().expect("siblings carry their stamp");
-                    return match fs::metadata(path) {
-                        Ok(m) if Stamp::of(&m) == *stamp => Ok(rep),
-                        _ => Err(Stale),
-                    };
-                }
+                Variant::None => return &entry.identity,
+                Variant::Sibling(rep) => return rep,
                 Variant::Lazy(cell) => {
                     let compressed = cell
                         .get_or_init(|| async {
@@ -335,7 +322,7 @@ impl Inner {
                         })
                         .await;
                     match compressed {
-                        Some(rep) => return Ok(rep),
+                        Some(rep) => return rep,
                         None => continue, // not worth it: `offered` is false now
                     }
                 }

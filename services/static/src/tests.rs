@@ -847,3 +847,23 @@ async fn concurrent_first_requests_compress_once() {
         .count();
     assert_eq!(n, 1, "one compression for sixteen concurrent requests");
 }
+
+#[tokio::test]
+async fn changed_siblings_are_picked_up() {
+    let d = Dir::new();
+    d.write("app.css", text(3000));
+    let gz = d.write("app.css.gz", b"OLD-GZ");
+    let files = StaticFiles::new(StaticOptions::new(&d.0).with_cache(CacheOptions {
+        revalidate_after: Duration::ZERO,
+        ..CacheOptions::default()
+    }));
+    let ae = [("accept-encoding", "gzip")];
+    assert_eq!(get(&files, "/app.css", &ae).await.1, b"OLD-GZ");
+    std::fs::write(&gz, b"NEWER-GZ").unwrap();
+    assert_eq!(get(&files, "/app.css", &ae).await.1, b"NEWER-GZ");
+    // A removed sibling: the file is compressed on the fly instead.
+    std::fs::remove_file(&gz).unwrap();
+    let (res, body) = get(&files, "/app.css", &ae).await;
+    assert_eq!(h(&res, "content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&body), text(3000));
+}
