@@ -184,31 +184,16 @@ pub(crate) fn apply_request_edits(
     let mut ops = Vec::with_capacity(edits.len());
     let mut uri = None::<Uri>;
     for edit in edits {
-        ops.push(match edit {
-            Edit::SetHeader((name, value)) => {
-                let (name, value) = budget.header(&name, &value)?;
-                Op::Set(name, value)
+        ops.push(match header_op(&mut budget, edit)? {
+            Ok(op) => op,
+            // Re-routing belongs to on-request, the upstream path to before-proxy.
+            Err(Edit::Reroute(path)) if hook == Hook::OnRequest => {
+                path_op(&mut budget, &mut uri, &head.uri, &path)?
             }
-            Edit::AppendHeader((name, value)) => {
-                let (name, value) = budget.header(&name, &value)?;
-                Op::Append(name, value)
+            Err(Edit::UpstreamPath(path)) if hook == Hook::BeforeProxy => {
+                path_op(&mut budget, &mut uri, &head.uri, &path)?
             }
-            Edit::RemoveHeader(name) => Op::Remove(budget.name(&name)?),
-            Edit::Reroute(path) if hook == Hook::OnRequest => {
-                let base = uri.as_ref().unwrap_or(&head.uri);
-                let new = budget.path(base, &path)?;
-                uri = Some(new.clone());
-                Op::Uri(new)
-            }
-            Edit::UpstreamPath(path) if hook == Hook::BeforeProxy => {
-                let base = uri.as_ref().unwrap_or(&head.uri);
-                let new = budget.path(base, &path)?;
-                uri = Some(new.clone());
-                Op::Uri(new)
-            }
-            Edit::Reroute(_) => return Err(format!("reroute is not allowed in {hook}")),
-            Edit::UpstreamPath(_) => return Err(format!("upstream-path is not allowed in {hook}")),
-            Edit::SetStatus(_) => return Err(format!("set-status is not allowed in {hook}")),
+            Err(edit) => return Err(not_allowed(&edit, hook)),
         });
     }
     for op in ops {
@@ -219,6 +204,45 @@ pub(crate) fn apply_request_edits(
         }
     }
     Ok(())
+}
+
+/// Validates a header edit into its operation; hands any other edit back.
+fn header_op(budget: &mut Budget<'_>, edit: Edit) -> Result<Result<Op, Edit>, String> {
+    Ok(Ok(match edit {
+        Edit::SetHeader((name, value)) => {
+            let (name, value) = budget.header(&name, &value)?;
+            Op::Set(name, value)
+        }
+        Edit::AppendHeader((name, value)) => {
+            let (name, value) = budget.header(&name, &value)?;
+            Op::Append(name, value)
+        }
+        Edit::RemoveHeader(name) => Op::Remove(budget.name(&name)?),
+        other => return Ok(Err(other)),
+    }))
+}
+
+/// Validates a new path (relative to the latest one, `uri`, or else `current`).
+fn path_op(
+    budget: &mut Budget<'_>,
+    uri: &mut Option<Uri>,
+    current: &Uri,
+    path: &str,
+) -> Result<Op, String> {
+    let new = budget.path(uri.as_ref().unwrap_or(current), path)?;
+    *uri = Some(new.clone());
+    Ok(Op::Uri(new))
+}
+
+/// Why `edit` is refused in `hook`.
+fn not_allowed(edit: &Edit, hook: Hook) -> String {
+    let what = match edit {
+        Edit::Reroute(_) => "reroute",
+        Edit::UpstreamPath(_) => "upstream-path",
+        Edit::SetStatus(_) => "set-status",
+        Edit::SetHeader(_) | Edit::AppendHeader(_) | Edit::RemoveHeader(_) => "this edit",
+    };
+    format!("{what} is not allowed in {hook}")
 }
 
 /// Applies a header edit to `headers`; hands any other edit back.
@@ -248,19 +272,10 @@ pub(crate) fn apply_response_edits(
     let mut budget = Budget::new(limits, edits.len())?;
     let mut ops = Vec::with_capacity(edits.len());
     for edit in edits {
-        ops.push(match edit {
-            Edit::SetHeader((name, value)) => {
-                let (name, value) = budget.header(&name, &value)?;
-                Op::Set(name, value)
-            }
-            Edit::AppendHeader((name, value)) => {
-                let (name, value) = budget.header(&name, &value)?;
-                Op::Append(name, value)
-            }
-            Edit::RemoveHeader(name) => Op::Remove(budget.name(&name)?),
-            Edit::SetStatus(code) => Op::Status(status(code)?),
-            Edit::Reroute(_) => return Err(format!("reroute is not allowed in {hook}")),
-            Edit::UpstreamPath(_) => return Err(format!("upstream-path is not allowed in {hook}")),
+        ops.push(match header_op(&mut budget, edit)? {
+            Ok(op) => op,
+            Err(Edit::SetStatus(code)) => Op::Status(status(code)?),
+            Err(edit) => return Err(not_allowed(&edit, hook)),
         });
     }
     for op in ops {
