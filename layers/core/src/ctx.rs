@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use http::{Extensions, HeaderValue, Method, Uri, response};
 
+use crate::DeviceSlots;
+
 /// What is known about a request when it arrives; shared (cheaply) by every phase, including
 /// the body hooks that run where the body is polled.
 #[derive(Debug)]
@@ -20,6 +22,8 @@ pub struct RequestInfo {
     pub uri: Uri,
     /// When the request arrived.
     pub started: Instant,
+    /// State devices keep between their hooks of this request.
+    pub slots: DeviceSlots,
 }
 
 /// The request context: what devices know about the request beyond its head, and the typed

@@ -19,11 +19,13 @@ pub mod path;
 pub mod pipeline;
 pub mod request_id;
 pub mod respond;
+mod slots;
 
 pub use body::Body;
 pub use ctx::{BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx};
 pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
 pub use error::{BoxError, Error, ErrorKind, cause_ref, is_caused_by};
+pub use slots::{DeviceSlots, SlotKey};
 
 /// The downstream peer's address, as a request extension. The server sets it; in an axum app,
 /// insert it from `ConnectInfo` so devices see the client's address.

@@ -81,6 +81,7 @@ fn ctx() -> RequestCtx {
         method: Method::GET,
         uri: "/api/items".parse().unwrap(),
         started: Instant::now(),
+        slots: Default::default(),
     })
 }
 

@@ -66,6 +66,7 @@ fn input(peer: &str, xff: Option<&'static str>) -> (RequestCtx, request::Parts) 
         method: head.method.clone(),
         uri: head.uri.clone(),
         started: Instant::now(),
+        slots: Default::default(),
     });
     (ctx, head)
 }

@@ -61,6 +61,7 @@ fn one(device: &StructuredLogging, head: &http::request::Parts) {
         method: Method::POST,
         uri: "/api/users/42".parse().unwrap(),
         started: Instant::now(),
+        slots: Default::default(),
     });
     ctx.route = Some("/api".into());
     ctx.service = Some("api".into());

@@ -567,6 +567,7 @@ fn ctx(id: &'static str) -> RequestCtx {
         method: Method::GET,
         uri: "/q".parse().unwrap(),
         started: Instant::now(),
+        slots: Default::default(),
     })
 }
 

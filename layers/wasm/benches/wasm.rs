@@ -32,6 +32,7 @@ fn ctx() -> RequestCtx {
         method: Method::GET,
         uri: Uri::from_static("/api/items?page=2"),
         started: Instant::now(),
+        slots: Default::default(),
     })
 }
 

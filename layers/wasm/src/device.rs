@@ -1,24 +1,25 @@
 //! The WASM device: load, per-request instances, hooks, failure handling.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, Uri, request, response};
+use http::{StatusCode, request, response};
 use snakeway_core::{
     BodyCtx, Device, DeviceError, DeviceResult, Flow, Phase, Phases, RequestCtx, RequestInfo,
-    ResponseCtx,
+    ResponseCtx, SlotKey,
 };
 use snakeway_identity::ClientIdentity;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 use crate::attributes::Attributes;
-use crate::bindings::snakeway::device::{host, types};
+use crate::bindings::snakeway::device::types;
 use crate::bindings::{SnakewayDevice, SnakewayDevicePre};
 use crate::engine::WasmEngine;
+use crate::host::{HostState, arm, watch_deadline};
 use crate::output::{self, Hook, OutputLimits};
 
 /// What a failing WASM device does to the request.
@@ -86,145 +87,35 @@ pub enum LoadError {
     Init(String),
 }
 
-/// Attribute map caps, per request.
-const MAX_ATTRIBUTE_NAME: usize = 256;
-const MAX_ATTRIBUTE_VALUE: usize = 16 << 10;
-const MAX_ATTRIBUTES: usize = 256;
-/// Log lines per instance (more are dropped), and bytes per line (more are cut).
-const MAX_LOG_LINES: u32 = 100;
-const MAX_LOG_BYTES: usize = 4 << 10;
-
-/// What a guest's host imports work on: the store's data.
-pub(crate) struct HostState {
-    limits: StoreLimits,
-    device: Arc<str>,
-    request_id: String,
-    attributes: Attributes,
-    log_lines: u32,
-    /// The running call's CPU budget: the thread's CPU clock when it started, the limit, and a
-    /// wall-clock backstop (10 × the limit) for a thread starved of CPU.
-    cpu_start: Duration,
-    cpu_budget: Duration,
-    wall_deadline: Instant,
+/// One request's use of a device, kept in the request's `DeviceSlots`.
+enum Instance {
+    /// A live instance, between two hooks of the request.
+    Live(Live),
+    /// The device failed for this request: its later hooks skip it.
+    Failed,
 }
-
-/// The calling thread's CPU time.
-fn thread_cpu() -> Duration {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
-        Duration::new(
-            u64::try_from(t.tv_sec()).unwrap_or(0),
-            u32::try_from(t.tv_nsec()).unwrap_or(0),
-        )
-    })
-}
-
-/// Arms the time limit for the next call into `store`: the epoch deadline first fires after
-/// `ticks` (wall clock); from then on, every tick checks the CPU time this thread really spent
-/// in the call, so a worker descheduled by the OS does not fail a well-behaved guest.
-fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
-    let data = store.data_mut();
-    data.cpu_start = thread_cpu();
-    data.cpu_budget = budget;
-    data.wall_deadline = Instant::now() + budget.saturating_mul(10);
-    store.set_epoch_deadline(ticks);
-}
-
-impl host::Host for HostState {
-    fn log(&mut self, level: host::Level, mut message: String) -> wasmtime::Result<()> {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            return Ok(());
-        }
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let (device, request_id) = (&*self.device, &*self.request_id);
-        match level {
-            host::Level::Trace => {
-                tracing::trace!(target: "snakeway::wasm", device, request_id, "{message}")
-            }
-            host::Level::Debug => {
-                tracing::debug!(target: "snakeway::wasm", device, request_id, "{message}")
-            }
-            host::Level::Info => {
-                tracing::info!(target: "snakeway::wasm", device, request_id, "{message}")
-            }
-            host::Level::Warn => {
-                tracing::warn!(target: "snakeway::wasm", device, request_id, "{message}")
-            }
-            host::Level::Error => {
-                tracing::error!(target: "snakeway::wasm", device, request_id, "{message}")
-            }
-        }
-        Ok(())
-    }
-
-    fn get_attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.attributes.get(&name))
-    }
-
-    fn set_attribute(&mut self, name: String, value: Option<String>) -> wasmtime::Result<()> {
-        if name.len() > MAX_ATTRIBUTE_NAME {
-            return Err(wasmtime::Error::msg(format!(
-                "attribute name of {} bytes (at most {MAX_ATTRIBUTE_NAME})",
-                name.len()
-            )));
-        }
-        match value {
-            None => {
-                self.attributes.remove(&name);
-            }
-            Some(value) => {
-                if value.len() > MAX_ATTRIBUTE_VALUE {
-                    return Err(wasmtime::Error::msg(format!(
-                        "attribute value of {} bytes (at most {MAX_ATTRIBUTE_VALUE})",
-                        value.len()
-                    )));
-                }
-                if self.attributes.len() >= MAX_ATTRIBUTES && self.attributes.get(&name).is_none() {
-                    return Err(wasmtime::Error::msg(format!(
-                        "more than {MAX_ATTRIBUTES} attributes"
-                    )));
-                }
-                self.attributes.set(name, value);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl types::Host for HostState {}
 
 /// A live instance for one request.
 struct Live {
     store: Store<HostState>,
     guest: SnakewayDevice,
-    /// The identity seen at an earlier hook, for the body hook (which has no `RequestCtx`).
-    identity: Option<types::Identity>,
+    _count: LiveCount,
 }
 
-enum Slot {
-    Empty,
-    Live(Box<Live>),
-    /// The device failed for this request: later hooks of the request skip it.
-    Failed,
+/// Counts a device's live instances (for tests and diagnostics).
+struct LiveCount(Arc<AtomicUsize>);
+
+impl LiveCount {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
 }
 
-struct Entry {
-    /// Keeps the `RequestInfo` allocation (the key) from being reused while the entry exists.
-    info: Weak<RequestInfo>,
-    slot: Arc<Mutex<Slot>>,
-}
-
-#[derive(Default)]
-struct Registry {
-    map: HashMap<usize, Entry>,
-    sweep_at: usize,
+impl Drop for LiveCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A failure of one hook call.
@@ -290,6 +181,8 @@ impl Failure {
 /// A device running a WebAssembly component (the `snakeway:device@1.0.0` world).
 pub struct WasmDevice {
     name: Arc<str>,
+    /// Where its per-request instance lives in each request's slots.
+    key: SlotKey,
     engine: WasmEngine,
     pre: SnakewayDevicePre<HostState>,
     config: String,
@@ -297,7 +190,7 @@ pub struct WasmDevice {
     ticks: u64,
     guest_phases: types::Phases,
     phases: Phases,
-    registry: Mutex<Registry>,
+    live: Arc<AtomicUsize>,
 }
 
 // === impl WasmDevice ===
@@ -364,6 +257,7 @@ impl WasmDevice {
         let ticks = limits.timeout.as_nanos().div_ceil(tick).max(1);
         let mut device = Self {
             name: Arc::from(name),
+            key: SlotKey::unique(),
             engine: engine.clone(),
             pre,
             config: config_json.to_owned(),
@@ -371,12 +265,12 @@ impl WasmDevice {
             ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
             guest_phases: types::Phases::empty(),
             phases: Phases::NONE,
-            registry: Mutex::default(),
+            live: Arc::default(),
         };
         // `init` at load is off the request path: it gets at least a second.
         let per_hook = device.ticks;
         device.ticks = per_hook.max(u64::try_from(1_000_000_000 / tick).unwrap_or(1));
-        let loaded = device.instantiate(String::new(), Attributes::default());
+        let loaded = device.instantiate(Weak::new());
         device.ticks = per_hook;
         let (_, registration) =
             loaded.map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
@@ -390,17 +284,14 @@ impl WasmDevice {
         phases_of(self.guest_phases, false)
     }
 
-    /// How many requests currently hold an instance of this device (instances are dropped at
-    /// `on_response`, or for devices with a body hook, swept after their request is gone).
+    /// How many instances of this device are alive (one per request in flight that reached
+    /// the device; dropped at `on_response`, or for devices with a body hook, with the
+    /// request).
     pub fn live_instances(&self) -> usize {
-        self.lock_registry()
-            .map
-            .values()
-            .filter(|e| e.info.strong_count() > 0)
-            .count()
+        self.live.load(Ordering::Relaxed)
     }
 
-    fn new_store(&self, request_id: String, attributes: Attributes) -> Store<HostState> {
+    fn new_store(&self, request: Weak<RequestInfo>) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(32)
@@ -411,36 +302,19 @@ impl WasmDevice {
             .build();
         let mut store = Store::new(
             self.engine.engine(),
-            HostState {
-                limits,
-                device: self.name.clone(),
-                request_id,
-                attributes,
-                log_lines: 0,
-                cpu_start: Duration::ZERO,
-                cpu_budget: self.limits.timeout,
-                wall_deadline: Instant::now(),
-            },
+            HostState::new(self.name.clone(), limits, request),
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
-            let used = thread_cpu().saturating_sub(state.cpu_start);
-            if used >= state.cpu_budget || Instant::now() >= state.wall_deadline {
-                return Err(wasmtime::Error::new(Trap::Interrupt));
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
+        watch_deadline(&mut store);
         store
     }
 
     /// A fresh instance, `init` already run.
     fn instantiate(
         &self,
-        request_id: String,
-        attributes: Attributes,
+        request: Weak<RequestInfo>,
     ) -> Result<(Live, types::Registration), Failure> {
-        let mut store = self.new_store(request_id, attributes);
+        let mut store = self.new_store(request);
         let budget = self.budget();
         arm(&mut store, self.ticks, budget);
         let guest = self.pre.instantiate(&mut store).map_err(|e| {
@@ -465,7 +339,7 @@ impl WasmDevice {
         let live = Live {
             store,
             guest,
-            identity: None,
+            _count: LiveCount::new(&self.live),
         };
         Ok((live, registration))
     }
@@ -478,93 +352,33 @@ impl WasmDevice {
             .max(tick.saturating_mul(u32::try_from(self.ticks).unwrap_or(u32::MAX)))
     }
 
-    fn lock_registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The request's slot, created empty if this is the device's first hook of the request.
-    fn slot(&self, info: &Arc<RequestInfo>) -> Arc<Mutex<Slot>> {
-        let key = Arc::as_ptr(info) as usize;
-        let mut registry = self.lock_registry();
-        if let Some(entry) = registry.map.get(&key) {
-            return entry.slot.clone();
-        }
-        if registry.map.len() >= registry.sweep_at {
-            registry.map.retain(|_, e| e.info.strong_count() > 0);
-            registry.sweep_at = (registry.map.len() * 2).max(64);
-        }
-        let slot = Arc::new(Mutex::new(Slot::Empty));
-        registry.map.insert(
-            key,
-            Entry {
-                info: Arc::downgrade(info),
-                slot: slot.clone(),
+    /// The request's live instance, created (and `init`ed) at the device's first hook of the
+    /// request. `Ok(None)`: the device is skipped (it failed earlier in this request, or it
+    /// cannot be instantiated and fails open).
+    fn checkout(&self, info: &Arc<RequestInfo>, hook: Hook) -> Result<Option<Live>, DeviceError> {
+        match info.slots.take::<Instance>(self.key).map(|b| *b) {
+            Some(Instance::Live(live)) => Ok(Some(live)),
+            Some(Instance::Failed) => {
+                info.slots.put(self.key, Box::new(Instance::Failed));
+                Ok(None)
+            }
+            None => match self.instantiate(Arc::downgrade(info)) {
+                Ok((live, _)) => Ok(Some(live)),
+                Err(failure) => self.failed(info, hook, &failure).map(|()| None),
             },
-        );
-        slot
-    }
-
-    /// Drops the request's instance, if any.
-    fn release(&self, info: &Arc<RequestInfo>) {
-        let key = Arc::as_ptr(info) as usize;
-        let entry = self.lock_registry().map.remove(&key);
-        drop(entry);
-    }
-
-    /// Runs `hook` on the request's instance (created and `init`ed on first use). `Ok(None)`
-    /// means the device is skipped: it failed earlier in this request, or it failed now and
-    /// fails open.
-    fn call<R>(
-        &self,
-        info: &Arc<RequestInfo>,
-        hook: Hook,
-        attributes: Option<Attributes>,
-        identity: Option<&types::Identity>,
-        run: impl FnOnce(&mut Live) -> Result<R, Failure>,
-    ) -> Result<Option<R>, DeviceError> {
-        let slot = self.slot(info);
-        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Slot::Empty = &*guard {
-            let request_id = String::from_utf8_lossy(info.request_id.as_bytes()).into_owned();
-            match self.instantiate(request_id, attributes.clone().unwrap_or_default()) {
-                Ok((live, _)) => *guard = Slot::Live(Box::new(live)),
-                Err(failure) => {
-                    *guard = Slot::Failed;
-                    return self.failed(info, hook, &failure);
-                }
-            }
-        }
-        let Slot::Live(live) = &mut *guard else {
-            return Ok(None);
-        };
-        if let Some(attributes) = attributes {
-            live.store.data_mut().attributes = attributes;
-        }
-        if let Some(identity) = identity {
-            live.identity = Some(identity.clone());
-        }
-        arm(&mut live.store, self.ticks, self.limits.timeout);
-        match run(live) {
-            Ok(value) => Ok(Some(value)),
-            Err(failure) => {
-                // The instance may be inconsistent after a trap: drop it now.
-                *guard = Slot::Failed;
-                self.failed(info, hook, &failure)
-            }
         }
     }
 
-    fn failed<R>(
-        &self,
-        info: &RequestInfo,
-        hook: Hook,
-        failure: &Failure,
-    ) -> Result<Option<R>, DeviceError> {
+    /// Keeps the instance for the request's later hooks.
+    fn checkin(&self, info: &RequestInfo, live: Live) {
+        info.slots.put(self.key, Box::new(Instance::Live(live)));
+    }
+
+    /// Records that the device failed for this request (its instance, possibly inconsistent
+    /// after a trap, is dropped), then applies the failure policy: `Err` when it fails closed.
+    fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
+        info.slots.put(self.key, Box::new(Instance::Failed));
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
-        let message = format!(
-            "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
-            &*self.name, failure.what, failure.detail
-        );
         match self.limits.on_failure {
             FailurePolicy::Closed => {
                 tracing::error!(
@@ -578,6 +392,10 @@ impl WasmDevice {
                 );
                 // The client sees what kind of failure and where; the details (guest output,
                 // request id) go to the log and the error's source.
+                let message = format!(
+                    "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
+                    &*self.name, failure.what, failure.detail
+                );
                 Err(DeviceError::new(format!("{} in {hook}", failure.what))
                     .with_status(failure.status)
                     .with_source(message))
@@ -592,44 +410,135 @@ impl WasmDevice {
                     on_failure = "open",
                     "{}; device skipped", failure.detail
                 );
-                Ok(None)
+                Ok(())
             }
         }
     }
 
-    /// A request-side hook (`on-request`, `before-proxy`).
+    /// Runs one hook on the request's instance: `prepare` hands the guest what the hook is
+    /// about, `call` runs it, `finish` takes back what `prepare` lent and applies the guest's
+    /// answer. The instance is kept for the request's later hooks unless `keep` is false.
+    #[allow(clippy::too_many_arguments)]
+    fn hook<M, T, R>(
+        &self,
+        info: &Arc<RequestInfo>,
+        hook: Hook,
+        keep: bool,
+        message: &mut M,
+        prepare: impl FnOnce(&mut HostState, &mut M),
+        call: impl FnOnce(&SnakewayDevice, &mut Store<HostState>) -> wasmtime::Result<T>,
+        finish: impl FnOnce(&mut HostState, &mut M, wasmtime::Result<T>) -> Result<R, Failure>,
+    ) -> Result<Option<R>, DeviceError> {
+        let Some(mut live) = self.checkout(info, hook)? else {
+            return Ok(None);
+        };
+        prepare(live.store.data_mut(), message);
+        arm(&mut live.store, self.ticks, self.limits.timeout);
+        let answer = call(&live.guest, &mut live.store);
+        match finish(live.store.data_mut(), message, answer) {
+            Ok(value) => {
+                if keep {
+                    self.checkin(info, live);
+                }
+                Ok(Some(value))
+            }
+            Err(failure) => self.failed(info, hook, &failure).map(|()| None),
+        }
+    }
+
+    /// A request-side head hook (`on-request`, `before-proxy`).
     fn request_hook(
         &self,
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
         hook: Hook,
     ) -> DeviceResult {
+        let identity = ctx.extensions.get::<Arc<ClientIdentity>>().cloned();
         let attributes = Attributes::of(ctx);
-        let identity = identity_of(ctx);
-        let context = context(ctx.request_id(), &head.method, &head.uri, identity.clone());
-        let headers = output::headers_view(&head.headers);
-        let info = ctx.info().clone();
-        let limits = self.limits.output;
-        let flow = self.call(&info, hook, Some(attributes), identity.as_ref(), |live| {
-            let guest = live.guest.snakeway_device_device();
-            let action = match hook {
-                Hook::OnRequest => guest.call_on_request(&mut live.store, &context, &headers),
-                _ => guest.call_before_proxy(&mut live.store, &context, &headers),
-            }
-            .map_err(|e| Failure::from_wasm(&e))?;
-            match action {
-                types::Action::Continue => Ok(Flow::Continue),
-                types::Action::Modify(edits) => {
-                    output::apply_request_edits(edits, hook, head, &limits)
-                        .map_err(Failure::invalid)?;
-                    Ok(Flow::Continue)
+        let limits = &self.limits.output;
+        let flow = self.hook(
+            ctx.info(),
+            hook,
+            true,
+            head,
+            |state, head| {
+                state.identity = identity;
+                state.attributes = attributes;
+                state.uri = Some(head.uri.clone());
+                state.headers = std::mem::take(&mut head.headers);
+            },
+            |guest, store| match hook {
+                Hook::OnRequest => guest.snakeway_device_device().call_on_request(store),
+                _ => guest.snakeway_device_device().call_before_proxy(store),
+            },
+            |state, head, answer| {
+                head.headers = std::mem::take(&mut state.headers);
+                state.uri = None;
+                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                    types::Action::Continue => Ok(Flow::Continue),
+                    types::Action::Modify(edits) => {
+                        output::apply_request_edits(edits, hook, head, limits)
+                            .map_err(Failure::invalid)?;
+                        Ok(Flow::Continue)
+                    }
+                    types::Action::Respond(reply) => output::reply(reply, limits)
+                        .map(Flow::Respond)
+                        .map_err(Failure::invalid),
                 }
-                types::Action::Respond(reply) => output::reply(reply, &limits)
-                    .map(Flow::Respond)
-                    .map_err(Failure::invalid),
-            }
-        })?;
+            },
+        )?;
         Ok(flow.unwrap_or(Flow::Continue))
+    }
+
+    /// A response head hook (`after-proxy`, `on-response`): `Ok(None)` when the device is
+    /// skipped or continues, `Ok(Some)` with an early answer (`after-proxy` only).
+    fn response_hook(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut response::Parts,
+        hook: Hook,
+        keep: bool,
+    ) -> Result<Option<Flow>, DeviceError> {
+        let identity = ctx.extensions.get::<Arc<ClientIdentity>>().cloned();
+        let attributes = Attributes::of(ctx);
+        let limits = &self.limits.output;
+        let status = head.status.as_u16();
+        self.hook(
+            ctx.info(),
+            hook,
+            keep,
+            head,
+            |state, head| {
+                state.identity = identity;
+                state.attributes = attributes;
+                state.headers = std::mem::take(&mut head.headers);
+            },
+            |guest, store| match hook {
+                Hook::AfterProxy => guest
+                    .snakeway_device_device()
+                    .call_after_proxy(store, status),
+                _ => guest
+                    .snakeway_device_device()
+                    .call_on_response(store, status),
+            },
+            |state, head, answer| {
+                head.headers = std::mem::take(&mut state.headers);
+                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                    types::Action::Continue => Ok(Flow::Continue),
+                    types::Action::Modify(edits) => {
+                        output::apply_response_edits(edits, hook, head, limits)
+                            .map_err(Failure::invalid)?;
+                        Ok(Flow::Continue)
+                    }
+                    types::Action::Respond(_) if hook == Hook::OnResponse => Err(Failure::invalid(
+                        "respond is not allowed in on-response".into(),
+                    )),
+                    types::Action::Respond(reply) => output::reply(reply, limits)
+                        .map(Flow::Respond)
+                        .map_err(Failure::invalid),
+                }
+            },
+        )
     }
 }
 
@@ -647,30 +556,28 @@ impl Device for WasmDevice {
     }
 
     fn on_request_body(&self, ctx: &BodyCtx, chunk: &Bytes, end_of_stream: bool) -> DeviceResult {
-        let info = &ctx.info;
-        let limits = self.limits.output;
-        let flow = self.call(info, Hook::OnRequestBody, None, None, |live| {
-            let context = context(
-                &info.request_id,
-                &info.method,
-                &info.uri,
-                live.identity.clone(),
-            );
-            let action = live
-                .guest
-                .snakeway_device_device()
-                .call_on_request_body(&mut live.store, &context, chunk, end_of_stream)
-                .map_err(|e| Failure::from_wasm(&e))?;
-            match action {
+        let limits = &self.limits.output;
+        let flow = self.hook(
+            &ctx.info,
+            Hook::OnRequestBody,
+            true,
+            &mut (),
+            |_, _| {},
+            |guest, store| {
+                guest
+                    .snakeway_device_device()
+                    .call_on_request_body(store, chunk, end_of_stream)
+            },
+            |_, _, answer| match answer.map_err(|e| Failure::from_wasm(&e))? {
                 types::Action::Continue => Ok(Flow::Continue),
                 types::Action::Modify(_) => Err(Failure::invalid(
                     "modify is not allowed in on-request-body".into(),
                 )),
-                types::Action::Respond(reply) => output::reply(reply, &limits)
+                types::Action::Respond(reply) => output::reply(reply, limits)
                     .map(Flow::Respond)
                     .map_err(Failure::invalid),
-            }
-        })?;
+            },
+        )?;
         Ok(flow.unwrap_or(Flow::Continue))
     }
 
@@ -679,42 +586,7 @@ impl Device for WasmDevice {
     }
 
     fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
-        let attributes = Attributes::of(ctx);
-        let identity = identity_of(ctx);
-        let context = context(
-            ctx.request_id(),
-            ctx.method(),
-            &ctx.info().uri,
-            identity.clone(),
-        );
-        let headers = output::headers_view(&head.headers);
-        let status = head.status.as_u16();
-        let info = ctx.info().clone();
-        let limits = self.limits.output;
-        let flow = self.call(
-            &info,
-            Hook::AfterProxy,
-            Some(attributes),
-            identity.as_ref(),
-            |live| {
-                let action = live
-                    .guest
-                    .snakeway_device_device()
-                    .call_after_proxy(&mut live.store, &context, status, &headers)
-                    .map_err(|e| Failure::from_wasm(&e))?;
-                match action {
-                    types::Action::Continue => Ok(Flow::Continue),
-                    types::Action::Modify(edits) => {
-                        output::apply_response_edits(edits, Hook::AfterProxy, head, &limits)
-                            .map_err(Failure::invalid)?;
-                        Ok(Flow::Continue)
-                    }
-                    types::Action::Respond(reply) => output::reply(reply, &limits)
-                        .map(Flow::Respond)
-                        .map_err(Failure::invalid),
-                }
-            },
-        )?;
+        let flow = self.response_hook(ctx, head, Hook::AfterProxy, true)?;
         Ok(flow.unwrap_or(Flow::Continue))
     }
 
@@ -723,51 +595,15 @@ impl Device for WasmDevice {
         ctx: &mut RequestCtx,
         res: &mut ResponseCtx<'_>,
     ) -> Result<(), DeviceError> {
-        let result = if self.guest_phases.contains(types::Phases::ON_RESPONSE) {
-            let attributes = Attributes::of(ctx);
-            let identity = identity_of(ctx);
-            let context = context(
-                ctx.request_id(),
-                ctx.method(),
-                &ctx.info().uri,
-                identity.clone(),
-            );
-            let headers = output::headers_view(&res.head.headers);
-            let status = res.head.status.as_u16();
-            let info = ctx.info().clone();
-            let limits = self.limits.output;
-            let head = &mut *res.head;
-            self.call(
-                &info,
-                Hook::OnResponse,
-                Some(attributes),
-                identity.as_ref(),
-                |live| {
-                    let action = live
-                        .guest
-                        .snakeway_device_device()
-                        .call_on_response(&mut live.store, &context, status, &headers)
-                        .map_err(|e| Failure::from_wasm(&e))?;
-                    match action {
-                        types::Action::Continue => Ok(()),
-                        types::Action::Modify(edits) => {
-                            output::apply_response_edits(edits, Hook::OnResponse, head, &limits)
-                                .map_err(Failure::invalid)
-                        }
-                        types::Action::Respond(_) => Err(Failure::invalid(
-                            "respond is not allowed in on-response".into(),
-                        )),
-                    }
-                },
-            )
-            .map(|_| ())
-        } else {
-            Ok(())
-        };
-        if !self.guest_phases.contains(types::Phases::ON_REQUEST_BODY) {
-            self.release(ctx.info());
+        // Without a body hook the request needs the instance no more: dropping it now returns
+        // its pool slot while the response streams.
+        let keep = self.guest_phases.contains(types::Phases::ON_REQUEST_BODY);
+        if self.guest_phases.contains(types::Phases::ON_RESPONSE) {
+            self.response_hook(ctx, res.head, Hook::OnResponse, keep)?;
+        } else if !keep {
+            drop(ctx.info().slots.take::<Instance>(self.key));
         }
-        result
+        Ok(())
     }
 }
 
@@ -808,29 +644,4 @@ fn phases_of(flags: types::Phases, release: bool) -> Phases {
         phases = phases.with(Phase::Response);
     }
     phases
-}
-
-fn identity_of(ctx: &RequestCtx) -> Option<types::Identity> {
-    let identity = ClientIdentity::get(&ctx.extensions)?;
-    Some(types::Identity {
-        ip: identity.ip.to_string(),
-        country: identity.country.clone(),
-        device: identity.device().map(|d| d.as_str().to_owned()),
-        bot: identity.is_bot(),
-    })
-}
-
-fn context(
-    request_id: &HeaderValue,
-    method: &Method,
-    uri: &Uri,
-    identity: Option<types::Identity>,
-) -> types::Context {
-    types::Context {
-        request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-        method: method.as_str().to_owned(),
-        path: uri.path().to_owned(),
-        query: uri.query().map(str::to_owned),
-        identity,
-    }
 }

@@ -31,6 +31,7 @@
 mod attributes;
 mod device;
 mod engine;
+mod host;
 mod output;
 
 pub use attributes::Attributes;

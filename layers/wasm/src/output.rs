@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, request, response};
+use http::{HeaderName, HeaderValue, Response, StatusCode, Uri, request, response};
 use snakeway_core::Body;
 
 use crate::bindings::snakeway::device::types::{Edit, Reply};
@@ -65,14 +65,6 @@ impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Header lines as the guest sees them: in order, repeated names repeated, raw bytes.
-pub(crate) fn headers_view(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
 }
 
 /// Checks a status a guest asked for: 100–599, not 101 (a guest cannot switch protocols).

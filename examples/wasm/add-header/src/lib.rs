@@ -8,7 +8,7 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::types::{Action, Context, Edit, Phases, Registration};
+use snakeway::device::types::{Action, Edit, Phases, Registration};
 
 struct Config {
     name: String,
@@ -37,7 +37,7 @@ impl Guest for AddHeader {
         Ok(Registration { phases })
     }
 
-    fn on_request(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
         CONFIG.with(|c| {
             let c = c.borrow();
             let c = c.as_ref().expect("init ran");
@@ -45,19 +45,19 @@ impl Guest for AddHeader {
         })
     }
 
-    fn on_request_body(_: Context, _: Vec<u8>, _: bool) -> Action {
+    fn on_request_body(_: Vec<u8>, _: bool) -> Action {
         Action::Continue
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         Action::Continue
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         CONFIG.with(|c| match c.borrow().as_ref().and_then(|c| c.response.clone()) {
             Some(header) => Action::Modify(vec![Edit::AppendHeader(header)]),
             None => Action::Continue,

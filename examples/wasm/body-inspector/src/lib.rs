@@ -8,7 +8,7 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::types::{Action, Context, Phases, Registration, Reply};
+use snakeway::device::types::{Action, Phases, Registration, Reply};
 
 #[derive(Default)]
 struct State {
@@ -38,11 +38,11 @@ impl Guest for Inspector {
         Ok(Registration { phases: Phases::ON_REQUEST_BODY })
     }
 
-    fn on_request(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
         Action::Continue
     }
 
-    fn on_request_body(_: Context, chunk: Vec<u8>, _end: bool) -> Action {
+    fn on_request_body(chunk: Vec<u8>, _end: bool) -> Action {
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             let mut window = std::mem::take(&mut s.tail);
@@ -61,15 +61,15 @@ impl Guest for Inspector {
         })
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         Action::Continue
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         Action::Continue
     }
 }

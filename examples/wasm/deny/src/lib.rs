@@ -9,8 +9,8 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::host::{Level, log};
-use snakeway::device::types::{Action, Context, Phases, Registration, Reply};
+use snakeway::device::host::{Level, get_context, get_header_all, log};
+use snakeway::device::types::{Action, Phases, Registration, Reply};
 
 #[derive(Default)]
 struct Config {
@@ -45,14 +45,15 @@ impl Guest for Deny {
         Ok(Registration { phases: Phases::ON_REQUEST })
     }
 
-    fn on_request(ctx: Context, headers: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
         CONFIG.with(|c| {
             let c = c.borrow();
             let by_header = c.header.as_ref().is_some_and(|name| {
-                headers.iter().any(|(n, v)| {
-                    n == name && c.header_value.as_ref().is_none_or(|want| want == v)
-                })
+                get_header_all(name)
+                    .iter()
+                    .any(|v| c.header_value.as_ref().is_none_or(|want| want == v))
             });
+            let ctx = get_context();
             let by_path = c.path_prefix.as_ref().is_some_and(|p| ctx.path.starts_with(p.as_str()));
             if !(by_header || by_path) {
                 return Action::Continue;
@@ -69,19 +70,19 @@ impl Guest for Deny {
         })
     }
 
-    fn on_request_body(_: Context, _: Vec<u8>, _: bool) -> Action {
+    fn on_request_body(_: Vec<u8>, _: bool) -> Action {
         Action::Continue
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         Action::Continue
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         Action::Continue
     }
 }

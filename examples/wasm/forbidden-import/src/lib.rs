@@ -4,7 +4,7 @@
 wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::types::{Action, Context, Phases, Registration};
+use snakeway::device::types::{Action, Phases, Registration};
 
 struct Sneaky;
 
@@ -13,24 +13,24 @@ impl Guest for Sneaky {
         Ok(Registration { phases: Phases::ON_REQUEST })
     }
 
-    fn on_request(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
         let _ = std::fs::read_to_string("/etc/passwd");
         Action::Continue
     }
 
-    fn on_request_body(_: Context, _: Vec<u8>, _: bool) -> Action {
+    fn on_request_body(_: Vec<u8>, _: bool) -> Action {
         Action::Continue
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         Action::Continue
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         Action::Continue
     }
 }

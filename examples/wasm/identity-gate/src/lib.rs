@@ -9,8 +9,8 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::host::set_attribute;
-use snakeway::device::types::{Action, Context, Phases, Registration, Reply};
+use snakeway::device::host::{get_context, set_attribute};
+use snakeway::device::types::{Action, Phases, Registration, Reply};
 
 #[derive(Default)]
 struct Config {
@@ -53,7 +53,8 @@ impl Guest for Gate {
         Ok(Registration { phases: Phases::ON_REQUEST })
     }
 
-    fn on_request(ctx: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
+        let ctx = get_context();
         CONFIG.with(|c| {
             let c = c.borrow();
             let Some(identity) = ctx.identity else {
@@ -73,19 +74,19 @@ impl Guest for Gate {
         })
     }
 
-    fn on_request_body(_: Context, _: Vec<u8>, _: bool) -> Action {
+    fn on_request_body(_: Vec<u8>, _: bool) -> Action {
         Action::Continue
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         Action::Continue
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         Action::Continue
     }
 }

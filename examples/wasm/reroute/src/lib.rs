@@ -10,8 +10,8 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::host::set_attribute;
-use snakeway::device::types::{Action, Context, Edit, Phases, Registration};
+use snakeway::device::host::{get_context, get_header, set_attribute};
+use snakeway::device::types::{Action, Edit, Phases, Registration};
 
 #[derive(Default)]
 struct Config {
@@ -46,14 +46,15 @@ impl Guest for Reroute {
         Ok(Registration { phases })
     }
 
-    fn on_request(ctx: Context, headers: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
         CONFIG.with(|c| {
             let c = c.borrow();
-            let Some((_, value)) = headers.iter().find(|(n, _)| *n == c.header) else {
+            let Some(value) = get_header(&c.header) else {
                 return Action::Continue;
             };
-            match c.routes.iter().find(|(k, _)| k == value) {
+            match c.routes.iter().find(|(k, _)| *k == value) {
                 Some((_, prefix)) => {
+                    let ctx = get_context();
                     set_attribute("reroute.from", Some(&ctx.path));
                     Action::Modify(vec![Edit::Reroute(format!("{prefix}{}", ctx.path))])
                 }
@@ -62,22 +63,23 @@ impl Guest for Reroute {
         })
     }
 
-    fn on_request_body(_: Context, _: Vec<u8>, _: bool) -> Action {
+    fn on_request_body(_: Vec<u8>, _: bool) -> Action {
         Action::Continue
     }
 
-    fn before_proxy(ctx: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
+        let ctx = get_context();
         CONFIG.with(|c| match &c.borrow().upstream_prefix {
             Some(prefix) => Action::Modify(vec![Edit::UpstreamPath(format!("{prefix}{}", ctx.path))]),
             None => Action::Continue,
         })
     }
 
-    fn after_proxy(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(_: u16) -> Action {
         Action::Continue
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         Action::Continue
     }
 }

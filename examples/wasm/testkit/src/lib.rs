@@ -17,8 +17,8 @@ wit_bindgen::generate!({ world: "snakeway-device", path: "../../../wit" });
 use std::cell::RefCell;
 
 use exports::snakeway::device::device::Guest;
-use snakeway::device::host::{Level, get_attribute, log, set_attribute};
-use snakeway::device::types::{Action, Context, Edit, Phases, Registration, Reply};
+use snakeway::device::host::{Level, get_attribute, get_context, get_headers, log, set_attribute};
+use snakeway::device::types::{Action, Edit, Phases, Registration, Reply};
 
 #[derive(Default)]
 struct State {
@@ -134,7 +134,9 @@ impl Guest for Testkit {
         Ok(Registration { phases })
     }
 
-    fn on_request(ctx: Context, headers: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_request() -> Action {
+        let ctx = get_context();
+        let headers = get_headers();
         if headers.iter().any(|(n, _)| n == "x-testkit-fail") {
             STATE.with(|s| s.borrow_mut().armed = true);
         }
@@ -166,7 +168,7 @@ impl Guest for Testkit {
         ])
     }
 
-    fn on_request_body(_: Context, chunk: Vec<u8>, end: bool) -> Action {
+    fn on_request_body(chunk: Vec<u8>, end: bool) -> Action {
         let hook = if end { "on-request-body-end" } else { "on-request-body" };
         if let Some(action) = enter(hook) {
             return action;
@@ -175,14 +177,14 @@ impl Guest for Testkit {
         Action::Continue
     }
 
-    fn before_proxy(_: Context, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn before_proxy() -> Action {
         if let Some(action) = enter("before-proxy") {
             return action;
         }
         Action::Modify(vec![Edit::AppendHeader(("x-testkit-before-proxy".into(), b"1".to_vec()))])
     }
 
-    fn after_proxy(_: Context, status: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn after_proxy(status: u16) -> Action {
         if let Some(action) = enter("after-proxy") {
             return action;
         }
@@ -192,7 +194,7 @@ impl Guest for Testkit {
         ))])
     }
 
-    fn on_response(_: Context, _: u16, _: Vec<(String, Vec<u8>)>) -> Action {
+    fn on_response(_: u16) -> Action {
         if let Some(action) = enter("on-response") {
             return action;
         }

@@ -147,6 +147,7 @@ where
             method: head.method.clone(),
             uri: head.uri.clone(),
             started: Instant::now(),
+            slots: Default::default(),
         };
         let mut ctx = RequestCtx::new(info);
         let pipeline = self.pipeline.clone();

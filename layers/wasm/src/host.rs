@@ -1,0 +1,234 @@
+//! What a guest's host imports work on: the store's data, and the time limit of a call.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Uri};
+use snakeway_core::RequestInfo;
+use snakeway_identity::ClientIdentity;
+use wasmtime::{Store, StoreLimits, Trap, UpdateDeadline};
+
+use crate::attributes::Attributes;
+use crate::bindings::snakeway::device::{host, types};
+
+/// Attribute map caps, per request.
+const MAX_ATTRIBUTE_NAME: usize = 256;
+const MAX_ATTRIBUTE_VALUE: usize = 16 << 10;
+const MAX_ATTRIBUTES: usize = 256;
+/// Log lines per instance (more are dropped), and bytes per line (more are cut).
+const MAX_LOG_LINES: u32 = 100;
+const MAX_LOG_BYTES: usize = 4 << 10;
+
+/// The store's data: what the host imports of one instance read and write.
+pub(crate) struct HostState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) device: Arc<str>,
+    /// The request this instance serves (dangling while `init` runs at load). Weak: the
+    /// instance lives in the request's slots, so a strong reference would be a cycle.
+    request: Weak<RequestInfo>,
+    /// The headers of the message the running hook is about, moved in for the call and moved
+    /// back out after it (empty between calls and in the body hook).
+    pub(crate) headers: HeaderMap,
+    /// The request's current URI in request-side hooks (earlier devices may have changed it);
+    /// `None` elsewhere, where the URI as received is used.
+    pub(crate) uri: Option<Uri>,
+    /// The client identity, as the identity device left it (kept for the body hook).
+    pub(crate) identity: Option<Arc<ClientIdentity>>,
+    pub(crate) attributes: Attributes,
+    log_lines: u32,
+    clock: CallClock,
+}
+
+impl HostState {
+    /// The state of an instance serving `request`.
+    pub(crate) fn new(device: Arc<str>, limits: StoreLimits, request: Weak<RequestInfo>) -> Self {
+        Self {
+            limits,
+            device,
+            request,
+            headers: HeaderMap::new(),
+            uri: None,
+            identity: None,
+            attributes: Attributes::default(),
+            log_lines: 0,
+            clock: CallClock::default(),
+        }
+    }
+}
+
+/// The running call's CPU budget: the thread's CPU clock when it started, the limit, and a
+/// wall-clock backstop (10 × the limit) for a thread starved of CPU.
+struct CallClock {
+    cpu_start: Duration,
+    cpu_budget: Duration,
+    wall_deadline: Instant,
+}
+
+impl Default for CallClock {
+    fn default() -> Self {
+        Self {
+            cpu_start: Duration::ZERO,
+            cpu_budget: Duration::ZERO,
+            wall_deadline: Instant::now(),
+        }
+    }
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_nsec()).unwrap_or(0),
+        )
+    })
+}
+
+/// Arms the time limit for the next call into `store`: the epoch deadline first fires after
+/// `ticks` (wall clock); from then on, every tick checks the CPU time this thread really spent
+/// in the call, so a worker descheduled by the OS does not fail a well-behaved guest.
+pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
+    let clock = &mut store.data_mut().clock;
+    clock.cpu_start = thread_cpu();
+    clock.cpu_budget = budget;
+    clock.wall_deadline = Instant::now() + budget.saturating_mul(10);
+    store.set_epoch_deadline(ticks);
+}
+
+/// Installs the deadline check [`arm`] relies on.
+pub(crate) fn watch_deadline(store: &mut Store<HostState>) {
+    store.epoch_deadline_callback(|ctx| {
+        let clock = &ctx.data().clock;
+        let used = thread_cpu().saturating_sub(clock.cpu_start);
+        if used >= clock.cpu_budget || Instant::now() >= clock.wall_deadline {
+            return Err(wasmtime::Error::new(Trap::Interrupt));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, mut message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return Ok(());
+        }
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let request = self.request.upgrade();
+        let request_id = request
+            .as_ref()
+            .and_then(|r| r.request_id.to_str().ok())
+            .unwrap_or("");
+        let device = &*self.device;
+        match level {
+            host::Level::Trace => {
+                tracing::trace!(target: "snakeway::wasm", device, request_id, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(target: "snakeway::wasm", device, request_id, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(target: "snakeway::wasm", device, request_id, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: "snakeway::wasm", device, request_id, "{message}")
+            }
+            host::Level::Error => {
+                tracing::error!(target: "snakeway::wasm", device, request_id, "{message}")
+            }
+        }
+        Ok(())
+    }
+
+    fn get_attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.attributes.get(&name))
+    }
+
+    fn set_attribute(&mut self, name: String, value: Option<String>) -> wasmtime::Result<()> {
+        if name.len() > MAX_ATTRIBUTE_NAME {
+            return Err(wasmtime::Error::msg(format!(
+                "attribute name of {} bytes (at most {MAX_ATTRIBUTE_NAME})",
+                name.len()
+            )));
+        }
+        match value {
+            None => {
+                self.attributes.remove(&name);
+            }
+            Some(value) => {
+                if value.len() > MAX_ATTRIBUTE_VALUE {
+                    return Err(wasmtime::Error::msg(format!(
+                        "attribute value of {} bytes (at most {MAX_ATTRIBUTE_VALUE})",
+                        value.len()
+                    )));
+                }
+                if self.attributes.len() >= MAX_ATTRIBUTES && self.attributes.get(&name).is_none() {
+                    return Err(wasmtime::Error::msg(format!(
+                        "more than {MAX_ATTRIBUTES} attributes"
+                    )));
+                }
+                self.attributes.set(name, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn get_context(&mut self) -> wasmtime::Result<types::Context> {
+        let identity = self.identity.as_deref().map(|id| types::Identity {
+            ip: id.ip.to_string(),
+            country: id.country.clone(),
+            device: id.device().map(|d| d.as_str().to_owned()),
+            bot: id.is_bot(),
+        });
+        let Some(request) = self.request.upgrade() else {
+            return Ok(types::Context {
+                request_id: String::new(),
+                method: String::new(),
+                path: String::new(),
+                query: None,
+                identity,
+            });
+        };
+        let uri = self.uri.as_ref().unwrap_or(&request.uri);
+        Ok(types::Context {
+            request_id: String::from_utf8_lossy(request.request_id.as_bytes()).into_owned(),
+            method: request.method.as_str().to_owned(),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            identity,
+        })
+    }
+
+    fn get_header(&mut self, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self
+            .headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec()))
+    }
+
+    fn get_header_all(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(self
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect())
+    }
+
+    fn get_headers(&mut self) -> wasmtime::Result<types::Headers> {
+        Ok(self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect())
+    }
+}
+
+impl types::Host for HostState {}
