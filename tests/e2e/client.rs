@@ -42,6 +42,15 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
+    /// Every value of `name`, in order, as raw bytes.
+    pub fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
+    }
+
     /// The request id the proxy returned, asserted present.
     pub fn request_id(&self) -> &str {
         self.header("x-request-id")

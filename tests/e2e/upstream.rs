@@ -6,8 +6,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -314,4 +314,85 @@ pub fn echo_headers(json: &serde_json::Value, name: &str) -> Vec<String> {
         .filter(|p| p[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
         .map(|p| p[1].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// One request head as a [`recording`] upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// The request target as received (path and query).
+    pub uri: String,
+    /// Header lines in arrival order, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Seen {
+    /// Every value of `name`, in order.
+    pub fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    /// The first value of `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.values(name)
+            .first()
+            .map(|v| std::str::from_utf8(v).expect("UTF-8 header value"))
+    }
+}
+
+/// The request heads a [`recording`] upstream saw, in arrival order.
+#[derive(Clone, Default)]
+pub struct Recorded(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorded {
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The last request head, asserted present.
+    pub fn last(&self) -> Seen {
+        self.0
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}
+
+/// Wraps `inner`: records every request head (raw header values) before `inner` answers, and
+/// appends `reply_headers` (raw values, repeated names allowed) to every answer.
+pub fn recording(
+    inner: Handler,
+    reply_headers: &'static [(&'static str, &'static [u8])],
+) -> (Handler, Recorded) {
+    let recorded = Recorded::default();
+    let log = recorded.clone();
+    let handler = handler(move |req: Request<Incoming>| {
+        log.0.lock().unwrap().push(Seen {
+            method: req.method().as_str().to_owned(),
+            uri: req.uri().to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        });
+        let fut = inner(req);
+        async move {
+            let mut res = fut.await;
+            for (name, value) in reply_headers {
+                res.headers_mut().append(
+                    *name,
+                    http::HeaderValue::from_bytes(value).expect("valid header value"),
+                );
+            }
+            res
+        }
+    });
+    (handler, recorded)
 }
