@@ -41,9 +41,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// 10 s to start: these tests run one at a time so their servers do not compile at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The hooks a testkit instance runs for a request without a body. (Through the server the
-/// body hook never runs for such a request: see `the_body_hook_sees_the_end_of_an_empty_body`.)
-const GET_TRACE: &str = "on-request,before-proxy,after-proxy,on-response";
+/// The hooks a testkit instance runs for a request without a body: the body hook sees the end
+/// of the empty body right after `on-request` (see `the_body_hook_sees_the_end_of_an_empty_body`).
+const GET_TRACE: &str = "on-request,on-request-body-end,before-proxy,after-proxy,on-response";
 
 /// The hooks a testkit instance runs for a request with a body, without the body chunks (see
 /// [`chunks_removed`]).
@@ -499,12 +499,10 @@ async fn repeated_and_non_utf8_header_values_survive_both_ways() {
 }
 
 /// The body hook runs "once with end-of-stream (possibly empty chunk)" (`wit/device.wit`,
-/// docs/wasm.md), so a device learns that a request had no body, as it does in the in-process
-/// pipeline (`layers/wasm/tests/pipeline.rs` expects `on-request-body-end` for a GET).
-/// Through the server it does not run at all for a GET or an empty POST: the upstream client
-/// never polls an empty body, so the hook wrapped around it never sees its end.
+/// docs/wasm.md), so a device learns that a request had no body: for a GET or an empty POST
+/// it runs right after `on-request` (nothing ever polls an empty body, so its end is known
+/// at once).
 #[tokio::test]
-#[ignore = "product bug: through the server the body hook never runs for a request without a body"]
 async fn the_body_hook_sees_the_end_of_an_empty_body() {
     let _serial = SERIAL.lock().await;
     let up = upstream::http(upstream::echo("up")).await;
@@ -513,10 +511,10 @@ async fn the_body_hook_sees_the_end_of_an_empty_body() {
 
     let res = get(server.addr(), "/", &[]).await;
     assert_eq!(res.status, 200, "{}", res.text());
-    assert_eq!(ran(&res), ran_lines(["kit"], BODY_TRACE), "GET");
+    assert_eq!(ran(&res), ran_lines(["kit"], GET_TRACE), "GET");
     let res = post(server.addr(), "/", &[], "").await;
     assert_eq!(res.status, 200, "{}", res.text());
-    assert_eq!(ran(&res), ran_lines(["kit"], BODY_TRACE), "empty POST");
+    assert_eq!(ran(&res), ran_lines(["kit"], GET_TRACE), "empty POST");
 }
 
 /// `respond` answers early from `on-request`, `on-request-body` (at a chunk and at the end of

@@ -43,7 +43,7 @@ impl Default for EngineOptions {
 }
 
 /// Bytes of each pooled linear memory kept mapped when an instance ends.
-const KEEP_RESIDENT: usize = 4 << 20;
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Compiled components by content hash (full bytes compared on a hit).
 type Cache = HashMap<u64, Vec<(Arc<[u8]>, Component)>>;

@@ -85,14 +85,39 @@ fn thread_cpu() -> Duration {
     })
 }
 
+/// How stale the per-thread CPU clock reading [`arm`] starts from may be.
+const CPU_MARK_REFRESH: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// A recent reading of this thread's CPU clock, and when it was taken: reading the clock
+    /// is a system call (no vDSO for thread CPU time), so [`arm`] reads it at most once per
+    /// [`CPU_MARK_REFRESH`] per thread.
+    static CPU_MARK: std::cell::Cell<Option<(Instant, Duration)>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// Arms the time limit for the next call into `store`: the epoch deadline first fires after
 /// `ticks` (wall clock); from then on, every tick checks the CPU time this thread really spent
 /// in the call, so a worker descheduled by the OS does not fail a well-behaved guest.
+///
+/// The call's starting CPU time is taken as the thread's last CPU reading plus all the wall
+/// time since (an upper bound: the thread cannot have run longer than that). A looping guest
+/// therefore gets at most [`CPU_MARK_REFRESH`] more than its limit, and a hook costs no
+/// system call.
 pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
+    let now = Instant::now();
+    let cpu_start = CPU_MARK.with(|mark| match mark.get() {
+        Some((at, cpu)) if now.duration_since(at) < CPU_MARK_REFRESH => cpu + (now - at),
+        _ => {
+            let cpu = thread_cpu();
+            mark.set(Some((now, cpu)));
+            cpu
+        }
+    });
     let clock = &mut store.data_mut().clock;
-    clock.cpu_start = thread_cpu();
+    clock.cpu_start = cpu_start;
     clock.cpu_budget = budget;
-    clock.wall_deadline = Instant::now() + budget.saturating_mul(10);
+    clock.wall_deadline = now + budget.saturating_mul(10);
     store.set_epoch_deadline(ticks);
 }
 

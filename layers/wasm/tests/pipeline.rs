@@ -332,7 +332,7 @@ async fn failures_fail_closed_and_the_next_request_works() {
         assert_eq!(res.status(), 200, "{mode}: the next request");
         assert_eq!(
             header(&res, "x-testkit-trace"),
-            "on-request,before-proxy,on-request-body-end,after-proxy,on-response"
+            "on-request,on-request-body-end,before-proxy,after-proxy,on-response"
         );
         assert_eq!(dev.live_instances(), 0, "{mode}");
     }

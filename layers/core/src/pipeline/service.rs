@@ -16,7 +16,9 @@ use tower::{Layer, Service};
 use super::Pipeline;
 use super::body::{BodyVerdict, HookedBody};
 use crate::request_id;
-use crate::{Body, BoxError, Error, Flow, Origin, PeerAddr, Phase, RequestCtx, RequestInfo};
+use crate::{
+    Body, BodyCtx, BoxError, Error, Flow, Origin, PeerAddr, Phase, RequestCtx, RequestInfo,
+};
 
 /// Layer that applies the [`PipelineService`] middleware, which runs a [`Pipeline`]'s
 /// `on_request`, body, `on_error` and `on_response` hooks around a service.
@@ -160,6 +162,25 @@ where
             }
             Err(e) => Some(Err(e.into_error())),
         };
+        // An empty body is never polled (nothing reads what is not there), so the body hooks
+        // see its end now, right after `on_request`.
+        let early = match early {
+            None if pipeline.has(Phase::RequestBody) && body.is_end_stream() => {
+                let body_ctx = BodyCtx {
+                    info: ctx.info().clone(),
+                    bytes_before: 0,
+                };
+                match pipeline.on_request_body(&body_ctx, &Bytes::new(), true) {
+                    Ok(Flow::Continue) => None,
+                    Ok(Flow::Respond(response)) => {
+                        ctx.origin = Some(Origin::Device);
+                        Some(Ok(response))
+                    }
+                    Err(e) => Some(Err(e.into_error())),
+                }
+            }
+            early => early,
+        };
         if let Some(result) = early {
             let response = pipeline.finish(ctx, result);
             return PipelineFuture {
@@ -169,7 +190,7 @@ where
             };
         }
 
-        let (body, verdict) = if pipeline.has(Phase::RequestBody) {
+        let (body, verdict) = if pipeline.has(Phase::RequestBody) && !body.is_end_stream() {
             let verdict = Arc::new(Mutex::new(None));
             let hooked = HookedBody::new(
                 Body::new(body),

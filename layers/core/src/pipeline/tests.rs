@@ -407,6 +407,24 @@ async fn body_hooks_see_each_chunk_and_may_stop_the_body() {
 }
 
 #[tokio::test]
+async fn an_empty_body_reaches_its_end_right_after_on_request() {
+    // An empty body is never polled, by an upstream or anything else: the hooks see its end
+    // at once, and may still answer early.
+    let h = Harness::new()
+        .device_with_phases("a", Phases::only(Phase::Request).with(Phase::RequestBody));
+    let response = h.send(Body::empty(), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.log(), ["a.request", "a.body(0,true)", "upstream"]);
+
+    let h = Harness::new().device("a", &[(Phase::RequestBody, Act::Respond(413))]);
+    let response = h.send(Body::empty(), None).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(h.upstream_calls(), 0);
+    let log = h.log();
+    assert_eq!(log[..2], ["a.request", "a.body(0,true)"], "{log:?}");
+}
+
+#[tokio::test]
 async fn devices_are_only_called_in_their_phases() {
     let h = Harness::new()
         .device_with_phases("r", Phases::only(Phase::Response))
