@@ -87,7 +87,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             Ok(match crate::serve::check(&config, loaded) {
-                Ok(()) => {
+                Ok(warnings) => {
+                    for warning in warnings {
+                        eprintln!("{}: warning: {warning}", config.display());
+                    }
                     println!("{}: configuration is valid", config.display());
                     ExitCode::SUCCESS
                 }

@@ -1,10 +1,11 @@
 //! Builds the `[[device]]` pipeline from the configuration: the one place that knows both the
 //! TOML schema and the device crates' typed constructors.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use http::{HeaderName, Method, StatusCode};
-use snakeway_config::Device as DeviceConfig;
+use snakeway_config::{Config, Device as DeviceConfig, WasmSettings};
 use snakeway_core::Device;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_filter::{FilterOptions, RequestFilter};
@@ -16,7 +17,8 @@ use snakeway_logging::{IdentityExtractor, LogWriter, LoggingOptions, StructuredL
 pub(crate) enum Purpose {
     /// To serve: outputs are opened.
     Serve,
-    /// For `config check`: nothing is created; outputs are only checked.
+    /// For `config check`: outputs are only checked, not created. (WASM devices load as when
+    /// serving, so the compilation cache is used and filled.)
     Check,
 }
 
@@ -44,18 +46,23 @@ fn check_output(output: &snakeway_logging::Output) -> std::io::Result<()> {
 pub(crate) type Failure = (Option<&'static str>, String);
 
 /// The pipeline for `devices` (disabled ones left out), or, per failing entry, its index and
-/// what failed.
+/// what failed. WASM devices use the process-wide engine (see [`wasm_engine`]).
 pub(crate) fn pipeline(
     devices: &[DeviceConfig],
+    wasm: &WasmSettings,
     purpose: Purpose,
 ) -> Result<Pipeline, Vec<(usize, Failure)>> {
     let mut built: Vec<Arc<dyn Device>> = Vec::new();
     let mut problems = Vec::new();
+    let mut engine = LazyEngine {
+        settings: wasm,
+        engine: None,
+    };
     for (i, device) in devices.iter().enumerate() {
         if !device.enabled() {
             continue;
         }
-        match build(device, purpose) {
+        match build(device, purpose, &mut engine) {
             Ok(device) => built.push(device),
             Err(message) => problems.push((i, message)),
         }
@@ -67,7 +74,73 @@ pub(crate) fn pipeline(
     }
 }
 
-fn build(device: &DeviceConfig, purpose: Purpose) -> Result<Arc<dyn Device>, Failure> {
+/// The WASM engine of one pipeline build, fetched for its first WASM device.
+struct LazyEngine<'a> {
+    settings: &'a WasmSettings,
+    engine: Option<Result<snakeway_wasm::WasmEngine, String>>,
+}
+
+impl LazyEngine<'_> {
+    fn get(&mut self) -> Result<snakeway_wasm::WasmEngine, String> {
+        self.engine
+            .get_or_insert_with(|| wasm_engine(self.settings))
+            .clone()
+    }
+}
+
+/// The process-wide WASM engine. The first configuration that loads a WASM device creates it
+/// with its `[wasm]` settings, which stay until the process ends: a later configuration with
+/// other settings gets the same engine, and a warning that they take effect at a restart.
+fn wasm_engine(settings: &WasmSettings) -> Result<snakeway_wasm::WasmEngine, String> {
+    let cache_dir = settings.cache_dir().map(Path::to_owned);
+    let engine = snakeway_wasm::WasmEngine::shared_with(snakeway_wasm::EngineOptions {
+        cache_dir: cache_dir.clone(),
+        ..snakeway_wasm::EngineOptions::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let running = &engine.options().cache_dir;
+    if *running != cache_dir {
+        let shown = |dir: &Option<std::path::PathBuf>| {
+            dir.as_ref()
+                .map_or_else(|| "none".to_owned(), |d| d.display().to_string())
+        };
+        tracing::warn!(
+            "the WASM compilation cache changed ({} -> {}): it takes effect at the next restart",
+            shown(running),
+            shown(&cache_dir)
+        );
+    }
+    Ok(engine)
+}
+
+/// What `config check` warns about without failing: a compilation cache the server would run
+/// without. Only asked when a WASM device is enabled, as only then is an engine created.
+pub(crate) fn warnings(config: &Config) -> Vec<String> {
+    let wasm = config
+        .devices
+        .iter()
+        .any(|d| d.enabled() && matches!(d, DeviceConfig::Wasm(_)));
+    if !wasm {
+        return Vec::new();
+    }
+    match wasm_engine(&config.wasm) {
+        Ok(engine) => engine
+            .disk_cache_error()
+            .map(|e| {
+                format!("wasm.cache_dir: {e}; WASM components would be compiled at every start")
+            })
+            .into_iter()
+            .collect(),
+        // Reported as a problem of the devices already.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn build(
+    device: &DeviceConfig,
+    purpose: Purpose,
+    engine: &mut LazyEngine<'_>,
+) -> Result<Arc<dyn Device>, Failure> {
     Ok(match device {
         DeviceConfig::Identity(d) => {
             let geoip = match &d.geoip_db {
@@ -131,7 +204,7 @@ fn build(device: &DeviceConfig, purpose: Purpose) -> Result<Arc<dyn Device>, Fai
             Arc::new(StructuredLogging::new(options, writer))
         }
         DeviceConfig::Wasm(d) => {
-            let engine = snakeway_wasm::WasmEngine::shared().map_err(|e| (None, e.to_string()))?;
+            let engine = engine.get().map_err(|e| (None, e))?;
             let limits = snakeway_wasm::WasmLimits {
                 timeout: std::time::Duration::from_millis(d.timeout_ms),
                 memory_bytes: usize::try_from(d.memory_limit_bytes).unwrap_or(usize::MAX),

@@ -19,8 +19,11 @@ pub(crate) type ReloadRequest = Option<oneshot::Sender<Result<u64, Report>>>;
 
 /// Everything `serve` checks before it binds: the configuration's validation (already done by
 /// loading it) plus building the runtime snapshot (certificates, CA files, strategies, devices).
-pub(crate) fn check(config_path: &Path, config: Config) -> Result<(), Report> {
-    Snapshot::build(config, config_path.to_owned(), 0, None, Purpose::Check).map(drop)
+/// On success, what the server would only warn about (e.g. a WASM compilation cache directory
+/// it cannot use).
+pub(crate) fn check(config_path: &Path, config: Config) -> Result<Vec<String>, Report> {
+    let snapshot = Snapshot::build(config, config_path.to_owned(), 0, None, Purpose::Check)?;
+    Ok(crate::devices::warnings(&snapshot.config))
 }
 
 /// Loads `config_path`, then serves until SIGTERM or SIGINT. Returns once every connection has

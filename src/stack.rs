@@ -87,8 +87,8 @@ pub(crate) struct ListenerRuntime {
 
 impl Snapshot {
     /// Builds a snapshot, reusing what can be reused from `previous`. Fails with a report (e.g.
-    /// a certificate that does not parse). For [`Purpose::Check`] nothing is created (no log
-    /// file is opened).
+    /// a certificate that does not parse). For [`Purpose::Check`] no log file is opened (WASM
+    /// devices still load through the compilation cache).
     pub(crate) fn build(
         config: Config,
         source: PathBuf,
@@ -176,7 +176,7 @@ impl Snapshot {
             listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls)));
         }
 
-        let pipeline = match crate::devices::pipeline(&config.devices, purpose) {
+        let pipeline = match crate::devices::pipeline(&config.devices, &config.wasm, purpose) {
             Ok(pipeline) => pipeline,
             Err(failed) => {
                 for (i, (key, message)) in failed {

@@ -44,10 +44,14 @@
 #
 # The script installs nothing; on Debian the tools come from
 #   apt-get install -y nginx-light wrk nghttp2-client valgrind
+# Shared helpers (log, die, ports, processes, wrk parsing, callgrind, ...): benches/lib.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+BENCH=static
+# shellcheck source-path=SCRIPTDIR/.. source=lib.sh
+source "$HERE/../lib.sh"
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -63,9 +67,6 @@ CALLGRIND_CLIENT_CONNECTIONS=8
 START_TIMEOUT=30
 VALGRIND_START_TIMEOUT=300
 
-log() { printf '[static] %s\n' "$*" >&2; }
-die() { printf '[static] error: %s\n' "$*" >&2; exit 1; }
-
 for s in $SERVERS; do
     case $s in nginx | snakeway) ;; *) die "unknown server '$s' in SERVERS (nginx, snakeway)" ;; esac
 done
@@ -74,132 +75,27 @@ for sc in $SCENARIOS; do
     *) die "unknown scenario '$sc'" ;;
     esac
 done
-for v in DURATION ROUNDS N WARMUP CONNECTIONS; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive DURATION ROUNDS N WARMUP CONNECTIONS
 wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------------------------------------
 # Tools: check, never install.
-declare -A PKG=(
-    [nginx]=nginx-light [wrk]=wrk [h2load]=nghttp2-client [valgrind]=valgrind
-    [taskset]=util-linux [getconf]=libc-bin [curl]=curl [gzip]=gzip
-    [awk]=gawk [sed]=sed [sort]=coreutils [pgrep]=procps [cargo]="rustup / cargo"
-)
 need=(nginx wrk taskset getconf curl gzip awk sed sort pgrep)
 if [[ $SKIP_CALLGRIND != 1 ]]; then need+=(h2load valgrind); fi
 if wants snakeway && [[ -z ${SNAKEWAY_BIN:-} ]]; then need+=(cargo); fi
-missing=()
-for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t (${PKG[$t]})"); done
-if ((${#missing[@]})); then
-    printf '[static] missing tools:\n' >&2
-    printf '[static]   %s\n' "${missing[@]}" >&2
-    printf '[static] on Debian: apt-get install -y nginx-light wrk nghttp2-client valgrind\n' >&2
-    exit 2
-fi
+require_tools "${need[@]}"
 NPROC=$(getconf _NPROCESSORS_ONLN)
 ((NPROC >= 2)) || die "needs at least 2 CPUs (server on CPU $SERVER_CPU, client on CPU $LOAD_CPU)"
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------------------------------------
 # Output and scratch directories; everything started is tracked and stopped on exit.
-OUT_DIR=${OUT_DIR:-$ROOT/bench-out/static-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT_DIR"
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
-TMP=$(mktemp -d /tmp/snakeway-static.XXXXXX)
+bench_dirs static
 # nginx started as root serves as `nobody`: the files must be world-readable.
 chmod 755 "$TMP"
-PIDS=()
-
-cleanup() {
-    local pid i
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-forget_pid() {
-    local keep=() p
-    for p in ${PIDS[@]+"${PIDS[@]}"}; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=(${keep[@]+"${keep[@]}"})
-}
 
 # ---------------------------------------------------------------------------------------------
-# Helpers (as in benches/load/run.sh).
-accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-USED_PORTS=" "
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((20000 + RANDOM % 12768))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        accepts "$p" && continue
-        USED_PORTS+="$p "
-        echo "$p"
-        return 0
-    done
-    die "no free port found"
-}
-
-wait_port() { # PORT PID TIMEOUT LOGFILE
-    local port=$1 pid=$2 timeout=$3 logf=$4 deadline=$((SECONDS + $3))
-    while ! accepts "$port"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "process $pid exited before listening on $port; its log:"
-            tail -n 30 "$logf" >&2 || true
-            die "startup failed"
-        fi
-        ((SECONDS < deadline)) || die "nothing listens on $port after ${timeout}s (log: $logf)"
-        sleep 0.2
-    done
-}
-
-stop_pid() { # PID SIGNAL TIMEOUT
-    local pid=$1 sig=$2 deadline=$((SECONDS + $3))
-    kill "-$sig" "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "pid $pid did not exit within $3 s of SIG$sig; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        sleep 0.2
-    done
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
-
-cpu_ticks() {
-    local s
-    s=$(cat "/proc/$1/stat") || die "process $1 is gone"
-    s=${s##*) }
-    awk '{ print $12 + $13 }' <<<"$s"
-}
-
-fill() { # TEMPLATE OUTPUT KEY=VALUE...
-    local tpl=$1 out=$2 expr=() kv
-    shift 2
-    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${expr[@]}" "$tpl" >"$out"
-    ! grep -q '@[A-Z_]*@' "$out" || die "unfilled placeholder in $out"
-}
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
-to_ms() {
-    awk -v d="$1" 'BEGIN {
-        if (d ~ /us$/) { sub(/us$/, "", d); print d / 1000 }
-        else if (d ~ /ms$/) { sub(/ms$/, "", d); print d + 0 }
-        else if (d ~ /m$/) { sub(/m$/, "", d); print d * 60000 }
-        else if (d ~ /s$/) { sub(/s$/, "", d); print d * 1000 }
-        else { print "nan" } }'
-}
-
+# Helpers.
 # scenario_url NAME → path; scenario_ae NAME → Accept-Encoding value or empty
 scenario_path() {
     local size=${1%%-*}
@@ -282,37 +178,9 @@ check() {
 # ---------------------------------------------------------------------------------------------
 # Snakeway binary.
 SNAKEWAY=
-if wants snakeway; then
-    if [[ -n ${SNAKEWAY_BIN:-} ]]; then
-        SNAKEWAY=$SNAKEWAY_BIN
-    else
-        log "building snakeway (cargo build --release --bin snakeway)"
-        (cd "$ROOT" && cargo build --release --bin snakeway) >&2
-        SNAKEWAY=${CARGO_TARGET_DIR:-$ROOT/target}/release/snakeway
-        [[ $SNAKEWAY == /* ]] || SNAKEWAY=$ROOT/$SNAKEWAY
-    fi
-    [[ -x $SNAKEWAY ]] || die "snakeway binary '$SNAKEWAY' is not executable"
-fi
+if wants snakeway; then snakeway_binary; fi
 
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "nproc: $NPROC"
-    echo "cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-    echo "kernel: $(uname -sr)"
-    echo "clk_tck: $CLK_TCK"
-    echo "nginx: $(nginx -v 2>&1)"
-    echo "wrk: $(wrk --version 2>&1 | head -n 1 || true)"
-    if [[ $SKIP_CALLGRIND != 1 ]]; then
-        echo "h2load: $(h2load --version 2>&1 | head -n 1)"
-        echo "valgrind: $(valgrind --version 2>&1)"
-    fi
-    if [[ -n $SNAKEWAY ]]; then
-        echo "snakeway: $SNAKEWAY ($("$SNAKEWAY" --version 2>&1 | head -n 1 || true))"
-        echo "snakeway git: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
-    fi
-    echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND SERVERS='$SERVERS' SCENARIOS='$SCENARIOS'"
-    echo "loadavg at start: $(cat /proc/loadavg)"
-} >"$OUT_DIR/machine.txt"
+record_machine "DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND SERVERS='$SERVERS' SCENARIOS='$SCENARIOS'"
 log "raw outputs in $OUT_DIR"
 
 # ---------------------------------------------------------------------------------------------
@@ -328,14 +196,7 @@ for s in $SERVERS; do
         nginx_start server-nginx "${PORT[$s]}" "$SERVER_CPU" 'daemon off;'
         master=$STARTED_PID
         wait_port "${PORT[$s]}" "$master" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
-        worker=
-        for ((i = 0; i < 100; i++)); do
-            worker=$(pgrep -P "$master" || true)
-            [[ -n $worker ]] && break
-            sleep 0.1
-        done
-        [[ -n $worker && $worker != *[!0-9]* ]] || die "cannot find the nginx worker of master $master (got '$worker')"
-        WORKER[$s]=$worker
+        WORKER[$s]=$(nginx_worker "$master")
         MAIN[$s]=$master
         ;;
     snakeway)
@@ -349,37 +210,25 @@ for s in $SERVERS; do
     log "$s on 127.0.0.1:${PORT[$s]} (CPU $SERVER_CPU, measured pid ${WORKER[$s]})"
 done
 
-order=($SERVERS)
+read -ra order <<<"$SERVERS"
 for sc in $SCENARIOS; do
     path=$(scenario_path "$sc")
     ae=$(scenario_ae "$sc")
     hdr=()
     [[ -n $ae ]] && hdr=(-H "Accept-Encoding: $ae")
     for ((r = 1; r <= ROUNDS; r++)); do
-        if ((r % 2 == 0)); then
-            rev=()
-            for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[i]}"); done
-            this_round=("${rev[@]}")
-        else
-            this_round=("${order[@]}")
-        fi
-        for s in "${this_round[@]}"; do
+        round_order "$r" "${order[@]}"
+        for s in "${ROUND_ORDER[@]}"; do
             url="http://127.0.0.1:${PORT[$s]}$path"
             f="$OUT_DIR/wrk-$sc-$s-$r.txt"
             taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" ${hdr[@]+"${hdr[@]}"} "$url" >"$OUT_DIR/wrk-$sc-$s-warmup-$r.txt" 2>&1
             before=$(cpu_ticks "${WORKER[$s]}")
             taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency ${hdr[@]+"${hdr[@]}"} "$url" >"$f" 2>&1
             after=$(cpu_ticks "${WORKER[$s]}")
-            requests=$(awk '/ requests in / { print $1; exit }' "$f")
-            rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$f")
-            p99raw=$(awk '/Latency Distribution/ { d = 1 } d && $1 == "99%" { print $2; exit }' "$f")
-            sockerr=$(awk '/Socket errors:/ { for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i; print s + 0; exit }' "$f")
-            non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$f")
-            [[ -n $requests && -n $rps && -n $p99raw ]] || die "cannot parse $f"
-            ((requests > 0)) || die "wrk completed no request against $s ($f)"
-            p99=$(to_ms "$p99raw")
+            wrk_parse "$f" "$s"
+            requests=$WRK_REQUESTS rps=$WRK_RPS p99=$WRK_P99 sockerr=$WRK_SOCKERR non2xx=$WRK_NON2XX
             ticks=$((after - before))
-            cpu_us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+            cpu_us=$(cpu_us_per_req "$ticks" "$requests")
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$sc" "$s" "$requests" "$rps" "$p99" "$ticks" "$cpu_us" \
                 "${sockerr:-0}" "${non2xx:-0}" >>"$RESULTS"
             RPS[$sc.$s]+="$rps "
@@ -400,7 +249,7 @@ done
 # ---------------------------------------------------------------------------------------------
 # Part 2: instructions per request under callgrind.
 callgrind_run() { # SERVER SCENARIO COUNT → sets CG_IR
-    local s=$1 sc=$2 n=$3 port name out h2 ir ok path ae
+    local s=$1 sc=$2 n=$3 port name out path ae
     port=$(free_port)
     name="callgrind-$sc-$s-$n"
     out="$OUT_DIR/$name.out"
@@ -414,21 +263,9 @@ callgrind_run() { # SERVER SCENARIO COUNT → sets CG_IR
     esac
     local pid=$STARTED_PID dir=$STARTED_DIR
     wait_port "$port" "$pid" "$VALGRIND_START_TIMEOUT" "$dir/stdout.log"
-    h2="$OUT_DIR/h2load-$sc-$s-$n.txt"
     local hdr=()
     [[ -n $ae ]] && hdr=(-H "accept-encoding: $ae")
-    timeout 1800 taskset -c "$LOAD_CPU" h2load --h1 -n "$n" -c "$CALLGRIND_CLIENT_CONNECTIONS" -m 1 \
-        ${hdr[@]+"${hdr[@]}"} "http://127.0.0.1:$port$path" >"$h2" 2>&1 ||
-        die "h2load against $s under callgrind failed (see $h2)"
-    ok=$(awk '/^status codes:/ { print $3; exit }' "$h2")
-    [[ $ok == "$n" ]] || die "$s under callgrind answered ${ok:-0} of $n requests with 2xx (see $h2)"
-    stop_pid "$pid" TERM 300
-    cp "$dir/stdout.log" "$OUT_DIR/$name.log"
-    [[ -s $out ]] || die "callgrind wrote no $out (see $OUT_DIR/$name.log)"
-    ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$out")
-    [[ -n $ir ]] || die "no summary line in $out"
-    log "callgrind $sc $s, $n requests: $ir Ir"
-    CG_IR=$ir
+    callgrind_count "$sc $s" "$pid" "$dir" "$port" "$out" "$n" "http://127.0.0.1:$port$path" ${hdr[@]+"${hdr[@]}"}
 }
 
 if [[ $SKIP_CALLGRIND != 1 ]]; then
@@ -451,16 +288,15 @@ echo "loadavg at end: $(cat /proc/loadavg)" >>"$OUT_DIR/machine.txt"
 
 # ---------------------------------------------------------------------------------------------
 # Report.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "–"; else printf "%.2f", a / b }'; }
 {
     echo "| scenario | server | req/s (median) | p99 ms (median) | CPU µs/req (median) | instructions/req |"
     echo "|---|---|---:|---:|---:|---:|"
     for sc in $SCENARIOS; do
         declare -A M_RPS=() M_P99=() M_CPU=()
         for s in $SERVERS; do
-            M_RPS[$s]=$(median ${RPS[$sc.$s]})
-            M_P99[$s]=$(median ${P99[$sc.$s]})
-            M_CPU[$s]=$(median ${CPU_US[$sc.$s]})
+            M_RPS[$s]=$(median "${RPS[$sc.$s]}")
+            M_P99[$s]=$(median "${P99[$sc.$s]}")
+            M_CPU[$s]=$(median "${CPU_US[$sc.$s]}")
             printf '| %s | %s | %.0f | %.2f | %.2f | %s |\n' "$sc" "$s" "${M_RPS[$s]}" "${M_P99[$s]}" "${M_CPU[$s]}" "${IPR[$sc.$s]:-–}"
         done
         if wants nginx && wants snakeway; then
@@ -473,7 +309,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
     done
     echo
     echo "$ROUNDS rounds of wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up each); callgrind: N=$N and 5N requests via h2load --h1 -c$CALLGRIND_CLIENT_CONNECTIONS."
-    echo "$(grep -E '^(nproc|cpu|loadavg)' "$OUT_DIR/machine.txt" | paste -sd ';' | sed 's/;/; /g')"
+    grep -E '^(nproc|cpu|loadavg)' "$OUT_DIR/machine.txt" | paste -sd ';' | sed 's/;/; /g'
 } | tee "$OUT_DIR/summary.md"
 ln -sfn "$(basename "$OUT_DIR")" "$(dirname "$OUT_DIR")/static-latest" 2>/dev/null || true
 log "raw outputs in $OUT_DIR"

@@ -6,7 +6,7 @@
 //! with its file and key path (see [`Problem`]).
 //!
 //! How it works: each file is parsed by toml (a syntax error stops that file only), then `[server]`,
-//! `[admin]` and each `[[listener]]`, `[[service]]`, `[[route]]` and `[[device]]` element is
+//! `[admin]`, `[wasm]` and each `[[listener]]`, `[[service]]`, `[[route]]` and `[[device]]` element is
 //! deserialized on its own into a private serde mirror with `deny_unknown_fields` (so one bad
 //! element does not hide the others), and finally `validate` turns the mirror into the public,
 //! typed model. Included files' elements are appended after the main file's, in include order.
@@ -93,7 +93,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, Report> {
     if problems.list.is_empty() {
         return Ok(config);
     }
-    // Config order: syntax errors, server, admin, then each list by merged index.
+    // Config order: syntax errors, server, admin, then each list by merged index, then wasm.
     let mut problems = problems.list;
     problems.sort_by_key(|p| report::order(&p.key));
     Err(Report { problems })

@@ -3,8 +3,9 @@
 //! These types are built only by [`crate::load`]; they serialize (for `snakeway config dump`)
 //! under the same key names as `snakeway.toml`.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
@@ -28,6 +29,8 @@ pub struct Config {
     /// Devices (`[[device]]`) in pipeline order, including disabled ones.
     #[serde(rename = "device")]
     pub devices: Vec<Device>,
+    /// Settings shared by every WASM device (`[wasm]`).
+    pub wasm: WasmSettings,
 }
 
 /// `[server]`: process-wide settings.
@@ -431,6 +434,41 @@ pub struct WasmDevice {
     pub memory_limit_bytes: u64,
     /// What a failure does (default closed).
     pub on_failure: FailurePolicy,
+}
+
+/// `[wasm]`: settings shared by every WASM device. The server reads them once, when it loads
+/// its first WASM device; a reload does not change them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WasmSettings {
+    /// Keep compiled modules on disk, so a restart skips compiling them (default true).
+    pub cache: bool,
+    /// Where (absolute). Default: `$XDG_CACHE_HOME/snakeway/wasm`, else
+    /// `$HOME/.cache/snakeway/wasm`; none when `cache = false` and it is not set, or when
+    /// neither variable holds an absolute path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl WasmSettings {
+    /// The directory of the compilation cache, when there is one.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref().filter(|_| self.cache)
+    }
+
+    /// The default `cache_dir` for these environment values: `$XDG_CACHE_HOME/snakeway/wasm`,
+    /// else `$HOME/.cache/snakeway/wasm`; a relative value counts as unset.
+    pub fn default_cache_dir(
+        xdg_cache_home: Option<&OsStr>,
+        home: Option<&OsStr>,
+    ) -> Option<PathBuf> {
+        fn absolute(value: Option<&OsStr>) -> Option<&Path> {
+            value.map(Path::new).filter(|p| p.is_absolute())
+        }
+        absolute(xdg_cache_home)
+            .map(Path::to_owned)
+            .or_else(|| absolute(home).map(|home| home.join(".cache")))
+            .map(|cache| cache.join("snakeway/wasm"))
+    }
 }
 
 /// What a failing WASM device does to the request.

@@ -14,7 +14,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::raw::{DEVICE_TYPES, FileId, Item, RawConfig, RawDevice, RawServer};
 use crate::report::Problems;
 
-/// Whether a file is the main one or an include (which may not hold `[server]`/`[admin]`).
+/// Whether a file is the main one or an include (which may not hold `[server]`, `[admin]` or
+/// `[wasm]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     Main,
@@ -49,7 +50,9 @@ pub(crate) fn parse_file(
         }
     };
     // Schema order, so problems read top to bottom like the file usually does.
-    let order = ["server", "admin", "listener", "service", "route", "device"];
+    let order = [
+        "server", "admin", "listener", "service", "route", "device", "wasm",
+    ];
     let mut entries: Vec<_> = root.into_iter().collect();
     entries.sort_by_key(|(key, _)| {
         order
@@ -62,7 +65,8 @@ pub(crate) fn parse_file(
         match (key.get_ref().as_ref(), role) {
             ("server", Role::Main) => p.server(value),
             ("admin", Role::Main) => p.out.admin = p.de(value, "admin".to_owned()),
-            (k @ ("server" | "admin"), Role::Include) => {
+            ("wasm", Role::Main) => p.out.wasm = p.de(value, "wasm".to_owned()),
+            (k @ ("server" | "admin" | "wasm"), Role::Include) => {
                 p.problem_at(k, key_span, "only allowed in the main file");
             }
             ("listener", _) => {
@@ -100,8 +104,8 @@ pub(crate) fn parse_file(
                 p.problem_at("include", key_span, "included files cannot include others");
             }
             (other, _) => {
-                let message =
-                    "unknown key (expected one of server, admin, listener, service, route, device)";
+                let message = "unknown key (expected one of server, admin, listener, service, \
+                               route, device, wasm)";
                 p.problem_at(other, key_span, message);
             }
         }

@@ -26,6 +26,14 @@ pub(crate) struct RawAdmin {
     pub(crate) token: Option<String>,
 }
 
+/// `[wasm]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWasmSettings {
+    pub(crate) cache: Option<bool>,
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
 /// `[[listener]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +253,8 @@ pub(crate) struct RawConfig {
     pub(crate) server: Option<RawServer>,
     /// `[admin]` of the main file.
     pub(crate) admin: Option<RawAdmin>,
+    /// `[wasm]` of the main file (default when absent).
+    pub(crate) wasm: Option<RawWasmSettings>,
     pub(crate) listeners: Vec<Item<RawListener>>,
     pub(crate) services: Vec<Item<RawService>>,
     pub(crate) routes: Vec<Item<RawRoute>>,

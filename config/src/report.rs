@@ -82,7 +82,9 @@ impl Problems {
 
 /// Sort key putting problems in config order: section, then index within it.
 pub(crate) fn order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 6] = ["server", "admin", "listener", "service", "route", "device"];
+    const SECTIONS: [&str; 7] = [
+        "server", "admin", "listener", "service", "route", "device", "wasm",
+    ];
     if key.starts_with("line ") || key.is_empty() {
         return (0, 0);
     }

@@ -1,5 +1,6 @@
 //! Loading real files from temporary directories.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,8 +46,8 @@ impl Drop for TempDir {
     }
 }
 
-/// The example of DESIGN §4, with `sticky_hash`
-/// and one SNI certificate.
+/// The example of DESIGN §4, with `sticky_hash`,
+/// one SNI certificate and a `[wasm]` table.
 const FULL: &str = r#"
 [server]
 threads = 2
@@ -157,6 +158,10 @@ allowed_headers = ["user-agent", "x-request-id"]
 redacted_headers = ["authorization", "cookie"]
 include_identity = true
 identity_fields = ["ip", "country", "device", "bot"]
+
+[wasm]
+cache = true
+cache_dir = "cache/wasm"
 "#;
 
 /// A temp dir holding `FULL` and every file it names.
@@ -346,6 +351,13 @@ fn full_example_loads_with_its_values() {
             }),
         ]
     );
+    assert_eq!(
+        config.wasm,
+        WasmSettings {
+            cache: true,
+            cache_dir: Some(tmp.path("cache/wasm")),
+        }
+    );
 }
 
 #[test]
@@ -530,6 +542,151 @@ type = "structured_logging"
                 .map(String::from)
                 .to_vec(),
         })
+    );
+    let home = |var| std::env::var_os(var);
+    assert_eq!(
+        config.wasm,
+        WasmSettings {
+            cache: true,
+            cache_dir: WasmSettings::default_cache_dir(
+                home("XDG_CACHE_HOME").as_deref(),
+                home("HOME").as_deref()
+            ),
+        }
+    );
+}
+
+#[test]
+fn wasm_cache_settings() {
+    let default = |xdg: Option<&str>, home: Option<&str>| {
+        WasmSettings::default_cache_dir(xdg.map(OsStr::new), home.map(OsStr::new))
+    };
+    assert_eq!(
+        default(Some("/xdg"), Some("/home/u")),
+        Some(PathBuf::from("/xdg/snakeway/wasm"))
+    );
+    assert_eq!(
+        default(None, Some("/home/u")),
+        Some(PathBuf::from("/home/u/.cache/snakeway/wasm"))
+    );
+    // The XDG spec: a relative value is ignored.
+    assert_eq!(
+        default(Some("xdg"), Some("/home/u")),
+        Some(PathBuf::from("/home/u/.cache/snakeway/wasm"))
+    );
+    assert_eq!(default(None, Some("home")), None);
+    assert_eq!(default(None, None), None);
+
+    let tmp = TempDir::new("wasm");
+    let path = tmp.path("etc/snakeway.toml");
+    let wasm = |text: &str| load_str(text, &path).map(|c| c.wasm);
+    let settings = wasm(
+        "[wasm]
+cache_dir = \"var/cache\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        settings,
+        WasmSettings {
+            cache: true,
+            cache_dir: Some(tmp.path("etc/var/cache")),
+        }
+    );
+    assert_eq!(
+        settings.cache_dir(),
+        Some(tmp.path("etc/var/cache").as_path())
+    );
+    assert_eq!(
+        wasm(
+            "[wasm]
+cache_dir = \"/var/cache/snakeway\"\n"
+        )
+        .unwrap()
+        .cache_dir(),
+        Some(Path::new("/var/cache/snakeway"))
+    );
+    // Off: no default is looked up; a directory written stays in the dump but is not used.
+    let off = wasm(
+        "[wasm]
+cache = false
+",
+    )
+    .unwrap();
+    assert_eq!(
+        (off.cache, off.cache_dir.as_deref(), off.cache_dir()),
+        (false, None, None)
+    );
+    let off = wasm(
+        "[wasm]
+cache = false
+cache_dir = \"c\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (off.cache_dir.as_deref(), off.cache_dir()),
+        (Some(tmp.path("etc/c").as_path()), None)
+    );
+
+    let problems = |text: &str| -> Vec<String> {
+        wasm(text)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    };
+    assert_eq!(
+        problems(
+            "[wasm]
+cache_dir = \"\"\n"
+        ),
+        ["wasm.cache_dir: is empty"]
+    );
+    let got = problems(
+        "[wasm]
+cache = \"yes\"\n",
+    );
+    assert!(
+        got.len() == 1 && got[0].starts_with("wasm.cache: invalid type: string \"yes\""),
+        "{got:?}"
+    );
+    let got = problems(
+        "[wasm]
+cache_directory = \"x\"\n",
+    );
+    assert!(
+        got.len() == 1
+            && got[0].starts_with("wasm.cache_directory: unknown field `cache_directory`")
+            && got[0].ends_with("(line 2, column 1)"),
+        "{got:?}"
+    );
+    tmp.file(
+        "etc/inc.toml",
+        "[wasm]
+cache = false
+",
+    );
+    assert_eq!(
+        problems(
+            "[server]
+include = [\"inc.toml\"]
+"
+        ),
+        ["wasm: only allowed in the main file (line 1, column 2)"]
+    );
+
+    // The dump of a config with the cache off loads back as it is.
+    let config = load_str(
+        "[wasm]
+cache = false
+",
+        &path,
+    )
+    .unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert_eq!(
+        load_str(&text, &tmp.path("elsewhere/dump.toml")).unwrap_or_else(|r| panic!("{r}")),
+        config
     );
 }
 
@@ -723,6 +880,9 @@ type = "wasm"
 name = "w"
 path = "missing.wasm"
 on_failure = "maybe"
+
+[wasm]
+cache_dir = ""
 "#,
     );
     tmp.file(
@@ -746,6 +906,9 @@ retries = 3
 [[route]]
 path = "/s"
 service = "nope"
+
+[wasm]
+cache = false
 "#,
     );
     let report = load(&main).unwrap_err();
@@ -876,8 +1039,10 @@ service = "nope"
             "device[3].on_failure",
             r#"unknown value "maybe" (expected one of closed, open)"#,
         ),
+        (main_name, "wasm.cache_dir", "is empty"),
         (main_name, "server.include[1]", "no such file"),
         (inc, "server", "only allowed in the main file"),
+        (inc, "wasm", "only allowed in the main file"),
         (
             inc,
             "listener[3].listen",

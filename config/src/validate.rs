@@ -20,6 +20,7 @@ pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         files,
         server,
         admin,
+        wasm,
         listeners,
         services,
         routes,
@@ -122,6 +123,11 @@ pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         }
     }
 
+    let wasm = build_wasm(
+        &mut Scope::new(main, "wasm", problems),
+        wasm.unwrap_or_default(),
+    );
+
     Config {
         server,
         admin,
@@ -129,6 +135,7 @@ pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         services: out_services,
         routes: out_routes,
         devices: out_devices,
+        wasm,
     }
 }
 
@@ -149,6 +156,19 @@ fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(10_000),
         include: raw.include.unwrap_or_default(),
     }
+}
+
+fn build_wasm(s: &mut Scope<'_>, raw: RawWasmSettings) -> WasmSettings {
+    let cache = raw.cache.unwrap_or(true);
+    let cache_dir = match raw.cache_dir {
+        Some(dir) => s.path("cache_dir", &dir),
+        None if cache => WasmSettings::default_cache_dir(
+            std::env::var_os("XDG_CACHE_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        ),
+        None => None,
+    };
+    WasmSettings { cache, cache_dir }
 }
 
 fn build_admin(

@@ -19,3 +19,4 @@ mod reload;
 mod routing;
 mod static_files;
 mod wasm;
+mod wasm_cache;
