@@ -50,11 +50,17 @@ impl Drop for TestDir {
     }
 }
 
+/// The servers' cache home (`XDG_CACHE_HOME`, where the WASM compilation cache goes by default):
+/// shared by the tests of one run, so a module compiled by one test's server loads from the
+/// cache in the next, and never the developer's own `~/.cache`.
+const CACHE_HOME: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/e2e-cache-home");
+
 /// Runs `snakeway ARGS` to completion (for the CLI subcommands), with a 30 s limit.
 pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
+        .env("XDG_CACHE_HOME", CACHE_HOME)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -133,6 +139,7 @@ impl Server {
             .arg("-c")
             .arg(&config)
             .current_dir(&dir.path)
+            .env("XDG_CACHE_HOME", CACHE_HOME)
             .env("SNAKEWAY_LOG", "info")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

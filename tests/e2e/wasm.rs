@@ -224,7 +224,7 @@ async fn log_line(path: &Path, id: &str) -> Value {
     let of = |id: &str| -> Vec<Value> {
         log_lines(path)
             .into_iter()
-            .filter(|l| l["request_id"] == id)
+            .filter(|l| l["request_id"] == id && l["event"] != "device_log")
             .collect()
     };
     assert!(
@@ -235,6 +235,48 @@ async fn log_line(path: &Path, id: &str) -> Value {
     let lines = of(id);
     assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
     lines.into_iter().next().unwrap()
+}
+
+/// What a guest logs lands in the structured-logging output as `device_log` lines with the
+/// device, the level and the request id, right before the request's own line.
+#[tokio::test]
+async fn guest_logs_land_in_the_structured_log_with_the_request_id() {
+    let _serial = SERIAL.lock().await;
+    let up = upstream::http(upstream::echo("up")).await;
+    let dir = TestDir::new("wasm-guest-logs");
+    let log = dir.join("access.log");
+    let devices = [
+        wasm("deny", "deny", "", "path_prefix = \"/admin\"\nstatus = 403"),
+        logging(&log, ""),
+    ]
+    .concat();
+    let server = Server::start_in(dir, &config(&up.url(), &up.url(), &devices)).await;
+    let res = get(server.addr(), "/admin/users", &[]).await;
+    assert_eq!(res.status, 403, "{}", res.text());
+    let id = res.request_id().to_owned();
+    let line = log_line(&log, &id).await;
+    assert_eq!(line["event"], "response", "{line}");
+    let lines: Vec<Value> = log_lines(&log)
+        .into_iter()
+        .filter(|l| l["request_id"] == id.as_str())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["event"], "device_log", "{lines:?}");
+    assert_eq!(lines[0]["device"], "deny");
+    assert_eq!(lines[0]["level"], "info");
+    assert_eq!(lines[0]["message"], "denied GET /admin/users");
+    assert_eq!(lines[1]["event"], "response");
+
+    // A request the guest lets through logs nothing of its own.
+    let res = get(server.addr(), "/public", &[]).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let id = res.request_id().to_owned();
+    log_line(&log, &id).await;
+    let device_lines = log_lines(&log)
+        .into_iter()
+        .filter(|l| l["request_id"] == id.as_str() && l["event"] == "device_log")
+        .count();
+    assert_eq!(device_lines, 0);
 }
 
 // === the example guests ===

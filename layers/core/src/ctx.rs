@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use http::{Extensions, HeaderValue, Method, Uri, response};
 
-use crate::DeviceSlots;
+use crate::{DeviceLogs, DeviceSlots};
 
 /// What is known about a request when it arrives; shared (cheaply) by every phase, including
 /// the body hooks that run where the body is polled.
@@ -24,6 +24,8 @@ pub struct RequestInfo {
     pub started: Instant,
     /// State devices keep between their hooks of this request.
     pub slots: DeviceSlots,
+    /// Log lines devices recorded for this request, not yet written.
+    pub device_logs: DeviceLogs,
 }
 
 /// The request context: what devices know about the request beyond its head, and the typed

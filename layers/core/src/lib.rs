@@ -14,6 +14,7 @@
 mod body;
 mod ctx;
 mod device;
+mod device_logs;
 mod error;
 pub mod path;
 pub mod pipeline;
@@ -24,6 +25,7 @@ mod slots;
 pub use body::Body;
 pub use ctx::{BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx};
 pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
+pub use device_logs::{DeviceLog, DeviceLogs};
 pub use error::{BoxError, Error, ErrorKind, cause_ref, is_caused_by};
 pub use slots::{DeviceSlots, SlotKey};
 

@@ -82,6 +82,7 @@ fn ctx() -> RequestCtx {
         uri: "/api/items".parse().unwrap(),
         started: Instant::now(),
         slots: Default::default(),
+        device_logs: Default::default(),
     })
 }
 

@@ -67,6 +67,7 @@ fn input(peer: &str, xff: Option<&'static str>) -> (RequestCtx, request::Parts) 
         uri: head.uri.clone(),
         started: Instant::now(),
         slots: Default::default(),
+        device_logs: Default::default(),
     });
     (ctx, head)
 }

@@ -62,6 +62,7 @@ fn one(device: &StructuredLogging, head: &http::request::Parts) {
         uri: "/api/users/42".parse().unwrap(),
         started: Instant::now(),
         slots: Default::default(),
+        device_logs: Default::default(),
     });
     ctx.route = Some("/api".into());
     ctx.service = Some("api".into());

@@ -12,7 +12,9 @@ use snakeway_core::{
 };
 
 use crate::layer::StructuredLoggingLayer;
-use crate::record::{CapturedHeader, ErrorRecord, HeaderFields, Record, Timestamp};
+use crate::record::{
+    CapturedHeader, DeviceLogRecord, ErrorRecord, HeaderFields, Record, Timestamp,
+};
 use crate::{IdentityExtractor, LogPhase, LogWriter, LoggingOptions};
 
 /// Lines longer than this do not keep the per-thread formatting buffer grown.
@@ -205,9 +207,25 @@ impl StructuredLogging {
                 .then(|| capture.and_then(|c| c.headers.as_deref().map(HeaderFields))),
             identity: identity.as_ref().map(Option::as_ref),
         };
+        // What devices (WASM guests) logged for the request since its previous line.
+        for log in info.device_logs.take() {
+            self.write(&DeviceLogRecord {
+                ts: ts.as_str(),
+                event: "device_log",
+                request_id: &record.request_id,
+                device: &log.device,
+                level: log.level,
+                message: &log.message,
+            });
+        }
+        self.write(&record);
+    }
+
+    /// Serializes one line and queues it; never blocks.
+    fn write(&self, record: &impl serde::Serialize) {
         let line = SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
-            if serde_json::to_writer(&mut *buf, &record).is_err() {
+            if serde_json::to_writer(&mut *buf, record).is_err() {
                 return None;
             }
             buf.push(b'\n');

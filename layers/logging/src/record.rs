@@ -40,6 +40,18 @@ pub(crate) struct Record<'a> {
     pub(crate) identity: Option<Option<&'a serde_json::Map<String, serde_json::Value>>>,
 }
 
+/// A line a device logged for the request (a WASM guest's `log`), written just before the
+/// request's next line.
+#[derive(serde::Serialize)]
+pub(crate) struct DeviceLogRecord<'a> {
+    pub(crate) ts: &'a str,
+    pub(crate) event: &'static str,
+    pub(crate) request_id: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) level: &'static str,
+    pub(crate) message: &'a str,
+}
+
 /// The `error` object of an `error` event.
 #[derive(serde::Serialize)]
 pub(crate) struct ErrorRecord<'a> {

@@ -568,6 +568,7 @@ fn ctx(id: &'static str) -> RequestCtx {
         uri: "/q".parse().unwrap(),
         started: Instant::now(),
         slots: Default::default(),
+        device_logs: Default::default(),
     })
 }
 
@@ -585,6 +586,42 @@ fn one_request(device: &StructuredLogging, id: &'static str) -> Duration {
     let start = Instant::now();
     device.on_response(&mut ctx, &mut res).unwrap();
     start.elapsed()
+}
+
+#[test]
+fn device_logs_are_written_before_the_next_line_with_the_request_id() {
+    let (device, memory) = memory_device(options(&[LogPhase::Response]));
+    let mut ctx = ctx("req-7");
+    let (mut req, ()) = Request::get("/q").body(()).unwrap().into_parts();
+    device.on_request(&mut ctx, &mut req).unwrap();
+    for (level, message) in [("info", "scored 0.2"), ("warn", "bot-like")] {
+        ctx.info().device_logs.push(snakeway_core::DeviceLog {
+            device: "scorer".into(),
+            level,
+            message: message.into(),
+        });
+    }
+    let (mut head, ()) = Response::new(()).into_parts();
+    let mut res = ResponseCtx {
+        head: &mut head,
+        origin: Origin::Upstream,
+    };
+    device.on_response(&mut ctx, &mut res).unwrap();
+    device.writer().flush(WAIT).unwrap();
+    let lines = memory.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, (level, message)) in lines
+        .iter()
+        .zip([("info", "scored 0.2"), ("warn", "bot-like")])
+    {
+        assert_eq!(line["event"], "device_log");
+        assert_eq!(line["request_id"], "req-7");
+        assert_eq!(line["device"], "scorer");
+        assert_eq!(line["level"], level);
+        assert_eq!(line["message"], message);
+    }
+    assert_eq!(lines[2]["event"], "response");
+    assert!(ctx.info().device_logs.take().is_empty(), "written once");
 }
 
 #[test]

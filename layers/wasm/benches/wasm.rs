@@ -33,6 +33,7 @@ fn ctx() -> RequestCtx {
         uri: Uri::from_static("/api/items?page=2"),
         started: Instant::now(),
         slots: Default::default(),
+        device_logs: Default::default(),
     })
 }
 

@@ -102,6 +102,27 @@ struct Live {
     _count: LiveCount,
 }
 
+/// What a hook with a [`RequestCtx`] hands the instance (the body hook has none: the
+/// instance keeps what it was given last).
+struct Seen {
+    identity: Option<Arc<ClientIdentity>>,
+    attributes: Attributes,
+}
+
+impl Seen {
+    fn of(ctx: &mut RequestCtx) -> Self {
+        Self {
+            identity: ctx.extensions.get::<Arc<ClientIdentity>>().cloned(),
+            attributes: Attributes::of(ctx),
+        }
+    }
+
+    fn hand_to(self, state: &mut HostState) {
+        state.identity = self.identity;
+        state.attributes = self.attributes;
+    }
+}
+
 /// Counts a device's live instances (for tests and diagnostics).
 struct LiveCount(Arc<AtomicUsize>);
 
@@ -270,7 +291,7 @@ impl WasmDevice {
         // `init` at load is off the request path: it gets at least a second.
         let per_hook = device.ticks;
         device.ticks = per_hook.max(u64::try_from(1_000_000_000 / tick).unwrap_or(1));
-        let loaded = device.instantiate(Weak::new());
+        let loaded = device.instantiate(Weak::new(), None);
         device.ticks = per_hook;
         let (_, registration) =
             loaded.map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
@@ -313,8 +334,12 @@ impl WasmDevice {
     fn instantiate(
         &self,
         request: Weak<RequestInfo>,
+        seen: Option<Seen>,
     ) -> Result<(Live, types::Registration), Failure> {
         let mut store = self.new_store(request);
+        if let Some(seen) = seen {
+            seen.hand_to(store.data_mut());
+        }
         let budget = self.budget();
         arm(&mut store, self.ticks, budget);
         let guest = self.pre.instantiate(&mut store).map_err(|e| {
@@ -355,14 +380,24 @@ impl WasmDevice {
     /// The request's live instance, created (and `init`ed) at the device's first hook of the
     /// request. `Ok(None)`: the device is skipped (it failed earlier in this request, or it
     /// cannot be instantiated and fails open).
-    fn checkout(&self, info: &Arc<RequestInfo>, hook: Hook) -> Result<Option<Live>, DeviceError> {
+    fn checkout(
+        &self,
+        info: &Arc<RequestInfo>,
+        hook: Hook,
+        seen: Option<Seen>,
+    ) -> Result<Option<Live>, DeviceError> {
         match info.slots.take::<Instance>(self.key).map(|b| *b) {
-            Some(Instance::Live(live)) => Ok(Some(live)),
+            Some(Instance::Live(mut live)) => {
+                if let Some(seen) = seen {
+                    seen.hand_to(live.store.data_mut());
+                }
+                Ok(Some(live))
+            }
             Some(Instance::Failed) => {
                 info.slots.put(self.key, Box::new(Instance::Failed));
                 Ok(None)
             }
-            None => match self.instantiate(Arc::downgrade(info)) {
+            None => match self.instantiate(Arc::downgrade(info), seen) {
                 Ok((live, _)) => Ok(Some(live)),
                 Err(failure) => self.failed(info, hook, &failure).map(|()| None),
             },
@@ -424,12 +459,13 @@ impl WasmDevice {
         info: &Arc<RequestInfo>,
         hook: Hook,
         keep: bool,
+        seen: Option<Seen>,
         message: &mut M,
         prepare: impl FnOnce(&mut HostState, &mut M),
         call: impl FnOnce(&SnakewayDevice, &mut Store<HostState>) -> wasmtime::Result<T>,
         finish: impl FnOnce(&mut HostState, &mut M, wasmtime::Result<T>) -> Result<R, Failure>,
     ) -> Result<Option<R>, DeviceError> {
-        let Some(mut live) = self.checkout(info, hook)? else {
+        let Some(mut live) = self.checkout(info, hook, seen)? else {
             return Ok(None);
         };
         prepare(live.store.data_mut(), message);
@@ -453,17 +489,15 @@ impl WasmDevice {
         head: &mut request::Parts,
         hook: Hook,
     ) -> DeviceResult {
-        let identity = ctx.extensions.get::<Arc<ClientIdentity>>().cloned();
-        let attributes = Attributes::of(ctx);
+        let seen = Seen::of(ctx);
         let limits = &self.limits.output;
         let flow = self.hook(
             ctx.info(),
             hook,
             true,
+            Some(seen),
             head,
             |state, head| {
-                state.identity = identity;
-                state.attributes = attributes;
                 state.uri = Some(head.uri.clone());
                 state.headers = std::mem::take(&mut head.headers);
             },
@@ -499,18 +533,16 @@ impl WasmDevice {
         hook: Hook,
         keep: bool,
     ) -> Result<Option<Flow>, DeviceError> {
-        let identity = ctx.extensions.get::<Arc<ClientIdentity>>().cloned();
-        let attributes = Attributes::of(ctx);
+        let seen = Seen::of(ctx);
         let limits = &self.limits.output;
         let status = head.status.as_u16();
         self.hook(
             ctx.info(),
             hook,
             keep,
+            Some(seen),
             head,
             |state, head| {
-                state.identity = identity;
-                state.attributes = attributes;
                 state.headers = std::mem::take(&mut head.headers);
             },
             |guest, store| match hook {
@@ -561,6 +593,7 @@ impl Device for WasmDevice {
             &ctx.info,
             Hook::OnRequestBody,
             true,
+            None,
             &mut (),
             |_, _| {},
             |guest, store| {

@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Uri};
-use snakeway_core::RequestInfo;
+use snakeway_core::{DeviceLog, RequestInfo};
 use snakeway_identity::ClientIdentity;
 use wasmtime::{Store, StoreLimits, Trap, UpdateDeadline};
 
@@ -152,22 +152,35 @@ impl host::Host for HostState {
             .and_then(|r| r.request_id.to_str().ok())
             .unwrap_or("");
         let device = &*self.device;
-        match level {
+        let level = match level {
             host::Level::Trace => {
-                tracing::trace!(target: "snakeway::wasm", device, request_id, "{message}")
+                tracing::trace!(target: "snakeway::wasm", device, request_id, "{message}");
+                "trace"
             }
             host::Level::Debug => {
-                tracing::debug!(target: "snakeway::wasm", device, request_id, "{message}")
+                tracing::debug!(target: "snakeway::wasm", device, request_id, "{message}");
+                "debug"
             }
             host::Level::Info => {
-                tracing::info!(target: "snakeway::wasm", device, request_id, "{message}")
+                tracing::info!(target: "snakeway::wasm", device, request_id, "{message}");
+                "info"
             }
             host::Level::Warn => {
-                tracing::warn!(target: "snakeway::wasm", device, request_id, "{message}")
+                tracing::warn!(target: "snakeway::wasm", device, request_id, "{message}");
+                "warn"
             }
             host::Level::Error => {
-                tracing::error!(target: "snakeway::wasm", device, request_id, "{message}")
+                tracing::error!(target: "snakeway::wasm", device, request_id, "{message}");
+                "error"
             }
+        };
+        // For the request's structured log (written by the structured-logging device).
+        if let Some(request) = request {
+            request.device_logs.push(DeviceLog {
+                device: self.device.clone(),
+                level,
+                message,
+            });
         }
         Ok(())
     }

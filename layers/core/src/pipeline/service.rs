@@ -150,6 +150,7 @@ where
             uri: head.uri.clone(),
             started: Instant::now(),
             slots: Default::default(),
+            device_logs: Default::default(),
         };
         let mut ctx = RequestCtx::new(info);
         let pipeline = self.pipeline.clone();
