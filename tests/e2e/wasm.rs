@@ -56,7 +56,7 @@ const GOOGLEBOT: &str = "Googlebot/2.1 (+http://www.google.com/bot.html)";
 // === helpers ===
 
 /// The freshly built example guests (built once per test run).
-fn guest(name: &str) -> String {
+pub(crate) fn guest(name: &str) -> String {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/wasm");

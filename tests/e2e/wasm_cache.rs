@@ -5,7 +5,6 @@
 //! for `config check` and `serve`, never a failure.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::client;
@@ -15,19 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The `add-header` example guest, freshly built by `examples/wasm/build.sh`.
 fn add_header() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/wasm");
-        let status = std::process::Command::new(root.join("build.sh"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run examples/wasm/build.sh");
-        assert!(status.success(), "examples/wasm/build.sh failed");
-        root.join("out")
-    });
-    dir.join("add-header.wasm")
+    PathBuf::from(crate::wasm::guest("add-header"))
 }
 
 /// One listener answering 200, one WASM device tagging responses, and `[wasm] cache_dir`.

@@ -1,16 +1,16 @@
-//! WASM device costs: a hook on a live instance (15 request headers), a whole request through
-//! one header-adding device (fresh instance + `init` + hook + release), and the bare
-//! instantiation.
+//! WASM device costs, every request with 15 headers: a hook on a live instance (for guests that
+//! read nothing, one header, or everything), and whole requests through one device (fresh
+//! instance + `init` + hook + release), with and without the pooling allocator.
 
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Method, Request, Uri};
 use snakeway_core::{Device, Origin, RequestCtx, RequestInfo, ResponseCtx};
-use snakeway_wasm::{WasmDevice, WasmEngine, WasmLimits};
+use snakeway_wasm::{EngineOptions, WasmDevice, WasmEngine, WasmLimits};
 
 fn guest(name: &str) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/wasm");
@@ -67,33 +67,32 @@ fn head() -> http::request::Parts {
     req.body(()).unwrap().into_parts().0
 }
 
-fn bench(c: &mut Criterion) {
-    let engine = WasmEngine::shared().unwrap();
-    let config = r#"{"name": "x-added", "value": "1"}"#;
-    // A generous limit: on a shared machine a thread descheduled mid-call would otherwise
-    // hit the wall-clock deadline during millions of iterations.
-    let limits = WasmLimits {
+/// A generous limit: on a shared machine a thread descheduled mid-call would otherwise hit the
+/// wall-clock backstop during millions of iterations.
+fn limits() -> WasmLimits {
+    WasmLimits {
         timeout: std::time::Duration::from_secs(1),
         ..WasmLimits::default()
-    };
-    let device =
-        WasmDevice::from_bytes(&engine, "add", &guest("add-header"), config, limits).unwrap();
+    }
+}
 
-    // One request kept alive: the first call instantiates, the measured ones reuse it.
+/// One request kept alive: the first call instantiates, the measured ones reuse the instance.
+fn bench_live_hook(c: &mut Criterion, name: &str, device: &WasmDevice) {
     let mut live = ctx();
     let mut h = head();
     device.on_request(&mut live, &mut h).unwrap();
-    assert_eq!(h.headers.len(), 16);
-    c.bench_function("wasm/hook_live_instance_15_headers", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| device.on_request(&mut live, &mut h).unwrap())
     });
+}
 
-    // A whole request through the device: instance + init + on-request + release.
+/// Whole requests through the device: instance + `init` + `on-request` + release.
+fn bench_fresh_request(c: &mut Criterion, name: &str, device: &WasmDevice) {
     let (mut res_head, _) = http::Response::new(()).into_parts();
-    c.bench_function("wasm/request_fresh_instance_15_headers", |b| {
+    let mut h = head();
+    c.bench_function(name, |b| {
         b.iter(|| {
             let mut ctx = ctx();
-            let mut h = head();
             device.on_request(&mut ctx, &mut h).unwrap();
             let mut res = ResponseCtx {
                 head: &mut res_head,
@@ -102,10 +101,68 @@ fn bench(c: &mut Criterion) {
             device.on_response(&mut ctx, &mut res).unwrap();
         })
     });
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = WasmEngine::new(EngineOptions::default()).unwrap();
+    let add = r#"{"name": "x-added", "value": "1"}"#;
+    let device = |engine: &WasmEngine, guest_name: &str, config: &str| {
+        WasmDevice::from_bytes(engine, guest_name, &guest(guest_name), config, limits()).unwrap()
+    };
+
+    // add-header: reads nothing, sets one header.
+    let add_header = device(&engine, "add-header", add);
+    bench_live_hook(c, "wasm/hook_live/add_header", &add_header);
+    // deny by header: reads one header (absent) and the context (the path), continues.
+    let deny = device(
+        &engine,
+        "deny",
+        r#"{"header": "x-block", "path_prefix": "/admin"}"#,
+    );
+    bench_live_hook(c, "wasm/hook_live/deny_reads_one_header", &deny);
+    // testkit, quiet: reads the context, all 15 headers and the attribute map.
+    let reads_all = device(
+        &engine,
+        "testkit",
+        r#"{"quiet": true, "phases": ["on-request"]}"#,
+    );
+    // (It keeps a trace of its hooks in memory, so each measured call is the second hook of
+    // a fresh request rather than the millionth of one.)
+    c.bench_function("wasm/hook_live/testkit_reads_all_headers", |b| {
+        b.iter_batched(
+            || {
+                let (mut ctx, mut h) = (ctx(), head());
+                reads_all.on_request(&mut ctx, &mut h).unwrap();
+                (ctx, h)
+            },
+            |(mut ctx, mut h)| {
+                reads_all.on_request(&mut ctx, &mut h).unwrap();
+                (ctx, h)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    bench_fresh_request(c, "wasm/request_fresh_instance/add_header", &add_header);
+    bench_fresh_request(c, "wasm/request_fresh_instance/deny", &deny);
     assert_eq!(
-        device.live_instances(),
-        1,
-        "only the long-lived request holds one"
+        add_header.live_instances(),
+        0,
+        "every request released its instance"
+    );
+
+    // The same without the pooling allocator: every instance maps its memory anew.
+    let on_demand = WasmEngine::new(EngineOptions {
+        pooling: false,
+        cache_dir: None,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let add_on_demand = device(&on_demand, "add-header", add);
+    bench_fresh_request(
+        c,
+        "wasm/request_fresh_instance/add_header_no_pooling",
+        &add_on_demand,
     );
 }
 
