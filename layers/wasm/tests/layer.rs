@@ -12,7 +12,7 @@ use snakeway_wasm::{FailurePolicy, WasmDevice, WasmLayer};
 use support::{engine, guest, limits};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-fn load(guest_name: &str, config: serde_json::Value) -> WasmDevice {
+fn load(guest_name: &str, config: &serde_json::Value) -> WasmDevice {
     WasmDevice::from_bytes(
         &engine(),
         guest_name,
@@ -37,7 +37,7 @@ async fn app(req: Request<Body>) -> Result<Response<Body>, Infallible> {
 async fn the_layer_runs_the_device_around_a_plain_service() {
     let device = load(
         "add-header",
-        json!({"name": "x-added", "value": "by-wasm", "response_name": "x-served-by", "response_value": "wasm"}),
+        &json!({"name": "x-added", "value": "by-wasm", "response_name": "x-served-by", "response_value": "wasm"}),
     );
     let svc = ServiceBuilder::new()
         .layer(WasmLayer::new(device))
@@ -55,7 +55,7 @@ async fn the_layer_runs_the_device_around_a_plain_service() {
 
 #[tokio::test]
 async fn an_early_answer_never_reaches_the_service() {
-    let device = load("deny", json!({"path_prefix": "/admin", "status": 403}));
+    let device = load("deny", &json!({"path_prefix": "/admin", "status": 403}));
     let svc = ServiceBuilder::new()
         .layer(WasmLayer::from(device))
         .service(service_fn(|_: Request<Body>| async {
