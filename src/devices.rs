@@ -90,14 +90,23 @@ impl LazyEngine<'_> {
 
 /// The process-wide WASM engine. The first configuration that loads a WASM device creates it
 /// with its `[wasm]` settings, which stay until the process ends: a later configuration with
-/// other settings gets the same engine, and a warning that they take effect at a restart.
+/// other settings gets the same engine, and a warning per changed setting that it takes effect
+/// at a restart.
 fn wasm_engine(settings: &WasmSettings) -> Result<snakeway_wasm::WasmEngine, String> {
     let cache_dir = settings.cache_dir().map(Path::to_owned);
     let engine = snakeway_wasm::WasmEngine::shared_with(snakeway_wasm::EngineOptions {
         cache_dir: cache_dir.clone(),
+        max_instances: settings.max_instances,
         ..snakeway_wasm::EngineOptions::default()
     })
     .map_err(|e| e.to_string())?;
+    let running = engine.options().max_instances;
+    if running != settings.max_instances {
+        tracing::warn!(
+            "the WASM instance limit changed ({running} -> {}): it takes effect at the next restart",
+            settings.max_instances
+        );
+    }
     let running = &engine.options().cache_dir;
     if *running != cache_dir {
         let shown = |dir: &Option<std::path::PathBuf>| {

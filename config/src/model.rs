@@ -447,6 +447,10 @@ pub struct WasmSettings {
     /// neither variable holds an absolute path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// WASM instances alive at once, over all WASM devices and requests in flight (default
+    /// 1000, 1 to 100000): the size of the engine's instance pool, whose address space is
+    /// reserved up front. A request that finds the pool full fails the device.
+    pub max_instances: u32,
 }
 
 impl WasmSettings {

@@ -32,6 +32,7 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawWasmSettings {
     pub(crate) cache: Option<bool>,
     pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) max_instances: Option<u64>,
 }
 
 /// `[[listener]]`.

@@ -162,6 +162,7 @@ identity_fields = ["ip", "country", "device", "bot"]
 [wasm]
 cache = true
 cache_dir = "cache/wasm"
+max_instances = 64
 "#;
 
 /// A temp dir holding `FULL` and every file it names.
@@ -356,6 +357,7 @@ fn full_example_loads_with_its_values() {
         WasmSettings {
             cache: true,
             cache_dir: Some(tmp.path("cache/wasm")),
+            max_instances: 64,
         }
     );
 }
@@ -552,6 +554,7 @@ type = "structured_logging"
                 home("XDG_CACHE_HOME").as_deref(),
                 home("HOME").as_deref()
             ),
+            max_instances: 1000,
         }
     );
 }
@@ -590,6 +593,7 @@ cache_dir = \"var/cache\"\n",
         WasmSettings {
             cache: true,
             cache_dir: Some(tmp.path("etc/var/cache")),
+            max_instances: 1000,
         }
     );
     assert_eq!(
@@ -688,6 +692,51 @@ cache = false
         load_str(&text, &tmp.path("elsewhere/dump.toml")).unwrap_or_else(|r| panic!("{r}")),
         config
     );
+}
+
+#[test]
+fn wasm_max_instances() {
+    let tmp = TempDir::new("wasm-instances");
+    let path = tmp.path("snakeway.toml");
+    let max_instances = |text: &str| load_str(text, &path).map(|c| c.wasm.max_instances);
+    assert_eq!(max_instances("").unwrap(), 1000);
+    assert_eq!(max_instances("[wasm]\ncache = false\n").unwrap(), 1000);
+    assert_eq!(max_instances("[wasm]\nmax_instances = 8\n").unwrap(), 8);
+    assert_eq!(max_instances("[wasm]\nmax_instances = 1\n").unwrap(), 1);
+    assert_eq!(
+        max_instances("[wasm]\nmax_instances = 100000\n").unwrap(),
+        100_000
+    );
+
+    // Out of range: one problem naming the file, the key and the range.
+    for value in ["0", "100001", "4294967297"] {
+        let report = max_instances(&format!("[wasm]\nmax_instances = {value}\n")).unwrap_err();
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "{}: wasm.max_instances: {value} is out of range (1-100000)",
+                path.display()
+            )
+        );
+    }
+    // Not a non-negative integer: the type error, on the same key.
+    for value in ["-1", "\"8\"", "8.5"] {
+        let report = max_instances(&format!("[wasm]\nmax_instances = {value}\n")).unwrap_err();
+        let got: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(got, ["wasm.max_instances"], "{value}: {report}");
+    }
+
+    // The dump shows it, and loads back as it is.
+    let config = load_str("[wasm]\nmax_instances = 8\n", &path).unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("max_instances = 8"), "{text}");
+    assert_eq!(
+        load_str(&text, &tmp.path("elsewhere/dump.toml")).unwrap_or_else(|r| panic!("{r}")),
+        config
+    );
+    let default = load_str("", &path).unwrap();
+    let json = serde_json::to_value(&default).unwrap();
+    assert_eq!(json["wasm"]["max_instances"], 1000);
 }
 
 #[test]

@@ -168,7 +168,21 @@ fn build_wasm(s: &mut Scope<'_>, raw: RawWasmSettings) -> WasmSettings {
         ),
         None => None,
     };
-    WasmSettings { cache, cache_dir }
+    let max_instances = match raw.max_instances {
+        None => 1000,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .unwrap_or_else(|| {
+                s.bad("max_instances", format!("{n} is out of range (1-100000)"));
+                1000
+            }),
+    };
+    WasmSettings {
+        cache,
+        cache_dir,
+        max_instances,
+    }
 }
 
 fn build_admin(

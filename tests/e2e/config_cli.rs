@@ -223,6 +223,11 @@ fn config_dump_fills_in_defaults_as_toml_and_json() {
     assert_eq!(json["server"]["threads"], 1);
     assert_eq!(json["server"]["shutdown_grace_ms"], 10000);
     assert_eq!(json["route"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["wasm"]["max_instances"], 1000);
+    assert!(
+        text.contains("max_instances = 1000"),
+        "dump lacks `max_instances = 1000`:\n{text}"
+    );
 }
 
 #[tokio::test]

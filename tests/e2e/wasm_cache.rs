@@ -1,8 +1,8 @@
 //! The on-disk WASM compilation cache through the real server (issue 4: "compiled artifacts
 //! cached by content hash so restarts and reloads skip compilation"): a second server on the
 //! same `[wasm] cache_dir` loads the compiled module instead of compiling it, a reload that
-//! changes `[wasm]` keeps the running cache, and a directory that cannot be used is a warning
-//! for `config check` and `serve`, never a failure.
+//! changes `[wasm]` keeps the running cache and instance limit, and a directory that cannot be
+//! used is a warning for `config check` and `serve`, never a failure.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -118,6 +118,26 @@ async fn a_restart_loads_the_compiled_module_from_the_cache_dir() {
     // The unchanged module came from memory: no compilation, no new directory.
     assert_eq!(compiled(&second).len(), 1);
     assert!(!elsewhere.exists());
+    assert_tagged(&second).await;
+
+    // So does one with another instance limit.
+    second.rewrite_config(&format!("{}max_instances = 8\n", config(&elsewhere)));
+    second.signal(Signal::SIGHUP);
+    assert!(
+        second
+            .wait_for_log_count("configuration reloaded", 2, WAIT)
+            .await,
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(
+        second.log_count(
+            "the WASM instance limit changed (1000 -> 8): it takes effect at the next restart"
+        ),
+        1,
+        "{}",
+        second.log_text()
+    );
     assert_tagged(&second).await;
 }
 
