@@ -14,11 +14,13 @@
 //!   write memory images), created lazily at the device's first subscribed hook of the
 //!   request and reused for its later hooks in that request; it is dropped with the request,
 //!   so nothing leaks between requests or clients.
-//! * Per-request instances live in a small per-device registry keyed by the request's
-//!   [`RequestInfo`](snakeway_core::RequestInfo) allocation (every hook, including the body
-//!   hook, sees the same `Arc<RequestInfo>`). Each entry holds a `Weak<RequestInfo>`, so the
-//!   key cannot be reused while the entry exists; entries are removed at `on_response` (or,
-//!   for devices with a body hook, swept once their request is gone).
+//! * Per-request instances live in the request's
+//!   [`DeviceSlots`](snakeway_core::DeviceSlots) (`RequestInfo::slots`), which every hook
+//!   reaches, the body hook included: no table shared between requests, no lock shared between
+//!   workers. An instance keeps only a `Weak` reference to its request, so both are freed
+//!   together; devices without a body hook drop theirs at `on_response`.
+//! * Hooks pass the guest nothing it may not need: it asks the host for the context and the
+//!   headers it reads (the request's `HeaderMap` is moved into the store for the call).
 //!
 //! # Limits
 //!
