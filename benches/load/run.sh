@@ -26,11 +26,16 @@
 #                       check once each (the same extra request in the N and 5N runs, so it
 #                       cancels out). The summary adds `snakeway-wasm / snakeway` and
 #                       `snakeway-wasm − snakeway`: the device's cost in CPU µs and
-#                       instructions per request. Under valgrind, a one-second probe
-#                       (`snakeway config check` under `valgrind --tool=none`) comes first:
-#                       the WASM engine's instance pool reserves terabytes of address space
-#                       at start, which valgrind refuses, and then snakeway-wasm gets no
-#                       instructions/req (said in the log and the summary) rather than
+#                       instructions per request. The wrk runs use the default
+#                       `[wasm] max_instances = 1000`; under valgrind it is 7
+#                       (CALLGRIND_WASM_MAX_INSTANCES): the instance pool reserves its address
+#                       space at start, 2 linear memories of about 4 GiB per instance, and
+#                       valgrind's client address space (about 64 GiB on amd64) refuses 8
+#                       instances or more. As a request in flight holds an instance, the
+#                       callgrind runs of every proxy then use 7 h2load connections, not 8.
+#                       A one-second probe (`snakeway config check` under
+#                       `valgrind --tool=none`) comes first: when it fails, snakeway-wasm gets
+#                       no instructions/req (said in the log and the summary) rather than
 #                       failing the run.
 #
 # Everything runs on 127.0.0.1 on free ports found at run time. CPU 0 runs the proxy under
@@ -42,7 +47,8 @@
 #   * CPU µs per request: utime+stime of the proxy's worker process (/proc/PID/stat fields
 #     14+15) over the wrk run, divided by the requests wrk completed;
 #   * instructions per request under `valgrind --tool=callgrind`: total Ir of a run that
-#     serves N requests and of one that serves 5N (h2load, exact counts), (Ir(5N)-Ir(N))/(4N).
+#     serves N requests and of one that serves 5N (h2load, 8 connections, 7 with snakeway-wasm;
+#     exact counts), (Ir(5N)-Ir(N))/(4N).
 #     This one does not move with the machine's load, unlike the others.
 #
 # Environment:
@@ -87,12 +93,13 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CPU=0
 LOAD_CPU=1
-CALLGRIND_CLIENT_CONNECTIONS=8
 START_TIMEOUT=30           # seconds for a native process to accept connections
 VALGRIND_START_TIMEOUT=300 # the same under valgrind (~50x slower)
 WASM_GUEST=$ROOT/examples/wasm/out/add-header.wasm
 WASM_TIMEOUT_MS=5              # the device's timeout_ms in the wrk runs (Snakeway's default)
 CALLGRIND_WASM_TIMEOUT_MS=1000 # ... and under callgrind (see wasm-device.toml.in)
+WASM_MAX_INSTANCES=1000        # [wasm] max_instances in the wrk runs (Snakeway's default)
+CALLGRIND_WASM_MAX_INSTANCES=7 # ... and under valgrind (see wasm-device.toml.in)
 
 for p in $PROXIES; do
     case $p in
@@ -103,6 +110,13 @@ done
 require_positive DURATION ROUNDS N WARMUP CONNECTIONS
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
 wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm; }
+# h2load connections of the callgrind runs, the same for every proxy of a run: 8, or with
+# snakeway-wasm CALLGRIND_WASM_MAX_INSTANCES (7), as each request in flight holds an instance.
+if wants snakeway-wasm; then
+    CALLGRIND_CLIENT_CONNECTIONS=$CALLGRIND_WASM_MAX_INSTANCES
+else
+    CALLGRIND_CLIENT_CONNECTIONS=8
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tools: check, never install.
@@ -161,7 +175,7 @@ nginx_start() {
 # snakeway_config NAME PROXY PORT: writes $TMP/NAME/snakeway.toml (and a copy in OUT_DIR) and
 # sets STARTED_DIR to $TMP/NAME. PROXY is snakeway, snakeway-pipeline (the same config plus
 # pipeline-devices.toml.in) or snakeway-wasm (plus wasm-device.toml.in, with
-# timeout_ms = $WASM_TIMEOUT_MS).
+# timeout_ms = $WASM_TIMEOUT_MS and max_instances = $WASM_MAX_INSTANCES).
 snakeway_config() {
     local name=$1 proxy=$2 port=$3 dir
     dir="$TMP/$name"
@@ -169,7 +183,10 @@ snakeway_config() {
     fill "$HERE/snakeway.toml.in" "$dir/snakeway.toml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
     case $proxy in
     snakeway-pipeline) fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir" ;;
-    snakeway-wasm) fill "$HERE/wasm-device.toml.in" "$dir/devices.toml" WASM="$WASM_GUEST" TIMEOUT_MS="$WASM_TIMEOUT_MS" ;;
+    snakeway-wasm)
+        fill "$HERE/wasm-device.toml.in" "$dir/devices.toml" WASM="$WASM_GUEST" TIMEOUT_MS="$WASM_TIMEOUT_MS" \
+            MAX_INSTANCES="$WASM_MAX_INSTANCES"
+        ;;
     esac
     if [[ -f $dir/devices.toml ]]; then cat "$dir/devices.toml" >>"$dir/snakeway.toml"; fi
     cp "$dir/snakeway.toml" "$OUT_DIR/$name.toml"
@@ -312,7 +329,8 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
             'daemon off; master_process off;' "${vg[@]}"
         ;;
     snakeway | snakeway-pipeline | snakeway-wasm)
-        WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}"
+        WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS WASM_MAX_INSTANCES=$CALLGRIND_WASM_MAX_INSTANCES \
+            snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}"
         ;;
     esac
     local pid=$STARTED_PID dir=$STARTED_DIR
@@ -323,13 +341,15 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
 }
 
 # Can snakeway-wasm run under valgrind at all? `config check` builds the device, and with it
-# the WASM engine, whose instance pool reserves its whole address range up front: several TB
-# with the engine's defaults, more than valgrind manages (mmap fails with EINVAL, and the
-# server refuses to start). The probe takes a second; when it fails, snakeway-wasm gets no
-# instructions/req (the reason goes to the log and the summary) instead of ending the run.
+# the WASM engine, whose instance pool reserves its whole address range up front: about 8.6 TB
+# at the default 1000 instances, 56 GiB at the CALLGRIND_WASM_MAX_INSTANCES used here; past
+# valgrind's client address space mmap fails with EINVAL and the server refuses to start. The
+# probe takes a second; when it fails, snakeway-wasm gets no instructions/req (the reason goes
+# to the log and the summary) instead of ending the run.
 declare -A CG_UNSUPPORTED
 if [[ $SKIP_CALLGRIND != 1 ]] && wants snakeway-wasm; then
-    WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS snakeway_config callgrind-probe-snakeway-wasm snakeway-wasm "$(free_port)"
+    WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS WASM_MAX_INSTANCES=$CALLGRIND_WASM_MAX_INSTANCES \
+        snakeway_config callgrind-probe-snakeway-wasm snakeway-wasm "$(free_port)"
     probe="$OUT_DIR/callgrind-probe-snakeway-wasm.txt"
     if ! valgrind --tool=none -q "$SNAKEWAY" config check -c "$STARTED_DIR/snakeway.toml" >"$probe" 2>&1; then
         CG_UNSUPPORTED[snakeway-wasm]=$(grep -m 1 -o 'device\[.*' "$probe" || tail -n 1 "$probe")
