@@ -377,6 +377,24 @@ impl WasmDevice {
             .max(tick.saturating_mul(u32::try_from(self.ticks).unwrap_or(u32::MAX)))
     }
 
+    /// Whether the request still needs the device's instance after `hook`: a later hook the
+    /// guest subscribes to may run. Otherwise the instance goes back to the pool at once, so
+    /// a device that only acts in `on-request` holds a pool slot for microseconds, not for
+    /// the whole upstream round trip (fewer slots in rotation, warmer caches). The body hook
+    /// streams alongside the later hooks, so a device with one keeps its instance until
+    /// `on-response` (or the end of the request).
+    fn needed_after(&self, hook: Hook) -> bool {
+        use types::Phases as P;
+        let later = match hook {
+            Hook::OnRequest => P::BEFORE_PROXY | P::AFTER_PROXY | P::ON_RESPONSE,
+            Hook::BeforeProxy => P::AFTER_PROXY | P::ON_RESPONSE,
+            Hook::AfterProxy => P::ON_RESPONSE,
+            Hook::OnResponse => P::empty(),
+            Hook::OnRequestBody => return true,
+        };
+        self.guest_phases.intersects(later | P::ON_REQUEST_BODY)
+    }
+
     /// The request's live instance, created (and `init`ed) at the device's first hook of the
     /// request. `Ok(None)`: the device is skipped (it failed earlier in this request, or it
     /// cannot be instantiated and fails open).
@@ -494,7 +512,7 @@ impl WasmDevice {
         let flow = self.hook(
             ctx.info(),
             hook,
-            true,
+            self.needed_after(hook),
             Some(seen),
             head,
             |state, head| {
@@ -531,7 +549,6 @@ impl WasmDevice {
         ctx: &mut RequestCtx,
         head: &mut response::Parts,
         hook: Hook,
-        keep: bool,
     ) -> Result<Option<Flow>, DeviceError> {
         let seen = Seen::of(ctx);
         let limits = &self.limits.output;
@@ -539,7 +556,7 @@ impl WasmDevice {
         self.hook(
             ctx.info(),
             hook,
-            keep,
+            self.needed_after(hook),
             Some(seen),
             head,
             |state, head| {
@@ -619,7 +636,7 @@ impl Device for WasmDevice {
     }
 
     fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
-        let flow = self.response_hook(ctx, head, Hook::AfterProxy, true)?;
+        let flow = self.response_hook(ctx, head, Hook::AfterProxy)?;
         Ok(flow.unwrap_or(Flow::Continue))
     }
 
@@ -628,12 +645,11 @@ impl Device for WasmDevice {
         ctx: &mut RequestCtx,
         res: &mut ResponseCtx<'_>,
     ) -> Result<(), DeviceError> {
-        // Without a body hook the request needs the instance no more: dropping it now returns
-        // its pool slot while the response streams.
-        let keep = self.guest_phases.contains(types::Phases::ON_REQUEST_BODY);
         if self.guest_phases.contains(types::Phases::ON_RESPONSE) {
-            self.response_hook(ctx, res.head, Hook::OnResponse, keep)?;
-        } else if !keep {
+            self.response_hook(ctx, res.head, Hook::OnResponse)?;
+        } else if !self.needed_after(Hook::OnResponse) {
+            // The device's last subscribed hook did not run (e.g. `before-proxy` on a static
+            // route): its instance goes back to the pool now rather than with the request.
             drop(ctx.info().slots.take::<Instance>(self.key));
         }
         Ok(())
