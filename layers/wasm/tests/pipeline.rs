@@ -547,3 +547,48 @@ fn compiled_modules_are_cached_by_content() {
     assert_eq!(engine.cached_components(), 1);
     assert!(second < first, "reload {second:?} vs first load {first:?}");
 }
+
+/// A device's instance goes back to the pool right after its last subscribed hook: a device
+/// that only acts in `on-request` holds none while the request waits for its upstream; one
+/// subscribed to later hooks keeps its instance until then.
+#[test]
+fn an_instance_is_released_after_the_devices_last_hook() {
+    let ctx = || {
+        RequestCtx::new(snakeway_core::RequestInfo {
+            request_id: http::HeaderValue::from_static("r-1"),
+            peer: ([127, 0, 0, 1], 1).into(),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            started: Instant::now(),
+            slots: Default::default(),
+            device_logs: Default::default(),
+        })
+    };
+    let head = || Request::get("/").body(()).unwrap().into_parts().0;
+
+    let on_request_only = device("add", "add-header", json!({"name": "x-a", "value": "1"}));
+    let (mut c, mut h) = (ctx(), head());
+    on_request_only.on_request(&mut c, &mut h).unwrap();
+    assert_eq!(h.headers["x-a"], "1");
+    assert_eq!(
+        on_request_only.live_instances(),
+        0,
+        "released after on-request"
+    );
+
+    let later_hooks = device(
+        "kit",
+        "testkit",
+        json!({"quiet": true, "phases": ["on-request", "after-proxy"]}),
+    );
+    let (mut c, mut h) = (ctx(), head());
+    later_hooks.on_request(&mut c, &mut h).unwrap();
+    assert_eq!(later_hooks.live_instances(), 1, "kept for after-proxy");
+    let (mut res, ()) = http::Response::new(()).into_parts();
+    later_hooks.after_proxy(&mut c, &mut res).unwrap();
+    assert_eq!(
+        later_hooks.live_instances(),
+        0,
+        "released after after-proxy"
+    );
+}
