@@ -3,6 +3,9 @@
 # Needs the target: `rustup target add wasm32-wasip2`.
 set -euo pipefail
 cd "$(dirname "$0")"
+# This is its own workspace, for another target: settings of a calling cargo (a test or a
+# benchmark runs this script) must not leak in.
+unset CARGO_TARGET_DIR RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     echo "build.sh: installing the wasm32-wasip2 target" >&2
     rustup target add wasm32-wasip2

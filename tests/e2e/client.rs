@@ -359,3 +359,18 @@ pub async fn curl(args: &[&str]) -> std::process::Output {
         .expect("curl within 30 s")
         .expect("run curl")
 }
+
+/// Sends `req` over HTTP/1.1 from the local address `from` (any 127.0.0.0/8 address works on
+/// Linux loopback), as a client behind a proxy at that address would.
+pub async fn send_from(from: &str, to: SocketAddr, req: Request<Empty<Bytes>>) -> Resp {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = timeout(T, socket.connect(to))
+        .await
+        .expect("connect within 10 s")
+        .unwrap_or_else(|e| panic!("connect from {from} to {to}: {e}"));
+    assert_eq!(stream.local_addr().unwrap().ip().to_string(), from);
+    send_h1_on(stream, req)
+        .await
+        .unwrap_or_else(|e| panic!("request from {from}: {e}"))
+}

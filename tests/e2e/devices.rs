@@ -18,9 +18,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 
-use crate::client::{self, Parsed, Resp, T, raw_exchange, read_one_response, send_h1};
+use crate::client::{self, Parsed, Resp, T, raw_exchange, read_one_response, send_from, send_h1};
 use crate::harness::{Server, Signal, TestDir, eventually, run_cli};
 use crate::upstream::{self, Upstream, full_body};
 
@@ -121,20 +120,6 @@ async fn send(addr: SocketAddr, req: Request<Empty<bytes::Bytes>>) -> Resp {
     send_h1(addr, req)
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// Sends `req` from the local address `from` (any 127.0.0.0/8 address works on Linux loopback).
-async fn send_from(from: &str, to: SocketAddr, req: Request<Empty<bytes::Bytes>>) -> Resp {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let stream = tokio::time::timeout(T, socket.connect(to))
-        .await
-        .expect("connect within 10 s")
-        .unwrap_or_else(|e| panic!("connect from {from} to {to}: {e}"));
-    assert_eq!(stream.local_addr().unwrap().ip().to_string(), from);
-    client::send_h1_on(stream, req)
-        .await
-        .unwrap_or_else(|e| panic!("request from {from}: {e}"))
 }
 
 // === identity ===

@@ -29,9 +29,8 @@ use http::Request;
 use http_body_util::{Empty, Full, StreamBody};
 use hyper::body::{Body, Frame};
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 
-use crate::client::{self, Resp, T, send_h1};
+use crate::client::{Resp, send_from, send_h1};
 use crate::harness::{Server, Signal, TestDir, eventually, run_cli};
 use crate::upstream::{self, Recorded, Upstream, echo_header};
 
@@ -61,9 +60,6 @@ pub(crate) fn guest(name: &str) -> String {
     let dir = DIR.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/wasm");
         let status = std::process::Command::new(root.join("build.sh"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .status()
             .expect("run examples/wasm/build.sh");
         assert!(status.success(), "examples/wasm/build.sh failed");
@@ -147,19 +143,6 @@ async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str
         b.body(Full::new(Bytes::from(body.to_owned()))).unwrap(),
     )
     .await
-}
-
-/// Sends `req` from the local address `from` (any 127.0.0.0/8 address works on Linux).
-async fn send_from(from: &str, to: SocketAddr, req: Request<Empty<Bytes>>) -> Resp {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let stream = tokio::time::timeout(T, socket.connect(to))
-        .await
-        .expect("connect within 10 s")
-        .unwrap_or_else(|e| panic!("connect from {from} to {to}: {e}"));
-    client::send_h1_on(stream, req)
-        .await
-        .unwrap_or_else(|e| panic!("request from {from}: {e}"))
 }
 
 /// A streamed (chunked) POST sending each of `chunks` as one frame.

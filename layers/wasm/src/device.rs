@@ -19,7 +19,7 @@ use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::types;
 use crate::bindings::{SnakewayDevice, SnakewayDevicePre};
 use crate::engine::WasmEngine;
-use crate::host::{HostState, arm, watch_deadline};
+use crate::host::{HostState, TimeLimit, arm, watch_deadline};
 use crate::output::{self, Hook, OutputLimits};
 
 /// What a failing WASM device does to the request.
@@ -208,7 +208,8 @@ pub struct WasmDevice {
     pre: SnakewayDevicePre<HostState>,
     config: String,
     limits: WasmLimits,
-    ticks: u64,
+    /// The time limit of each hook call (and of a per-request instantiation and `init`).
+    hook_limit: TimeLimit,
     guest_phases: types::Phases,
     phases: Phases,
     live: Arc<AtomicUsize>,
@@ -274,8 +275,7 @@ impl WasmDevice {
             .and_then(SnakewayDevicePre::new)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
-        let tick = engine.options().tick.as_nanos().max(1);
-        let ticks = limits.timeout.as_nanos().div_ceil(tick).max(1);
+        let tick = engine.options().tick;
         let mut device = Self {
             name: Arc::from(name),
             key: SlotKey::unique(),
@@ -283,18 +283,16 @@ impl WasmDevice {
             pre,
             config: config_json.to_owned(),
             limits,
-            ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            hook_limit: TimeLimit::new(limits.timeout, tick),
             guest_phases: types::Phases::empty(),
             phases: Phases::NONE,
             live: Arc::default(),
         };
         // `init` at load is off the request path: it gets at least a second.
-        let per_hook = device.ticks;
-        device.ticks = per_hook.max(u64::try_from(1_000_000_000 / tick).unwrap_or(1));
-        let loaded = device.instantiate(Weak::new(), None);
-        device.ticks = per_hook;
-        let (_, registration) =
-            loaded.map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
+        let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
+        let (_, registration) = device
+            .instantiate(Weak::new(), None, load_limit)
+            .map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
         device.guest_phases = registration.phases;
         device.phases = phases_of(registration.phases, true);
         Ok(device)
@@ -335,13 +333,13 @@ impl WasmDevice {
         &self,
         request: Weak<RequestInfo>,
         seen: Option<Seen>,
+        limit: TimeLimit,
     ) -> Result<(Live, types::Registration), Failure> {
         let mut store = self.new_store(request);
         if let Some(seen) = seen {
             seen.hand_to(store.data_mut());
         }
-        let budget = self.budget();
-        arm(&mut store, self.ticks, budget);
+        arm(&mut store, limit);
         let guest = self.pre.instantiate(&mut store).map_err(|e| {
             let mut failure = Failure::from_wasm(&e);
             if failure.what == "error" {
@@ -351,7 +349,7 @@ impl WasmDevice {
             }
             failure
         })?;
-        arm(&mut store, self.ticks, budget);
+        arm(&mut store, limit);
         let registration = guest
             .snakeway_device_device()
             .call_init(&mut store, &self.config)
@@ -367,14 +365,6 @@ impl WasmDevice {
             _count: LiveCount::new(&self.live),
         };
         Ok((live, registration))
-    }
-
-    /// The time budget of the current `ticks` (longer while `init` runs at load).
-    fn budget(&self) -> Duration {
-        let tick = self.engine.options().tick;
-        self.limits
-            .timeout
-            .max(tick.saturating_mul(u32::try_from(self.ticks).unwrap_or(u32::MAX)))
     }
 
     /// Whether the request still needs the device's instance after `hook`: a later hook the
@@ -415,7 +405,7 @@ impl WasmDevice {
                 info.slots.put(self.key, Box::new(Instance::Failed));
                 Ok(None)
             }
-            None => match self.instantiate(Arc::downgrade(info), seen) {
+            None => match self.instantiate(Arc::downgrade(info), seen, self.hook_limit) {
                 Ok((live, _)) => Ok(Some(live)),
                 Err(failure) => self.failed(info, hook, &failure).map(|()| None),
             },
@@ -487,7 +477,7 @@ impl WasmDevice {
             return Ok(None);
         };
         prepare(live.store.data_mut(), message);
-        arm(&mut live.store, self.ticks, self.limits.timeout);
+        arm(&mut live.store, self.hook_limit);
         let answer = call(&live.guest, &mut live.store);
         match finish(live.store.data_mut(), message, answer) {
             Ok(value) => {
@@ -516,7 +506,7 @@ impl WasmDevice {
             Some(seen),
             head,
             |state, head| {
-                state.uri = Some(head.uri.clone());
+                state.uri = Some(std::mem::take(&mut head.uri));
                 state.headers = std::mem::take(&mut head.headers);
             },
             |guest, store| match hook {
@@ -525,7 +515,7 @@ impl WasmDevice {
             },
             |state, head, answer| {
                 head.headers = std::mem::take(&mut state.headers);
-                state.uri = None;
+                head.uri = state.uri.take().unwrap_or_default();
                 match answer.map_err(|e| Failure::from_wasm(&e))? {
                     types::Action::Continue => Ok(Flow::Continue),
                     types::Action::Modify(edits) => {

@@ -29,8 +29,8 @@ pub(crate) struct HostState {
     /// The headers of the message the running hook is about, moved in for the call and moved
     /// back out after it (empty between calls and in the body hook).
     pub(crate) headers: HeaderMap,
-    /// The request's current URI in request-side hooks (earlier devices may have changed it);
-    /// `None` elsewhere, where the URI as received is used.
+    /// The request's current URI in request-side hooks (earlier devices may have changed it),
+    /// moved in and out like the headers; `None` elsewhere, where the URI as received is used.
     pub(crate) uri: Option<Uri>,
     /// The client identity, as the identity device left it (kept for the body hook).
     pub(crate) identity: Option<Arc<ClientIdentity>>,
@@ -85,6 +85,25 @@ fn thread_cpu() -> Duration {
     })
 }
 
+/// The time limit of one call into a guest: its CPU budget, and the epoch ticks after which the
+/// budget is first checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimeLimit {
+    budget: Duration,
+    ticks: u64,
+}
+
+impl TimeLimit {
+    /// A limit of `budget`, checked on an epoch advancing every `tick`.
+    pub(crate) fn new(budget: Duration, tick: Duration) -> Self {
+        let ticks = budget.as_nanos().div_ceil(tick.as_nanos().max(1)).max(1);
+        Self {
+            budget,
+            ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// How stale the per-thread CPU clock reading [`arm`] starts from may be.
 const CPU_MARK_REFRESH: Duration = Duration::from_millis(1);
 
@@ -104,7 +123,8 @@ thread_local! {
 /// time since (an upper bound: the thread cannot have run longer than that). A looping guest
 /// therefore gets at most [`CPU_MARK_REFRESH`] more than its limit, and a hook costs no
 /// system call.
-pub(crate) fn arm(store: &mut Store<HostState>, ticks: u64, budget: Duration) {
+pub(crate) fn arm(store: &mut Store<HostState>, limit: TimeLimit) {
+    let TimeLimit { budget, ticks } = limit;
     let now = Instant::now();
     let cpu_start = CPU_MARK.with(|mark| match mark.get() {
         Some((at, cpu)) if now.duration_since(at) < CPU_MARK_REFRESH => cpu + (now - at),

@@ -17,7 +17,8 @@ use super::Pipeline;
 use super::body::{BodyVerdict, HookedBody};
 use crate::request_id;
 use crate::{
-    Body, BodyCtx, BoxError, Error, Flow, Origin, PeerAddr, Phase, RequestCtx, RequestInfo,
+    Body, BodyCtx, BoxError, DeviceResult, Error, Flow, Origin, PeerAddr, Phase, RequestCtx,
+    RequestInfo,
 };
 
 /// Layer that applies the [`PipelineService`] middleware, which runs a [`Pipeline`]'s
@@ -155,33 +156,18 @@ where
         let mut ctx = RequestCtx::new(info);
         let pipeline = self.pipeline.clone();
 
-        let early = match pipeline.on_request(&mut ctx, &mut head) {
-            Ok(Flow::Continue) => self.not_ready.take().map(Err),
-            Ok(Flow::Respond(response)) => {
-                ctx.origin = Some(Origin::Device);
-                Some(Ok(response))
-            }
-            Err(e) => Some(Err(e.into_error())),
-        };
+        let outcome = pipeline.on_request(&mut ctx, &mut head);
+        let mut early = answered(&mut ctx, outcome).or_else(|| self.not_ready.take().map(Err));
         // An empty body is never polled (nothing reads what is not there), so the body hooks
         // see its end now, right after `on_request`.
-        let early = match early {
-            None if pipeline.has(Phase::RequestBody) && body.is_end_stream() => {
-                let body_ctx = BodyCtx {
-                    info: ctx.info().clone(),
-                    bytes_before: 0,
-                };
-                match pipeline.on_request_body(&body_ctx, &Bytes::new(), true) {
-                    Ok(Flow::Continue) => None,
-                    Ok(Flow::Respond(response)) => {
-                        ctx.origin = Some(Origin::Device);
-                        Some(Ok(response))
-                    }
-                    Err(e) => Some(Err(e.into_error())),
-                }
-            }
-            early => early,
-        };
+        if early.is_none() && pipeline.has(Phase::RequestBody) && body.is_end_stream() {
+            let body_ctx = BodyCtx {
+                info: ctx.info().clone(),
+                bytes_before: 0,
+            };
+            let outcome = pipeline.on_request_body(&body_ctx, &Bytes::new(), true);
+            early = answered(&mut ctx, outcome);
+        }
         if let Some(result) = early {
             let response = pipeline.finish(ctx, result);
             return PipelineFuture {
@@ -300,5 +286,18 @@ where
                 Poll::Ready(Ok(pipeline.finish(ctx, result)))
             }
         }
+    }
+}
+
+/// A request-side hook's outcome as the request's result: `None` to go on, else the device's
+/// early answer (origin `device`) or its failure.
+fn answered(ctx: &mut RequestCtx, outcome: DeviceResult) -> Option<Result<Response<Body>, Error>> {
+    match outcome {
+        Ok(Flow::Continue) => None,
+        Ok(Flow::Respond(response)) => {
+            ctx.origin = Some(Origin::Device);
+            Some(Ok(response))
+        }
+        Err(e) => Some(Err(e.into_error())),
     }
 }

@@ -23,9 +23,6 @@ pub fn guests_dir() -> PathBuf {
         .get_or_init(|| {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/wasm");
             let status = std::process::Command::new(root.join("build.sh"))
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
                 .status()
                 .expect("run examples/wasm/build.sh");
             assert!(
