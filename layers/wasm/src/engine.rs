@@ -232,23 +232,18 @@ impl WasmEngine {
             _ => "off",
         };
         let ms = started.elapsed().as_millis() as u64;
-        if disk_cache == "hit" {
-            tracing::info!(
-                target: "snakeway::wasm",
-                bytes = bytes.len(),
-                ms,
-                disk_cache,
-                "WASM component loaded from the compilation cache"
-            );
+        let what = if disk_cache == "hit" {
+            "loaded from the compilation cache"
         } else {
-            tracing::info!(
-                target: "snakeway::wasm",
-                bytes = bytes.len(),
-                ms,
-                disk_cache,
-                "WASM component compiled"
-            );
-        }
+            "compiled"
+        };
+        tracing::info!(
+            target: "snakeway::wasm",
+            bytes = bytes.len(),
+            ms,
+            disk_cache,
+            "WASM component {what}"
+        );
         self.lock_cache()
             .entry(key)
             .or_default()
