@@ -13,6 +13,7 @@ mod axum_example;
 mod config_cli;
 mod devices;
 mod framing;
+mod hostile;
 mod listeners;
 mod proxy;
 mod reload;
