@@ -201,12 +201,13 @@ fn build(
                 identity: d
                     .include_identity
                     .then(|| identity_extractor(&d.identity_fields)),
-                ..LoggingOptions::default()
+                // Validated to at most 1 GiB.
+                queue_bytes: usize::try_from(d.queue_bytes).unwrap_or(usize::MAX),
             };
             let writer = match purpose {
-                Purpose::Serve => LogWriter::open(&output, options.queue_capacity),
+                Purpose::Serve => LogWriter::open(&output, options.queue_bytes),
                 Purpose::Check => {
-                    check_output(&output).and_then(|()| LogWriter::with_sink(std::io::sink(), 1))
+                    check_output(&output).and_then(|()| LogWriter::with_sink(std::io::sink(), 0))
                 }
             }
             .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;

@@ -508,6 +508,9 @@ pub struct LoggingDevice {
     pub include_identity: bool,
     /// Which identity facts (default `["ip", "country", "device", "bot"]`).
     pub identity_fields: Vec<String>,
+    /// The writer queue's bound in bytes of queued lines (default 16 MiB, 4096..=1 GiB); a
+    /// line that would exceed it is dropped and counted.
+    pub queue_bytes: u64,
 }
 
 /// Where a logging device writes.

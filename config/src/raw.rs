@@ -222,6 +222,7 @@ pub(crate) struct RawLogging {
     pub(crate) redacted_headers: Option<Vec<String>>,
     pub(crate) include_identity: Option<bool>,
     pub(crate) identity_fields: Option<Vec<String>>,
+    pub(crate) queue_bytes: Option<u64>,
 }
 
 /// Where an element came from: index into [`RawConfig::files`].

@@ -349,6 +349,7 @@ fn full_example_loads_with_its_values() {
                 identity_fields: ["ip", "country", "device", "bot"]
                     .map(String::from)
                     .to_vec(),
+                queue_bytes: 16_777_216,
             }),
         ]
     );
@@ -543,6 +544,7 @@ type = "structured_logging"
             identity_fields: ["ip", "country", "device", "bot"]
                 .map(String::from)
                 .to_vec(),
+            queue_bytes: 16_777_216,
         })
     );
     let home = |var| std::env::var_os(var);
@@ -965,7 +967,7 @@ cache = false
     let main_name = "snakeway.toml";
     let inc = "10-extra.toml";
     let expected: Vec<(&str, &str, &str)> = vec![
-        (main_name, "server.threads", "must be at least 1"),
+        (main_name, "server.threads", "0 is out of range (1-1024)"),
         (
             main_name,
             "admin.token",
@@ -979,7 +981,7 @@ cache = false
         (
             main_name,
             "listener[1].idle_timeout_ms",
-            "must be greater than 0",
+            "0 is out of range (1-86400000)",
         ),
         (
             main_name,
@@ -1004,7 +1006,7 @@ cache = false
         (
             main_name,
             "service[0].upstreams[1].weight",
-            "must be greater than 0",
+            "0 is out of range (1-1000)",
         ),
         (
             main_name,
@@ -1019,7 +1021,7 @@ cache = false
         (
             main_name,
             "service[0].connect_timeout_ms",
-            "must be greater than 0",
+            "0 is out of range (1-86400000)",
         ),
         (
             main_name,
@@ -1355,4 +1357,275 @@ fn config_serializes_to_toml_and_json() {
     assert_eq!(json["route"][2]["respond"]["content_type"], "text/plain");
     assert_eq!(json["device"][3]["phases"][0], "response");
     assert_eq!(json["service"][0]["strategy"], "sticky_hash");
+}
+
+/// Every integer key, in a config that is valid around it: `VALUE` is replaced by the value.
+/// With the key path its problems carry and its inclusive range.
+const INTEGER_KEYS: &[(&str, &str, u64, u64)] = &[
+    ("[server]\nthreads = VALUE\n", "server.threads", 1, 1024),
+    (
+        "[server]\nshutdown_grace_ms = VALUE\n",
+        "server.shutdown_grace_ms",
+        0,
+        86_400_000,
+    ),
+    (
+        "[wasm]\nmax_instances = VALUE\n",
+        "wasm.max_instances",
+        1,
+        100_000,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = VALUE\n",
+        "listener[0].max_header_bytes",
+        1024,
+        1_048_576,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout_ms = VALUE\n",
+        "listener[0].header_read_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nidle_timeout_ms = VALUE\n",
+        "listener[0].idle_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nmax_connections = VALUE\n",
+        "listener[0].max_connections",
+        1,
+        1_000_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\", weight = VALUE }]\n",
+        "service[0].upstreams[0].weight",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\nconnect_timeout_ms = VALUE\n",
+        "service[0].connect_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\nresponse_timeout_ms = VALUE\n",
+        "service[0].response_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.circuit_breaker]\nfailure_threshold = VALUE\n",
+        "service[0].circuit_breaker.failure_threshold",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.circuit_breaker]\nopen_ms = VALUE\n",
+        "service[0].circuit_breaker.open_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.circuit_breaker]\nhalf_open_max_requests = VALUE\n",
+        "service[0].circuit_breaker.half_open_max_requests",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.circuit_breaker]\nsuccess_threshold = VALUE\n",
+        "service[0].circuit_breaker.success_threshold",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.health_check]\ninterval_ms = VALUE\n",
+        "service[0].health_check.interval_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.health_check]\ntimeout_ms = VALUE\n",
+        "service[0].health_check.timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.health_check]\nunhealthy_threshold = VALUE\n",
+        "service[0].health_check.unhealthy_threshold",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.health_check]\nhealthy_threshold = VALUE\n",
+        "service[0].health_check.healthy_threshold",
+        1,
+        1000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[[route]]\npath = \"/\"\nservice = \"s\"\nmax_websockets = VALUE\n",
+        "route[0].max_websockets",
+        1,
+        1_000_000,
+    ),
+    (
+        "[[route]]\npath = \"/\"\nstatic_dir = \"public\"\nmax_file_size = VALUE\n",
+        "route[0].max_file_size",
+        1,
+        1_099_511_627_776,
+    ),
+    (
+        "[[route]]\npath = \"/\"\nstatic_dir = \"public\"\ncompression = { min_size = VALUE }\n",
+        "route[0].compression.min_size",
+        0,
+        1_073_741_824,
+    ),
+    (
+        "[[route]]\npath = \"/\"\nrespond = { status = VALUE }\n",
+        "route[0].respond.status",
+        100,
+        599,
+    ),
+    (
+        "[[device]]\ntype = \"request_filter\"\nmax_header_bytes = VALUE\n",
+        "device[0].max_header_bytes",
+        1,
+        1_048_576,
+    ),
+    (
+        "[[device]]\ntype = \"request_filter\"\nmax_body_bytes = VALUE\n",
+        "device[0].max_body_bytes",
+        0,
+        1_099_511_627_776,
+    ),
+    (
+        "[[device]]\ntype = \"request_filter\"\ndeny_status = VALUE\n",
+        "device[0].deny_status",
+        400,
+        599,
+    ),
+    (
+        "[[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"w.wasm\"\ntimeout_ms = VALUE\n",
+        "device[0].timeout_ms",
+        1,
+        60_000,
+    ),
+    (
+        "[[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"w.wasm\"\nmemory_limit_bytes = VALUE\n",
+        "device[0].memory_limit_bytes",
+        65_536,
+        268_435_456,
+    ),
+    (
+        "[[device]]\ntype = \"structured_logging\"\nqueue_bytes = VALUE\n",
+        "device[0].queue_bytes",
+        4096,
+        1_073_741_824,
+    ),
+];
+
+#[test]
+fn every_integer_key_is_checked_against_its_range() {
+    let tmp = TempDir::new("ranges");
+    tmp.dir("public");
+    tmp.file("w.wasm", "");
+    let path = tmp.path("snakeway.toml");
+    let load_with = |template: &str, value: u64| {
+        load_str(&template.replace("VALUE", &value.to_string()), &path)
+    };
+    for &(template, key, lo, hi) in INTEGER_KEYS {
+        for ok in [lo, hi, lo + (hi - lo) / 2] {
+            if let Err(report) = load_with(template, ok) {
+                panic!("{key} = {ok} is in range, yet:\n{report}");
+            }
+        }
+        let mut bad = vec![hi + 1, i64::MAX as u64];
+        if lo > 0 {
+            bad.push(lo - 1);
+        }
+        for value in bad {
+            let report = load_with(template, value).expect_err(key);
+            let [problem] = report.problems.as_slice() else {
+                panic!("{key} = {value}: one problem expected:\n{report}");
+            };
+            assert_eq!(problem.key, key, "{report}");
+            // Beyond a u32 key's type, the type error names the value and the key instead.
+            let too_big_for_type = problem.message.contains("expected u32")
+                && problem.message.contains(&format!("`{value}`"));
+            assert!(
+                too_big_for_type
+                    || problem.message.starts_with(&value.to_string())
+                        && problem.message.ends_with(&format!("({lo}-{hi})")),
+                "{key} = {value}: {}",
+                problem.message
+            );
+        }
+    }
+}
+
+#[test]
+fn the_integer_key_table_covers_every_integer_key() {
+    // Each integer field of the serde mirror, by name; a new key needs a row in INTEGER_KEYS.
+    let raw = include_str!("raw.rs");
+    let integer_fields: Vec<&str> = raw
+        .lines()
+        .filter_map(|line| {
+            let field = line.trim().strip_prefix("pub(crate) ")?;
+            let (name, ty) = field.split_once(": ")?;
+            ["u16", "u32", "u64", "usize", "i64"]
+                .iter()
+                .any(|int| ty.starts_with(&format!("Option<{int}>")))
+                .then_some(name)
+        })
+        .collect();
+    assert!(integer_fields.len() >= 20, "{integer_fields:?}");
+    for name in integer_fields {
+        assert!(
+            INTEGER_KEYS.iter().any(|(_, key, _, _)| key
+                .rsplit(['.', ' '])
+                .next()
+                .is_some_and(|last| last == name)),
+            "the integer key {name} has no row in INTEGER_KEYS"
+        );
+    }
+}
+
+#[test]
+fn a_huge_max_connections_is_a_problem_not_a_panic() {
+    // 2^62: beyond tokio's semaphore; it used to pass the check and panic the server at start.
+    let tmp = TempDir::new("huge");
+    let path = tmp.path("snakeway.toml");
+    let report = load_str(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4611686018427387904\n",
+        &path,
+    )
+    .unwrap_err();
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "{}: listener[0].max_connections: 4611686018427387904 is out of range (1-1000000)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn logging_queue_bytes() {
+    let tmp = TempDir::new("queue-bytes");
+    let path = tmp.path("snakeway.toml");
+    let queue_bytes = |text: &str| match &load_str(text, &path).unwrap().devices[0] {
+        Device::StructuredLogging(d) => d.queue_bytes,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        queue_bytes("[[device]]\ntype = \"structured_logging\"\n"),
+        16 * 1024 * 1024
+    );
+    assert_eq!(
+        queue_bytes("[[device]]\ntype = \"structured_logging\"\nqueue_bytes = 65536\n"),
+        65536
+    );
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use crate::model::*;
@@ -13,6 +14,46 @@ use crate::raw::*;
 use crate::report::Problems;
 
 const TARGETS: &str = "exactly one of service, static_dir or respond";
+
+// The range of every integer key: `config check` refuses anything outside, so no value can
+// overflow or exhaust something at start or reload.
+
+/// Every `*_ms` timeout and period: 1 ms to one day.
+const TIMEOUT_MS: RangeInclusive<u64> = 1..=86_400_000;
+/// `server.shutdown_grace_ms`: 0 (close at once) to one day.
+const GRACE_MS: RangeInclusive<u64> = 0..=86_400_000;
+/// `server.threads`.
+const THREADS: RangeInclusive<usize> = 1..=1024;
+/// `listener.max_header_bytes`: at least a realistic request head, at most 1 MiB.
+const HEADER_BYTES: RangeInclusive<usize> = 1024..=1_048_576;
+/// `listener.max_connections` (tokio's semaphore holds at most `usize::MAX >> 3` permits).
+const CONNECTIONS: RangeInclusive<usize> = 1..=1_000_000;
+/// `upstreams[].weight`.
+const WEIGHT: RangeInclusive<u32> = 1..=1000;
+/// Circuit-breaker and health-check thresholds and the half-open request allowance.
+const THRESHOLD: RangeInclusive<u32> = 1..=1000;
+/// `route.max_websockets`.
+const WEBSOCKETS: RangeInclusive<u32> = 1..=1_000_000;
+/// Sizes of files and bodies: up to 1 TiB.
+const FILE_BYTES: RangeInclusive<u64> = 1..=1_099_511_627_776;
+/// `compression.min_size`: 0 (compress everything) to 1 GiB.
+const MIN_SIZE: RangeInclusive<u64> = 0..=1_073_741_824;
+/// An HTTP status of a configured response.
+const STATUS: RangeInclusive<u64> = 100..=599;
+/// `request_filter.deny_status`: an error status.
+const ERROR_STATUS: RangeInclusive<u64> = 400..=599;
+/// `request_filter.max_header_bytes`.
+const FILTER_HEADER_BYTES: RangeInclusive<usize> = 1..=1_048_576;
+/// `request_filter.max_body_bytes`: 0 (no body at all) to 1 TiB.
+const BODY_BYTES: RangeInclusive<u64> = 0..=1_099_511_627_776;
+/// A WASM device's `timeout_ms` per hook call: a hook is a function call, not a request.
+const WASM_TIMEOUT_MS: RangeInclusive<u64> = 1..=60_000;
+/// A WASM device's `memory_limit_bytes`: one WASM page to the engine's 256 MiB per instance.
+const WASM_MEMORY: RangeInclusive<u64> = 65_536..=268_435_456;
+/// `wasm.max_instances`.
+const WASM_INSTANCES: RangeInclusive<u64> = 1..=100_000;
+/// A logging device's `queue_bytes`: 4 KiB to 1 GiB.
+const LOG_QUEUE_BYTES: RangeInclusive<u64> = 4096..=1_073_741_824;
 
 /// Checks everything and fills defaults; problems go to `problems`.
 pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
@@ -142,18 +183,17 @@ pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
 // === server, admin, listeners ===
 
 fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
-    let threads = match raw.threads {
-        Some(0) => {
-            s.bad("threads", "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = s.range("threads", raw.threads, cores.min(*THREADS.end()), THREADS);
     Server {
         threads,
         pid_file: raw.pid_file.and_then(|p| s.path("pid_file", &p)),
-        shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(10_000),
+        shutdown_grace_ms: s.range(
+            "shutdown_grace_ms",
+            raw.shutdown_grace_ms,
+            10_000,
+            GRACE_MS,
+        ),
         include: raw.include.unwrap_or_default(),
     }
 }
@@ -168,16 +208,8 @@ fn build_wasm(s: &mut Scope<'_>, raw: RawWasmSettings) -> WasmSettings {
         ),
         None => None,
     };
-    let max_instances = match raw.max_instances {
-        None => 1000,
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| (1..=100_000).contains(n))
-            .unwrap_or_else(|| {
-                s.bad("max_instances", format!("{n} is out of range (1-100000)"));
-                1000
-            }),
-    };
+    // In range, so it fits a u32.
+    let max_instances = s.range("max_instances", raw.max_instances, 1000, WASM_INSTANCES) as u32;
     WasmSettings {
         cache,
         cache_dir,
@@ -231,14 +263,25 @@ fn build_listener(
         name,
         listen: listen?,
         http2: raw.http2.unwrap_or(true),
-        max_header_bytes: s.nonzero("max_header_bytes", raw.max_header_bytes, 65_536),
-        header_read_timeout_ms: s.nonzero(
+        max_header_bytes: s.range(
+            "max_header_bytes",
+            raw.max_header_bytes,
+            65_536,
+            HEADER_BYTES,
+        ),
+        header_read_timeout_ms: s.range(
             "header_read_timeout_ms",
             raw.header_read_timeout_ms,
             10_000,
+            TIMEOUT_MS,
         ),
-        idle_timeout_ms: s.nonzero("idle_timeout_ms", raw.idle_timeout_ms, 60_000),
-        max_connections: s.nonzero("max_connections", raw.max_connections, 10_000),
+        idle_timeout_ms: s.range("idle_timeout_ms", raw.idle_timeout_ms, 60_000, TIMEOUT_MS),
+        max_connections: s.range(
+            "max_connections",
+            raw.max_connections,
+            10_000,
+            CONNECTIONS,
+        ),
         tls: tls?,
     })
 }
@@ -321,7 +364,7 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
                         .map_err(|why| s.bad(&format!("{at}.url"), format!("{url:?} {why}")))
                         .ok()
                 });
-                let weight = s.nonzero(&format!("{at}.weight"), up.weight, 1);
+                let weight = s.range(&format!("{at}.weight"), up.weight, 1, WEIGHT);
                 if let Some(url) = url {
                     upstreams.push(Upstream { url, weight });
                 }
@@ -333,21 +376,29 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
     let d = CircuitBreaker::default();
     let circuit_breaker = CircuitBreaker {
         enabled: cb.enabled.unwrap_or(d.enabled),
-        failure_threshold: s.nonzero(
+        failure_threshold: s.range(
             "circuit_breaker.failure_threshold",
             cb.failure_threshold,
             d.failure_threshold,
+            THRESHOLD,
         ),
-        open_ms: s.nonzero("circuit_breaker.open_ms", cb.open_ms, d.open_ms),
-        half_open_max_requests: s.nonzero(
+        open_ms: s.range(
+            "circuit_breaker.open_ms",
+            cb.open_ms,
+            d.open_ms,
+            TIMEOUT_MS,
+        ),
+        half_open_max_requests: s.range(
             "circuit_breaker.half_open_max_requests",
             cb.half_open_max_requests,
             d.half_open_max_requests,
+            THRESHOLD,
         ),
-        success_threshold: s.nonzero(
+        success_threshold: s.range(
             "circuit_breaker.success_threshold",
             cb.success_threshold,
             d.success_threshold,
+            THRESHOLD,
         ),
         count_5xx: cb.count_5xx.unwrap_or(d.count_5xx),
     };
@@ -360,17 +411,29 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
     let health_check = HealthCheck {
         enabled: hc.enabled.unwrap_or(d.enabled),
         path,
-        interval_ms: s.nonzero("health_check.interval_ms", hc.interval_ms, d.interval_ms),
-        timeout_ms: s.nonzero("health_check.timeout_ms", hc.timeout_ms, d.timeout_ms),
-        unhealthy_threshold: s.nonzero(
+        interval_ms: s.range(
+            "health_check.interval_ms",
+            hc.interval_ms,
+            d.interval_ms,
+            TIMEOUT_MS,
+        ),
+        timeout_ms: s.range(
+            "health_check.timeout_ms",
+            hc.timeout_ms,
+            d.timeout_ms,
+            TIMEOUT_MS,
+        ),
+        unhealthy_threshold: s.range(
             "health_check.unhealthy_threshold",
             hc.unhealthy_threshold,
             d.unhealthy_threshold,
+            THRESHOLD,
         ),
-        healthy_threshold: s.nonzero(
+        healthy_threshold: s.range(
             "health_check.healthy_threshold",
             hc.healthy_threshold,
             d.healthy_threshold,
+            THRESHOLD,
         ),
     };
     let ca_file = raw
@@ -383,8 +446,18 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
         upstreams,
         http2: raw.http2.unwrap_or(false),
         ca_file,
-        connect_timeout_ms: s.nonzero("connect_timeout_ms", raw.connect_timeout_ms, 2000),
-        response_timeout_ms: s.nonzero("response_timeout_ms", raw.response_timeout_ms, 30_000),
+        connect_timeout_ms: s.range(
+            "connect_timeout_ms",
+            raw.connect_timeout_ms,
+            2000,
+            TIMEOUT_MS,
+        ),
+        response_timeout_ms: s.range(
+            "response_timeout_ms",
+            raw.response_timeout_ms,
+            30_000,
+            TIMEOUT_MS,
+        ),
         circuit_breaker,
         health_check,
     })
@@ -560,7 +633,7 @@ fn service_target(
         service,
         strip_prefix: raw.strip_prefix.unwrap_or(false),
         websocket: raw.websocket.unwrap_or(false),
-        max_websockets: s.nonzero("max_websockets", raw.max_websockets, 1000),
+        max_websockets: s.range("max_websockets", raw.max_websockets, 1000, WEBSOCKETS),
     }))
 }
 
@@ -585,12 +658,12 @@ fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
         static_dir: static_dir?,
         index,
         directory_listing: raw.directory_listing.unwrap_or(false),
-        max_file_size: s.nonzero("max_file_size", raw.max_file_size, 10_485_760),
+        max_file_size: s.range("max_file_size", raw.max_file_size, 10_485_760, FILE_BYTES),
         cache_control: raw.cache_control,
         compression: Compression {
             gzip: c.gzip.unwrap_or(d.gzip),
             brotli: c.brotli.unwrap_or(d.brotli),
-            min_size: c.min_size.unwrap_or(d.min_size),
+            min_size: s.range("compression.min_size", c.min_size, d.min_size, MIN_SIZE),
         },
         serve_hidden: raw.serve_hidden.unwrap_or(false),
     }))
@@ -599,12 +672,12 @@ fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
 fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<RouteTarget> {
     let respond = respond?;
     let status = s.required("respond.status", respond.status).and_then(|st| {
-        if (100..=599).contains(&st) {
+        if STATUS.contains(&st) {
             u16::try_from(st).ok()
         } else {
             s.bad(
                 "respond.status",
-                format!("{st} is not an HTTP status (100-599)"),
+                format!("{st} is not an HTTP status ({}-{})", STATUS.start(), STATUS.end()),
             );
             None
         }
@@ -661,12 +734,16 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
             let deny_headers = s.header_names("deny_headers", raw.deny_headers);
             let allow_headers = s.header_names("allow_headers", raw.allow_headers);
             let deny_status = raw.deny_status.and_then(|st| {
-                if (400..=599).contains(&st) {
+                if ERROR_STATUS.contains(&st) {
                     u16::try_from(st).ok()
                 } else {
                     s.bad(
                         "deny_status",
-                        format!("{st} is not an error status (400-599)"),
+                        format!(
+                            "{st} is not an error status ({}-{})",
+                            ERROR_STATUS.start(),
+                            ERROR_STATUS.end()
+                        ),
                     );
                     None
                 }
@@ -679,10 +756,12 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
                 required_headers,
                 deny_headers,
                 allow_headers,
-                max_header_bytes: raw
-                    .max_header_bytes
-                    .map(|v| s.nonzero("max_header_bytes", Some(v), v)),
-                max_body_bytes: raw.max_body_bytes,
+                max_header_bytes: s.within(
+                    "max_header_bytes",
+                    raw.max_header_bytes,
+                    FILTER_HEADER_BYTES,
+                ),
+                max_body_bytes: s.within("max_body_bytes", raw.max_body_bytes, BODY_BYTES),
                 deny_status,
             }))
         }
@@ -714,11 +793,12 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
                 name: Some(name?),
                 path: path?,
                 config,
-                timeout_ms: s.nonzero("timeout_ms", raw.timeout_ms, 5),
-                memory_limit_bytes: s.nonzero(
+                timeout_ms: s.range("timeout_ms", raw.timeout_ms, 5, WASM_TIMEOUT_MS),
+                memory_limit_bytes: s.range(
                     "memory_limit_bytes",
                     raw.memory_limit_bytes,
                     16 * 1024 * 1024,
+                    WASM_MEMORY,
                 ),
                 on_failure: on_failure?,
             }))
@@ -770,6 +850,12 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
                 redacted_headers: s.header_names("redacted_headers", raw.redacted_headers),
                 include_identity: raw.include_identity.unwrap_or(true),
                 identity_fields,
+                queue_bytes: s.range(
+                    "queue_bytes",
+                    raw.queue_bytes,
+                    16 * 1024 * 1024,
+                    LOG_QUEUE_BYTES,
+                ),
             }))
         }
     }
@@ -832,20 +918,32 @@ impl<'a> Scope<'a> {
         value
     }
 
-    /// `value` or `default`; zero is a problem (and yields the default).
-    fn nonzero<T: Copy + Default + PartialEq>(
+    /// `value` or `default`; a value outside `range` is a problem naming the range (and yields
+    /// the default).
+    fn range<T: Copy + PartialOrd + std::fmt::Display>(
         &mut self,
         key: &str,
         value: Option<T>,
         default: T,
+        range: RangeInclusive<T>,
     ) -> T {
-        match value {
-            Some(v) if v == T::default() => {
-                self.bad(key, "must be greater than 0");
-                default
-            }
-            Some(v) => v,
-            None => default,
+        self.within(key, value, range).unwrap_or(default)
+    }
+
+    /// An optional key without a default: `value` when inside `range`; outside, a problem
+    /// naming the range, and `None`.
+    fn within<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        range: RangeInclusive<T>,
+    ) -> Option<T> {
+        let v = value?;
+        if range.contains(&v) {
+            Some(v)
+        } else {
+            self.bad(key, format!("{v} is out of range ({}-{})", range.start(), range.end()));
+            None
         }
     }
 

@@ -73,7 +73,7 @@ struct Event<'a> {
 
 impl StructuredLogging {
     /// A device logging as `options` say, to `writer` (`options.output` and
-    /// `options.queue_capacity` are not used: the writer is already open).
+    /// `options.queue_bytes` are not used: the writer is already open).
     pub fn new(options: LoggingOptions, writer: LogWriter) -> Self {
         let events: Phases = options.phases.iter().map(|p| p.phase()).collect();
         let phases = if events == Phases::NONE {
@@ -93,10 +93,10 @@ impl StructuredLogging {
         }
     }
 
-    /// Opens `options.output` with a queue of `options.queue_capacity` lines (see
+    /// Opens `options.output` with a queue of at most `options.queue_bytes` bytes (see
     /// [`LogWriter::open`]) and builds the device on it.
     pub fn open(options: LoggingOptions) -> io::Result<Self> {
-        let writer = LogWriter::open(&options.output, options.queue_capacity)?;
+        let writer = LogWriter::open(&options.output, options.queue_bytes)?;
         Ok(Self::new(options, writer))
     }
 

@@ -4,9 +4,10 @@
 //! * [`StructuredLogging`] is the device (`type = "structured_logging"`). It emits one line for
 //!   each configured [`LogPhase`] a request passes through (by default one line per request,
 //!   at `response`).
-//! * [`LogWriter`] owns the writer thread and the bounded queue in front of it. Workers format
-//!   a line and `try_send` it; when the queue is full the line is dropped and counted
-//!   ([`LogWriter::dropped`]), the request is never held up nor failed.
+//! * [`LogWriter`] owns the writer thread and the queue in front of it, bounded in bytes.
+//!   Workers format a line and queue it without blocking; when the line does not fit in the
+//!   queue's bytes it is dropped and counted ([`LogWriter::dropped`], plus a warning at most
+//!   once a second), the request is never held up nor failed.
 //! * [`StructuredLoggingLayer`] is the device alone as a Tower layer, for axum apps.
 //!
 //! # A line
@@ -87,7 +88,7 @@
 //!     phases: vec![LogPhase::Response, LogPhase::Error],
 //!     ..LoggingOptions::default()
 //! };
-//! let writer = LogWriter::open(&options.output, options.queue_capacity)?;
+//! let writer = LogWriter::open(&options.output, options.queue_bytes)?;
 //! let layer = StructuredLogging::new(options, writer).into_layer();
 //! # let _ = layer;
 //! # Ok::<_, std::io::Error>(())
@@ -110,8 +111,8 @@ pub use self::device::StructuredLogging;
 pub use self::layer::StructuredLoggingLayer;
 pub use self::writer::LogWriter;
 
-/// The default capacity of a [`LogWriter`]'s queue, in lines.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+/// The default bound of a [`LogWriter`]'s queue, in bytes of queued lines: 16 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Reads the identity fields to log from a request context (the server implements it with the
 /// identity device's `ClientIdentity`, keeping the configured `identity_fields`). Returning
@@ -242,9 +243,9 @@ pub struct LoggingOptions {
     pub include_identity: bool,
     /// Reads the identity fields to log from the request context.
     pub identity: Option<IdentityExtractor>,
-    /// The capacity of the writer's queue, in lines (used by [`StructuredLogging::open`]).
-    /// Default: [`DEFAULT_QUEUE_CAPACITY`].
-    pub queue_capacity: usize,
+    /// The bound of the writer's queue, in bytes of queued lines (used by
+    /// [`StructuredLogging::open`]). Default: [`DEFAULT_QUEUE_BYTES`].
+    pub queue_bytes: usize,
 }
 
 // === impl LoggingOptions ===
@@ -259,7 +260,7 @@ impl Default for LoggingOptions {
             redacted_headers: Vec::new(),
             include_identity: false,
             identity: None,
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -277,7 +278,7 @@ impl fmt::Debug for LoggingOptions {
                 "identity",
                 &self.identity.as_ref().map(|_| "Fn(&RequestCtx)"),
             )
-            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
             .finish()
     }
 }

@@ -145,7 +145,7 @@ fn options(phases: &[LogPhase]) -> LoggingOptions {
 
 fn memory_device(options: LoggingOptions) -> (Arc<StructuredLogging>, Memory) {
     let memory = Memory::default();
-    let writer = LogWriter::with_sink(memory.clone(), 64).unwrap();
+    let writer = LogWriter::with_sink(memory.clone(), DEFAULT_QUEUE_BYTES).unwrap();
     (Arc::new(StructuredLogging::new(options, writer)), memory)
 }
 
@@ -624,10 +624,8 @@ fn device_logs_are_written_before_the_next_line_with_the_request_id() {
     assert!(ctx.info().device_logs.take().is_empty(), "written once");
 }
 
-#[test]
-fn a_full_queue_drops_and_counts_lines_without_blocking_requests() {
-    const CAPACITY: usize = 4;
-    const REQUESTS: usize = 200;
+/// A writer on a sink that stalls at its first write, once the first line reached it.
+fn stalled_writer(queue_bytes: usize) -> (LogWriter, mpsc::SyncSender<()>, Memory) {
     let (entered_tx, entered) = mpsc::sync_channel(1);
     let (release, release_rx) = mpsc::sync_channel(1);
     let out = Memory::default();
@@ -637,16 +635,70 @@ fn a_full_queue_drops_and_counts_lines_without_blocking_requests() {
         stalled: false,
         out: out.clone(),
     };
-    let writer = LogWriter::with_sink(sink, CAPACITY).unwrap();
-    let device = StructuredLogging::new(LoggingOptions::default(), writer.clone());
-
-    // The first line reaches the sink, which stalls (the queue is then empty).
-    one_request(&device, "first");
+    let writer = LogWriter::with_sink(sink, queue_bytes).unwrap();
+    assert!(writer.send(line("first", 100)));
     entered
         .recv_timeout(WAIT)
         .expect("the writer thread reached the sink");
+    (writer, release, out)
+}
 
-    // Now the queue fills up, and every further line is dropped at once.
+/// A JSON line of exactly `len` bytes, newline included.
+fn line(id: &str, len: usize) -> Box<[u8]> {
+    let head = format!("{{\"request_id\":\"{id}\",\"pad\":\"");
+    let pad = len - head.len() - "\"}\n".len();
+    format!("{head}{}\"}}\n", "x".repeat(pad))
+        .into_bytes()
+        .into_boxed_slice()
+}
+
+#[test]
+fn the_queue_stops_at_its_byte_bound_and_counts_what_it_drops() {
+    const BOUND: usize = 4096;
+    let (writer, release, out) = stalled_writer(BOUND);
+    // The first line is out of the queue (in the thread's buffer, which the stalled sink is
+    // flushing); the queue is empty and takes 40 lines of 100 bytes.
+    assert_eq!(writer.queued_bytes(), 0);
+    let mut accepted = 0;
+    for _ in 0..1000 {
+        accepted += usize::from(writer.send(line("more", 100)));
+    }
+    assert_eq!(accepted, BOUND / 100);
+    assert_eq!(writer.queued_bytes(), accepted * 100);
+    assert_eq!(writer.dropped(), (1000 - accepted) as u64);
+    // What is left (96 bytes) takes a line that fits exactly, and nothing more.
+    assert!(writer.send(line("exact", BOUND - writer.queued_bytes())));
+    assert_eq!(writer.queued_bytes(), BOUND);
+    assert!(!writer.send(line("one-more", 40)));
+    // A line larger than the whole queue is dropped too, not written in pieces.
+    assert!(!writer.send(line("huge", BOUND + 1)));
+    let dropped = 1000 - accepted as u64 + 2;
+    assert_eq!(writer.dropped(), dropped);
+    assert_eq!(writer.queue_bytes(), BOUND);
+
+    release.send(()).unwrap();
+    writer.flush(WAIT).unwrap();
+    assert_eq!(writer.queued_bytes(), 0);
+    assert_eq!(writer.written(), 1 + accepted as u64 + 1);
+    assert_eq!(writer.dropped(), dropped);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1 + accepted + 1);
+    assert_eq!(lines[0]["request_id"], "first");
+    assert_eq!(lines[accepted + 1]["request_id"], "exact");
+    // Once drained, the queue takes lines again.
+    assert!(writer.send(line("later", 100)));
+    writer.flush(WAIT).unwrap();
+    assert_eq!(out.lines().len(), accepted + 3);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_lines_without_blocking_requests() {
+    const BOUND: usize = 4096;
+    const REQUESTS: usize = 200;
+    let (writer, release, out) = stalled_writer(BOUND);
+    let device = StructuredLogging::new(LoggingOptions::default(), writer.clone());
+
+    // The queue fills up, and every further line is dropped at once.
     let started = Instant::now();
     let slowest = (0..REQUESTS)
         .map(|_| one_request(&device, "more"))
@@ -655,9 +707,12 @@ fn a_full_queue_drops_and_counts_lines_without_blocking_requests() {
     let total = started.elapsed();
     assert!(slowest < Duration::from_millis(100), "slowest {slowest:?}");
     assert!(total < Duration::from_secs(2), "total {total:?}");
-    assert_eq!(writer.dropped(), (REQUESTS - CAPACITY) as u64);
-    assert_eq!(writer.written(), 1);
-    // Flushing cannot get through while the sink is stalled and the queue is full.
+    let queued = writer.queued_bytes();
+    assert!(queued <= BOUND, "{queued} bytes queued");
+    let dropped = writer.dropped();
+    assert!(dropped > 0 && dropped < REQUESTS as u64, "{dropped}");
+    assert_eq!(writer.written(), 1, "only the first line left the queue");
+    // Flushing cannot get through while the sink is stalled.
     assert_eq!(
         writer.flush(Duration::from_millis(20)).unwrap_err().kind(),
         io::ErrorKind::TimedOut
@@ -665,10 +720,12 @@ fn a_full_queue_drops_and_counts_lines_without_blocking_requests() {
 
     release.send(()).unwrap();
     writer.flush(WAIT).unwrap();
-    assert_eq!(writer.written(), 1 + CAPACITY as u64);
-    assert_eq!(writer.dropped(), (REQUESTS - CAPACITY) as u64);
+    // Every line is either written or counted as dropped: none vanishes.
+    let kept = REQUESTS as u64 - dropped;
+    assert_eq!(writer.written(), 1 + kept);
+    assert_eq!(writer.dropped(), dropped);
     let lines = out.lines();
-    assert_eq!(lines.len(), 1 + CAPACITY);
+    assert_eq!(lines.len() as u64, 1 + kept);
     assert_eq!(lines[0]["request_id"], "first");
     assert!(lines[1..].iter().all(|l| l["request_id"] == "more"));
 }
@@ -684,7 +741,7 @@ fn lines_are_dropped_and_counted_when_the_writer_thread_died() {
             Ok(())
         }
     }
-    let writer = LogWriter::with_sink(Exploding, 8).unwrap();
+    let writer = LogWriter::with_sink(Exploding, DEFAULT_QUEUE_BYTES).unwrap();
     let device = StructuredLogging::new(LoggingOptions::default(), writer.clone());
     one_request(&device, "a");
     // The thread panics at its first flush; from then on lines are dropped, not blocked on.
@@ -755,7 +812,7 @@ fn file_output_appends_and_is_flushed() {
     std::fs::rename(&file.0, &rotated.0).unwrap();
     let reopened = StructuredLogging::new(
         LoggingOptions::default(),
-        LogWriter::open(&output, 16).unwrap(),
+        LogWriter::open(&output, DEFAULT_QUEUE_BYTES).unwrap(),
     );
     one_request(&reopened, "three");
     reopened.writer().flush(WAIT).unwrap();
@@ -769,7 +826,7 @@ fn file_output_appends_and_is_flushed() {
 #[test]
 fn the_writer_drains_and_flushes_when_the_last_clone_is_dropped() {
     let file = TempFile::new("drain");
-    let writer = LogWriter::open(&Output::File(file.0.clone()), 1024).unwrap();
+    let writer = LogWriter::open(&Output::File(file.0.clone()), DEFAULT_QUEUE_BYTES).unwrap();
     let device = StructuredLogging::new(LoggingOptions::default(), writer);
     for _ in 0..100 {
         one_request(&device, "drained");
@@ -786,7 +843,7 @@ fn the_writer_drains_and_flushes_when_the_last_clone_is_dropped() {
 #[test]
 fn opening_an_unwritable_file_fails() {
     let output = Output::File(PathBuf::from("/nonexistent-dir/snakeway/access.log"));
-    assert!(LogWriter::open(&output, 1).is_err());
+    assert!(LogWriter::open(&output, DEFAULT_QUEUE_BYTES).is_err());
 }
 
 // --- the standalone layer ---
@@ -868,6 +925,49 @@ fn phase_and_output_names() {
     );
     let options = LoggingOptions::default();
     assert_eq!(options.phases, [LogPhase::Response]);
-    assert_eq!(options.queue_capacity, 8192);
-    assert!(format!("{options:?}").contains("queue_capacity"));
+    assert_eq!(options.queue_bytes, 16 * 1024 * 1024);
+    assert!(format!("{options:?}").contains("queue_bytes"));
+}
+
+/// Counts the warnings logged on the thread it is the default subscriber of.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn drops_are_warned_about_at_most_once_a_second() {
+    let (writer, release, _out) = stalled_writer(4096);
+    let warnings = Warnings::default();
+    let count = || warnings.0.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::subscriber::with_default(warnings.clone(), || {
+        for _ in 0..1000 {
+            writer.send(line("x", 100));
+        }
+        assert_eq!(writer.dropped(), 1000 - 40);
+        assert_eq!(count(), 1, "the first drop warns, the next ones within a second do not");
+        // A second later, the next drop warns again.
+        std::thread::sleep(Duration::from_millis(1050));
+        assert!(!writer.send(line("x", 100)));
+        assert_eq!(count(), 2);
+        assert!(!writer.send(line("x", 100)));
+        assert_eq!(count(), 2);
+    });
+    release.send(()).unwrap();
 }

@@ -4,8 +4,8 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::Output;
@@ -14,12 +14,16 @@ use crate::Output;
 /// empty.
 const BUFFER_BYTES: usize = 64 * 1024;
 
-/// A dedicated writer thread and the bounded queue in front of it, for one output.
+/// The most often a [`LogWriter`] warns that it dropped lines.
+const WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A dedicated writer thread and the queue in front of it, bounded in bytes, for one output.
 ///
-/// Request handlers hand it finished lines with a non-blocking `try_send`: when the queue is
-/// full the line is dropped and counted ([`LogWriter::dropped`]), so a slow disk or a stalled
-/// pipe never holds up a request. The thread writes through a `BufWriter` and flushes whenever
-/// the queue runs empty.
+/// Request handlers hand it finished lines without blocking. The queue holds at most its
+/// `queue_bytes` of lines: a line that would go beyond is dropped and counted
+/// ([`LogWriter::dropped`]), and a warning is logged (at most once a second), so a slow disk
+/// or a stalled pipe never holds up a request nor grows the queue without bound. The thread
+/// writes through a `BufWriter` and flushes whenever the queue runs empty.
 ///
 /// Cheap to clone (an `Arc` inside). When the last clone is dropped, the thread writes what is
 /// still queued, flushes and exits (without being waited for: call [`LogWriter::flush`] first
@@ -30,9 +34,16 @@ pub struct LogWriter {
 }
 
 struct Shared {
-    sender: SyncSender<Msg>,
+    /// Unbounded by itself: `Stats::queued` bounds the lines in it.
+    sender: Sender<Msg>,
     stats: Arc<Stats>,
     output: String,
+    /// The bound of `Stats::queued`.
+    queue_bytes: usize,
+    /// When the writer started; the clock of `next_warning_ms`.
+    started: Instant,
+    /// Milliseconds after `started` before which no drop warning is logged.
+    next_warning_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -40,6 +51,9 @@ struct Stats {
     written: AtomicU64,
     dropped: AtomicU64,
     errors: AtomicU64,
+    /// Bytes of the lines in the queue: added before a line is sent, taken off by the thread
+    /// once the line is written.
+    queued: AtomicUsize,
 }
 
 enum Msg {
@@ -51,33 +65,34 @@ enum Msg {
 
 impl LogWriter {
     /// Opens `output` (a file is created if missing and opened in append mode) and starts its
-    /// writer thread with a queue of `capacity` lines (at least 1).
+    /// writer thread with a queue holding at most `queue_bytes` bytes of lines.
     ///
     /// Fails when the file cannot be opened or the thread cannot be started.
-    pub fn open(output: &Output, capacity: usize) -> io::Result<Self> {
+    pub fn open(output: &Output, queue_bytes: usize) -> io::Result<Self> {
         let name = output.to_string();
         match output {
-            Output::Stdout => Self::spawn(io::stdout(), capacity, name),
-            Output::Stderr => Self::spawn(io::stderr(), capacity, name),
+            Output::Stdout => Self::spawn(io::stdout(), queue_bytes, name),
+            Output::Stderr => Self::spawn(io::stderr(), queue_bytes, name),
             Output::File(path) => {
                 let file = OpenOptions::new().create(true).append(true).open(path)?;
-                Self::spawn(file, capacity, name)
+                Self::spawn(file, queue_bytes, name)
             }
         }
     }
 
-    /// Starts a writer thread writing to `sink`, with a queue of `capacity` lines (at least 1):
-    /// for outputs other than those of [`Output`] (a pipe, a socket, a test double).
-    pub fn with_sink(sink: impl Write + Send + 'static, capacity: usize) -> io::Result<Self> {
-        Self::spawn(sink, capacity, "custom sink".to_owned())
+    /// Starts a writer thread writing to `sink`, with a queue holding at most `queue_bytes`
+    /// bytes of lines: for outputs other than those of [`Output`] (a pipe, a socket, a test
+    /// double).
+    pub fn with_sink(sink: impl Write + Send + 'static, queue_bytes: usize) -> io::Result<Self> {
+        Self::spawn(sink, queue_bytes, "custom sink".to_owned())
     }
 
     fn spawn(
         sink: impl Write + Send + 'static,
-        capacity: usize,
+        queue_bytes: usize,
         output: String,
     ) -> io::Result<Self> {
-        let (sender, receiver) = mpsc::sync_channel(capacity.max(1));
+        let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
         let thread_output = output.clone();
@@ -89,25 +104,70 @@ impl LogWriter {
                 sender,
                 stats,
                 output,
+                queue_bytes,
+                started: Instant::now(),
+                next_warning_ms: AtomicU64::new(0),
             }),
         })
     }
 
     /// Queues one line (which must end with `\n`) without blocking. Returns false, and counts
-    /// the line as dropped, when the queue is full or the thread is gone.
+    /// the line as dropped, when it does not fit in the queue's bytes or the thread is gone.
     pub(crate) fn send(&self, line: Box<[u8]>) -> bool {
-        match self.shared.sender.try_send(Msg::Line(line)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        let shared = &*self.shared;
+        let len = line.len();
+        // Reserve the line's bytes first: concurrent senders never take the queue past its
+        // bound together.
+        let before = shared.stats.queued.fetch_add(len, Ordering::Relaxed);
+        if before + len > shared.queue_bytes {
+            shared.stats.queued.fetch_sub(len, Ordering::Relaxed);
+            self.count_drop();
+            return false;
+        }
+        if shared.sender.send(Msg::Line(line)).is_err() {
+            shared.stats.queued.fetch_sub(len, Ordering::Relaxed);
+            self.count_drop();
+            return false;
+        }
+        true
+    }
+
+    /// Counts a dropped line; warns about the drops at most once per [`WARNING_INTERVAL`].
+    #[cold]
+    fn count_drop(&self) {
+        let shared = &*self.shared;
+        let dropped = shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = shared.next_warning_ms.load(Ordering::Relaxed);
+        let interval = WARNING_INTERVAL.as_millis() as u64;
+        if now >= next
+            && shared
+                .next_warning_ms
+                .compare_exchange(next, now + interval, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                output = %shared.output,
+                dropped,
+                queue_bytes = shared.queue_bytes,
+                "access log lines dropped: the log queue is full (the output is slower than the traffic)"
+            );
         }
     }
 
-    /// Lines dropped because the queue was full (or the writer thread had died).
+    /// Lines dropped because they did not fit in the queue (or the writer thread had died).
     pub fn dropped(&self) -> u64 {
         self.shared.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the lines queued and not yet written; at most the queue's `queue_bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.stats.queued.load(Ordering::Relaxed)
+    }
+
+    /// The queue's bound in bytes, as given when the writer was opened.
+    pub fn queue_bytes(&self) -> usize {
+        self.shared.queue_bytes
     }
 
     /// Lines handed to the output (into the thread's buffer; see [`LogWriter::flush`]).
@@ -125,29 +185,16 @@ impl LogWriter {
     /// `timeout` passed (`ErrorKind::TimedOut`). For shutdown and tests: never call it on the
     /// request path.
     pub fn flush(&self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
+        // A flush request is not counted in the queue's bytes: each caller waits for its
+        // answer, so there are never more of them than threads calling `flush`.
         let (ack, acked) = mpsc::channel();
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match self.shared.sender.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    msg = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the log writer thread is gone",
-                    ));
-                }
-            }
+        if self.shared.sender.send(Msg::Flush(ack)).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the log writer thread is gone",
+            ));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match acked.recv_timeout(left) {
+        match acked.recv_timeout(timeout) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(io::ErrorKind::TimedOut.into()),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::Error::new(
@@ -164,6 +211,8 @@ impl fmt::Debug for LogWriter {
             .field("output", &self.shared.output)
             .field("written", &self.written())
             .field("dropped", &self.dropped())
+            .field("queued_bytes", &self.queued_bytes())
+            .field("queue_bytes", &self.queue_bytes())
             .field("write_errors", &self.write_errors())
             .finish()
     }
@@ -202,12 +251,16 @@ fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) 
             Err(TryRecvError::Disconnected) => break,
         };
         match msg {
-            Msg::Line(line) => match out.write_all(&line) {
-                Ok(()) => {
-                    stats.written.fetch_add(1, Ordering::Relaxed);
+            Msg::Line(line) => {
+                let result = out.write_all(&line);
+                stats.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                match result {
+                    Ok(()) => {
+                        stats.written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => note(Some(&e), &mut failing, stats, output),
                 }
-                Err(e) => note(Some(&e), &mut failing, stats, output),
-            },
+            }
             Msg::Flush(ack) => {
                 let result = out.flush();
                 note(result.as_ref().err(), &mut failing, stats, output);
