@@ -159,22 +159,41 @@ fn print_report(report: &snakeway_config::Report) {
     );
 }
 
+/// Sends SIGHUP to the pid in `pid_file`, which must name one process: a pid of 0, 1 or a
+/// negative number would signal a process group, init or every process of the user.
 fn signal_reload(pid_file: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read {}: {e} (is the server running?)",
-            pid_file.display()
-        )
-    })?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{} does not hold a process id", pid_file.display()))?;
+    let pid = read_pid(pid_file)?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
     )
     .map_err(|e| anyhow::anyhow!("cannot signal process {pid}: {e}"))
+}
+
+/// The pid a pid file holds: one decimal number greater than 1 (surrounding whitespace
+/// allowed). Reads at most a few bytes, so a huge or endless file is refused, not read.
+fn read_pid(pid_file: &Path) -> anyhow::Result<i32> {
+    use std::io::Read;
+    const MAX: u64 = 64;
+    let shown = pid_file.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(pid_file)
+        .and_then(|f| f.take(MAX + 1).read_to_end(&mut bytes))
+        .map_err(|e| anyhow::anyhow!("cannot read {shown}: {e} (is the server running?)"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    if bytes.len() as u64 > MAX {
+        anyhow::bail!("{shown} does not hold a process id: it is longer than {MAX} bytes");
+    }
+    let trimmed = text.trim();
+    match trimmed.parse::<i64>() {
+        Ok(pid) if pid > 1 => i32::try_from(pid)
+            .map_err(|_| anyhow::anyhow!("{shown} holds {pid}, which is not a process id")),
+        Ok(pid) => anyhow::bail!(
+            "{shown} holds {pid}, which is not a server's process id (it must be greater than 1): \
+             refusing to signal it"
+        ),
+        Err(_) => anyhow::bail!("{shown} does not hold a process id: {trimmed:?}"),
+    }
 }
 
 /// Sends the server's own log lines to stderr through a dedicated writer thread (bounded and

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use snakeway_config::{Config, Report};
+use snakeway_config::{Config, Problem, Report};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,15 +50,17 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         snapshot: ArcSwap::from_pointee(snapshot),
     });
     listeners.apply(bound, &state.snapshot.load(), &state);
-    if let Some(pid_file) = &pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", pid_file.display()))?;
-    }
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Only now: a `snakeway reload` that finds the pid must find a process that handles SIGHUP
+    // (its default action would kill the server).
+    if let Some(pid_file) = &pid_file {
+        write_pid_file(pid_file)
+            .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", pid_file.display()))?;
+    }
     let _reload_tx = reload_tx; // kept for the admin API's reload endpoint
     tracing::info!(epoch = 1, "snakeway started");
     loop {
@@ -89,29 +91,100 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     state.snapshot.load().pipeline.flush();
     if let Some(pid_file) = &pid_file {
-        let _ = std::fs::remove_file(pid_file);
+        remove_pid_file(pid_file);
     }
     Ok(())
 }
 
+/// Writes our pid to `path` without following symlinks: the pid goes into a new file in the
+/// same directory (`O_CREAT | O_EXCL | O_NOFOLLOW`), which is renamed over `path` (a rename
+/// replaces a directory entry, it never writes through one). A symlink at `path` is refused,
+/// so the server does not silently take over a path someone pointed elsewhere.
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(std::io::Error::other(
+                "it is a symbolic link; refusing to write through it",
+            ));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(std::io::Error::other("it exists and is not a regular file"));
+        }
+        _ => {}
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("it names no file"))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(&temp)
+    };
+    let mut file = match open() {
+        // Left over by an earlier process with our pid (or planted): remove the entry itself.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&temp)?;
+            open()?
+        }
+        other => other?,
+    };
+    let written = file
+        .write_all(format!("{}\n", std::process::id()).as_bytes())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Removes the pid file at exit, but only if it is still ours: a regular file holding our
+/// pid. A file another process (a newer server) wrote is left alone.
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::read_to_string(path)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    } else {
+        tracing::warn!(
+            pid_file = %path.display(),
+            "pid_file no longer holds this process's pid; left in place"
+        );
+    }
+}
+
 /// Reads, validates and builds the configuration at `path`, binds new listeners, swaps the
 /// snapshot, and closes removed listeners. Any failure leaves everything as it was.
+///
+/// Reading files, loading certificates and compiling WASM devices take long (a compile can
+/// take seconds), so the snapshot is built on a blocking-pool thread, never on a worker:
+/// traffic keeps flowing meanwhile. Only binding and the swap (one store) happen here.
 async fn reload(path: &Path, state: &Arc<State>, listeners: &mut Listeners) -> Result<u64, Report> {
     let result = async {
-        let loaded = {
-            let path = path.to_owned();
-            tokio::task::spawn_blocking(move || snakeway_config::load(&path))
-                .await
-                .expect("config loading does not panic")?
-        };
         let current = state.snapshot.load_full();
-        let snapshot = Snapshot::build(
-            loaded,
-            path.to_owned(),
-            current.epoch + 1,
-            Some(&current),
-            Purpose::Serve,
-        )?;
+        let source = path.to_owned();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let loaded = snakeway_config::load(&source)?;
+            let epoch = current.epoch + 1;
+            Snapshot::build(loaded, source, epoch, Some(&current), Purpose::Serve)
+        })
+        .await
+        .map_err(|e| Report {
+            problems: vec![Problem {
+                file: path.to_owned(),
+                key: String::new(),
+                message: format!("building the new configuration failed: {e}"),
+            }],
+        })??;
         let bound = listeners.bind(&snapshot)?;
         let epoch = snapshot.epoch;
         state.snapshot.store(Arc::new(snapshot));

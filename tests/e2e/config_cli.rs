@@ -462,3 +462,32 @@ async fn server_threads_sets_the_worker_count() {
     let (a, b) = (threads_of(one.pid), threads_of(four.pid));
     assert_eq!(b, a + 3, "threads with 1 worker: {a}, with 4 workers: {b}");
 }
+
+#[test]
+fn config_check_refuses_a_max_connections_beyond_its_range() {
+    // 2^62: more than tokio's semaphore can hold; it used to pass the check and panic the
+    // server at start.
+    let dir = TestDir::new("check-huge");
+    let file = dir.write(
+        "snakeway.toml",
+        &VALID.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmax_connections = 4611686018427387904",
+        ),
+    );
+    for args in [
+        &["config", "check", "-c", file.to_str().unwrap()][..],
+        &["serve", "-c", file.to_str().unwrap()][..],
+    ] {
+        let out = run_cli(args, &dir.path);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(
+                "listener[0].max_connections: 4611686018427387904 is out of range (1-1000000)"
+            ),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
