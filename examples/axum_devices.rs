@@ -33,7 +33,7 @@ pub fn app(log: &Output) -> std::io::Result<Router> {
         output: log.clone(),
         ..LoggingOptions::default()
     };
-    let writer = LogWriter::open(log, logging.queue_capacity)?;
+    let writer = LogWriter::open(log, logging.queue_bytes)?;
     let identity = IdentityOptions {
         trusted_proxies: vec!["127.0.0.0/8".parse().expect("a CIDR")],
         geoip: None,

@@ -188,12 +188,7 @@ fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
     Server {
         threads,
         pid_file: raw.pid_file.and_then(|p| s.path("pid_file", &p)),
-        shutdown_grace_ms: s.range(
-            "shutdown_grace_ms",
-            raw.shutdown_grace_ms,
-            10_000,
-            GRACE_MS,
-        ),
+        shutdown_grace_ms: s.range("shutdown_grace_ms", raw.shutdown_grace_ms, 10_000, GRACE_MS),
         include: raw.include.unwrap_or_default(),
     }
 }
@@ -276,12 +271,7 @@ fn build_listener(
             TIMEOUT_MS,
         ),
         idle_timeout_ms: s.range("idle_timeout_ms", raw.idle_timeout_ms, 60_000, TIMEOUT_MS),
-        max_connections: s.range(
-            "max_connections",
-            raw.max_connections,
-            10_000,
-            CONNECTIONS,
-        ),
+        max_connections: s.range("max_connections", raw.max_connections, 10_000, CONNECTIONS),
         tls: tls?,
     })
 }
@@ -382,12 +372,7 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
             d.failure_threshold,
             THRESHOLD,
         ),
-        open_ms: s.range(
-            "circuit_breaker.open_ms",
-            cb.open_ms,
-            d.open_ms,
-            TIMEOUT_MS,
-        ),
+        open_ms: s.range("circuit_breaker.open_ms", cb.open_ms, d.open_ms, TIMEOUT_MS),
         half_open_max_requests: s.range(
             "circuit_breaker.half_open_max_requests",
             cb.half_open_max_requests,
@@ -677,7 +662,11 @@ fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<Rout
         } else {
             s.bad(
                 "respond.status",
-                format!("{st} is not an HTTP status ({}-{})", STATUS.start(), STATUS.end()),
+                format!(
+                    "{st} is not an HTTP status ({}-{})",
+                    STATUS.start(),
+                    STATUS.end()
+                ),
             );
             None
         }
@@ -942,7 +931,10 @@ impl<'a> Scope<'a> {
         if range.contains(&v) {
             Some(v)
         } else {
-            self.bad(key, format!("{v} is out of range ({}-{})", range.start(), range.end()));
+            self.bad(
+                key,
+                format!("{v} is out of range ({}-{})", range.start(), range.end()),
+            );
             None
         }
     }

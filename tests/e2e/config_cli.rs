@@ -470,7 +470,7 @@ fn config_check_refuses_a_max_connections_beyond_its_range() {
     let dir = TestDir::new("check-huge");
     let file = dir.write(
         "snakeway.toml",
-        &VALID.replace(
+        VALID.replace(
             "listen = \"127.0.0.1:0\"",
             "listen = \"127.0.0.1:0\"\nmax_connections = 4611686018427387904",
         ),

@@ -490,3 +490,70 @@ service = "stuck"
         "cut-off request: {result:?}"
     );
 }
+
+/// A reload that compiles a WASM device (no compilation cache, a module this server never
+/// compiled) on a server with one worker thread: requests keep being answered promptly
+/// meanwhile, because the snapshot is built off the workers.
+#[tokio::test]
+async fn requests_keep_flowing_while_a_reload_compiles_a_wasm_device() {
+    let base = "[server]\nthreads = 1\n\n[wasm]\ncache = false\n\n\
+                [[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+                [[route]]\npath = \"/\"\nrespond = { status = 200, body = \"ok\" }\n";
+    let server = Server::start(base).await;
+    let addr = server.addr();
+    assert_eq!(get(addr, "/").await.status, 200);
+
+    // One request at a time, each on a new connection, until told to stop: the slowest one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut count, mut slowest) = (0usize, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let resp = tokio::time::timeout(WAIT, get(addr, "/"))
+                    .await
+                    .expect("a request hung during the reload");
+                assert_eq!(resp.status, 200);
+                slowest = slowest.max(started.elapsed());
+                count += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (count, slowest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let guest = crate::wasm::guest("testkit");
+    server.rewrite_config(&format!(
+        "{base}\n[[device]]\ntype = \"wasm\"\nname = \"kit\"\npath = {guest:?}\n"
+    ));
+    let started = std::time::Instant::now();
+    server.signal(Signal::SIGHUP);
+    assert!(
+        server.wait_for_log(RELOADED, Duration::from_secs(60)).await,
+        "reload not done:\n{}",
+        server.log_text()
+    );
+    let reload = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (count, slowest) = prober.await.unwrap();
+    eprintln!("reload with a WASM compile: {reload:?}; {count} requests, slowest {slowest:?}");
+
+    assert!(
+        server.log_count("WASM component compiled") >= 1,
+        "the reload did not compile:\n{}",
+        server.log_text()
+    );
+    // Built on the only worker, the compile would hold every request for about its length.
+    assert!(
+        reload >= Duration::from_millis(300),
+        "the compile was too quick ({reload:?}) for this test to tell anything"
+    );
+    assert!(
+        slowest < Duration::from_millis(1000).min(reload / 2),
+        "a request waited {slowest:?} during a {reload:?} reload"
+    );
+    assert!(count >= 5, "only {count} requests during the reload");
+}

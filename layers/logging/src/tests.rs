@@ -961,7 +961,11 @@ fn drops_are_warned_about_at_most_once_a_second() {
             writer.send(line("x", 100));
         }
         assert_eq!(writer.dropped(), 1000 - 40);
-        assert_eq!(count(), 1, "the first drop warns, the next ones within a second do not");
+        assert_eq!(
+            count(),
+            1,
+            "the first drop warns, the next ones within a second do not"
+        );
         // A second later, the next drop warns again.
         std::thread::sleep(Duration::from_millis(1050));
         assert!(!writer.send(line("x", 100)));

@@ -214,7 +214,7 @@ fn sighup_as_soon_as_the_pid_file_appears_reloads_instead_of_killing() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn snakeway serve");
-    let mut guard = KillOnDrop(&mut child);
+    let guard = KillOnDrop(&mut child);
     let deadline = Instant::now() + WAIT;
     while !pid_file.exists() {
         assert!(Instant::now() < deadline, "no pid file");
