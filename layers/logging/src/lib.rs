@@ -70,7 +70,14 @@
 //! [`Output::Stdout`], [`Output::Stderr`] or [`Output::File`] (created if missing, opened in
 //! append mode). Each [`LogWriter`] has one thread with a `BufWriter` that is flushed whenever
 //! the queue runs empty, so lines reach the output promptly under light load and in large
-//! writes under heavy load. [`LogWriter::flush`] waits until everything queued before it is
+//! writes under heavy load.
+//!
+//! The queue is bounded in bytes ([`LoggingOptions::queue_bytes`], default
+//! [`DEFAULT_QUEUE_BYTES`]): a sender reserves a line's length before queueing it, and the
+//! thread gives it back once the line is written, so a stalled output holds at most that many
+//! bytes of lines (plus the thread's 64 KiB buffer) whatever their number or size. A line
+//! that does not fit is dropped and counted ([`LogWriter::dropped`]; [`LogWriter::queued_bytes`]
+//! shows the fill), and a `tracing` warning reports the drops at most once a second. [`LogWriter::flush`] waits until everything queued before it is
 //! written (for shutdown and tests; never call it on the request path).
 //!
 //! Log rotation: the file is opened once, when the [`LogWriter`] is built. On reload the server
