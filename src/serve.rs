@@ -64,12 +64,16 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let _reload_tx = reload_tx; // kept for the admin API's reload endpoint
     tracing::info!(epoch = 1, "snakeway started");
     loop {
+        let reply: ReloadRequest = tokio::select! {
+            _ = hup.recv() => None,
+            Some(reply) = reload_rx.recv() => reply,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        // A stop signal does not wait for a reload still building its snapshot (a WASM compile
+        // takes seconds): the half-built snapshot is dropped and nothing was changed yet.
         tokio::select! {
-            _ = hup.recv() => {
-                let _ = reload(&path, &state, &mut listeners).await;
-            }
-            Some(reply) = reload_rx.recv() => {
-                let result = reload(&path, &state, &mut listeners).await;
+            result = reload(&path, &state, &mut listeners) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -167,7 +171,8 @@ fn remove_pid_file(path: &Path) {
 ///
 /// Reading files, loading certificates and compiling WASM devices take long (a compile can
 /// take seconds), so the snapshot is built on a blocking-pool thread, never on a worker:
-/// traffic keeps flowing meanwhile. Only binding and the swap (one store) happen here.
+/// traffic keeps flowing meanwhile. Only binding and the swap (one store) happen here, with no
+/// await between them, so dropping this future (shutdown during a reload) changes nothing.
 async fn reload(path: &Path, state: &Arc<State>, listeners: &mut Listeners) -> Result<u64, Report> {
     let result = async {
         let current = state.snapshot.load_full();

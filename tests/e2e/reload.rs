@@ -546,14 +546,48 @@ async fn requests_keep_flowing_while_a_reload_compiles_a_wasm_device() {
         "the reload did not compile:\n{}",
         server.log_text()
     );
-    // Built on the only worker, the compile would hold every request for about its length.
+    // Built on the only worker, the compile would hold a request for about its whole length
+    // (measured: 3.30 s of a 3.31 s reload). Off the workers, what is left is scheduling noise
+    // on a busy machine (the compile itself keeps every core busy): tens of milliseconds
+    // alone, up to 0.9 s of a 3.6 s reload with the whole suite and other builds running.
     assert!(
         reload >= Duration::from_millis(300),
         "the compile was too quick ({reload:?}) for this test to tell anything"
     );
     assert!(
-        slowest < Duration::from_millis(1000).min(reload / 2),
+        slowest < reload / 2,
         "a request waited {slowest:?} during a {reload:?} reload"
     );
     assert!(count >= 5, "only {count} requests during the reload");
+}
+
+/// SIGTERM while a reload is compiling a WASM device: the server stops at once, without
+/// waiting for the compile, and without swapping in the half-built configuration.
+#[tokio::test]
+async fn sigterm_during_a_slow_reload_stops_without_waiting_for_it() {
+    let base = "[server]\nthreads = 1\nshutdown_grace_ms = 5000\n\n[wasm]\ncache = false\n\n\
+                [[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+                [[route]]\npath = \"/\"\nrespond = { status = 200, body = \"ok\" }\n";
+    let mut server = Server::start(base).await;
+    let guest = crate::wasm::guest("testkit");
+    server.rewrite_config(&format!(
+        "{base}\n[[device]]\ntype = \"wasm\"\nname = \"kit\"\npath = {guest:?}\n"
+    ));
+    server.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("server did not exit");
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        server.log_count(RELOADED),
+        0,
+        "the reload finished first: the compile was too quick for this test\n{}",
+        server.log_text()
+    );
+    assert!(took < Duration::from_millis(1000), "exit took {took:?}");
 }
