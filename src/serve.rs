@@ -153,7 +153,10 @@ fn write_pid_file(path: &Path) -> std::io::Result<()> {
 /// Removes the pid file at exit, but only if it is still ours: a regular file holding our
 /// pid. A file another process (a newer server) wrote is left alone.
 fn remove_pid_file(path: &Path) {
-    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return; // already gone
+    };
+    let ours = meta.is_file()
         && std::fs::read_to_string(path)
             .is_ok_and(|text| text.trim() == std::process::id().to_string());
     if ours {
