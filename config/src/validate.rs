@@ -239,6 +239,18 @@ fn build_listener(
         ),
         idle_timeout_ms: s.nonzero("idle_timeout_ms", raw.idle_timeout_ms, 60_000),
         max_connections: s.nonzero("max_connections", raw.max_connections, 10_000),
+        send_timeout_ms: s.within(
+            "send_timeout_ms",
+            raw.send_timeout_ms,
+            60_000,
+            1..=86_400_000,
+        ),
+        max_concurrent_streams: s.within(
+            "max_concurrent_streams",
+            raw.max_concurrent_streams,
+            100,
+            1..=10_000,
+        ),
         tls: tls?,
     })
 }
@@ -842,6 +854,30 @@ impl<'a> Scope<'a> {
         match value {
             Some(v) if v == T::default() => {
                 self.bad(key, "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    /// `value` or `default`; a value outside `range` is a problem (and yields the default).
+    fn within<T>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> T
+    where
+        T: Copy + PartialOrd + std::fmt::Display,
+    {
+        match value {
+            Some(v) if !range.contains(&v) => {
+                self.bad(
+                    key,
+                    format!("{v} is out of range ({}-{})", range.start(), range.end()),
+                );
                 default
             }
             Some(v) => v,
