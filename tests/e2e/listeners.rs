@@ -467,8 +467,12 @@ async fn max_connections_follows_reloads_down_and_up() {
     let server = Server::start(&respond_config("max_connections = 2")).await;
     let addr = server.addr();
     let quiet = Duration::from_millis(500);
-    let a = served_within(addr, T).await.expect("first connection served");
-    let b = served_within(addr, T).await.expect("second connection served");
+    let a = served_within(addr, T)
+        .await
+        .expect("first connection served");
+    let b = served_within(addr, T)
+        .await
+        .expect("second connection served");
     let c = served_within(addr, quiet)
         .await
         .expect_err("a third connection served with max_connections = 2");
@@ -491,7 +495,10 @@ async fn max_connections_follows_reloads_down_and_up() {
 
     assert!(reload(2, 3).await, "reload to 3 not applied");
     let res = read_one_response(&mut c).await;
-    assert_eq!(res.status, 200, "the waiting connection was not served after 1 -> 3");
+    assert_eq!(
+        res.status, 200,
+        "the waiting connection was not served after 1 -> 3"
+    );
     let d = served_within(addr, T)
         .await
         .expect("third connection not served with max_connections = 3");

@@ -125,7 +125,8 @@ impl RawH2 {
         };
         let mut raw = RawH2 { tx, inbox, reader };
         assert!(
-            raw.wait_for(Duration::from_secs(5), |s| s.kind == SETTINGS && s.flags & ACK == 0)
+            raw.wait_for(Duration::from_secs(5), |s| s.kind == SETTINGS
+                && s.flags & ACK == 0)
                 .await,
             "no SETTINGS from the server"
         );
@@ -416,11 +417,17 @@ async fn an_h2_client_that_grants_no_window_is_dropped_after_send_timeout() {
     let mut h2 = RawH2::open(server.addr(), &[(INITIAL_WINDOW_SIZE, 0)]).await;
     let start = Instant::now();
     assert!(
-        h2.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block("/")))
-            .await
+        h2.send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &get_block("/")
+        ))
+        .await
     );
     assert!(
-        h2.wait_for(Duration::from_secs(3), |f| f.kind == HEADERS && f.stream == 1)
+        h2.wait_for(Duration::from_secs(3), |f| f.kind == HEADERS
+            && f.stream == 1)
             .await,
         "no response head"
     );
