@@ -15,12 +15,11 @@ pub use snakeway_proxy as proxy;
 pub use snakeway_synthetic as synthetic;
 
 pub mod cli;
+mod conn;
 mod devices;
 mod handler;
-mod listener;
 mod router;
 mod serve;
 mod stack;
 mod state;
 mod strict_h1;
-mod tls;

@@ -9,8 +9,8 @@ use snakeway_config::{Config, Problem, Report};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::Listeners;
 use crate::devices::Purpose;
-use crate::listener::Listeners;
 use crate::stack::Snapshot;
 use crate::state::State;
 

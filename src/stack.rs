@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
@@ -21,9 +21,9 @@ use snakeway_proxy::{
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::tls;
 use crate::devices::Purpose;
 use crate::router::{HostMatch, Route, Router};
-use crate::tls;
 
 /// The whole runtime state of the server, built from one configuration.
 pub(crate) struct Snapshot {
@@ -71,15 +71,17 @@ impl std::fmt::Debug for Outcome {
 pub(crate) struct ListenerRuntime {
     pub(crate) name: String,
     pub(crate) tls: Option<TlsAcceptor>,
-    /// The hyper connection builder for HTTP/1.1 plus h2c / ALPN h2.
-    pub(crate) http: auto::Builder<TokioExecutor>,
-    /// The hyper connection builder for HTTP/1.1 only (`http2 = false`).
-    pub(crate) http1: hyper::server::conn::http1::Builder,
+    /// hyper's HTTP/1.1 connection builder (connections behind the framing guard).
+    pub(crate) http1: http1::Builder,
+    /// hyper's HTTP/2 connection builder (ALPN h2 or the h2c preface), with its limits.
+    pub(crate) h2: http2::Builder<TokioExecutor>,
     /// Whether HTTP/2 is served.
     pub(crate) http2: bool,
     pub(crate) max_header_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// Longest time a response write may make no progress before the connection is dropped.
+    pub(crate) send_timeout: Duration,
     pub(crate) max_connections: usize,
 }
 
@@ -257,36 +259,57 @@ fn build_service(
 
 // === impl ListenerRuntime ===
 
+/// HTTP/2 flow-control windows we grant a client per stream and per connection: what it may send
+/// before a request body is read. The connection window bounds the sum.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes buffered per HTTP/2 stream waiting for the client's window or the socket:
+/// with `max_concurrent_streams = 100` at most 6.4 MiB per connection (hyper's default is
+/// 400 KiB, 40 MiB per connection).
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// Streams the client may reset before the server has accepted them (rapid reset), and
+/// streams the server may reset for the client's errors, before the connection gets GOAWAY.
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Ceiling of the keepalive PING interval and ack timeout that find dead HTTP/2 peers.
+const H2_KEEPALIVE_MAX: Duration = Duration::from_secs(30);
+
 impl ListenerRuntime {
     fn new(l: &snakeway_config::Listener, tls: Option<TlsAcceptor>) -> Self {
         let header_read_timeout = Duration::from_millis(l.header_read_timeout_ms);
+        let idle_timeout = Duration::from_millis(l.idle_timeout_ms);
+        let send_timeout = Duration::from_millis(l.send_timeout_ms);
         let max_buf = l.max_header_bytes.max(8192); // hyper's floor; `StrictH1` enforces smaller limits
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .max_buf_size(max_buf)
-            .keep_alive(true);
-        http.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX));
-        // `auto` cannot refuse HTTP/2 once it serves with upgrades, so HTTP/1-only listeners
-        // use hyper's HTTP/1 builder.
-        let mut http1 = hyper::server::conn::http1::Builder::new();
+        let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             .max_buf_size(max_buf)
             .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(l.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .adaptive_window(false)
+            .max_send_buf_size(H2_MAX_SEND_BUF)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            // PINGs find dead peers while streams are open; an idle connection is closed by
+            // the connection watch, whose clock PINGs do not reset.
+            .keep_alive_interval(idle_timeout.min(H2_KEEPALIVE_MAX))
+            .keep_alive_timeout(send_timeout.min(H2_KEEPALIVE_MAX));
         Self {
             name: l.name.clone(),
             tls,
-            http,
             http1,
+            h2,
             http2: l.http2,
             max_header_bytes: l.max_header_bytes,
             header_read_timeout,
-            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            idle_timeout,
+            send_timeout,
             max_connections: l.max_connections,
         }
     }

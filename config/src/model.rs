@@ -74,6 +74,11 @@ pub struct Listener {
     pub idle_timeout_ms: u64,
     /// Open connections beyond this wait in the accept queue (default 10000).
     pub max_connections: usize,
+    /// A response write (HTTP/1, or HTTP/2 streams) that makes no progress this long drops the
+    /// connection (default 60000).
+    pub send_timeout_ms: u64,
+    /// HTTP/2 streams open at once per connection (default 100).
+    pub max_concurrent_streams: u32,
     /// TLS settings; plain TCP without them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,

@@ -46,6 +46,8 @@ pub(crate) struct RawListener {
     pub(crate) header_read_timeout_ms: Option<u64>,
     pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) send_timeout_ms: Option<u64>,
+    pub(crate) max_concurrent_streams: Option<u32>,
     pub(crate) tls: Option<RawTls>,
 }
 

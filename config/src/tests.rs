@@ -228,6 +228,8 @@ fn full_example_loads_with_its_values() {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
+            send_timeout_ms: 60_000,
+            max_concurrent_streams: 100,
             tls: Some(Tls {
                 cert: tmp.path("certs/server.pem"),
                 key: tmp.path("certs/server.key"),
@@ -424,6 +426,8 @@ type = "structured_logging"
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
+            send_timeout_ms: 60_000,
+            max_concurrent_streams: 100,
             tls: None,
         }
     );
@@ -739,6 +743,50 @@ fn wasm_max_instances() {
     let default = load_str("", &path).unwrap();
     let json = serde_json::to_value(&default).unwrap();
     assert_eq!(json["wasm"]["max_instances"], 1000);
+}
+
+#[test]
+fn listener_send_timeout_and_max_concurrent_streams() {
+    let tmp = TempDir::new("listener-conn");
+    let path = tmp.path("snakeway.toml");
+    let listener = |extra: &str| {
+        load_str(
+            &format!("[[listener]]\nlisten = \"127.0.0.1:8080\"\n{extra}"),
+            &path,
+        )
+        .map(|c| {
+            let l = &c.listeners[0];
+            (l.send_timeout_ms, l.max_concurrent_streams)
+        })
+    };
+    assert_eq!(listener("").unwrap(), (60_000, 100));
+    assert_eq!(
+        listener("send_timeout_ms = 1\nmax_concurrent_streams = 1\n").unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        listener("send_timeout_ms = 86400000\nmax_concurrent_streams = 10000\n").unwrap(),
+        (86_400_000, 10_000)
+    );
+    for (key, value, range) in [
+        ("send_timeout_ms", "0", "1-86400000"),
+        ("send_timeout_ms", "86400001", "1-86400000"),
+        ("max_concurrent_streams", "0", "1-10000"),
+        ("max_concurrent_streams", "10001", "1-10000"),
+    ] {
+        let report = listener(&format!("{key} = {value}\n")).unwrap_err();
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "{}: listener[0].{key}: {value} is out of range ({range})",
+                path.display()
+            )
+        );
+    }
+    // Too large for the type: a problem on the same key, not a panic.
+    let report = listener("max_concurrent_streams = 4294967296\n").unwrap_err();
+    let got: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(got, ["listener[0].max_concurrent_streams"], "{report}");
 }
 
 #[test]

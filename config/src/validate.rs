@@ -272,6 +272,13 @@ fn build_listener(
         ),
         idle_timeout_ms: s.range("idle_timeout_ms", raw.idle_timeout_ms, 60_000, TIMEOUT_MS),
         max_connections: s.range("max_connections", raw.max_connections, 10_000, CONNECTIONS),
+        send_timeout_ms: s.range("send_timeout_ms", raw.send_timeout_ms, 60_000, TIMEOUT_MS),
+        max_concurrent_streams: s.range(
+            "max_concurrent_streams",
+            raw.max_concurrent_streams,
+            100,
+            1..=10_000,
+        ),
         tls: tls?,
     })
 }

@@ -438,3 +438,72 @@ async fn max_connections_holds_extra_connections_until_one_closes() {
         "third connection not served after one of the first two closed"
     );
 }
+
+/// Sends a request on a new connection; the connection if it was answered within `wait`, else
+/// `Err` with the connection (still waiting in the accept queue, request sent).
+async fn served_within(
+    addr: std::net::SocketAddr,
+    wait: Duration,
+) -> Result<tokio::net::TcpStream, tokio::net::TcpStream> {
+    let mut stream = connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    match tokio::time::timeout(wait, read_one_response(&mut stream)).await {
+        Ok(res) => {
+            assert_eq!(res.status, 200);
+            Ok(stream)
+        }
+        Err(_) => Err(stream),
+    }
+}
+
+/// Item 8: `max_connections` follows reloads down and back up while connections are open
+/// (2 → 1 → 3), counted through real sockets.
+#[tokio::test]
+async fn max_connections_follows_reloads_down_and_up() {
+    use crate::harness::Signal;
+    let server = Server::start(&respond_config("max_connections = 2")).await;
+    let addr = server.addr();
+    let quiet = Duration::from_millis(500);
+    let a = served_within(addr, T)
+        .await
+        .expect("first connection served");
+    let b = served_within(addr, T)
+        .await
+        .expect("second connection served");
+    let c = served_within(addr, quiet)
+        .await
+        .expect_err("a third connection served with max_connections = 2");
+
+    let reload = |n: usize, max: usize| {
+        server.rewrite_config(&respond_config(&format!("max_connections = {max}")));
+        server.signal(Signal::SIGHUP);
+        server.wait_for_log_count("configuration reloaded", n, T)
+    };
+    assert!(reload(1, 1).await, "reload to 1 not applied");
+    // One of two open connections ends: with the limit at 1, the waiting one stays waiting.
+    drop(a);
+    let mut c = c;
+    let early = read_until_close(&mut c, quiet).await;
+    assert!(
+        early.bytes.is_empty(),
+        "served a second connection with max_connections = 1: {:?}",
+        early.text()
+    );
+
+    assert!(reload(2, 3).await, "reload to 3 not applied");
+    let res = read_one_response(&mut c).await;
+    assert_eq!(
+        res.status, 200,
+        "the waiting connection was not served after 1 -> 3"
+    );
+    let d = served_within(addr, T)
+        .await
+        .expect("third connection not served with max_connections = 3");
+    let e = served_within(addr, quiet)
+        .await
+        .expect_err("a fourth connection served with max_connections = 3");
+    drop((b, c, d, e));
+}

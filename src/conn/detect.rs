@@ -1,0 +1,204 @@
+//! Choosing the protocol of a plain TCP connection once, from its first bytes.
+//!
+//! A connection whose first 24 bytes are the HTTP/2 prior-knowledge preface (RFC 9113 §3.4) is
+//! HTTP/2; one whose bytes part from the preface is HTTP/1. The decision is bounded by the
+//! listener's `header_read_timeout_ms`: a client that sends nothing, or stops inside the
+//! preface, is closed. The bytes read to decide are handed back to the chosen parser through
+//! [`Rewind`], so neither hyper nor the HTTP/1 framing guard knows that anything was read.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 connection preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks, decided once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.x, served through the framing guard.
+    Http1,
+    /// HTTP/2 (ALPN `h2`, or the h2c preface).
+    Http2,
+}
+
+/// Why a connection was closed before its protocol was known.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SniffError {
+    /// Nothing (or only part of the preface) arrived within `header_read_timeout_ms`.
+    #[error("no protocol decided within the header read timeout")]
+    TimedOut,
+    /// The client closed the connection first.
+    #[error("connection closed before a request")]
+    Closed,
+    /// Reading failed.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads the start of `io` until it is known whether it is the h2c preface, within `limit`.
+/// Returns the protocol and `io` with the bytes read put back in front.
+pub(crate) async fn sniff<S>(
+    mut io: S,
+    limit: Duration,
+) -> Result<(Protocol, Rewind<S>), SniffError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; PREFACE.len()];
+    let mut len = 0;
+    let read = async {
+        loop {
+            let n = io.read(&mut buf[len..]).await?;
+            if n == 0 {
+                return Err(SniffError::Closed);
+            }
+            len += n;
+            if buf[..len] != PREFACE[..len] {
+                return Ok(Protocol::Http1);
+            }
+            if len == PREFACE.len() {
+                return Ok(Protocol::Http2);
+            }
+        }
+    };
+    let protocol = tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| SniffError::TimedOut)??;
+    Ok((
+        protocol,
+        Rewind {
+            prefix: buf,
+            pos: 0,
+            len,
+            inner: io,
+        },
+    ))
+}
+
+/// A stream that first replays the bytes [`sniff`] read, then reads from the inner stream.
+/// Writes go straight through.
+#[derive(Debug)]
+pub(crate) struct Rewind<S> {
+    prefix: [u8; PREFACE.len()],
+    pos: usize,
+    len: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.len {
+            let n = (self.len - self.pos).min(buf.remaining());
+            buf.put_slice(&self.prefix[self.pos..self.pos + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn sniffed(sent: &[u8], close: bool) -> Result<(Protocol, Vec<u8>), SniffError> {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(sent).await.unwrap();
+        if close {
+            drop(client);
+            let (p, mut io) = sniff(server, Duration::from_millis(50)).await?;
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            return Ok((p, all));
+        }
+        let (p, mut io) = sniff(server, Duration::from_millis(50)).await?;
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        Ok((p, all))
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_http2_and_is_replayed() {
+        let mut sent = PREFACE.to_vec();
+        sent.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        let (p, replayed) = sniffed(&sent, false).await.unwrap();
+        assert_eq!(p, Protocol::Http2);
+        assert_eq!(replayed, sent);
+    }
+
+    #[tokio::test]
+    async fn the_first_differing_byte_decides_http1() {
+        let sent = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (p, replayed) = sniffed(sent, false).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        assert_eq!(replayed, sent);
+        // A request that starts like the preface but is not it.
+        let (p, replayed) = sniffed(b"PRI * HTTP/1.1\r\n\r\n", true).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        assert_eq!(replayed, b"PRI * HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_partial_preface_times_out_and_silence_too() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI").await.unwrap();
+        let r = sniff(server, Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(SniffError::TimedOut)), "{r:?}");
+        let (_client, server) = tokio::io::duplex(1024);
+        let r = sniff(server, Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(SniffError::TimedOut)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn eof_before_a_decision_is_closed() {
+        let r = sniffed(b"PRI *", true).await;
+        assert!(matches!(r, Err(SniffError::Closed)), "{r:?}");
+    }
+}

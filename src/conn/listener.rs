@@ -1,0 +1,457 @@
+//! Listening sockets and the connections accepted on them.
+//!
+//! Each configured address has one accept loop. A connection takes a slot of the listener's
+//! `max_connections` [`Limit`] before it is accepted, so excess clients wait in the kernel's
+//! accept queue. Connection settings (TLS, HTTP versions, timeouts) are read from the current
+//! snapshot at accept time, so a reload changes them for new connections without re-binding.
+//!
+//! A connection's protocol is decided once (see [`detect`](super::detect)): HTTP/2 goes to
+//! hyper's `http2` builder, HTTP/1 to its `http1` builder over the framing guard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use snakeway_config::{Problem, Report};
+use snakeway_proxy::Downstream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::detect::{self, Protocol};
+use super::watch::{Active, Drain, Meter, Metered, Watch};
+use crate::handler::ConnService;
+use crate::stack::{ListenerRuntime, Snapshot};
+use crate::state::State;
+use crate::strict_h1::StrictH1;
+
+/// The open listeners, by configured address.
+pub(crate) struct Listeners {
+    open: HashMap<SocketAddr, Open>,
+    /// Every connection task, so shutdown can wait for them.
+    connections: TaskTracker,
+    /// Cancelled when the server shuts down: connections finish their requests and close.
+    shutdown: CancellationToken,
+}
+
+struct Open {
+    stop: CancellationToken,
+    limit: Arc<Limit>,
+}
+
+/// Sockets bound for a new configuration but not serving yet.
+pub(crate) struct Bound(Vec<(SocketAddr, TcpListener)>);
+
+// === impl Listeners ===
+
+impl Listeners {
+    pub(crate) fn new() -> Self {
+        Self {
+            open: HashMap::new(),
+            connections: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Binds the addresses of `snapshot` that are not open yet. Nothing is served until
+    /// [`Listeners::apply`]; on failure every socket bound here is closed again.
+    pub(crate) fn bind(&self, snapshot: &Snapshot) -> Result<Bound, Report> {
+        let mut bound = Vec::new();
+        let mut problems = Vec::new();
+        for (i, l) in snapshot.config.listeners.iter().enumerate() {
+            if self.open.contains_key(&l.listen) {
+                continue;
+            }
+            match bind(l.listen) {
+                Ok(listener) => bound.push((l.listen, listener)),
+                Err(e) => problems.push(Problem {
+                    file: snapshot.source.clone(),
+                    key: format!("listener[{i}].listen"),
+                    message: format!("cannot listen on {}: {e}", l.listen),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Bound(bound))
+        } else {
+            Err(Report { problems })
+        }
+    }
+
+    /// Starts serving `bound`, closes listeners that `snapshot` no longer has, and applies
+    /// changed connection limits. Call after the snapshot is stored.
+    pub(crate) fn apply(&mut self, bound: Bound, snapshot: &Snapshot, state: &Arc<State>) {
+        self.open.retain(|addr, open| {
+            let keep = snapshot.listeners.contains_key(addr);
+            if !keep {
+                tracing::info!(%addr, "listener closed");
+                open.stop.cancel();
+            }
+            keep
+        });
+        for (addr, open) in &self.open {
+            open.limit.resize(snapshot.listeners[addr].max_connections);
+        }
+        for (addr, listener) in bound.0 {
+            let runtime = &snapshot.listeners[&addr];
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(listener = %runtime.name, addr = %local, tls = runtime.tls.is_some(), "listening");
+            let open = Open {
+                stop: CancellationToken::new(),
+                limit: Arc::new(Limit::new(runtime.max_connections)),
+            };
+            let accept = AcceptLoop {
+                key: addr,
+                listener,
+                state: state.clone(),
+                limit: open.limit.clone(),
+                stop: open.stop.clone(),
+                connections: self.connections.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            tokio::spawn(accept.run());
+            self.open.insert(addr, open);
+        }
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to `grace` for them.
+    /// Returns whether every connection finished in time.
+    pub(crate) async fn shutdown(self, grace: Duration) -> bool {
+        for open in self.open.values() {
+            open.stop.cancel();
+        }
+        self.shutdown.cancel();
+        self.connections.close();
+        tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_ok()
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A listener's `max_connections`: one semaphore permit per open connection, resizable.
+///
+/// Shrinking takes the free permits away at once; permits still held by connections are owed
+/// (`debt`) and forgotten as those connections end. Growing first cancels what is owed, then
+/// adds permits. Either way the permits in circulation converge on the new limit, with no task
+/// and no lock. The accept loop holds one permit while it waits for the next connection.
+#[derive(Debug)]
+struct Limit {
+    permits: Semaphore,
+    /// Permits to forget instead of returning, as connections end.
+    debt: AtomicUsize,
+    /// The configured limit (only [`Limit::resize`] writes it, from the reload task).
+    max: AtomicUsize,
+}
+
+/// A slot of a [`Limit`], held by one connection: its permit goes back (or pays the limit's
+/// debt) when dropped.
+struct Slot(Arc<Limit>);
+
+// === impl Limit ===
+
+impl Limit {
+    fn new(max: usize) -> Self {
+        let max = Self::clamp(max);
+        Self {
+            permits: Semaphore::new(max),
+            debt: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// Tokio's semaphore holds at most `Semaphore::MAX_PERMITS`; config validation keeps the
+    /// limit far below, this keeps any value from panicking.
+    fn clamp(max: usize) -> usize {
+        max.clamp(1, Semaphore::MAX_PERMITS)
+    }
+
+    /// Changes the limit to `max` (see the type docs).
+    fn resize(&self, max: usize) {
+        let max = Self::clamp(max);
+        let old = self.max.swap(max, Ordering::AcqRel);
+        if max > old {
+            let grow = max - old;
+            let cancelled = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(grow))
+                })
+                .map_or(0, |d| d.min(grow));
+            if grow > cancelled {
+                self.permits.add_permits(grow - cancelled);
+            }
+        } else if max < old {
+            let shrink = old - max;
+            let forgotten = self.permits.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits for a free slot.
+    async fn acquire(self: &Arc<Self>) -> Slot {
+        // The semaphore is never closed, so `acquire` cannot fail; the permit's return is
+        // managed by `Slot`.
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+        Slot(self.clone())
+    }
+
+    /// Permits not held by anyone (for tests).
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let paid = self
+            .0
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if !paid {
+            self.0.permits.add_permits(1);
+        }
+    }
+}
+
+struct AcceptLoop {
+    key: SocketAddr,
+    listener: TcpListener,
+    state: Arc<State>,
+    limit: Arc<Limit>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+// === impl AcceptLoop ===
+
+impl AcceptLoop {
+    async fn run(self) {
+        loop {
+            let slot = tokio::select! {
+                slot = self.limit.acquire() => slot,
+                () = self.stop.cancelled() => return,
+            };
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                () = self.stop.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Typically EMFILE/ENFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(runtime) = self.state.snapshot.load().listeners.get(&self.key).cloned() else {
+                continue;
+            };
+            let conn = Connection {
+                runtime,
+                state: self.state.clone(),
+                shutdown: self.shutdown.clone(),
+                _slot: slot,
+            };
+            self.connections.spawn(conn.serve(stream, peer));
+        }
+    }
+}
+
+/// The service every connection is served with.
+type Service = Metered<ConnService>;
+
+struct Connection {
+    runtime: Arc<ListenerRuntime>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    _slot: Slot,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let meter = Arc::new(Meter::default());
+        let stream = Active::new(stream, meter.clone());
+        let tls = self.runtime.tls.is_some();
+        let service = Metered::new(
+            ConnService::new(
+                self.state.clone(),
+                Downstream { peer, tls },
+                Arc::new(AtomicUsize::new(0)),
+            ),
+            meter.clone(),
+        );
+        let max_head = self.runtime.max_header_bytes;
+        let header_read_timeout = self.runtime.header_read_timeout;
+        match &self.runtime.tls {
+            None if self.runtime.http2 => match detect::sniff(stream, header_read_timeout).await {
+                Ok((Protocol::Http2, io)) => self.serve_h2(io, service, meter).await,
+                Ok((Protocol::Http1, io)) => {
+                    self.serve_h1(StrictH1::new(io, max_head), service, meter)
+                        .await
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
+            },
+            None => {
+                self.serve_h1(StrictH1::new(stream, max_head), service, meter)
+                    .await
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(header_read_timeout, acceptor.accept(stream));
+                let tls = match handshake.await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                // ALPN offers h2 only when the listener serves HTTP/2; such a connection
+                // speaks nothing else.
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    self.serve_h2(tls, service, meter).await;
+                } else {
+                    self.serve_h1(StrictH1::new(tls, max_head), service, meter)
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn watch(&self, meter: Arc<Meter>, http2: bool) -> Watch {
+        Watch {
+            meter,
+            idle: self.runtime.idle_timeout,
+            send: self.runtime.send_timeout,
+            http2,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Serves HTTP/1.1 on `io` (already behind the framing guard).
+    async fn serve_h1<I>(&self, io: I, service: Service, meter: Arc<Meter>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self
+            .runtime
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        self.watch(meter, false).drive(conn).await;
+    }
+
+    /// Serves HTTP/2 on `io`.
+    async fn serve_h2<I>(&self, io: I, service: Service, meter: Arc<Meter>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.runtime.h2.serve_connection(TokioIo::new(io), service);
+        self.watch(meter, true).drive(conn).await;
+    }
+}
+
+impl<I> Drain for hyper::server::conn::http2::Connection<TokioIo<I>, Service, TokioExecutor>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Drain for hyper::server::conn::http1::UpgradeableConnection<TokioIo<I>, Service>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_limit_shrinks_and_grows_back_with_connections_open() {
+        let limit = Arc::new(Limit::new(4));
+        let held: Vec<Slot> = vec![
+            limit.acquire().await,
+            limit.acquire().await,
+            limit.acquire().await,
+        ];
+        assert_eq!(limit.available(), 1);
+        // 4 -> 1 with 3 open: the free permit goes, 2 are owed.
+        limit.resize(1);
+        assert_eq!(limit.available(), 0);
+        assert_eq!(limit.debt.load(Ordering::SeqCst), 2);
+        // 1 -> 4 before any closes: the debt is cancelled and one permit added.
+        limit.resize(4);
+        assert_eq!(limit.debt.load(Ordering::SeqCst), 0);
+        assert_eq!(limit.available(), 1);
+        drop(held);
+        assert_eq!(limit.available(), 4);
+        // 4 -> 2 -> 4 with nothing open.
+        limit.resize(2);
+        assert_eq!(limit.available(), 2);
+        limit.resize(4);
+        assert_eq!(limit.available(), 4);
+    }
+
+    #[tokio::test]
+    async fn closing_connections_pay_the_debt() {
+        let limit = Arc::new(Limit::new(3));
+        let a = limit.acquire().await;
+        let b = limit.acquire().await;
+        limit.resize(1);
+        assert_eq!(
+            (limit.available(), limit.debt.load(Ordering::SeqCst)),
+            (0, 1)
+        );
+        drop(a);
+        assert_eq!(
+            (limit.available(), limit.debt.load(Ordering::SeqCst)),
+            (0, 0)
+        );
+        drop(b);
+        assert_eq!(limit.available(), 1);
+    }
+
+    #[test]
+    fn any_limit_is_clamped_not_a_panic() {
+        for max in [
+            0,
+            1,
+            Semaphore::MAX_PERMITS,
+            Semaphore::MAX_PERMITS + 1,
+            usize::MAX,
+        ] {
+            let limit = Limit::new(max);
+            limit.resize(usize::MAX);
+            limit.resize(0);
+            limit.resize(max);
+        }
+    }
+}
