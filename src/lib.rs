@@ -15,6 +15,7 @@ pub use snakeway_proxy as proxy;
 pub use snakeway_synthetic as synthetic;
 
 pub mod cli;
+mod conn;
 mod devices;
 mod handler;
 mod listener;
@@ -22,5 +23,4 @@ mod router;
 mod serve;
 mod stack;
 mod state;
-mod strict_h1;
 mod tls;

@@ -22,10 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::h1::{Rejections, StrictH1};
 use crate::handler::ConnService;
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
-use crate::strict_h1::StrictH1;
 
 /// The open listeners, by configured address.
 pub(crate) struct Listeners {
@@ -223,10 +223,12 @@ impl Connection {
         };
         let tls = self.runtime.tls.is_some();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let rejections = Rejections::default();
         let service = ConnService::new(
             self.state.clone(),
             Downstream { peer, tls },
             in_flight.clone(),
+            rejections.clone(),
         );
         let watch = Watch {
             activity,
@@ -237,7 +239,7 @@ impl Connection {
         let max_head = self.runtime.max_header_bytes;
         match &self.runtime.tls {
             None => {
-                self.serve_http(StrictH1::new(stream, max_head), service, watch)
+                self.serve_http(StrictH1::new(stream, max_head, rejections), service, watch)
                     .await
             }
             Some(acceptor) => {
@@ -256,7 +258,7 @@ impl Connection {
                         .serve_connection_with_upgrades(TokioIo::new(tls), service);
                     watch.drive(conn).await;
                 } else {
-                    self.serve_http(StrictH1::new(tls, max_head), service, watch)
+                    self.serve_http(StrictH1::new(tls, max_head, rejections), service, watch)
                         .await;
                 }
             }
