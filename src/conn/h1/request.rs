@@ -95,10 +95,16 @@ impl Rx {
                     }
                 }
                 RxState::Head => {
-                    // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                    // Empty lines before a request line are allowed (RFC 9112 §2.2): `\n` or
+                    // `\r\n`, as hyper skips them; a lone `\r` is left to the head's parse.
                     if self.searched == 0 {
-                        while pos < data.len() && matches!(data[pos], b'\r' | b'\n') {
-                            pos += 1;
+                        loop {
+                            match data.get(pos..pos + 2) {
+                                _ if data.get(pos) == Some(&b'\n') => pos += 1,
+                                Some(b"\r\n") => pos += 2,
+                                None if data.get(pos) == Some(&b'\r') => return (pos, Scan::Hold),
+                                _ => break,
+                            }
                         }
                         if pos == data.len() {
                             return (pos, Scan::Done);
