@@ -25,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
         Parsed::Complete(h) => {
             assert!(h.len <= buf.len() && h.len <= max_head);
             // The guard's own search finds the same end, from scratch and resumed anywhere.
-            assert_eq!(head::find_end(buf, 0), Ok(h.len), "{:?}", String::from_utf8_lossy(buf));
+            assert_eq!(
+                head::find_end(buf, 0),
+                Ok(h.len),
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
             for from in [1, h.len / 2, h.len.saturating_sub(3)] {
                 if let Err(next) = head::find_end(&buf[..from.min(h.len)], 0) {
                     assert_eq!(head::find_end(buf, next), Ok(h.len));

@@ -82,5 +82,9 @@ fuzz_target!(|data: &[u8]| {
                 && (i == rest.len() || (refused && synthetic.starts_with(&rest[i..])))
         })
     });
-    assert!(explained, "hyper would be handed {:?}", String::from_utf8_lossy(&out));
+    assert!(
+        explained,
+        "hyper would be handed {:?}",
+        String::from_utf8_lossy(&out)
+    );
 });

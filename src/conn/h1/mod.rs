@@ -7,7 +7,7 @@
 //!
 //! * A request head is handed to hyper only once it is complete and valid ([`head`] lists the
 //!   checks: framing, request target, `Host`). A head arriving in pieces is searched for its end
-//!   once, and parsed once it has ended ([`request`]). Invalid framing is a *violation*: no byte
+//!   only in its new bytes, and parsed again only once it has ended ([`request`]). Invalid framing is a *violation*: no byte
 //!   of that head ever reaches hyper, so the request never reaches a route nor an upstream. A
 //!   head over the configured limit, or with more than [`head::MAX_HEADERS`] fields, is a
 //!   violation too (431), which enforces the limit exactly even below hyper's 8 KiB floor.

@@ -16,7 +16,8 @@ pub(crate) struct Rx {
     pub(crate) state: RxState,
     max_head: usize,
     /// How far the head being held has been searched for its end (relative to its start), so
-    /// that a head arriving in pieces is searched once and parsed once: linear, not quadratic.
+    /// that a head arriving in pieces is parsed at most twice (on arrival, once complete): linear
+    /// in its size, not quadratic.
     searched: usize,
     /// Requests handed to hyper whose response head hyper has not written yet.
     pub(crate) pending: VecDeque<OwedResponse>,
@@ -158,15 +159,18 @@ impl Rx {
     }
 
     /// The head at the start of `buf`: its length once complete and valid (its body is then
-    /// set up), `None` while incomplete. Parsed only once its end is in `buf` (or it is over
-    /// the size limit).
+    /// set up), `None` while incomplete. A head read whole (the common case) is parsed right
+    /// away, in one pass; one that is not is then searched for its end only in the bytes that
+    /// are new, and parsed again only once it has ended (or passed the size limit).
     fn head(&mut self, buf: &[u8]) -> Result<Option<usize>, Box<Rejection>> {
-        match head::find_end(buf, self.searched) {
-            Err(next) if buf.len() <= self.max_head => {
-                self.searched = next;
-                return Ok(None);
+        if self.searched > 0 {
+            match head::find_end(buf, self.searched) {
+                Err(next) if buf.len() <= self.max_head => {
+                    self.searched = next;
+                    return Ok(None);
+                }
+                _ => {}
             }
-            _ => {}
         }
         #[cfg(test)]
         {
@@ -175,8 +179,10 @@ impl Rx {
         let head = match head::parse(buf, self.max_head) {
             Parsed::Complete(head) => head,
             Parsed::Partial => {
-                // The blank line was not where httparse ends the head: search on past it.
-                self.searched = head::find_end(buf, self.searched).unwrap_or_else(|n| n);
+                // Search on from the end found so far (httparse may end a head later than
+                // the first blank line it is offered only if that line is not one).
+                let from = self.searched;
+                self.searched = head::find_end(buf, from).unwrap_or_else(|n| n).max(1);
                 return Ok(None);
             }
             Parsed::Invalid(violation, line) => {

@@ -106,9 +106,8 @@ async fn empty_host_on_http11_is_refused() {
     assert_refused_and_not_forwarded("GET /a HTTP/1.1\r\nHost:\r\n\r\n", "empty host").await;
 }
 
-#[tokio::test]
-async fn absolute_form_authority_wins_over_host() {
-    // Routing and the upstream both see the target's authority, never the `Host` header.
+/// Two services, `a` and `b`, behind routes for hosts `a.test` and `b.test`.
+async fn two_hosts() -> (Upstream, Upstream, Server) {
     let a = upstream::http(upstream::echo("a")).await;
     let b = upstream::http(upstream::echo("b")).await;
     let server = Server::start(&format!(
@@ -138,6 +137,13 @@ service = "b"
         b.url()
     ))
     .await;
+    (a, b, server)
+}
+
+#[tokio::test]
+async fn absolute_form_authority_wins_over_host() {
+    // Routing and the upstream both see the target's authority, never the `Host` header.
+    let (a, b, server) = two_hosts().await;
     let res = client::raw_exchange(
         server.addr(),
         b"GET http://a.test:8080/x?y HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
@@ -148,6 +154,27 @@ service = "b"
     assert_eq!(json["tag"], "a", "routed on the Host header: {json}");
     assert_eq!(json["uri"], "/x?y");
     assert_eq!(echo_header(&json, "host").as_deref(), Some("a.test:8080"));
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+}
+
+#[tokio::test]
+async fn h2_authority_wins_over_host() {
+    let (a, b, server) = two_hosts().await;
+    let req = http::Request::get("http://a.test/x")
+        .header("host", "b.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = client::send_h2(server.addr(), req).await.unwrap();
+    assert_eq!(res.status, 200, "{}", res.text());
+    let json = res.json();
+    assert_eq!(json["tag"], "a", "routed on the host header: {json}");
+    assert_eq!(echo_header(&json, "host").as_deref(), Some("a.test"));
+    // userinfo in :authority is refused.
+    let req = http::Request::get("http://u@a.test/x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = client::send_h2(server.addr(), req).await.unwrap();
+    assert_eq!(res.status, 400, "{}", res.text());
     assert_eq!((a.requests(), b.requests()), (1, 0));
 }
 
