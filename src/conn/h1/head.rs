@@ -68,9 +68,9 @@ pub(crate) struct Head<'b> {
     pub(crate) minor: u8,
     /// How the body is delimited.
     pub(crate) body: BodyFraming,
-    /// The host the request is for, validated: an absolute-form (or `CONNECT`) target's
-    /// authority, else the `Host` field; `None` only for HTTP/1.0 without either.
-    pub(crate) host: Option<&'b str>,
+    /// The host the request is for, validated (so ASCII): an absolute-form (or `CONNECT`)
+    /// target's authority, else the `Host` field; `None` only for HTTP/1.0 without either.
+    pub(crate) host: Option<&'b [u8]>,
     /// An `upgrade` field is present.
     pub(crate) upgrade: bool,
 }
@@ -165,40 +165,46 @@ fn check<'b>(
     target: &'b str,
     minor: u8,
     headers: &[httparse::Header<'b>],
-) -> Result<(BodyFraming, Option<&'b str>, bool), &'static str> {
+) -> Result<(BodyFraming, Option<&'b [u8]>, bool), &'static str> {
     let authority = target_authority(method, target)?;
     let mut content_length = None;
     let mut chunked = false;
     let mut upgrade = false;
     let mut host = None;
     for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            if content_length.is_some() {
-                return Err("duplicate content-length");
+        // Dispatch on the name's length: most fields are none of these and cost one compare.
+        match h.name.len() {
+            14 if h.name.eq_ignore_ascii_case("content-length") => {
+                if content_length.is_some() {
+                    return Err("duplicate content-length");
+                }
+                content_length =
+                    Some(parse_content_length(h.value).ok_or("malformed content-length")?);
             }
-            content_length = Some(parse_content_length(h.value).ok_or("malformed content-length")?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked {
-                return Err("duplicate transfer-encoding");
+            17 if h.name.eq_ignore_ascii_case("transfer-encoding") => {
+                if chunked {
+                    return Err("duplicate transfer-encoding");
+                }
+                if !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Err("unsupported transfer-encoding (only \"chunked\" is accepted)");
+                }
+                chunked = true;
             }
-            if !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
-                return Err("unsupported transfer-encoding (only \"chunked\" is accepted)");
+            4 if h.name.eq_ignore_ascii_case("host") => {
+                if host.is_some() {
+                    return Err("duplicate host");
+                }
+                let value = trim_ows(h.value);
+                if value.is_empty() {
+                    return Err("empty host");
+                }
+                if !host::is_valid(value) {
+                    return Err("invalid host");
+                }
+                host = Some(value);
             }
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                return Err("duplicate host");
-            }
-            let value = trim_ows(h.value);
-            if value.is_empty() {
-                return Err("empty host");
-            }
-            if !host::is_valid(value) {
-                return Err("invalid host");
-            }
-            host = Some(value);
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+            7 if h.name.eq_ignore_ascii_case("upgrade") => upgrade = true,
+            _ => {}
         }
     }
     let body = match (content_length, chunked) {
@@ -211,9 +217,7 @@ fn check<'b>(
     if host.is_none() && minor == 1 {
         return Err("HTTP/1.1 requests need a Host header");
     }
-    // Validated ASCII, so this never fails.
-    let host = host.and_then(|h| std::str::from_utf8(h).ok());
-    Ok((body, authority.or(host), upgrade))
+    Ok((body, authority.map(str::as_bytes).or(host), upgrade))
 }
 
 /// The authority of an absolute-form (or, for `CONNECT`, authority-form) request target,

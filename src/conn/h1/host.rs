@@ -23,38 +23,79 @@ pub(crate) fn is_valid(value: &[u8]) -> bool {
             _ => return false,
         }
     } else {
-        let (host, port) = match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &[][..]),
-        };
-        if host.is_empty() || !is_reg_name(host) {
-            return false;
+        // One pass: a reg-name never holds `:`, so the first one starts the port.
+        match value.iter().position(|&b| !REG_NAME[usize::from(b)]) {
+            None => return !value.is_empty(),
+            Some(0) if value[0] == b':' => return false,
+            Some(at) if value[at] == b':' => &value[at + 1..],
+            Some(at) => {
+                let (host, port) = match value[at..].iter().position(|&b| b == b':') {
+                    Some(colon) => value.split_at(at + colon),
+                    None => (value, &b""[..]),
+                };
+                if !is_reg_name(host) {
+                    return false;
+                }
+                port.strip_prefix(b":").unwrap_or(port)
+            }
         }
-        port
     };
     port.len() <= MAX_PORT_DIGITS && port.iter().all(u8::is_ascii_digit)
 }
 
 /// `reg-name = *( unreserved / pct-encoded / sub-delims )`.
 fn is_reg_name(name: &[u8]) -> bool {
+    // The common case, without `%`: one table lookup per byte.
+    if name.iter().all(|&b| REG_NAME[usize::from(b)]) {
+        return true;
+    }
     let mut i = 0;
     while i < name.len() {
-        match name[i] {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            b'%' => {
-                let hex = name.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 2;
+        if name[i] == b'%' {
+            let hex = name.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
             }
-            _ => return false,
+            i += 3;
+        } else if REG_NAME[usize::from(name[i])] {
+            i += 1;
+        } else {
+            return false;
         }
-        i += 1;
     }
     true
 }
+
+/// The bytes of a reg-name other than `%`: unreserved and sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(
+            b as u8,
+            b'a'..=b'z'
+                | b'A'..=b'Z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests;
