@@ -10,16 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use http::header::HOST;
+use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
-use snakeway_core::{Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, path, respond};
+use snakeway_core::{
+    Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, RequestInfo, path, respond,
+};
 use snakeway_proxy::Downstream;
 use tower::ServiceExt;
 
+use crate::conn::h1::{Rejection, Rejections, host};
 use crate::router::request_host;
 use crate::stack::{Outcome, Snapshot};
 use crate::state::State;
@@ -31,20 +34,26 @@ pub(crate) struct ConnService {
     downstream: Downstream,
     /// Requests of this connection still waiting for their response head (for idle timeouts).
     in_flight: Arc<AtomicUsize>,
+    /// Where the HTTP/1 framing guard hands over a refused request (see [`crate::conn::h1`]).
+    rejections: Rejections,
 }
 
 // === impl ConnService ===
 
 impl ConnService {
+    /// The service for one connection; `rejections` is shared with the connection's framing
+    /// guard (HTTP/1), or never filled (HTTP/2).
     pub(crate) fn new(
         state: Arc<State>,
         downstream: Downstream,
         in_flight: Arc<AtomicUsize>,
+        rejections: Rejections,
     ) -> Self {
         Self {
             state,
             downstream,
             in_flight,
+            rejections,
         }
     }
 }
@@ -57,6 +66,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let snapshot = self.state.snapshot.load_full();
         let downstream = self.downstream;
+        if let Some(rejection) = self.rejections.get() {
+            // The guard's synthetic request, in place of the refused one.
+            let response = refuse(&snapshot, downstream, rejection);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         let in_flight = InFlight::enter(&self.in_flight);
         Box::pin(async move {
             let response = handle(snapshot, downstream, req.map(Body::from)).await;
@@ -82,6 +96,43 @@ impl Drop for InFlight {
     }
 }
 
+/// Answers a request the HTTP/1 framing guard refused, through the error path: `on_error` and
+/// `on_response` run (no request-side hook: there is no request to show them), and the
+/// connection closes.
+fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) -> Response<Body> {
+    let request_id = request_id::generate();
+    let violation = rejection.violation;
+    let status = StatusCode::from_u16(violation.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let error = Error::new(ErrorKind::BadRequest, violation.reason).with_status(status);
+    tracing::debug!(
+        request_id = request_id.to_str().unwrap_or("-"),
+        status = violation.status,
+        %error,
+        "request refused: invalid HTTP/1 framing"
+    );
+    let mut response = if snapshot.pipeline.is_empty() {
+        respond::error(&error, &request_id)
+    } else {
+        let info = RequestInfo {
+            request_id,
+            peer: downstream.peer,
+            method: rejection.method.clone().unwrap_or(Method::GET),
+            uri: rejection
+                .target
+                .clone()
+                .unwrap_or_else(|| Uri::from_static("/")),
+            started: std::time::Instant::now(),
+            slots: Default::default(),
+            device_logs: Default::default(),
+        };
+        snapshot.pipeline.refuse(RequestCtx::new(info), error)
+    };
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// Runs one request through the snapshot and always produces a response.
 pub(crate) async fn handle(
     snapshot: Arc<Snapshot>,
@@ -89,6 +140,7 @@ pub(crate) async fn handle(
     mut req: Request<Body>,
 ) -> Response<Body> {
     let request_id = request_id::ensure(req.headers_mut());
+    align_host(&mut req);
     // Devices see the normalized path. A path that does not normalize is left as it is and
     // rejected by the router, so its 400 still passes through `on_error` and `on_response`.
     if let Ok(Cow::Owned(normalized)) = path::normalize(req.uri().path())
@@ -212,12 +264,55 @@ fn select<'a>(
             "HTTP/1.1 requests need a Host header",
         ));
     }
+    if req.version() == Version::HTTP_2 {
+        check_h2_host(req)?;
+    }
     let path = path::normalize(req.uri().path())
         .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
     snapshot
         .router
         .route(request_host(req), &path)
         .ok_or_else(|| Error::new(ErrorKind::NoRoute, format!("no route for {path}")))
+}
+
+/// The host of an HTTP/2 request (HTTP/1 heads were checked by the framing guard): `:authority`
+/// when present, else exactly one `host` field, either `uri-host[:port]` without userinfo.
+fn check_h2_host(req: &Request<Body>) -> Result<(), Error> {
+    let valid = match req.uri().authority() {
+        Some(authority) => host::is_valid(authority.as_str().as_bytes()),
+        None => {
+            let mut hosts = req.headers().get_all(HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => host::is_valid(h.as_bytes()),
+                (None, _) => true,
+                (Some(_), Some(_)) => false,
+            }
+        }
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::BadRequest, "invalid host"))
+    }
+}
+
+/// Makes the `host` field say what routing reads (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the
+/// target's authority when there is one (absolute-form HTTP/1, HTTP/2's `:authority`), so the
+/// upstream sees the host that was routed on. An HTTP/2 request without `host` keeps none here
+/// (the proxy derives it); an origin-form request costs one `Option` check.
+fn align_host(req: &mut Request<Body>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let aligned = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.as_bytes() == authority.as_str().as_bytes(),
+        (None, _) => req.version() == Version::HTTP_2,
+        (Some(_), Some(_)) => false,
+    };
+    if !aligned && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().insert(HOST, value);
+    }
 }
 
 fn log_failure(

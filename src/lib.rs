@@ -22,4 +22,3 @@ mod router;
 mod serve;
 mod stack;
 mod state;
-mod strict_h1;

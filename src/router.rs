@@ -96,13 +96,13 @@ impl<T> Router<T> {
     }
 }
 
-/// The host of a request without its port: the `host` header, else the URI's authority.
+/// The host of a request without its port: the URI's authority (an absolute-form HTTP/1 target,
+/// HTTP/2's `:authority`), which wins over `host` (RFC 9112 §3.2.2), else the `host` header.
 pub(crate) fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    let raw = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let raw = match req.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
     Some(strip_port(raw))
 }
 
@@ -201,5 +201,15 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&h2), Some("b.example"));
+    }
+
+    #[test]
+    fn the_target_authority_wins_over_host() {
+        let req = http::Request::builder()
+            .uri("http://a.example:8080/x")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), Some("a.example"));
     }
 }

@@ -29,7 +29,7 @@ use super::watch::{Active, Drain, Meter, Metered, Watch};
 use crate::handler::ConnService;
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
-use crate::strict_h1::StrictH1;
+use crate::conn::h1::{Rejections, StrictH1};
 
 /// The open listeners, by configured address.
 pub(crate) struct Listeners {
@@ -297,11 +297,13 @@ impl Connection {
         let meter = Arc::new(Meter::default());
         let stream = Active::new(stream, meter.clone());
         let tls = self.runtime.tls.is_some();
+        let rejections = Rejections::default();
         let service = Metered::new(
             ConnService::new(
                 self.state.clone(),
                 Downstream { peer, tls },
                 Arc::new(AtomicUsize::new(0)),
+                rejections.clone(),
             ),
             meter.clone(),
         );
@@ -311,13 +313,13 @@ impl Connection {
             None if self.runtime.http2 => match detect::sniff(stream, header_read_timeout).await {
                 Ok((Protocol::Http2, io)) => self.serve_h2(io, service, meter).await,
                 Ok((Protocol::Http1, io)) => {
-                    self.serve_h1(StrictH1::new(io, max_head), service, meter)
+                    self.serve_h1(StrictH1::new(io, max_head, rejections), service, meter)
                         .await
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
             },
             None => {
-                self.serve_h1(StrictH1::new(stream, max_head), service, meter)
+                self.serve_h1(StrictH1::new(stream, max_head, rejections), service, meter)
                     .await
             }
             Some(acceptor) => {
@@ -332,7 +334,7 @@ impl Connection {
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                     self.serve_h2(tls, service, meter).await;
                 } else {
-                    self.serve_h1(StrictH1::new(tls, max_head), service, meter)
+                    self.serve_h1(StrictH1::new(tls, max_head, rejections), service, meter)
                         .await;
                 }
             }

@@ -1,12 +1,13 @@
 //! Connections, from accept to close: listening sockets and `max_connections` ([`listener`]),
-//! TLS ([`tls`]), choosing HTTP/1 or HTTP/2 once per connection ([`detect`]), and the
-//! per-connection timers that close idle, stalled or non-reading clients ([`watch`]).
+//! TLS ([`tls`]), the strict HTTP/1 framing guard ([`h1`]), choosing HTTP/1 or HTTP/2 once per
+//! connection ([`detect`]), and the per-connection timers that close idle, stalled or non-reading clients ([`watch`]).
 //!
 //! Every HTTP/1 connection, plain or TLS, is served by hyper's `http1` builder over the strict
 //! framing guard; every HTTP/2 connection (ALPN `h2`, or the h2c prior-knowledge preface) by
 //! hyper's `http2` builder, which speaks nothing else.
 
 pub(crate) mod detect;
+pub(crate) mod h1;
 pub(crate) mod listener;
 pub(crate) mod tls;
 pub(crate) mod watch;

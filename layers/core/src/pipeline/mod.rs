@@ -107,6 +107,13 @@ impl Pipeline {
         ProxyHooksLayer::new(self.clone())
     }
 
+    /// Answers a request that was refused before it could be read (an HTTP/1 framing
+    /// violation): `on_error` with `error`, then `on_response`, as for any failure. No
+    /// request-side hook runs: there is no request to show them.
+    pub fn refuse(&self, ctx: RequestCtx, error: Error) -> Response<Body> {
+        self.finish(ctx, Err(error))
+    }
+
     #[inline]
     fn in_phase(&self, phase: Phase) -> &[Arc<dyn Device>] {
         &self.inner.by_phase[phase as usize]

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tower::{Service, ServiceExt, service_fn};
 
 use super::*;
-use crate::{BodyCtx, ErrorKind, Phases, ResponseCtx};
+use crate::{BodyCtx, ErrorKind, Phases, RequestInfo, ResponseCtx};
 
 #[derive(Clone, Copy, Debug)]
 enum Act {
@@ -520,4 +520,33 @@ async fn a_failing_or_panicking_body_hook_fails_that_request_and_stops_the_body(
             "{act:?}: {log:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_refused_request_reaches_on_error_and_on_response_only() {
+    let h = Harness::new().device("a", &[]).device("b", &[]);
+    let pipeline = Pipeline::new(h.devices.clone());
+    let info = RequestInfo {
+        request_id: http::HeaderValue::from_static("rid-9"),
+        peer: ([127, 0, 0, 1], 1).into(),
+        method: http::Method::POST,
+        uri: http::Uri::from_static("/x"),
+        started: std::time::Instant::now(),
+        slots: Default::default(),
+        device_logs: Default::default(),
+    };
+    let error = Error::new(ErrorKind::BadRequest, "duplicate host")
+        .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let response = pipeline.refuse(RequestCtx::new(info), error);
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.headers()["x-request-id"], "rid-9");
+    assert_eq!(
+        h.log(),
+        [
+            "a.error(bad_request,-)",
+            "b.error(bad_request,-)",
+            "a.response(431,error,-)",
+            "b.response(431,error,-)"
+        ]
+    );
 }
