@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
@@ -31,6 +32,8 @@ pub(crate) struct ConnService {
     downstream: Downstream,
     /// Requests of this connection still waiting for their response head (for idle timeouts).
     in_flight: Arc<AtomicUsize>,
+    /// The listener's `body_read_timeout`.
+    body_read_timeout: Duration,
 }
 
 // === impl ConnService ===
@@ -40,11 +43,13 @@ impl ConnService {
         state: Arc<State>,
         downstream: Downstream,
         in_flight: Arc<AtomicUsize>,
+        body_read_timeout: Duration,
     ) -> Self {
         Self {
             state,
             downstream,
             in_flight,
+            body_read_timeout,
         }
     }
 }
@@ -58,8 +63,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let snapshot = self.state.snapshot.load_full();
         let downstream = self.downstream;
         let in_flight = InFlight::enter(&self.in_flight);
+        let gap = self.body_read_timeout;
         Box::pin(async move {
-            let response = handle(snapshot, downstream, req.map(Body::from)).await;
+            let req = req.map(|body| Body::incoming_with_timeout(body, gap));
+            let response = handle(snapshot, downstream, req).await;
             drop(in_flight);
             Ok(response)
         })

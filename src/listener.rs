@@ -223,10 +223,12 @@ impl Connection {
         };
         let tls = self.runtime.tls.is_some();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let trusted = self.runtime.trusted_proxies.contains(peer.ip());
         let service = ConnService::new(
             self.state.clone(),
-            Downstream { peer, tls },
+            Downstream { peer, tls, trusted },
             in_flight.clone(),
+            self.runtime.body_read_timeout,
         );
         let watch = Watch {
             activity,

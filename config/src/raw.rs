@@ -46,6 +46,8 @@ pub(crate) struct RawListener {
     pub(crate) header_read_timeout_ms: Option<u64>,
     pub(crate) idle_timeout_ms: Option<u64>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) body_read_timeout_ms: Option<u64>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) tls: Option<RawTls>,
 }
 
@@ -79,6 +81,8 @@ pub(crate) struct RawService {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) connect_timeout_ms: Option<u64>,
     pub(crate) response_timeout_ms: Option<u64>,
+    pub(crate) read_timeout_ms: Option<u64>,
+    pub(crate) max_response_header_bytes: Option<u64>,
     pub(crate) circuit_breaker: Option<RawCircuitBreaker>,
     pub(crate) health_check: Option<RawHealthCheck>,
 }

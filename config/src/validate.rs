@@ -239,6 +239,14 @@ fn build_listener(
         ),
         idle_timeout_ms: s.nonzero("idle_timeout_ms", raw.idle_timeout_ms, 60_000),
         max_connections: s.nonzero("max_connections", raw.max_connections, 10_000),
+        body_read_timeout_ms: ranged(
+            s,
+            "body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            60_000,
+            TIMEOUT_MS,
+        ),
+        trusted_proxies: ip_nets(s, "trusted_proxies", raw.trusted_proxies),
         tls: tls?,
     })
 }
@@ -385,9 +393,67 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
         ca_file,
         connect_timeout_ms: s.nonzero("connect_timeout_ms", raw.connect_timeout_ms, 2000),
         response_timeout_ms: s.nonzero("response_timeout_ms", raw.response_timeout_ms, 30_000),
+        read_timeout_ms: ranged(s, "read_timeout_ms", raw.read_timeout_ms, 60_000, TIMEOUT_MS),
+        max_response_header_bytes: usize::try_from(ranged(
+            s,
+            "max_response_header_bytes",
+            raw.max_response_header_bytes,
+            65_536,
+            1024..=1_048_576,
+        ))
+        .unwrap_or(65_536),
         circuit_breaker,
         health_check,
     })
+}
+
+/// The range of a timeout in milliseconds: up to one day.
+const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=86_400_000;
+
+/// `value` or `default`; a value outside `range` is a problem naming the range (and yields the
+/// default).
+fn ranged(
+    s: &mut Scope<'_>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    match value {
+        Some(v) if !range.contains(&v) => {
+            s.bad(
+                key,
+                format!(
+                    "{v} is out of range ({}-{})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+/// A list of IP networks (CIDR) or single addresses.
+fn ip_nets(s: &mut Scope<'_>, key: &str, list: Option<Vec<String>>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (j, text) in list.unwrap_or_default().iter().enumerate() {
+        let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match net {
+            Some(net) => nets.push(net),
+            None => s.bad(
+                &format!("{key}[{j}]"),
+                format!("{text:?} is not an IP network (CIDR like 10.0.0.0/8) or address"),
+            ),
+        }
+    }
+    nets
 }
 
 const STRATEGIES: [(&str, Strategy); 5] = [
