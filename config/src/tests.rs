@@ -807,11 +807,13 @@ fn edge_timeouts_trust_and_upstream_head_limit() {
             ),
             (
                 "listener[0].trusted_proxies[0]".to_owned(),
-                r#""10.0.0.0/33" is not an IP network (CIDR like 10.0.0.0/8) or address"#.to_owned()
+                r#""10.0.0.0/33" is not an IP network (CIDR like 10.0.0.0/8) or address"#
+                    .to_owned()
             ),
             (
                 "listener[0].trusted_proxies[1]".to_owned(),
-                r#""proxy.local" is not an IP network (CIDR like 10.0.0.0/8) or address"#.to_owned()
+                r#""proxy.local" is not an IP network (CIDR like 10.0.0.0/8) or address"#
+                    .to_owned()
             ),
             (
                 "service[0].read_timeout_ms".to_owned(),

@@ -393,7 +393,13 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
         ca_file,
         connect_timeout_ms: s.nonzero("connect_timeout_ms", raw.connect_timeout_ms, 2000),
         response_timeout_ms: s.nonzero("response_timeout_ms", raw.response_timeout_ms, 30_000),
-        read_timeout_ms: ranged(s, "read_timeout_ms", raw.read_timeout_ms, 60_000, TIMEOUT_MS),
+        read_timeout_ms: ranged(
+            s,
+            "read_timeout_ms",
+            raw.read_timeout_ms,
+            60_000,
+            TIMEOUT_MS,
+        ),
         max_response_header_bytes: usize::try_from(ranged(
             s,
             "max_response_header_bytes",
@@ -423,11 +429,7 @@ fn ranged(
         Some(v) if !range.contains(&v) => {
             s.bad(
                 key,
-                format!(
-                    "{v} is out of range ({}-{})",
-                    range.start(),
-                    range.end()
-                ),
+                format!("{v} is out of range ({}-{})", range.start(), range.end()),
             );
             default
         }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use bytes::{BufMut as _, BytesMut};
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
 
@@ -233,7 +233,11 @@ fn remove_spoofable(headers: &mut HeaderMap) {
     if !headers.keys().any(is_spoofable) {
         return;
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| is_spoofable(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_spoofable(n))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use hyper::body::Incoming;
 use snakeway_core::{Body, BoxError, ClientBodyTimeout, Error, ErrorKind, cause_ref};
 
 use crate::body::{Progress, SendBody, Sending, UpstreamBody, UpstreamBodyTimeout};
