@@ -330,9 +330,13 @@ impl ProxyService {
     /// `x-forwarded-*` headers are set; `host` passes unchanged.
     ///
     /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
-    /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long,
-    /// [`ErrorKind::UpstreamUnavailable`] when the connection fails or the upstream hangs up.
-    /// An upstream failing after the headers surfaces as an error from the response body.
+    /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long
+    /// (see [`ServiceOptions::response_timeout`]), [`ErrorKind::UpstreamUnavailable`] when the
+    /// connection fails, the upstream hangs up or its response head is invalid or too large,
+    /// and [`ErrorKind::RequestTimeout`] when the client's request body stalls
+    /// ([`ClientBodyTimeout`], not counted against the upstream). An upstream failing after
+    /// the headers surfaces as an error from the response body ([`UpstreamBodyTimeout`] when
+    /// it stalls for [`ServiceOptions::read_timeout`]).
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -497,7 +501,9 @@ enum Failure {
 
 /// A response body as the pool hands it over.
 enum PoolBody {
+    /// From our HTTP/1.1 pool: returns its connection at its end.
     Http1(Checkin),
+    /// From hyper-util's client (HTTP/2, or HTTP/1.1 where ALPN chose it).
     Http2(Incoming),
 }
 
@@ -784,7 +790,9 @@ impl Pool {
                 .retry_canceled_requests(true)
                 // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
                 .http2_only(!options.target.is_tls())
-                .http1_max_buf_size(options.max_response_header_bytes.max(64 * 1024))
+                // An https upstream may still pick HTTP/1.1 by ALPN: hyper-util has no head
+                // limit of its own, so the read buffer is the limit (hyper's floor: 8 KiB).
+                .http1_max_buf_size(options.max_response_header_bytes.max(8 * 1024))
                 .http2_max_header_list_size(
                     u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
                 )
