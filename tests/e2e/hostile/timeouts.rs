@@ -63,24 +63,10 @@ where
     .await
 }
 
-/// The attack of issue 9 item 1: uploads that stall mid-body (`Content-Length: 100`, 3 bytes
-/// sent), more of them than the circuit's failure threshold, against an upstream whose
-/// `response_timeout_ms` is shorter than the listener's `body_read_timeout_ms`. Each gets 408
-/// (or is closed) and the circuit stays closed: normal clients still get 200.
-#[tokio::test]
-async fn stalled_uploads_get_408_and_do_not_open_the_circuit() {
-    let up = upstream::http(upstream::echo("app")).await;
-    let server = Server::start(&config(
-        &up,
-        "body_read_timeout_ms = 300",
-        // Default breaker (5 failures open it); a response timeout that would fire first if it
-        // still ran while the client was stalling.
-        "response_timeout_ms = 150",
-    ))
-    .await;
-    let addr = server.addr();
-
-    let stalls = (0..8).map(|_| {
+/// Starts `n` uploads that stall after 3 of 100 bytes, at once, and checks that each is
+/// answered 408 with `connection: close` (or just closed) and closed within 3 s.
+async fn stall_uploads(addr: std::net::SocketAddr, n: usize) {
+    let stalls = (0..n).map(|_| {
         tokio::spawn(async move {
             let mut s = connect(addr).await.unwrap();
             s.write_all(b"POST /upload HTTP/1.1\r\nHost: t.test\r\nContent-Length: 100\r\n\r\nabc")
@@ -108,6 +94,26 @@ async fn stalled_uploads_get_408_and_do_not_open_the_circuit() {
             assert_eq!(res.header("connection"), Some("close"));
         }
     }
+}
+
+/// The attack of issue 9 item 1: uploads that stall mid-body (`Content-Length: 100`, 3 bytes
+/// sent), more of them than the circuit's failure threshold, against an upstream whose
+/// `response_timeout_ms` is shorter than the listener's `body_read_timeout_ms`. Each gets 408
+/// (or is closed) and the circuit stays closed: normal clients still get 200.
+#[tokio::test]
+async fn stalled_uploads_get_408_and_do_not_open_the_circuit() {
+    let up = upstream::http(upstream::echo("app")).await;
+    let server = Server::start(&config(
+        &up,
+        "body_read_timeout_ms = 300",
+        // Default breaker (5 failures open it); a response timeout that would fire first if it
+        // still ran while the client was stalling.
+        "response_timeout_ms = 150",
+    ))
+    .await;
+    let addr = server.addr();
+
+    stall_uploads(addr, 8).await;
     for _ in 0..3 {
         let res = get(addr, "/after").await;
         assert_eq!(
@@ -124,6 +130,29 @@ async fn stalled_uploads_get_408_and_do_not_open_the_circuit() {
         "each expiry is logged with its cause:\n{}",
         server.log_text()
     );
+}
+
+/// The same attack against an HTTP/2 upstream (h2c), where the stalled body reaches the
+/// upstream as a reset stream, not as a body error: still 408, still not counted.
+#[tokio::test]
+async fn stalled_uploads_to_an_h2_upstream_do_not_open_its_circuit() {
+    let up = upstream::h2c_only(upstream::echo("app")).await;
+    let server = Server::start(&config(
+        &up,
+        "body_read_timeout_ms = 300",
+        "http2 = true\nresponse_timeout_ms = 150",
+    ))
+    .await;
+    stall_uploads(server.addr(), 8).await;
+    for _ in 0..3 {
+        let res = get(server.addr(), "/after").await;
+        assert_eq!(
+            res.status,
+            200,
+            "circuit opened by stalled clients: {}",
+            res.text()
+        );
+    }
 }
 
 /// An upstream that takes the whole request (body included) and then never answers: 504 after
