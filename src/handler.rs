@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
@@ -32,10 +32,10 @@ use crate::state::State;
 pub(crate) struct ConnService {
     state: Arc<State>,
     downstream: Downstream,
-    /// Requests of this connection still waiting for their response head (for idle timeouts).
-    in_flight: Arc<AtomicUsize>,
     /// Where the HTTP/1 framing guard hands over a refused request (see [`crate::conn::h1`]).
     rejections: Rejections,
+    /// The listener's `body_read_timeout`.
+    body_read_timeout: Duration,
 }
 
 // === impl ConnService ===
@@ -46,14 +46,14 @@ impl ConnService {
     pub(crate) fn new(
         state: Arc<State>,
         downstream: Downstream,
-        in_flight: Arc<AtomicUsize>,
         rejections: Rejections,
+        body_read_timeout: Duration,
     ) -> Self {
         Self {
             state,
             downstream,
-            in_flight,
             rejections,
+            body_read_timeout,
         }
     }
 }
@@ -71,28 +71,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             let response = refuse(&snapshot, downstream, rejection);
             return Box::pin(std::future::ready(Ok(response)));
         }
-        let in_flight = InFlight::enter(&self.in_flight);
+        let gap = self.body_read_timeout;
         Box::pin(async move {
-            let response = handle(snapshot, downstream, req.map(Body::from)).await;
-            drop(in_flight);
+            let req = req.map(|body| Body::incoming_with_timeout(body, gap));
+            let response = handle(snapshot, downstream, req).await;
             Ok(response)
         })
-    }
-}
-
-/// Counts a request as in flight until dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -16,7 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
+    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, TrustedProxies,
+    UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
@@ -83,6 +84,10 @@ pub(crate) struct ListenerRuntime {
     /// Longest time a response write may make no progress before the connection is dropped.
     pub(crate) send_timeout: Duration,
     pub(crate) max_connections: usize,
+    /// Longest gap between two reads of a request body (→ 408).
+    pub(crate) body_read_timeout: Duration,
+    /// Peers whose forwarding headers are kept (checked once per connection).
+    pub(crate) trusted_proxies: TrustedProxies,
 }
 
 // === impl Snapshot ===
@@ -245,6 +250,8 @@ fn build_service(
         ca_file: svc.ca_file.clone(),
         connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
         response_timeout: Duration::from_millis(svc.response_timeout_ms),
+        read_timeout: Duration::from_millis(svc.read_timeout_ms),
+        max_response_header_bytes: svc.max_response_header_bytes,
         circuit_breaker: CircuitBreakerOptions {
             enabled: cb.enabled,
             failure_threshold: cb.failure_threshold,
@@ -311,6 +318,8 @@ impl ListenerRuntime {
             idle_timeout,
             send_timeout,
             max_connections: l.max_connections,
+            body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
+            trusted_proxies: TrustedProxies::new(l.trusted_proxies.iter().copied()),
         }
     }
 }

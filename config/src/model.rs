@@ -79,6 +79,12 @@ pub struct Listener {
     pub send_timeout_ms: u64,
     /// HTTP/2 streams open at once per connection (default 100).
     pub max_concurrent_streams: u32,
+    /// Longest gap between two reads of a request body, else 408 and the connection closes;
+    /// the client's fault, never counted against an upstream (default 60000).
+    pub body_read_timeout_ms: u64,
+    /// Peers (proxies in front) whose `x-forwarded-*`, `forwarded` and `x-real-ip` are kept and
+    /// appended to; from any other peer they are replaced (default: none).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TLS settings; plain TCP without them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
@@ -125,8 +131,14 @@ pub struct Service {
     pub ca_file: Option<PathBuf>,
     /// Connect timeout (default 2000).
     pub connect_timeout_ms: u64,
-    /// Time until the response head arrives, else 504 (default 30000).
+    /// Time from the request fully sent until the response head arrives, else 504
+    /// (default 30000).
     pub response_timeout_ms: u64,
+    /// Longest gap between two reads of an upstream response body, else the client response
+    /// is aborted and the upstream blamed (default 60000).
+    pub read_timeout_ms: u64,
+    /// Largest upstream response head, in bytes, else 502 (default 65536).
+    pub max_response_header_bytes: usize,
     /// Per-upstream circuit breaker.
     pub circuit_breaker: CircuitBreaker,
     /// Active health probes.

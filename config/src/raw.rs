@@ -48,6 +48,8 @@ pub(crate) struct RawListener {
     pub(crate) max_connections: Option<usize>,
     pub(crate) send_timeout_ms: Option<u64>,
     pub(crate) max_concurrent_streams: Option<u32>,
+    pub(crate) body_read_timeout_ms: Option<u64>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) tls: Option<RawTls>,
 }
 
@@ -81,6 +83,8 @@ pub(crate) struct RawService {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) connect_timeout_ms: Option<u64>,
     pub(crate) response_timeout_ms: Option<u64>,
+    pub(crate) read_timeout_ms: Option<u64>,
+    pub(crate) max_response_header_bytes: Option<u64>,
     pub(crate) circuit_breaker: Option<RawCircuitBreaker>,
     pub(crate) health_check: Option<RawHealthCheck>,
 }

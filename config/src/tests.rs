@@ -230,6 +230,8 @@ fn full_example_loads_with_its_values() {
             max_connections: 10_000,
             send_timeout_ms: 60_000,
             max_concurrent_streams: 100,
+            body_read_timeout_ms: 60_000,
+            trusted_proxies: vec![],
             tls: Some(Tls {
                 cert: tmp.path("certs/server.pem"),
                 key: tmp.path("certs/server.key"),
@@ -265,6 +267,8 @@ fn full_example_loads_with_its_values() {
             ca_file: Some(tmp.path("certs/ca.pem")),
             connect_timeout_ms: 2000,
             response_timeout_ms: 30_000,
+            read_timeout_ms: 60_000,
+            max_response_header_bytes: 65_536,
             circuit_breaker: CircuitBreaker::default(),
             health_check: HealthCheck::default(),
         }]
@@ -428,6 +432,8 @@ type = "structured_logging"
             max_connections: 10_000,
             send_timeout_ms: 60_000,
             max_concurrent_streams: 100,
+            body_read_timeout_ms: 60_000,
+            trusted_proxies: vec![],
             tls: None,
         }
     );
@@ -445,6 +451,8 @@ type = "structured_logging"
             ca_file: None,
             connect_timeout_ms: 2000,
             response_timeout_ms: 30_000,
+            read_timeout_ms: 60_000,
+            max_response_header_bytes: 65_536,
             circuit_breaker: CircuitBreaker {
                 enabled: true,
                 failure_threshold: 5,
@@ -787,6 +795,91 @@ fn listener_send_timeout_and_max_concurrent_streams() {
     let report = listener("max_concurrent_streams = 4294967296\n").unwrap_err();
     let got: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(got, ["listener[0].max_concurrent_streams"], "{report}");
+}
+
+#[test]
+fn edge_timeouts_trust_and_upstream_head_limit() {
+    let tmp = TempDir::new("edge-upstream");
+    let path = tmp.path("snakeway.toml");
+    let config = |listener: &str, service: &str| {
+        load_str(
+            &format!(
+                "[[listener]]\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+                 [[service]]\nname = \"a\"\nupstreams = [{{ url = \"http://127.0.0.1:1\" }}]\n{service}\n"
+            ),
+            &path,
+        )
+    };
+    let c = config("", "").unwrap();
+    assert_eq!(c.listeners[0].body_read_timeout_ms, 60_000);
+    assert!(c.listeners[0].trusted_proxies.is_empty());
+    assert_eq!(c.services[0].read_timeout_ms, 60_000);
+    assert_eq!(c.services[0].max_response_header_bytes, 65_536);
+
+    let c = config(
+        "body_read_timeout_ms = 1\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
+        "read_timeout_ms = 86400000\nmax_response_header_bytes = 1024",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].body_read_timeout_ms, 1);
+    assert_eq!(
+        c.listeners[0].trusted_proxies,
+        ["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+    );
+    assert_eq!(c.services[0].read_timeout_ms, 86_400_000);
+    assert_eq!(c.services[0].max_response_header_bytes, 1024);
+    // The dump loads back as it is.
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(
+        load_str(&text, &tmp.path("elsewhere/dump.toml")).unwrap_or_else(|r| panic!("{r}")),
+        c
+    );
+
+    let problems = |report: Report| -> Vec<(String, String)> {
+        report
+            .problems
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect()
+    };
+    // Every bad value: one problem naming the key and why.
+    let report = config(
+        "body_read_timeout_ms = 0\ntrusted_proxies = [\"10.0.0.0/33\", \"proxy.local\"]",
+        "read_timeout_ms = 86400001\nmax_response_header_bytes = 1023",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems(report),
+        [
+            (
+                "listener[0].body_read_timeout_ms".to_owned(),
+                "0 is out of range (1-86400000)".to_owned()
+            ),
+            (
+                "listener[0].trusted_proxies[0]".to_owned(),
+                r#""10.0.0.0/33" is not an IP network (CIDR like 10.0.0.0/8) or address"#
+                    .to_owned()
+            ),
+            (
+                "listener[0].trusted_proxies[1]".to_owned(),
+                r#""proxy.local" is not an IP network (CIDR like 10.0.0.0/8) or address"#
+                    .to_owned()
+            ),
+            (
+                "service[0].read_timeout_ms".to_owned(),
+                "86400001 is out of range (1-86400000)".to_owned()
+            ),
+            (
+                "service[0].max_response_header_bytes".to_owned(),
+                "1023 is out of range (1024-1048576)".to_owned()
+            ),
+        ]
+    );
+    let report = config("", "max_response_header_bytes = 1048577").unwrap_err();
+    assert_eq!(
+        problems(report)[0].1,
+        "1048577 is out of range (1024-1048576)"
+    );
 }
 
 #[test]

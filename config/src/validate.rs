@@ -279,6 +279,13 @@ fn build_listener(
             100,
             1..=10_000,
         ),
+        body_read_timeout_ms: s.range(
+            "body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            60_000,
+            TIMEOUT_MS,
+        ),
+        trusted_proxies: ip_nets(s, "trusted_proxies", raw.trusted_proxies),
         tls: tls?,
     })
 }
@@ -450,9 +457,37 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
             30_000,
             TIMEOUT_MS,
         ),
+        read_timeout_ms: s.range("read_timeout_ms", raw.read_timeout_ms, 60_000, TIMEOUT_MS),
+        max_response_header_bytes: usize::try_from(s.range(
+            "max_response_header_bytes",
+            raw.max_response_header_bytes,
+            65_536,
+            1024..=1_048_576,
+        ))
+        .unwrap_or(65_536),
         circuit_breaker,
         health_check,
     })
+}
+
+/// A list of IP networks (CIDR) or single addresses.
+fn ip_nets(s: &mut Scope<'_>, key: &str, list: Option<Vec<String>>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (j, text) in list.unwrap_or_default().iter().enumerate() {
+        let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match net {
+            Some(net) => nets.push(net),
+            None => s.bad(
+                &format!("{key}[{j}]"),
+                format!("{text:?} is not an IP network (CIDR like 10.0.0.0/8) or address"),
+            ),
+        }
+    }
+    nets
 }
 
 const STRATEGIES: [(&str, Strategy); 5] = [

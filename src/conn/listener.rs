@@ -298,12 +298,13 @@ impl Connection {
         let stream = Active::new(stream, meter.clone());
         let tls = self.runtime.tls.is_some();
         let rejections = Rejections::default();
+        let trusted = self.runtime.trusted_proxies.contains(peer.ip());
         let service = Metered::new(
             ConnService::new(
                 self.state.clone(),
-                Downstream { peer, tls },
-                Arc::new(AtomicUsize::new(0)),
+                Downstream { peer, tls, trusted },
                 rejections.clone(),
+                self.runtime.body_read_timeout,
             ),
             meter.clone(),
         );

@@ -1,7 +1,9 @@
 //! The body type that flows through the Snakeway stack.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -27,6 +29,7 @@ pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Incoming { #[pin] body: hyper::body::Incoming },
+        TimedIncoming { #[pin] body: hyper::body::Incoming, timer: GapTimer },
         Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
     }
 }
@@ -48,6 +51,25 @@ impl Body {
             Kind::Full { data: Some(data) }
         };
         Self { kind }
+    }
+
+    /// A request body read from a client connection that fails with [`ClientBodyTimeout`] when
+    /// the client sends nothing for `gap` while the body is being read.
+    ///
+    /// The clock runs only while a reader waits on the client: a reader that is slow to ask
+    /// for more (an upstream applying backpressure) never makes the client look stalled. A
+    /// body that is already complete (no body at all) stays a plain [`Body::from`] body.
+    pub fn incoming_with_timeout(body: hyper::body::Incoming, gap: Duration) -> Self {
+        use http_body::Body as _;
+        if body.is_end_stream() {
+            return Self::from(body);
+        }
+        Self {
+            kind: Kind::TimedIncoming {
+                body,
+                timer: GapTimer::new(gap),
+            },
+        }
     }
 
     /// Wraps any body whose data is `Bytes`, boxing it.
@@ -103,6 +125,7 @@ impl std::fmt::Debug for Body {
             Kind::Empty => "Empty",
             Kind::Full { .. } => "Full",
             Kind::Incoming { .. } => "Incoming",
+            Kind::TimedIncoming { .. } => "TimedIncoming",
             Kind::Boxed { .. } => "Boxed",
         };
         f.debug_tuple("Body").field(&kind).finish()
@@ -122,6 +145,17 @@ impl http_body::Body for Body {
             KindProj::Empty => Poll::Ready(None),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::TimedIncoming { body, timer } => match body.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    timer.on_ready();
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
+                Poll::Pending if timer.poll_expired(cx) => {
+                    let error = ClientBodyTimeout { gap: timer.gap() };
+                    Poll::Ready(Some(Err(error.into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
             KindProj::Boxed { body } => body.poll_frame(cx),
         }
     }
@@ -131,7 +165,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full { data } => data.is_none(),
-            Kind::Incoming { body } => body.is_end_stream(),
+            Kind::Incoming { body } | Kind::TimedIncoming { body, .. } => body.is_end_stream(),
             Kind::Boxed { body } => body.is_end_stream(),
         }
     }
@@ -143,9 +177,79 @@ impl http_body::Body for Body {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Incoming { body } => body.size_hint(),
+            Kind::Incoming { body } | Kind::TimedIncoming { body, .. } => body.size_hint(),
             Kind::Boxed { body } => body.size_hint(),
         }
+    }
+}
+
+/// The client went quiet while sending its request body: nothing arrived for `gap` while the
+/// proxy was waiting for more. The client's fault (408), never the upstream's.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the client sent no request body data for {} ms", gap.as_millis())]
+pub struct ClientBodyTimeout {
+    /// The configured longest gap between two reads.
+    pub gap: Duration,
+}
+
+/// A timer for the longest gap between two reads of a body, for body wrappers.
+///
+/// The gap is measured from the first time the reader finds the body not ready after a frame
+/// (so a reader that is slow to ask is never counted against the sender) until the next frame.
+/// One timer per body, allocated when the body first has to wait, then reset in place.
+pub struct GapTimer {
+    gap: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the current wait has started its clock.
+    waiting: bool,
+}
+
+// === impl GapTimer ===
+
+impl GapTimer {
+    /// A timer for gaps of at most `gap`.
+    pub const fn new(gap: Duration) -> Self {
+        Self {
+            gap,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    /// The configured gap.
+    pub const fn gap(&self) -> Duration {
+        self.gap
+    }
+
+    /// The body produced something (a frame, its end or an error): the current wait is over.
+    #[inline]
+    pub fn on_ready(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The body is not ready: starts the clock if this wait has not started it, and says
+    /// whether the gap is over (else the task is woken when it will be).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.gap;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl std::fmt::Debug for GapTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GapTimer")
+            .field("gap", &self.gap)
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,6 +257,27 @@ impl http_body::Body for Body {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn gap_timer_fires_only_after_a_full_gap_of_waiting() {
+        let gap = Duration::from_millis(80);
+        let mut timer = GapTimer::new(gap);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Not waiting yet: a reader slow to ask counts nothing.
+        tokio::time::sleep(gap * 2).await;
+        assert!(!timer.poll_expired(&mut cx));
+        tokio::time::sleep(gap / 2).await;
+        assert!(!timer.poll_expired(&mut cx));
+        // A frame arrives: the next wait starts its own clock.
+        timer.on_ready();
+        tokio::time::sleep(gap).await;
+        assert!(!timer.poll_expired(&mut cx));
+        tokio::time::sleep(gap / 2).await;
+        assert!(!timer.poll_expired(&mut cx));
+        tokio::time::sleep(gap * 3 / 4).await;
+        assert!(timer.poll_expired(&mut cx));
+    }
 
     #[tokio::test]
     async fn full_yields_its_bytes_once() {

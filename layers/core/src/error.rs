@@ -13,6 +13,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum ErrorKind {
     /// The request is malformed or ambiguous (framing, path): 400.
     BadRequest,
+    /// The client stalled while sending its request body: 408. Never the upstream's fault.
+    RequestTimeout,
     /// No route matches the request: 404.
     NoRoute,
     /// The upstream refused or reset the connection, or sent something invalid: 502.
@@ -34,6 +36,7 @@ impl ErrorKind {
     pub const fn status(self) -> StatusCode {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -46,6 +49,7 @@ impl ErrorKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::BadRequest => "bad_request",
+            Self::RequestTimeout => "request_timeout",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -201,6 +205,7 @@ mod tests {
         assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
         assert_eq!(ErrorKind::NoHealthyUpstream.status(), 503);
         assert_eq!(ErrorKind::NoRoute.status(), 404);
+        assert_eq!(ErrorKind::RequestTimeout.status(), 408);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod request_id;
 pub mod respond;
 mod slots;
 
-pub use body::Body;
+pub use body::{Body, ClientBodyTimeout, GapTimer};
 pub use ctx::{BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx};
 pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
 pub use device_logs::{DeviceLog, DeviceLogs};

@@ -24,7 +24,7 @@ pub fn fixed(status: StatusCode, content_type: HeaderValue, body: bytes::Bytes) 
 /// the problem and the request id, and the `x-request-id` header.
 ///
 /// Bad requests also carry `connection: close`: after a malformed request nothing else on the
-/// connection can be trusted.
+/// connection can be trusted. So do request timeouts: the rest of the stalled body is unread.
 pub fn error(error: &Error, request_id: &HeaderValue) -> Response<Body> {
     let status = error.status();
     let body = format!(
@@ -37,7 +37,7 @@ pub fn error(error: &Error, request_id: &HeaderValue) -> Response<Body> {
     let mut response = fixed(status, TEXT_PLAIN.clone(), body.into());
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if status == StatusCode::BAD_REQUEST {
+    if status == StatusCode::BAD_REQUEST || error.kind() == crate::ErrorKind::RequestTimeout {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response

@@ -26,18 +26,32 @@ use crate::connector::Connector;
 /// Idle connections kept per upstream; more are closed when they finish.
 const MAX_IDLE: usize = 512;
 
+/// The smallest read buffer limit given to hyper (which refuses less than 8 KiB).
+const MIN_READ_BUF: usize = 64 * 1024;
+
 /// The idle HTTP/1.1 connections of one upstream.
 pub(crate) struct H1Pool {
     connector: Connector,
+    /// Response heads larger than `max_response_header_bytes` are refused (a parse error).
+    builder: http1::Builder,
     idle: ArrayQueue<http1::SendRequest<Body>>,
 }
 
 // === impl H1Pool ===
 
 impl H1Pool {
-    pub(crate) fn new(connector: Connector) -> Self {
+    /// A pool of connections made by `connector` that refuse response heads larger than
+    /// `max_head` bytes.
+    pub(crate) fn new(connector: Connector, max_head: usize) -> Self {
+        let mut builder = http1::Builder::new();
+        // hyper checks a complete head against `max_header_size`; the read buffer bounds a head
+        // that never ends (hyper's floor for it is 8 KiB, 64 KiB keeps body reads efficient).
+        builder
+            .max_header_size(max_head)
+            .max_buf_size(max_head.max(MIN_READ_BUF));
         Self {
             connector,
+            builder,
             idle: ArrayQueue::new(MAX_IDLE),
         }
     }
@@ -47,7 +61,7 @@ impl H1Pool {
     pub(crate) async fn request(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<Body>, BoxError> {
+    ) -> Result<Response<Checkin>, BoxError> {
         *req.uri_mut() = origin_form(req.uri());
         // At most one look at each idle connection: a closed one is dropped, a busy one (still
         // finishing its previous exchange) goes back.
@@ -79,7 +93,7 @@ impl H1Pool {
             .clone()
             .oneshot(Uri::from_static("/"))
             .await?;
-        let (mut sender, connection) = http1::handshake(io).await?;
+        let (mut sender, connection) = self.builder.handshake(io).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended with an error");
@@ -95,18 +109,18 @@ impl H1Pool {
         self: &Arc<Self>,
         response: Response<Incoming>,
         sender: http1::SendRequest<Body>,
-    ) -> Response<Body> {
+    ) -> Response<Checkin> {
         use http_body::Body as _;
-        if response.body().is_end_stream() {
+        let sender = if response.body().is_end_stream() {
             let _ = self.idle.push(sender);
-            return response.map(Body::from);
-        }
-        response.map(|body| {
-            Body::new(Checkin {
-                body,
-                sender: Some(sender),
-                pool: self.clone(),
-            })
+            None
+        } else {
+            Some(sender)
+        };
+        response.map(|body| Checkin {
+            body,
+            sender,
+            pool: self.clone(),
         })
     }
 }
@@ -123,11 +137,18 @@ fn origin_form(uri: &Uri) -> Uri {
 pin_project! {
     /// An upstream response body that returns its connection to the pool at its end. Dropped
     /// early, it drops the connection (hyper closes it: the rest of the body is unread).
-    struct Checkin {
+    pub(crate) struct Checkin {
         #[pin]
         body: Incoming,
         sender: Option<http1::SendRequest<Body>>,
         pool: Arc<H1Pool>,
+    }
+}
+
+impl Checkin {
+    /// The body itself, once its connection is back in the pool (a response without a body).
+    pub(crate) fn into_incoming(self) -> Incoming {
+        self.body
     }
 }
 

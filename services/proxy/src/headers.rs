@@ -1,12 +1,12 @@
-//! Hop-by-hop header removal and the `x-forwarded-*` headers.
+//! Hop-by-hop header removal, the `x-forwarded-*` headers and whose of them to trust.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 
 use bytes::{BufMut as _, BytesMut};
 use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
 
@@ -44,6 +44,10 @@ pub(crate) enum Direction {
 /// `proxy-connection`, `proxy-authenticate`, `proxy-authorization`, `te`, `trailer`,
 /// `transfer-encoding` and `upgrade`.
 ///
+/// A message that had `transfer-encoding` also loses `content-length` (RFC 9112 §6.3: the
+/// transfer coding wins, and hyper decoded the body by it). Passed on, the length would frame
+/// a body it does not describe.
+///
 /// A request keeps `te` when its only value is `trailers` (gRPC needs it end to end, and HTTP/2
 /// allows exactly that value). `connection` cannot remove `host` or `x-request-id`.
 #[inline]
@@ -78,6 +82,12 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
             }
         }
         headers.remove(CONNECTION);
+    }
+
+    const TRANSFER_ENCODING_BIT: u16 = 1 << 6;
+    debug_assert!(*HOP_BY_HOP[6] == TRANSFER_ENCODING);
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(CONTENT_LENGTH);
     }
 
     let keep_te = direction == Direction::Request && is_te_trailers(headers);
@@ -120,22 +130,56 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
     any
 }
 
-/// Sets the forwarding headers of a request: appends `peer` to `x-forwarded-for`, sets
-/// `x-forwarded-proto` and `x-forwarded-host`, and gives a request without `host` (HTTP/2) one
+/// The peers whose forwarding headers are believed: a listener's `trusted_proxies`.
+///
+/// Checked once per connection, when it is accepted; the result travels in
+/// [`Downstream::trusted`](crate::Downstream::trusted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Box<[ipnet::IpNet]>,
+}
+
+// === impl TrustedProxies ===
+
+impl TrustedProxies {
+    /// Trusts peers inside any of `nets`.
+    pub fn new(nets: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        Self {
+            nets: nets.into_iter().collect(),
+        }
+    }
+
+    /// Whether `peer` is trusted. An IPv4-mapped IPv6 peer is checked as IPv4.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.nets.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// Sets the forwarding headers of a request and gives a request without `host` (HTTP/2) one
 /// from its URI authority. `host` itself is never changed.
+///
+/// From a `trusted` peer (a proxy in front of this one), `peer` is appended to
+/// `x-forwarded-for`, and the proxy's own `x-forwarded-proto` and `x-forwarded-host` are kept
+/// (set when missing). From any other peer, every incoming `x-forwarded-*`, `forwarded` and
+/// `x-real-ip` (also spelt with `_`) is removed first, so `x-forwarded-for` is exactly `peer`,
+/// and `x-forwarded-proto` and `x-forwarded-host` are this connection's.
 #[inline]
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
     authority: Option<&Authority>,
     peer: IpAddr,
     tls: bool,
+    trusted: bool,
 ) {
+    if !trusted {
+        remove_spoofable(headers);
+    }
     append_forwarded_for(headers, peer.to_canonical());
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        if tls { HTTPS.clone() } else { HTTP.clone() },
-    );
-
+    let proto = if tls { &HTTPS } else { &HTTP };
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, proto.clone());
+    }
     let host = match headers.get(HOST) {
         Some(host) => Some(host.clone()),
         None => {
@@ -146,11 +190,57 @@ pub(crate) fn set_forwarded(
             host
         }
     };
+    if trusted && headers.contains_key(&X_FORWARDED_HOST) {
+        return;
+    }
     match host {
         Some(host) => headers.insert(&X_FORWARDED_HOST, host),
         // Nothing to report: do not pass on what the client claimed.
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// Names that say who the client is or how it connected, as a client must not claim them:
+/// compared with `_` read as `-` (hyper has already lower-cased them).
+const SPOOFABLE: [&[u8]; 7] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"forwarded",
+    b"x-real-ip",
+];
+
+/// Whether `name` is one of [`SPOOFABLE`], in any `-`/`_` spelling.
+#[inline]
+fn is_spoofable(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    // Cheap first: every one starts with `x` or `f` and is 9 to 18 bytes long.
+    if !(9..=18).contains(&name.len()) || !matches!(name[0], b'x' | b'f') {
+        return false;
+    }
+    SPOOFABLE.iter().any(|s| {
+        s.len() == name.len()
+            && s.iter()
+                .zip(name)
+                .all(|(a, b)| a == b || (*a == b'-' && *b == b'_'))
+    })
+}
+
+/// Removes every [`SPOOFABLE`] header. Nothing is allocated unless one is present.
+fn remove_spoofable(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_spoofable) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_spoofable(n))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// `x-forwarded-for: <existing values, comma separated>, <peer>`, as one header line.
@@ -290,15 +380,80 @@ mod tests {
             ("x-forwarded-for", " 2.2.2.2 "),
             ("x-forwarded-proto", "gopher"),
         ]);
-        set_forwarded(&mut h, None, "10.0.0.9".parse().unwrap(), true);
+        set_forwarded(&mut h, None, "10.0.0.9".parse().unwrap(), true, true);
         assert_eq!(
             h.get("x-forwarded-for").unwrap(),
             "1.1.1.1, 2.2.2.2, 10.0.0.9"
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        // The trusted proxy in front said how its client connected.
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "gopher");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
         assert_eq!(h.get("host").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn untrusted_peers_forwarding_headers_are_replaced_in_every_spelling() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x_forwarded_for", "2.2.2.2"),
+            ("x-forwarded_for", "3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+            ("x_forwarded_host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x_forwarded_prefix", "/admin"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("x_real_ip", "1.1.1.1"),
+            ("x-forwarded-for-not", "kept"),
+            ("xforwarded", "kept"),
+        ]);
+        set_forwarded(&mut h, None, "10.0.0.9".parse().unwrap(), false, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-for-not",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "xforwarded"
+            ]
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn trusted_proxies_match_networks_and_mapped_addresses() {
+        let trusted = TrustedProxies::new([
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::1/128".parse().unwrap(),
+        ]);
+        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("2001:db8::1".parse().unwrap()));
+        assert!(!trusted.contains("11.0.0.1".parse().unwrap()));
+        assert!(!TrustedProxies::default().contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, Direction::Response);
+        assert!(h.get("content-length").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        let mut h = map(&[("content-length", "5")]);
+        remove_hop_by_hop(&mut h, Direction::Response);
+        assert_eq!(h.get("content-length").unwrap(), "5");
     }
 
     #[test]
@@ -310,6 +465,7 @@ mod tests {
             Some(&authority),
             "::ffff:10.0.0.1".parse().unwrap(),
             false,
+            false,
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
@@ -317,7 +473,7 @@ mod tests {
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example:8443");
 
         let mut h = map(&[("x-forwarded-host", "spoofed")]);
-        set_forwarded(&mut h, None, "2001:db8::1".parse().unwrap(), false);
+        set_forwarded(&mut h, None, "2001:db8::1".parse().unwrap(), false, false);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "2001:db8::1");
         assert!(h.get("x-forwarded-host").is_none());
     }

@@ -19,7 +19,7 @@
 //!     ServiceOptions::default(),
 //!     None, // on reload: the old snapshot's service of the same name
 //! )?;
-//! let downstream = Downstream { peer: "192.0.2.7:50123".parse()?, tls: true };
+//! let downstream = Downstream { peer: "192.0.2.7:50123".parse()?, tls: true, trusted: false };
 //! let request = http::Request::get("/users?page=2")
 //!     .header("host", "api.example.com")
 //!     .body(snakeway_core::Body::empty())?;
@@ -36,7 +36,9 @@
 //! * **Rewrite.** The URI keeps its path and query and takes the upstream's scheme and
 //!   authority (`http://localhost` for Unix sockets). Hop-by-hop headers are removed,
 //!   `x-forwarded-for` gets the peer IP appended, `x-forwarded-proto` and `x-forwarded-host`
-//!   are set; `host` passes unchanged.
+//!   are set; `host` passes unchanged. Unless the peer is a trusted proxy
+//!   ([`Downstream::trusted`]), its own `x-forwarded-*`, `forwarded` and `x-real-ip` are
+//!   removed first.
 //! * **Send.** Each upstream has its own pooled hyper-util client (keep-alive; prior-knowledge
 //!   h2c when `http2`; ALPN for `https`) and its own circuit breaker. Bodies stream both ways,
 //!   never buffered.
@@ -45,6 +47,12 @@
 //!   or the response headers taking longer than their timeouts:
 //!   [`UpstreamTimeout`](snakeway_core::ErrorKind::UpstreamTimeout) (504). Each failure is
 //!   counted by the upstream's circuit breaker (and a 5xx response too, if so configured).
+//! * **Blame the side that stalled.** `response_timeout` runs while the upstream holds the
+//!   exchange up, in full from the moment the whole request was sent; a client whose request
+//!   body stalls ([`ClientBodyTimeout`](snakeway_core::ClientBodyTimeout)) gets
+//!   [`RequestTimeout`](snakeway_core::ErrorKind::RequestTimeout) (408) and its circuit is
+//!   untouched. An upstream body that stalls for `read_timeout` fails the response body with
+//!   [`UpstreamBodyTimeout`] and counts against the upstream.
 //!
 //! The hot path takes no lock: picking, the circuit breakers and the counters are atomics.
 //!
@@ -55,6 +63,7 @@
 //! connection options are unchanged too, its connection pool.
 
 mod balance;
+mod body;
 mod breaker;
 mod connector;
 mod h1pool;
@@ -65,7 +74,9 @@ mod target;
 mod tls;
 
 pub use balance::Strategy;
+pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
+pub use headers::TrustedProxies;
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };

@@ -14,15 +14,18 @@ use std::time::Duration;
 use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use snakeway_core::{Body, BoxError, Error, ErrorKind, cause_ref};
+use snakeway_core::{Body, BoxError, ClientBodyTimeout, Error, ErrorKind, cause_ref};
+
+use crate::body::{Progress, SendBody, Sending, UpstreamBody, UpstreamBodyTimeout};
 
 use crate::balance::{Balancer, Strategy};
-use crate::breaker::{Breaker, CircuitBreakerOptions, CircuitState, Permit};
+use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Permit};
 use crate::connector::{ConnectError, Connector};
-use crate::h1pool::H1Pool;
+use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
@@ -48,15 +51,21 @@ pub struct ServiceOptions {
     pub ca_file: Option<PathBuf>,
     /// Limit on connecting, TLS handshake included.
     pub connect_timeout: Duration,
-    /// Limit on getting response headers, connecting included → 504.
+    /// Limit on getting response headers once the whole request has been sent (without a
+    /// request body: from the start, connecting included) → 504.
     pub response_timeout: Duration,
+    /// Longest gap between two reads of an upstream response body; past it the client's
+    /// response is aborted and the upstream's circuit counts a failure.
+    pub read_timeout: Duration,
+    /// Largest upstream response head accepted, in bytes; a larger one is a 502.
+    pub max_response_header_bytes: usize,
     /// The circuit breaker of each upstream.
     pub circuit_breaker: CircuitBreakerOptions,
 }
 
 impl Default for ServiceOptions {
     /// The defaults of the design contract: round robin, HTTP/1.1, system roots, 2 s to connect,
-    /// 30 s to respond, default circuit breaker.
+    /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker.
     fn default() -> Self {
         Self {
             strategy: Strategy::RoundRobin,
@@ -64,6 +73,8 @@ impl Default for ServiceOptions {
             ca_file: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            max_response_header_bytes: 64 * 1024,
             circuit_breaker: CircuitBreakerOptions::default(),
         }
     }
@@ -79,6 +90,10 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// Whether the client connection is TLS (`x-forwarded-proto: https`).
     pub tls: bool,
+    /// Whether the peer is a trusted proxy (see [`TrustedProxies`](crate::TrustedProxies)):
+    /// its `x-forwarded-*`, `forwarded` and `x-real-ip` are kept and `x-forwarded-for` is
+    /// appended to; from any other peer they are replaced.
+    pub trusted: bool,
 }
 
 /// Why a [`ProxyService`] could not be built.
@@ -140,6 +155,7 @@ struct Inner {
     upstreams: Box<[Upstream]>,
     balancer: Balancer,
     response_timeout: Duration,
+    read_timeout: Duration,
     breaker: CircuitBreakerOptions,
 }
 
@@ -178,6 +194,7 @@ struct ConnOptions {
     connect_timeout: Duration,
     /// Only for `https` targets: a changed `ca_file` does not matter to the others.
     ca_file: Option<PathBuf>,
+    max_response_header_bytes: usize,
 }
 
 /// Circuit breaker and counters of one upstream; carried over to the next snapshot whenever
@@ -230,6 +247,7 @@ impl ProxyService {
                 } else {
                     None
                 },
+                max_response_header_bytes: options.max_response_header_bytes,
             };
             // The first old upstream with this target, preferring one whose pool fits as is.
             let same_target = |(i, u): &(usize, &Upstream)| !taken[*i] && u.target == target;
@@ -281,6 +299,7 @@ impl ProxyService {
                 balancer: Balancer::new(options.strategy, &weights),
                 upstreams: built.into_boxed_slice(),
                 response_timeout: options.response_timeout,
+                read_timeout: options.read_timeout,
                 breaker: options.circuit_breaker,
             }),
         })
@@ -311,9 +330,13 @@ impl ProxyService {
     /// `x-forwarded-*` headers are set; `host` passes unchanged.
     ///
     /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
-    /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long,
-    /// [`ErrorKind::UpstreamUnavailable`] when the connection fails or the upstream hangs up.
-    /// An upstream failing after the headers surfaces as an error from the response body.
+    /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long
+    /// (see [`ServiceOptions::response_timeout`]), [`ErrorKind::UpstreamUnavailable`] when the
+    /// connection fails, the upstream hangs up or its response head is invalid or too large,
+    /// and [`ErrorKind::RequestTimeout`] when the client's request body stalls
+    /// ([`ClientBodyTimeout`], not counted against the upstream). An upstream failing after
+    /// the headers surfaces as an error from the response body ([`UpstreamBodyTimeout`] when
+    /// it stalls for [`ServiceOptions::read_timeout`]).
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -341,9 +364,9 @@ impl ProxyService {
         })?;
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
-        let response = tokio::time::timeout(inner.response_timeout, upstream.pool.send(req)).await;
-        match response {
-            Ok(Ok(response)) => {
+        let sent = inner.send(upstream, req).await;
+        match sent {
+            Ok(response) => {
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
@@ -352,19 +375,34 @@ impl ProxyService {
                 }
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
+                // An HTTP/1.0 upstream's answer goes on as HTTP/1.1 (this proxy speaks 1.1).
+                parts.version = Version::HTTP_11;
+                let body = self.response_body(body, index);
                 Ok(Response::from_parts(parts, body))
             }
-            Ok(Err(error)) => {
-                let (error, upstream_fault) = inner.upstream_error(upstream, error);
+            Err(Failure::Send(error, sending)) => {
+                let (error, upstream_fault) = inner.upstream_error(upstream, error, sending);
                 if upstream_fault {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
                 }
                 Err(error)
             }
-            Err(_elapsed) => {
+            Err(Failure::Timeout { sent }) => {
                 upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                 permit.failure();
+                let after = if sent {
+                    "after the request was sent"
+                } else {
+                    "while taking the request"
+                };
+                tracing::warn!(
+                    service = %inner.name,
+                    upstream = %upstream.short_name,
+                    timeout_ms = inner.response_timeout.as_millis(),
+                    cause = "response_timeout",
+                    "upstream stalled {after}"
+                );
                 Err(Error::new(
                     ErrorKind::UpstreamTimeout,
                     format!(
@@ -375,6 +413,22 @@ impl ProxyService {
                     ),
                 ))
             }
+        }
+    }
+
+    /// The client-facing body of a response from upstream `index`: read-timed unless empty.
+    fn response_body(&self, body: PoolBody, index: usize) -> Body {
+        use http_body::Body as _;
+        let blame = || Blame {
+            service: self.inner.clone(),
+            index,
+        };
+        let gap = self.inner.read_timeout;
+        match body {
+            PoolBody::Http1(body) if body.is_end_stream() => Body::from(body.into_incoming()),
+            PoolBody::Http2(body) if body.is_end_stream() => Body::from(body),
+            PoolBody::Http1(body) => Body::new(UpstreamBody::new(body, gap, blame())),
+            PoolBody::Http2(body) => Body::new(UpstreamBody::new(body, gap, blame())),
         }
     }
 
@@ -434,15 +488,163 @@ impl tower::Service<Request<Body>> for ProxyService {
     }
 }
 
+/// Why [`Inner::send`] produced no response.
+enum Failure {
+    /// The exchange failed; where the request body stood when it did (`None`: no body).
+    Send(BoxError, Option<Sending>),
+    /// No response head within `response_timeout` of the upstream holding things up.
+    Timeout {
+        /// Whether the whole request had been sent.
+        sent: bool,
+    },
+}
+
+/// A response body as the pool hands it over.
+enum PoolBody {
+    /// From our HTTP/1.1 pool: returns its connection at its end.
+    Http1(Checkin),
+    /// From hyper-util's client (HTTP/2, or HTTP/1.1 where ALPN chose it).
+    Http2(Incoming),
+}
+
+/// Who to blame when an upstream response body stalls: the upstream `index` of `service`.
+pub(crate) struct Blame {
+    service: Arc<Inner>,
+    index: usize,
+}
+
+// === impl Blame ===
+
+impl Blame {
+    /// The upstream sent nothing for `gap` mid-body: logs it and, when `count`, counts a
+    /// failure against its circuit. Returns the error the body fails with.
+    pub(crate) fn body_stalled(&self, gap: Duration, count: bool) -> UpstreamBodyTimeout {
+        let service = &*self.service;
+        let upstream = &service.upstreams[self.index];
+        if count {
+            tracing::warn!(
+                service = %service.name,
+                upstream = %upstream.short_name,
+                timeout_ms = gap.as_millis(),
+                cause = "read_timeout",
+                "upstream stalled mid-body; client response aborted"
+            );
+            upstream.health.failures.fetch_add(1, Ordering::Relaxed);
+            // After the response head the request's permit is settled: this is a failure of
+            // its own, as if a closed circuit admitted it.
+            upstream
+                .health
+                .breaker
+                .on_failure(Admission::Closed, &service.breaker);
+        }
+        UpstreamBodyTimeout {
+            upstream: upstream.short_name.clone(),
+            gap,
+        }
+    }
+}
+
 // === impl Inner ===
 
 impl Inner {
+    /// Sends `req` to `upstream` and waits for the response head.
+    ///
+    /// `response_timeout` runs while the upstream is the side holding things up: without a
+    /// request body, from the start; with one, it is restarted whenever the upstream takes
+    /// another piece, paused while the client's body is late (that is `body_read_timeout`'s
+    /// business), and runs in full from the moment the whole request was sent.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        mut req: Request<Body>,
+    ) -> Result<Response<PoolBody>, Failure> {
+        use http_body::Body as _;
+        let limit = self.response_timeout;
+        if req.body().is_end_stream() {
+            return match tokio::time::timeout(limit, upstream.pool.send(req)).await {
+                Ok(result) => result.map_err(|e| Failure::Send(e, None)),
+                Err(_) => Err(Failure::Timeout { sent: true }),
+            };
+        }
+
+        let progress = Progress::new();
+        let body = std::mem::take(req.body_mut());
+        *req.body_mut() = Body::new(SendBody::new(body, progress.clone()));
+        let send = upstream.pool.send(req);
+        tokio::pin!(send);
+        let sleep = tokio::time::sleep(limit);
+        tokio::pin!(sleep);
+        let mut frames = progress.frames();
+        loop {
+            let state = progress.state();
+            tokio::select! {
+                biased;
+                result = &mut send => {
+                    return result.map_err(|e| Failure::Send(e, Some(progress.state())));
+                }
+                () = progress.changed() => match progress.state() {
+                    Sending::Client => {}
+                    // The client's body failed: whatever the connection makes of it, the
+                    // upstream is not waited for (nor blamed).
+                    state @ (Sending::ClientTimedOut | Sending::ClientFailed) => {
+                        return Err(Failure::Send("the request body failed".into(), Some(state)));
+                    }
+                    // Waiting on the upstream again, or the request is complete: a full
+                    // `response_timeout` from now.
+                    Sending::Upstream | Sending::Sent => {
+                        frames = progress.frames();
+                        sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+                    }
+                },
+                () = &mut sleep, if state != Sending::Client => {
+                    let state = progress.state();
+                    let now = progress.frames();
+                    if state == Sending::Upstream && now != frames {
+                        // The upstream took more of the body meanwhile: still moving.
+                        frames = now;
+                        sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+                    } else if matches!(state, Sending::Upstream | Sending::Sent) {
+                        return Err(Failure::Timeout { sent: state == Sending::Sent });
+                    }
+                }
+            }
+        }
+    }
+
     /// Turns a client error into the error the caller sees, and says whether it is the
-    /// upstream's fault (and so counts against its circuit).
-    fn upstream_error(&self, upstream: &Upstream, source: BoxError) -> (Error, bool) {
+    /// upstream's fault (and so counts against its circuit). `sending` is where the request
+    /// body stood.
+    fn upstream_error(
+        &self,
+        upstream: &Upstream,
+        source: BoxError,
+        sending: Option<Sending>,
+    ) -> (Error, bool) {
         let error: &(dyn std::error::Error + 'static) = &*source;
         let (name, up) = (&self.name, &upstream.short_name);
-        let (kind, message, fault) = if let Some(connect) = cause_ref::<ConnectError>(error) {
+        let client_timeout = cause_ref::<ClientBodyTimeout>(error).is_some()
+            || sending == Some(Sending::ClientTimedOut);
+        let (kind, message, fault) = if client_timeout {
+            // The client's fault whatever the connection reported (an h2 upstream sees a
+            // reset stream). The upstream connection is not reused: hyper closes it.
+            tracing::warn!(
+                service = %name,
+                upstream = %up,
+                cause = "body_read_timeout",
+                "client stalled sending the request body; not counted against the upstream"
+            );
+            (
+                ErrorKind::RequestTimeout,
+                "the client stalled sending the request body".to_owned(),
+                false,
+            )
+        } else if sending == Some(Sending::ClientFailed) {
+            (
+                ErrorKind::BadRequest,
+                format!("the request body for upstream {up} broke off"),
+                false,
+            )
+        } else if let Some(connect) = cause_ref::<ConnectError>(error) {
             match connect {
                 ConnectError::Timeout(t) => (
                     ErrorKind::UpstreamTimeout,
@@ -489,6 +691,8 @@ impl Inner {
                 Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)
             ) {
                 "reset the connection"
+            } else if hyper.is_some_and(hyper::Error::is_parse_too_large) {
+                "sent a response head larger than max_response_header_bytes"
             } else if hyper.is_some_and(|h| h.is_parse() || h.is_parse_status()) {
                 "sent an invalid response"
             } else if hyper
@@ -531,6 +735,7 @@ impl Upstream {
             uri.authority.as_ref(),
             downstream.peer.ip(),
             downstream.tls,
+            downstream.trusted,
         );
         if !parts.headers.contains_key(HOST)
             && let Some(host) = &self.default_host
@@ -585,19 +790,28 @@ impl Pool {
                 .retry_canceled_requests(true)
                 // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
                 .http2_only(!options.target.is_tls())
+                // An https upstream may still pick HTTP/1.1 by ALPN: hyper-util has no head
+                // limit of its own, so the read buffer is the limit (hyper's floor: 8 KiB).
+                .http1_max_buf_size(options.max_response_header_bytes.max(8 * 1024))
+                .http2_max_header_list_size(
+                    u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
+                )
                 .build(connector);
             PoolClient::Http2(Box::new(client))
         } else {
-            PoolClient::Http1(Arc::new(H1Pool::new(connector)))
+            PoolClient::Http1(Arc::new(H1Pool::new(
+                connector,
+                options.max_response_header_bytes,
+            )))
         };
         Ok(Self { client, options })
     }
 
     /// Sends a prepared request to this upstream.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    async fn send(&self, req: Request<Body>) -> Result<Response<PoolBody>, BoxError> {
         match &self.client {
-            PoolClient::Http1(pool) => pool.request(req).await,
-            PoolClient::Http2(client) => Ok(client.request(req).await?.map(Body::from)),
+            PoolClient::Http1(pool) => Ok(pool.request(req).await?.map(PoolBody::Http1)),
+            PoolClient::Http2(client) => Ok(client.request(req).await?.map(PoolBody::Http2)),
         }
     }
 }
@@ -628,6 +842,7 @@ mod tests {
         let d = Downstream {
             peer: "127.0.0.1:9".parse().unwrap(),
             tls: false,
+            trusted: false,
         };
         let fut = svc.forward(Request::new(Body::empty()), &d);
         assert_send(&fut);

@@ -276,6 +276,8 @@ pub fn options() -> ServiceOptions {
         ca_file: None,
         connect_timeout: Duration::from_secs(2),
         response_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
+        max_response_header_bytes: 64 * 1024,
         circuit_breaker: CircuitBreakerOptions {
             enabled: false,
             ..Default::default()
@@ -291,6 +293,7 @@ pub fn downstream() -> Downstream {
     Downstream {
         peer: "198.51.100.7:40000".parse().unwrap(),
         tls: false,
+        trusted: false,
     }
 }
 
