@@ -564,6 +564,9 @@ fn service_target(
     }))
 }
 
+/// The largest `max_file_size`: the largest file size (`off_t`).
+const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
 fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
     let static_dir = s.existing("static_dir", raw.static_dir, Kind::Dir);
     let index = match raw.index {
@@ -585,7 +588,16 @@ fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
         static_dir: static_dir?,
         index,
         directory_listing: raw.directory_listing.unwrap_or(false),
-        max_file_size: s.nonzero("max_file_size", raw.max_file_size, 10_485_760),
+        max_file_size: raw.max_file_size.filter(|&n| {
+            let ok = (1..=MAX_FILE_SIZE).contains(&n);
+            if !ok {
+                s.bad(
+                    "max_file_size",
+                    format!("{n} is out of range (1-{MAX_FILE_SIZE}; leave it out for no limit)"),
+                );
+            }
+            ok
+        }),
         cache_control: raw.cache_control,
         compression: Compression {
             gzip: c.gzip.unwrap_or(d.gzip),
@@ -721,6 +733,13 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
                     16 * 1024 * 1024,
                 ),
                 on_failure: on_failure?,
+                max_instances: raw.max_instances.and_then(|n| {
+                    let checked = u32::try_from(n).ok().filter(|n| (1..=100_000).contains(n));
+                    if checked.is_none() {
+                        s.bad("max_instances", format!("{n} is out of range (1-100000)"));
+                    }
+                    checked
+                }),
             }))
         }
         RawDevice::StructuredLogging(raw) => {
