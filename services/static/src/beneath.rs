@@ -166,7 +166,12 @@ impl RootDir {
             } else {
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
             };
-            match rustix::fs::openat(cur, name.as_os_str(), oflags | OFlags::NOFOLLOW, Mode::empty()) {
+            match rustix::fs::openat(
+                cur,
+                name.as_os_str(),
+                oflags | OFlags::NOFOLLOW,
+                Mode::empty(),
+            ) {
                 Ok(fd) if last => return Ok(fd),
                 Ok(fd) => dirs.push(fd),
                 // It became a symlink after `readlinkat` looked: look again.
@@ -232,10 +237,8 @@ mod tests {
 
     /// `root/` with files, and links inside it to in-root and out-of-root places.
     fn tree(tag: &str) -> (Tmp, PathBuf) {
-        let base = std::env::temp_dir().join(format!(
-            "snakeway-beneath-{tag}-{}",
-            std::process::id()
-        ));
+        let base =
+            std::env::temp_dir().join(format!("snakeway-beneath-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
         std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
@@ -272,7 +275,10 @@ mod tests {
         assert!(root.metadata(Path::new("sub")).unwrap().is_dir());
         for out in ["up", "abs-out", "sub/deeper/out", "outdir/secret", "magic"] {
             let e = read(root, out).unwrap_err();
-            assert!(is_escape(&e) || e.raw_os_error() == Some(libc::ELOOP), "{out}: {e}");
+            assert!(
+                is_escape(&e) || e.raw_os_error() == Some(libc::ELOOP),
+                "{out}: {e}"
+            );
         }
         let e = read(root, "loop1").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
@@ -308,9 +314,11 @@ mod tests {
             assert!(is_escape(&read(out).unwrap_err()), "{out}");
         }
         assert_eq!(read("loop1").unwrap_err().raw_os_error(), Some(libc::ELOOP));
-        assert!(File::from(root.walk(Path::new("sub"), LOOK).unwrap())
-            .metadata()
-            .unwrap()
-            .is_dir());
+        assert!(
+            File::from(root.walk(Path::new("sub"), LOOK).unwrap())
+                .metadata()
+                .unwrap()
+                .is_dir()
+        );
     }
 }

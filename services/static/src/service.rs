@@ -438,7 +438,12 @@ impl Inner {
         if let Some(max) = self.max_file_size
             && meta.len() > max
         {
-            tracing::debug!(key, len = meta.len(), max, "refused: larger than max_file_size");
+            tracing::debug!(
+                key,
+                len = meta.len(),
+                max,
+                "refused: larger than max_file_size"
+            );
             return Ok(Resolved::NotFound);
         }
         let stamp = Stamp::of(meta);
