@@ -27,14 +27,13 @@ fn repeated(unit: &[u8], n: usize) -> Vec<u8> {
 
 /// Replaces the symlink `link` by one to `target`, atomically (a new link renamed over it).
 fn swap(link: &std::path::Path, tmp: &std::path::Path, target: &std::path::Path) {
-    let _ = std::fs::remove_file(tmp);
     std::os::unix::fs::symlink(target, tmp).expect("symlink");
     std::fs::rename(tmp, link).expect("rename over the link");
 }
 
-/// A thread swaps two links inside the root, as fast as it can, between an in-root target
+/// Two threads swap two links inside the root, as fast as they can, between an in-root target
 /// and an out-of-root one: `site/file` (a file) and `site/dir` (a directory on the way to
-/// the file). Meanwhile four clients ask for both, 150 times each. Files are 2 MiB, above
+/// the file). Meanwhile four clients ask for both, 250 times each. Files are 2 MiB, above
 /// the cache's file size limit, so every request resolves the path on disk again; the
 /// clients ask for a range of 64 bytes to keep the test fast. No response may carry a byte
 /// of the secret; both outcomes (served from inside, refused) must have been seen, or the
@@ -43,8 +42,17 @@ fn swap(link: &std::path::Path, tmp: &std::path::Path, target: &std::path::Path)
 async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
     let dir = TestDir::new("hostile-swap");
     let size = 2 << 20;
-    dir.write("site/inside.bin", repeated(b"inside.", size));
-    dir.write("site/in-dir/data.bin", repeated(b"inside.", size));
+    // The in-root targets lie 40 directories deep: a check that resolves the link's target
+    // (as `realpath` does) takes long enough for the link to change again before the open.
+    let deep = "d/".repeat(40);
+    dir.write(
+        &format!("site/{deep}inside.bin"),
+        repeated(b"inside.", size),
+    );
+    dir.write(
+        &format!("site/{deep}in-dir/data.bin"),
+        repeated(b"inside.", size),
+    );
     dir.write("outside/secret.bin", repeated(SECRET, size));
     dir.write("outside/out-dir/data.bin", repeated(SECRET, size));
     let site = dir.join("site");
@@ -52,13 +60,13 @@ async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
         (
             site.join("file"),
             site.join(".file-tmp"),
-            PathBuf::from("inside.bin"),
+            PathBuf::from(format!("{deep}inside.bin")),
             dir.join("outside/secret.bin"),
         ),
         (
             site.join("dir"),
             site.join(".dir-tmp"),
-            PathBuf::from("in-dir"),
+            PathBuf::from(format!("{deep}in-dir")),
             dir.join("outside/out-dir"),
         ),
     ];
@@ -68,20 +76,22 @@ async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
     let server = Server::start_in(dir, &config("")).await;
     let addr = server.addr();
 
+    // One thread per link, swapping it out and back in as fast as it can.
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = Arc::new(AtomicUsize::new(0));
-    let swapper = {
-        let (stop, swaps) = (stop.clone(), swaps.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for (link, tmp, inside, outside) in &links {
-                    swap(link, tmp, outside);
-                    swap(link, tmp, inside);
+    let swappers: Vec<_> = links
+        .into_iter()
+        .map(|(link, tmp, inside, outside)| {
+            let (stop, swaps) = (stop.clone(), swaps.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    swap(&link, &tmp, &outside);
+                    swap(&link, &tmp, &inside);
+                    swaps.fetch_add(2, Ordering::Relaxed);
                 }
-                swaps.fetch_add(1, Ordering::Relaxed);
-            }
+            })
         })
-    };
+        .collect();
 
     let served = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -92,7 +102,7 @@ async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
         let (served, refused) = (served.clone(), refused.clone());
         let expected = expected.clone();
         clients.push(tokio::spawn(async move {
-            for i in 0..150 {
+            for i in 0..250 {
                 let path = if (c + i) % 2 == 0 {
                     "/file"
                 } else {
@@ -130,7 +140,9 @@ async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    swapper.join().expect("the swapping thread");
+    for swapper in swappers {
+        swapper.join().expect("a swapping thread");
+    }
     if let Some(e) = failure {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -139,7 +151,7 @@ async fn a_symlink_swapped_in_a_loop_never_leaks_a_byte_from_outside() {
         refused.load(Ordering::Relaxed),
     );
     eprintln!(
-        "600 requests: {served} served from inside, {refused} refused, {} swap rounds",
+        "1000 requests: {served} served from inside, {refused} refused, {} swaps",
         swaps.load(Ordering::Relaxed)
     );
     assert!(
