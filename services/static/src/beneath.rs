@@ -81,10 +81,12 @@ impl RootDir {
         meta.dev() == self.dev && meta.ino() == self.ino
     }
 
-    /// Opens `rel` (relative, plain names only) beneath the root for reading: a file or a
-    /// directory.
-    pub(crate) fn open_read(&self, rel: &Path) -> io::Result<File> {
-        self.open_beneath(rel, READ).map(File::from)
+    /// Opens `rel` (relative, plain names only) beneath the root for reading, a file or a
+    /// directory, with what it is (`fstat` of the descriptor).
+    pub(crate) fn open_read(&self, rel: &Path) -> io::Result<(File, Metadata)> {
+        let file = File::from(self.open_beneath(rel, READ)?);
+        let meta = file.metadata()?;
+        Ok((file, meta))
     }
 
     /// What `rel` beneath the root refers to (links followed, inside the root only), without
@@ -259,7 +261,7 @@ mod tests {
     }
 
     fn read(root: &RootDir, rel: &str) -> io::Result<String> {
-        let mut file = root.open_read(Path::new(rel))?;
+        let (mut file, _) = root.open_read(Path::new(rel))?;
         let mut s = String::new();
         io::Read::read_to_string(&mut file, &mut s)?;
         Ok(s)

@@ -161,7 +161,7 @@ mod tests {
         let root = fs::canonicalize(&root).unwrap();
 
         let dir = RootDir::open(&root).unwrap();
-        let open = || dir.open_read(Path::new("")).unwrap();
+        let open = || dir.open_read(Path::new("")).unwrap().0;
         let html = render(open(), &dir, Path::new(""), "/files/<a>/", true, false).unwrap();
         assert!(html.contains("Index of /files/&lt;a&gt;/"), "{html}");
         assert!(html.contains(

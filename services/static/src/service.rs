@@ -368,10 +368,7 @@ impl Inner {
             }
         };
         // Opened beneath the root, then the descriptor is what is looked at and served.
-        let (file, meta) = match root.open_read(&rel).and_then(|f| {
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        }) {
+        let (file, meta) = match root.open_read(&rel) {
             Ok(opened) => opened,
             Err(e) => return Ok(refusal(key, &e)),
         };
@@ -381,11 +378,8 @@ impl Inner {
             }
             if let Some(index) = &self.index {
                 let index_rel = rel.join(index);
-                match root.open_read(&index_rel).and_then(|f| {
-                    let meta = f.metadata()?;
-                    Ok((f, meta))
-                }) {
-                    Ok((f, m)) if m.is_file() => return self.file(key, &root, index_rel, f, &m),
+                match root.open_read(&index_rel) {
+                    Ok((f, m)) if m.is_file() => return self.file(key, &root, &index_rel, f, &m),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Ok(refusal(key, &e)),
@@ -407,7 +401,7 @@ impl Inner {
         if wants_dir || !meta.is_file() {
             return Ok(Resolved::NotFound);
         }
-        self.file(key, &root, rel, file, &meta)
+        self.file(key, &root, &rel, file, &meta)
     }
 
     /// The open root directory. The configured path is looked at (one `stat`) on every
@@ -431,7 +425,7 @@ impl Inner {
         &self,
         key: &str,
         root: &RootDir,
-        rel: PathBuf,
+        rel: &Path,
         file: File,
         meta: &Metadata,
     ) -> Result<Resolved, Retry> {
@@ -448,7 +442,7 @@ impl Inner {
         }
         let stamp = Stamp::of(meta);
         // The path is only named, never opened: for the content type and for revalidation.
-        let path = self.root.join(&rel);
+        let path = self.root.join(rel);
         let ft = file_type(&path);
         let c = self.compression;
         let dynamic = ft.compressible && stamp.len >= c.min_size && (c.gzip || c.brotli);
@@ -462,9 +456,8 @@ impl Inner {
                 name.push(coding.suffix());
                 PathBuf::from(name)
             };
-            let f = root.open_read(&with_suffix(&rel)).ok()?;
-            let m = f.metadata().ok().filter(Metadata::is_file)?;
-            Some((with_suffix(&path), f, Stamp::of(&m)))
+            let (f, m) = root.open_read(&with_suffix(rel)).ok()?;
+            m.is_file().then(|| (with_suffix(&path), f, Stamp::of(&m)))
         };
         let brotli = sibling(Coding::Brotli, c.brotli);
         let gzip = sibling(Coding::Gzip, c.gzip);
