@@ -10,8 +10,9 @@
 //!   `..` popping the walk's own stack of descriptors, never above the root. It serves what
 //!   `openat2` refuses only because it cannot judge it: an absolute symlink naming a place
 //!   inside the root by its absolute path. And it replaces `openat2` where the kernel lacks it
-//!   (`ENOSYS`, or `EPERM` from a seccomp filter). Unlike `openat2` it does not notice a
-//!   directory that is renamed out of the root while the walk holds it.
+//!   (`ENOSYS`: for the rest of the process) or a seccomp filter refuses it (`EPERM`). Unlike
+//!   `openat2` it does not notice a directory that is renamed out of the root while the walk
+//!   holds it.
 //!
 //! Either way, what is served is what the returned descriptor refers to: the caller stats
 //! the descriptor, not a path.
@@ -110,15 +111,17 @@ impl RootDir {
                 ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
             ) {
                 Ok(fd) => return Ok(fd),
-                Err(Errno::NOSYS | Errno::PERM) => {
+                Err(Errno::NOSYS) => {
                     tracing::info!(
                         "openat2 is not available: static files are opened by a component walk"
                     );
                     OPENAT2.store(false, Ordering::Relaxed);
                 }
                 // EXDEV: a step would leave the root, or a symlink is absolute; the walk tells
-                // the two apart. EAGAIN: a rename raced a `..` step.
-                Err(Errno::XDEV | Errno::AGAIN) => {}
+                // the two apart. EAGAIN: a rename raced a `..` step. EPERM: a seccomp filter
+                // refusing openat2 (older container runtimes), or the file system refusing
+                // the open, which the walk then reports.
+                Err(Errno::XDEV | Errno::AGAIN | Errno::PERM) => {}
                 Err(e) => return Err(e.into()),
             }
         }
