@@ -223,6 +223,7 @@ fn build(
                     snakeway_config::FailurePolicy::Open => snakeway_wasm::FailurePolicy::Open,
                 },
                 output: snakeway_wasm::OutputLimits::default(),
+                max_instances: d.max_instances,
             };
             let config = serde_json::Value::Object(d.config.clone()).to_string();
             let name = d.name.as_deref().unwrap_or("wasm");

@@ -308,8 +308,10 @@ pub struct StaticRoute {
     pub index: Option<String>,
     /// Generate listings for directories without an index (default false).
     pub directory_listing: bool,
-    /// Larger files are refused (default 10485760).
-    pub max_file_size: u64,
+    /// Larger files are refused with 404 (default: none, any size is served; files stream
+    /// in constant memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<u64>,
     /// `cache-control` header value, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<String>,
@@ -451,6 +453,10 @@ pub struct WasmDevice {
     pub memory_limit_bytes: u64,
     /// What a failure does (default closed).
     pub on_failure: FailurePolicy,
+    /// This device's instances alive at once (1 to 100000; default: all of `[wasm]
+    /// max_instances`). A request beyond it is answered 503, whatever `on_failure` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
 }
 
 /// `[wasm]`: settings shared by every WASM device. The server reads them once, when it loads

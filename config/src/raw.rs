@@ -213,6 +213,7 @@ pub(crate) struct RawWasm {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) memory_limit_bytes: Option<u64>,
     pub(crate) on_failure: Option<String>,
+    pub(crate) max_instances: Option<u64>,
 }
 
 /// `type = "structured_logging"`.

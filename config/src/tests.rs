@@ -293,7 +293,7 @@ fn full_example_loads_with_its_values() {
                     static_dir: tmp.path("public"),
                     index: Some("index.html".into()),
                     directory_listing: false,
-                    max_file_size: 10_485_760,
+                    max_file_size: Some(10_485_760),
                     cache_control: Some("public, max-age=3600".into()),
                     compression: Compression::default(),
                     serve_hidden: false,
@@ -342,6 +342,7 @@ fn full_example_loads_with_its_values() {
                 timeout_ms: 5,
                 memory_limit_bytes: 16 * 1024 * 1024,
                 on_failure: FailurePolicy::Closed,
+                max_instances: None,
             }),
             Device::StructuredLogging(LoggingDevice {
                 enabled: true,
@@ -485,7 +486,7 @@ type = "structured_logging"
                 static_dir: tmp.path("."),
                 index: Some("index.html".into()),
                 directory_listing: false,
-                max_file_size: 10_485_760,
+                max_file_size: None,
                 cache_control: None,
                 compression: Compression {
                     gzip: true,
@@ -1541,6 +1542,36 @@ const INTEGER_KEYS: &[(&str, &str, u64, u64)] = &[
         1_000_000,
     ),
     (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nsend_timeout_ms = VALUE\n",
+        "listener[0].send_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_streams = VALUE\n",
+        "listener[0].max_concurrent_streams",
+        1,
+        10_000,
+    ),
+    (
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nbody_read_timeout_ms = VALUE\n",
+        "listener[0].body_read_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\nread_timeout_ms = VALUE\n",
+        "service[0].read_timeout_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\nmax_response_header_bytes = VALUE\n",
+        "service[0].max_response_header_bytes",
+        1024,
+        1_048_576,
+    ),
+    (
         "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\", weight = VALUE }]\n",
         "service[0].upstreams[0].weight",
         1,
@@ -1661,6 +1692,12 @@ const INTEGER_KEYS: &[(&str, &str, u64, u64)] = &[
         268_435_456,
     ),
     (
+        "[[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"w.wasm\"\nmax_instances = VALUE\n",
+        "device[0].max_instances",
+        1,
+        100_000,
+    ),
+    (
         "[[device]]\ntype = \"structured_logging\"\nqueue_bytes = VALUE\n",
         "device[0].queue_bytes",
         4096,
@@ -1769,4 +1806,82 @@ fn logging_queue_bytes() {
         queue_bytes("[[device]]\ntype = \"structured_logging\"\nqueue_bytes = 65536\n"),
         65536
     );
+}
+
+#[test]
+fn static_max_file_size_is_optional_and_checked() {
+    let tmp = TempDir::new("static-max-file-size");
+    tmp.file("site/index.html", "hi");
+    let path = tmp.path("snakeway.toml");
+    let load = |extra: &str| {
+        let text = format!("[[route]]\npath = \"/\"\nstatic_dir = \"site\"\n{extra}\n");
+        load_str(&text, &path).map(|c| match &c.routes[0].target {
+            RouteTarget::Static(s) => s.max_file_size,
+            other => panic!("{other:?}"),
+        })
+    };
+    // Absent: no limit (files stream in constant memory).
+    assert_eq!(load("").unwrap(), None);
+    assert_eq!(load("max_file_size = 1").unwrap(), Some(1));
+    assert_eq!(
+        load("max_file_size = 1099511627776").unwrap(),
+        Some(1_099_511_627_776)
+    );
+    let report = load("max_file_size = 0").unwrap_err();
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "{}: route[0].max_file_size: 0 is out of range (1-1099511627776)",
+            path.display()
+        )
+    );
+    // Negative or not an integer: the type error, on the same key.
+    for value in ["-1", "\"10\"", "1.5"] {
+        let report = load(&format!("max_file_size = {value}")).unwrap_err();
+        let got: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(got, ["route[0].max_file_size"], "{value}: {report}");
+    }
+}
+
+#[test]
+fn wasm_device_max_instances() {
+    let tmp = TempDir::new("wasm-device-instances");
+    tmp.file("w.wasm", "");
+    let path = tmp.path("snakeway.toml");
+    let load = |extra: &str| {
+        let text =
+            format!("[[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"w.wasm\"\n{extra}\n");
+        load_str(&text, &path).map(|c| match &c.devices[0] {
+            Device::Wasm(d) => d.max_instances,
+            other => panic!("{other:?}"),
+        })
+    };
+    // Absent: the device may use the whole pool (`[wasm] max_instances`).
+    assert_eq!(load("").unwrap(), None);
+    assert_eq!(load("max_instances = 1").unwrap(), Some(1));
+    assert_eq!(load("max_instances = 100000").unwrap(), Some(100_000));
+    for value in ["0", "100001", "4294967297"] {
+        let report = load(&format!("max_instances = {value}")).unwrap_err();
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "{}: device[0].max_instances: {value} is out of range (1-100000)",
+                path.display()
+            )
+        );
+    }
+    for value in ["-1", "\"8\""] {
+        let report = load(&format!("max_instances = {value}")).unwrap_err();
+        let got: Vec<_> = report.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(got, ["device[0].max_instances"], "{value}: {report}");
+    }
+    // The dump shows it, and loads back as it is.
+    let config = load_str(
+        "[[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"w.wasm\"\nmax_instances = 8\n",
+        &path,
+    )
+    .unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("max_instances = 8"), "{text}");
+    assert_eq!(load_str(&text, &path).unwrap(), config);
 }

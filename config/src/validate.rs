@@ -685,7 +685,7 @@ fn static_target(s: &mut Scope<'_>, raw: RawRoute) -> Option<RouteTarget> {
         static_dir: static_dir?,
         index,
         directory_listing: raw.directory_listing.unwrap_or(false),
-        max_file_size: s.range("max_file_size", raw.max_file_size, 10_485_760, FILE_BYTES),
+        max_file_size: s.within("max_file_size", raw.max_file_size, FILE_BYTES),
         cache_control: raw.cache_control,
         compression: Compression {
             gzip: c.gzip.unwrap_or(d.gzip),
@@ -832,6 +832,9 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
                     WASM_MEMORY,
                 ),
                 on_failure: on_failure?,
+                max_instances: s
+                    .within("max_instances", raw.max_instances, WASM_INSTANCES)
+                    .and_then(|n| u32::try_from(n).ok()),
             }))
         }
         RawDevice::StructuredLogging(raw) => {

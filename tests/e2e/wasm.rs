@@ -38,7 +38,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Compiling a component takes ~1.5 s of CPU in a debug build and the harness gives a server
 /// 10 s to start: these tests run one at a time so their servers do not compile at once.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The hooks a testkit instance runs for a request without a body: the body hook sees the end
 /// of the empty body right after `on-request` (see `the_body_hook_sees_the_end_of_an_empty_body`).

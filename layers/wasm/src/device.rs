@@ -13,7 +13,7 @@ use snakeway_core::{
 };
 use snakeway_identity::ClientIdentity;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap};
 
 use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::types;
@@ -22,10 +22,13 @@ use crate::engine::WasmEngine;
 use crate::host::{HostState, TimeLimit, arm, watch_deadline};
 use crate::output::{self, Hook, OutputLimits};
 
-/// What a failing WASM device does to the request.
+/// What a failing WASM device does to the request. A request that finds no instance free
+/// (the engine's pool or the device's [`WasmLimits::max_instances`] exhausted) is answered
+/// 503 under either policy: that is load, not a fault of the guest, and skipping the device
+/// would let load switch it off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FailurePolicy {
-    /// Answer the request with an error (500; 503 for a timeout or a full pool).
+    /// Answer the request with an error (500; 503 for a timeout).
     #[default]
     Closed,
     /// Skip the device for the rest of the request.
@@ -43,6 +46,10 @@ pub struct WasmLimits {
     pub on_failure: FailurePolicy,
     /// Caps on what the guest may output.
     pub output: OutputLimits,
+    /// This device's instances alive at once (one per request in flight that holds one);
+    /// `None`: as many as the engine's pool has free. A request beyond it is answered 503, so
+    /// that requests stalled in one device cannot take every slot of the shared pool.
+    pub max_instances: Option<u32>,
 }
 
 impl Default for WasmLimits {
@@ -52,6 +59,7 @@ impl Default for WasmLimits {
             memory_bytes: 16 << 20,
             on_failure: FailurePolicy::Closed,
             output: OutputLimits::default(),
+            max_instances: None,
         }
     }
 }
@@ -123,13 +131,19 @@ impl Seen {
     }
 }
 
-/// Counts a device's live instances (for tests and diagnostics).
+/// One of a device's live instances, counted (against the device's `max_instances`) from
+/// before it is created until it is dropped.
 struct LiveCount(Arc<AtomicUsize>);
 
 impl LiveCount {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
+    /// Counts one more instance, unless `max` are alive already.
+    fn try_new(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self(count.clone()))
     }
 }
 
@@ -139,63 +153,66 @@ impl Drop for LiveCount {
     }
 }
 
-/// A failure of one hook call.
+/// A failure of one hook call, or of getting an instance for it.
 struct Failure {
     what: &'static str,
     detail: String,
     status: StatusCode,
+    /// No instance was free: 503 whatever the failure policy (see [`FailurePolicy`]).
+    capacity: bool,
 }
 
 impl Failure {
-    fn invalid(detail: String) -> Self {
+    fn new(what: &'static str, detail: String, status: StatusCode) -> Self {
         Self {
-            what: "invalid output",
+            what,
             detail,
-            status: StatusCode::INTERNAL_SERVER_ERROR,
+            status,
+            capacity: false,
+        }
+    }
+
+    fn invalid(detail: String) -> Self {
+        Self::new("invalid output", detail, StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// No instance free: `what` says which limit.
+    fn capacity(what: &'static str, detail: String) -> Self {
+        Self {
+            capacity: true,
+            ..Self::new(what, detail, StatusCode::SERVICE_UNAVAILABLE)
         }
     }
 
     fn from_wasm(error: &wasmtime::Error) -> Self {
         if let Some(trap) = error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
             return match trap {
-                Trap::Interrupt => Self {
-                    what: "timeout",
-                    detail: "the time limit was exceeded".into(),
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                },
-                Trap::StackOverflow => Self {
-                    what: "trap",
-                    detail: "stack overflow".into(),
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                },
-                other => Self {
-                    what: "trap",
-                    detail: other.to_string(),
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                },
+                Trap::Interrupt => Self::new(
+                    "timeout",
+                    "the time limit was exceeded".into(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+                Trap::StackOverflow => Self::new(
+                    "trap",
+                    "stack overflow".into(),
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                ),
+                other => Self::new("trap", other.to_string(), StatusCode::INTERNAL_SERVER_ERROR),
             };
         }
         let detail = error.root_cause().to_string();
         if detail.starts_with("unknown import") {
             // A WASI function a `std` guest links implicitly (e.g. printing a panic message).
-            return Self {
-                what: "trap",
-                detail: format!("called an import that is not granted ({detail})"),
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            return Self::new(
+                "trap",
+                format!("called an import that is not granted ({detail})"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            );
         }
         if detail.starts_with("forcing trap when growing memory") {
-            return Self {
-                what: "memory limit",
-                detail,
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            return Self::new("memory limit", detail, StatusCode::INTERNAL_SERVER_ERROR);
         }
-        Self {
-            what: "error",
-            detail,
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        Self::new("error", detail, StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -213,6 +230,8 @@ pub struct WasmDevice {
     guest_phases: types::Phases,
     phases: Phases,
     live: Arc<AtomicUsize>,
+    /// `limits.max_instances`, unbounded when not set.
+    max_live: usize,
 }
 
 // === impl WasmDevice ===
@@ -252,6 +271,9 @@ impl WasmDevice {
         if limits.timeout.is_zero() {
             return Err(LoadError::Limits("timeout_ms must be at least 1".into()));
         }
+        if limits.max_instances == Some(0) {
+            return Err(LoadError::Limits("max_instances must be at least 1".into()));
+        }
         let component = engine.compile(bytes)?;
 
         let mut refused = Vec::new();
@@ -287,6 +309,9 @@ impl WasmDevice {
             guest_phases: types::Phases::empty(),
             phases: Phases::NONE,
             live: Arc::default(),
+            max_live: limits
+                .max_instances
+                .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         };
         // `init` at load is off the request path: it gets at least a second.
         let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
@@ -335,15 +360,29 @@ impl WasmDevice {
         seen: Option<Seen>,
         limit: TimeLimit,
     ) -> Result<(Live, types::Registration), Failure> {
+        let count = LiveCount::try_new(&self.live, self.max_live).ok_or_else(|| {
+            Failure::capacity(
+                "device at max_instances",
+                format!("all {} of the device's instances are in use", self.max_live),
+            )
+        })?;
         let mut store = self.new_store(request);
         if let Some(seen) = seen {
             seen.hand_to(store.data_mut());
         }
         arm(&mut store, limit);
         let guest = self.pre.instantiate(&mut store).map_err(|e| {
+            if e.chain()
+                .any(|cause| cause.is::<PoolConcurrencyLimitError>())
+            {
+                return Failure::capacity(
+                    "instance pool full",
+                    format!("no free slot in the engine's instance pool ({e:#})"),
+                );
+            }
             let mut failure = Failure::from_wasm(&e);
             if failure.what == "error" {
-                // Not a trap in a start function: no pool slot or memory for it.
+                // Not a trap in a start function: no memory for it.
                 failure.what = "instantiation";
                 failure.status = StatusCode::SERVICE_UNAVAILABLE;
             }
@@ -354,15 +393,11 @@ impl WasmDevice {
             .snakeway_device_device()
             .call_init(&mut store, &self.config)
             .map_err(|e| Failure::from_wasm(&e))?
-            .map_err(|message| Failure {
-                what: "init",
-                detail: message,
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-            })?;
+            .map_err(|message| Failure::new("init", message, StatusCode::INTERNAL_SERVER_ERROR))?;
         let live = Live {
             store,
             guest,
-            _count: LiveCount::new(&self.live),
+            _count: count,
         };
         Ok((live, registration))
     }
@@ -422,6 +457,24 @@ impl WasmDevice {
     fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
         info.slots.put(self.key, Box::new(Instance::Failed));
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
+        if failure.capacity {
+            // Load, not a guest fault: never skipped, or load would switch the device off.
+            tracing::error!(
+                target: "snakeway::wasm",
+                device = &*self.name,
+                hook = hook.as_str(),
+                request_id = &*request_id,
+                failure = failure.what,
+                "{}; answered 503 whatever on_failure says", failure.detail
+            );
+            let message = format!(
+                "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
+                &*self.name, failure.what, failure.detail
+            );
+            return Err(DeviceError::new(format!("{} in {hook}", failure.what))
+                .with_status(failure.status)
+                .with_source(message));
+        }
         match self.limits.on_failure {
             FailurePolicy::Closed => {
                 tracing::error!(

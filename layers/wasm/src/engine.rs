@@ -23,8 +23,8 @@ pub struct EngineOptions {
     /// it every instance allocates on demand (about twice as slow to instantiate).
     pub pooling: bool,
     /// Component instances alive at once, over all devices and requests (pooling only): the
-    /// concurrency limit of WASM devices. A request that finds the pool full fails the device
-    /// (503 when `on_failure = "closed"`).
+    /// concurrency limit of WASM devices. A request that finds the pool full is answered 503,
+    /// whatever the device's failure policy.
     pub max_instances: u32,
     /// The largest linear memory any device may have; a device's `memory_limit_bytes` above
     /// this is refused at load.

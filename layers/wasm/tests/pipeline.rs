@@ -592,3 +592,45 @@ fn an_instance_is_released_after_the_devices_last_hook() {
         "released after after-proxy"
     );
 }
+
+/// A device at its `max_instances` answers 503 even when it fails open (capacity is not a
+/// guest fault: skipping it would let load switch it off), and takes requests again once an
+/// instance is released.
+#[test]
+fn a_device_at_max_instances_answers_503_even_when_open() {
+    let ctx = |id: &'static str| {
+        RequestCtx::new(snakeway_core::RequestInfo {
+            request_id: http::HeaderValue::from_static(id),
+            peer: ([127, 0, 0, 1], 1).into(),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            started: Instant::now(),
+            slots: Default::default(),
+            device_logs: Default::default(),
+        })
+    };
+    let head = || Request::get("/").body(()).unwrap().into_parts().0;
+    let dev = device_with(
+        "capped",
+        "testkit",
+        json!({"quiet": true, "phases": ["on-request", "after-proxy"]}),
+        WasmLimits {
+            max_instances: Some(2),
+            ..limits(FailurePolicy::Open)
+        },
+    );
+    // Two requests hold an instance each (kept for after-proxy).
+    let (mut a, mut b) = (ctx("r-a"), ctx("r-b"));
+    dev.on_request(&mut a, &mut head()).unwrap();
+    dev.on_request(&mut b, &mut head()).unwrap();
+    assert_eq!(dev.live_instances(), 2);
+    let mut c = ctx("r-c");
+    let e = dev.on_request(&mut c, &mut head()).unwrap_err();
+    assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.message(), "device at max_instances in on-request");
+    assert_eq!(dev.live_instances(), 2, "the refused request holds none");
+    // One request ends: the next one gets its slot.
+    drop(a);
+    assert_eq!(dev.live_instances(), 1);
+    dev.on_request(&mut ctx("r-d"), &mut head()).unwrap();
+}

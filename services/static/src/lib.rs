@@ -1,7 +1,8 @@
 //! The static-file outcome: `static_dir` routes serve the files below one directory.
 //!
 //! [`StaticFiles`] answers GET and HEAD with the file a request path names, safely (nothing
-//! outside the root, no dotfiles unless allowed), with validators and conditional requests
+//! outside the root, even through symlinks swapped while requests run, no dotfiles unless
+//! allowed), with validators and conditional requests
 //! (RFC 9110 §13), single byte ranges (§14), content negotiation between gzip, brotli and
 //! identity (§12.5.3, with precompressed `file.br` / `file.gz` siblings), index files,
 //! trailing-slash redirects and optional directory listings.
@@ -27,6 +28,7 @@
 //! # }
 //! ```
 
+mod beneath;
 mod body;
 mod cache;
 mod conditional;

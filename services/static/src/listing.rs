@@ -1,14 +1,17 @@
 //! The HTML listing of a directory (`directory_listing = true`).
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::fs;
+use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
+use crate::beneath::RootDir;
 use crate::path::is_hidden;
 
 /// Listings stop after this many entries (and say so).
@@ -30,36 +33,28 @@ struct Item {
     modified: Option<SystemTime>,
 }
 
-/// The listing page of `dir` (already checked to be inside `root`, which is canonical), for
-/// the URL path `url_path` (decoded, ends with `/`). Dotfiles are left out unless
-/// `serve_hidden`; so are links that leave the root, and anything that is not a file or a
-/// directory.
+/// The listing page of the directory `dir` (opened as `rel` beneath `root`), for the URL
+/// path `url_path` (decoded, ends with `/`). Dotfiles are left out unless `serve_hidden`; so
+/// are links that leave the root, and anything that is not a file or a directory. What an
+/// entry is (and its size and date) is what opening it beneath the root finds.
 pub(crate) fn render(
-    dir: &Path,
-    root: &Path,
+    dir: File,
+    root: &RootDir,
+    rel: &Path,
     url_path: &str,
     has_parent: bool,
     serve_hidden: bool,
 ) -> io::Result<String> {
     let mut items = Vec::new();
     let mut truncated = false;
-    for dirent in fs::read_dir(dir)? {
+    let mut entries = rustix::fs::Dir::new(OwnedFd::from(dir))?;
+    while let Some(dirent) = entries.read() {
         let Ok(dirent) = dirent else { continue };
-        let name = dirent.file_name();
-        if is_hidden(&name) && !serve_hidden {
+        let name = OsStr::from_bytes(dirent.file_name().to_bytes());
+        if name == "." || name == ".." || (is_hidden(name) && !serve_hidden) {
             continue;
         }
-        let Ok(file_type) = dirent.file_type() else {
-            continue;
-        };
-        let path = dirent.path();
-        if file_type.is_symlink() {
-            match fs::canonicalize(&path) {
-                Ok(target) if target.starts_with(root) => {}
-                _ => continue,
-            }
-        }
-        let Ok(meta) = fs::metadata(&path) else {
+        let Ok(meta) = root.metadata(&rel.join(name)) else {
             continue;
         };
         if !meta.is_dir() && !meta.is_file() {
@@ -153,6 +148,8 @@ pub(crate) fn display_path(path: &str) -> String {
 mod tests {
     use super::*;
 
+    use std::fs;
+
     #[test]
     fn escapes_and_encodes() {
         let root = std::env::temp_dir().join(format!("snakeway-listing-{}", std::process::id()));
@@ -163,7 +160,9 @@ mod tests {
         fs::write(root.join(".secret"), "s").unwrap();
         let root = fs::canonicalize(&root).unwrap();
 
-        let html = render(&root, &root, "/files/<a>/", true, false).unwrap();
+        let dir = RootDir::open(&root).unwrap();
+        let open = || dir.open_read(Path::new("")).unwrap().0;
+        let html = render(open(), &dir, Path::new(""), "/files/<a>/", true, false).unwrap();
         assert!(html.contains("Index of /files/&lt;a&gt;/"), "{html}");
         assert!(html.contains(
             "<a href=\"%3Cb%3E%26%22x%22.txt\">&lt;b&gt;&amp;&quot;x&quot;.txt</a></td><td class=\"n\">5</td>"
@@ -181,7 +180,7 @@ mod tests {
         // Directories first.
         assert!(html.find("sub%20dir").unwrap() < html.find("%3Cb%3E").unwrap());
 
-        let with_hidden = render(&root, &root, "/", false, true).unwrap();
+        let with_hidden = render(open(), &dir, Path::new(""), "/", false, true).unwrap();
         assert!(with_hidden.contains(".secret"));
         assert!(!with_hidden.contains("../"));
         fs::remove_dir_all(&root).unwrap();

@@ -16,7 +16,7 @@ pub struct StaticOptions {
     pub(crate) prefix: String,
     pub(crate) index: Option<String>,
     pub(crate) directory_listing: bool,
-    pub(crate) max_file_size: u64,
+    pub(crate) max_file_size: Option<u64>,
     pub(crate) cache_control: Option<HeaderValue>,
     pub(crate) compression: CompressionOptions,
     pub(crate) serve_hidden: bool,
@@ -74,15 +74,15 @@ impl Default for CacheOptions {
 
 impl StaticOptions {
     /// Files below `root`, for a route mounted at `/`, with the route defaults: index file
-    /// `index.html`, no listings, a 10 MiB size limit, no `cache-control`, gzip and brotli
-    /// above 1 KiB, no dotfiles.
+    /// `index.html`, no listings, no size limit (files stream in constant memory), no
+    /// `cache-control`, gzip and brotli above 1 KiB, no dotfiles.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
             prefix: String::new(),
             index: Some("index.html".to_owned()),
             directory_listing: false,
-            max_file_size: 10 << 20,
+            max_file_size: None,
             cache_control: None,
             compression: CompressionOptions::default(),
             serve_hidden: false,
@@ -109,9 +109,10 @@ impl StaticOptions {
         self
     }
 
-    /// Files larger than `bytes` are refused with 404.
-    pub fn with_max_file_size(mut self, bytes: u64) -> Self {
-        self.max_file_size = bytes;
+    /// Files larger than `bytes` are refused with 404; `None` (the default) serves files of
+    /// any size.
+    pub fn with_max_file_size(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.max_file_size = bytes.into();
         self
     }
 

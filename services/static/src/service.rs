@@ -2,10 +2,9 @@
 //! or a refusal, through the cache (hot path) or the disk (slow path, on the blocking pool).
 
 use std::convert::Infallible;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::future::Future;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use snakeway_core::{Body, path as core_path};
 use tokio::sync::OnceCell;
 
+use crate::beneath::{RootDir, is_escape};
 use crate::body::FileBody;
 use crate::cache::Cache;
 use crate::conditional::{
@@ -53,10 +54,13 @@ pub struct StaticFiles {
 struct Inner {
     /// As configured (not canonicalized: a root that is a symlink may be switched).
     root: PathBuf,
+    /// The root held open: files are opened beneath it (see [`RootDir`]). `None` until the
+    /// directory could be opened.
+    root_dir: ArcSwapOption<RootDir>,
     prefix: String,
     index: Option<String>,
     listing: bool,
-    max_file_size: u64,
+    max_file_size: Option<u64>,
     cache_control: Option<HeaderValue>,
     compression: CompressionOptions,
     serve_hidden: bool,
@@ -104,9 +108,11 @@ impl StaticFiles {
             cache,
         } = options;
         let root = std::path::absolute(&root).unwrap_or(root);
+        let root_dir = RootDir::open(&root).map(Arc::new).ok();
         Self {
             inner: Arc::new(Inner {
                 root,
+                root_dir: ArcSwapOption::new(root_dir),
                 prefix,
                 index,
                 listing: directory_listing,
@@ -115,7 +121,7 @@ impl StaticFiles {
                 compression,
                 serve_hidden,
                 cache: Cache::new(cache.max_bytes),
-                cache_max_file_size: cache.max_file_size.min(max_file_size),
+                cache_max_file_size: cache.max_file_size.min(max_file_size.unwrap_or(u64::MAX)),
                 revalidate_ms: u64::try_from(cache.revalidate_after.as_millis())
                     .unwrap_or(u64::MAX),
                 clock: Instant::now(),
@@ -354,44 +360,39 @@ impl Inner {
             }
         };
         let wants_dir = key.ends_with('/');
-        let root = match fs::canonicalize(&self.root) {
+        let root = match self.root_dir() {
             Ok(root) => root,
             Err(e) => {
                 tracing::warn!(root = %self.root.display(), error = %e, "static_dir is not readable");
                 return Ok(Resolved::NotFound);
             }
         };
-        let path = self.root.join(&rel);
-        let meta = match fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) => return Ok(io_refusal(&e)),
+        // Opened beneath the root, then the descriptor is what is looked at and served.
+        let (file, meta) = match root.open_read(&rel) {
+            Ok(opened) => opened,
+            Err(e) => return Ok(refusal(key, &e)),
         };
-        if !inside(&path, &root) {
-            tracing::debug!(key, "refused: resolves outside static_dir");
-            return Ok(Resolved::NotFound);
-        }
         if meta.is_dir() {
             if !wants_dir {
                 return Ok(Resolved::Redirect);
             }
             if let Some(index) = &self.index {
-                let index_path = path.join(index);
-                if let Ok(m) = fs::metadata(&index_path)
-                    && m.is_file()
-                {
-                    if !inside(&index_path, &root) {
-                        return Ok(Resolved::NotFound);
-                    }
-                    return self.file(key, index_path, &m, &root);
+                let index_rel = rel.join(index);
+                match root.open_read(&index_rel) {
+                    Ok((f, m)) if m.is_file() => return self.file(key, &root, &index_rel, f, &m),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Ok(refusal(key, &e)),
                 }
             }
             if self.listing {
-                let dir = fs::canonicalize(&path).map_err(|_| Retry)?;
                 let shown = listing::display_path(&format!("{}{key}", self.prefix));
+                let has_parent = !rel.as_os_str().is_empty();
                 return Ok(
-                    match listing::render(&dir, &root, &shown, dir != root, self.serve_hidden) {
+                    match listing::render(file, &root, &rel, &shown, has_parent, self.serve_hidden)
+                    {
                         Ok(html) => Resolved::Listing(html),
-                        Err(e) => io_refusal(&e),
+                        Err(e) => refusal(key, &e),
                     },
                 );
             }
@@ -400,27 +401,48 @@ impl Inner {
         if wants_dir || !meta.is_file() {
             return Ok(Resolved::NotFound);
         }
-        self.file(key, path, &meta, &root)
+        self.file(key, &root, &rel, file, &meta)
     }
 
-    /// Opens a regular file that passed the path checks: a cache entry if small enough, else
-    /// an opened file to stream.
+    /// The open root directory. The configured path is looked at (one `stat`) on every
+    /// lookup that misses the cache: when it names another directory now (a deploy switched
+    /// a symlink), that one is opened and used from then on.
+    fn root_dir(&self) -> io::Result<Arc<RootDir>> {
+        let meta = fs::metadata(&self.root)?;
+        if let Some(dir) = self.root_dir.load_full()
+            && dir.is(&meta)
+        {
+            return Ok(dir);
+        }
+        let dir = Arc::new(RootDir::open(&self.root)?);
+        self.root_dir.store(Some(Arc::clone(&dir)));
+        Ok(dir)
+    }
+
+    /// Serves a regular file opened beneath the root (`meta` is the descriptor's): a cache
+    /// entry if small enough, else the open file to stream.
     fn file(
         &self,
         key: &str,
-        path: PathBuf,
+        root: &RootDir,
+        rel: &Path,
+        file: File,
         meta: &Metadata,
-        root: &Path,
     ) -> Result<Resolved, Retry> {
-        if meta.len() > self.max_file_size {
-            tracing::debug!(key, len = meta.len(), "refused: larger than max_file_size");
+        if let Some(max) = self.max_file_size
+            && meta.len() > max
+        {
+            tracing::debug!(
+                key,
+                len = meta.len(),
+                max,
+                "refused: larger than max_file_size"
+            );
             return Ok(Resolved::NotFound);
         }
-        let (file, stamp) = match open_checked(&path, meta) {
-            Ok(Some(opened)) => opened,
-            Ok(None) => return Err(Retry),
-            Err(e) => return Ok(io_refusal(&e)),
-        };
+        let stamp = Stamp::of(meta);
+        // The path is only named, never opened: for the content type and for revalidation.
+        let path = self.root.join(rel);
         let ft = file_type(&path);
         let c = self.compression;
         let dynamic = ft.compressible && stamp.len >= c.min_size && (c.gzip || c.brotli);
@@ -428,16 +450,14 @@ impl Inner {
             if !on {
                 return None;
             }
-            let mut name = path.clone().into_os_string();
-            name.push(".");
-            name.push(coding.suffix());
-            let sib = PathBuf::from(name);
-            let m = fs::metadata(&sib).ok().filter(Metadata::is_file)?;
-            if !inside(&sib, root) {
-                return None;
-            }
-            let (f, s) = open_checked(&sib, &m).ok().flatten()?;
-            Some((sib, f, s))
+            let with_suffix = |p: &Path| {
+                let mut name = p.as_os_str().to_owned();
+                name.push(".");
+                name.push(coding.suffix());
+                PathBuf::from(name)
+            };
+            let (f, m) = root.open_read(&with_suffix(rel)).ok()?;
+            m.is_file().then(|| (with_suffix(&path), f, Stamp::of(&m)))
         };
         let brotli = sibling(Coding::Brotli, c.brotli);
         let gzip = sibling(Coding::Gzip, c.gzip);
@@ -715,27 +735,6 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).expect("cached files fit in memory")
 }
 
-/// Whether `path` (which exists) resolves, through any links, to a place below `root`.
-fn inside(path: &Path, root: &Path) -> bool {
-    fs::canonicalize(path).is_ok_and(|p| p.starts_with(root))
-}
-
-/// Opens `path` and checks that the opened file is the regular file `meta` described.
-/// `Ok(None)`: it was replaced in between. `O_NONBLOCK` so that a FIFO swapped in cannot
-/// block the thread (it is then refused as not a regular file).
-fn open_checked(path: &Path, meta: &Metadata) -> io::Result<Option<(File, Stamp)>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let opened = file.metadata()?;
-    let stamp = Stamp::of(&opened);
-    if !opened.is_file() || stamp != Stamp::of(meta) {
-        return Ok(None);
-    }
-    Ok(Some((file, stamp)))
-}
-
 /// Reads a whole small file of `len` bytes; an error if the length changed.
 fn read_all(mut file: File, len: u64) -> io::Result<Bytes> {
     let mut buf = Vec::with_capacity(to_usize(len) + 1);
@@ -747,15 +746,22 @@ fn read_all(mut file: File, len: u64) -> io::Result<Bytes> {
 }
 
 /// How an I/O error on a path is answered: 404 for what does not exist (or is not a
-/// directory on the way), 403 for what may not be read, 500 for the rest.
-fn io_refusal(e: &io::Error) -> Resolved {
+/// directory on the way, or leads outside the root, or loops), 403 for what may not be read,
+/// 500 for the rest.
+fn refusal(key: &str, e: &io::Error) -> Resolved {
+    if is_escape(e) {
+        tracing::debug!(key, "refused: resolves outside static_dir");
+        return Resolved::NotFound;
+    }
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::InvalidFilename => {
             Resolved::NotFound
         }
         io::ErrorKind::PermissionDenied => Resolved::Forbidden,
-        _ if e.raw_os_error() == Some(libc::ENAMETOOLONG)
-            || e.raw_os_error() == Some(libc::ELOOP) =>
+        _ if matches!(
+            e.raw_os_error(),
+            Some(libc::ENAMETOOLONG | libc::ELOOP | libc::ENXIO)
+        ) =>
         {
             Resolved::NotFound
         }

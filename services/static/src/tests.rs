@@ -217,6 +217,14 @@ async fn max_file_size_refuses_with_404() {
         assert_eq!(get(&files, "/small.bin", &[]).await.0.status(), 200);
         assert_eq!(get(&files, "/big.bin", &[]).await.0.status(), 404);
     }
+    // Without the option, no limit: a file above the 10 MiB that used to be the default.
+    let big = d.write("huge.bin", vec![2u8; (10 << 20) + 1]);
+    let files = StaticFiles::new(StaticOptions::new(&d.0));
+    let (res, body) = send(&files, "HEAD", "/huge.bin", &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(h(&res, "content-length"), Some("10485761"));
+    assert!(body.is_empty());
+    std::fs::remove_file(big).unwrap();
 }
 
 #[tokio::test]
