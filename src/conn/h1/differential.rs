@@ -6,8 +6,13 @@
 //! hyper's HTTP/1 server on an in-memory stream, and must be read with the same method, target,
 //! body framing and host (as the router reads it). Heads built with a known ambiguity must be
 //! refused.
+//!
+//! Chunked bodies get the same treatment (sizes in any case, with leading zeros, whitespace,
+//! extensions, overflow, bare LF, trailers): where the guard's chunk tracker says a body ends,
+//! hyper's decoder must end it too and read the request after it; where the tracker refuses or
+//! waits, hyper must not read a request after it.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
 use proptest::sample::select;
 
+use super::chunked::Chunked;
 use super::head::{self, BodyFraming, Parsed};
 use crate::router::request_host;
 
@@ -323,6 +329,129 @@ proptest! {
             }
             Parsed::Partial => prop_assert!(false, "a complete head read as partial"),
             Parsed::Invalid(..) => {}
+        }
+    }
+}
+
+/// One chunk: its size, how the size is written, and whether its size line and its data end
+/// in a bare LF.
+fn chunk() -> impl Strategy<Value = (usize, u8, bool, bool)> {
+    (
+        1usize..20,
+        0u8..8,
+        prop::bool::weighted(0.08),
+        prop::bool::weighted(0.08),
+    )
+}
+
+/// A chunked body: some chunks, the last chunk (with an extension or not), trailers or not,
+/// and a final line ending that may be mangled.
+fn chunked_body() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::collection::vec(chunk(), 0..4),
+        prop::bool::ANY,
+        prop::bool::ANY,
+        select(&["\r\n", "\n", "\r\r\n", "", "\r\n\r\n"][..]),
+    )
+        .prop_map(|(chunks, ext, trailer, end)| {
+            let mut body = String::new();
+            for (size, style, size_lf, data_lf) in chunks {
+                let eol = |bare| if bare { "\n" } else { "\r\n" };
+                let size_text = match style {
+                    0 => format!("{size:x}"),
+                    1 => format!("{size:X}"),
+                    2 => format!("00{size:x}"),
+                    3 => format!("{size:x};name=value"),
+                    4 => format!("{size:x} "),
+                    5 => format!("{size:x}\t;x"),
+                    6 => format!("1{size:016x}"),
+                    _ => format!("+{size:x}"),
+                };
+                body.push_str(&size_text);
+                body.push_str(eol(size_lf));
+                body.push_str(&"x".repeat(size));
+                body.push_str(eol(data_lf));
+            }
+            body.push_str(if ext { "0;last\r\n" } else { "0\r\n" });
+            if trailer {
+                body.push_str("X-Trailer: 1\r\n");
+            }
+            body.push_str(end);
+            body.into_bytes()
+        })
+}
+
+/// What hyper made of a chunked request followed by `GET /next`: whether it read the body
+/// whole, and whether it then read the next request, waiting at most `patience` for it.
+async fn hyper_reads_chunked(body: &[u8], patience: Duration) -> (bool, bool) {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let read_body = Arc::new(Mutex::new(false));
+    let record = read_body.clone();
+    let (next_tx, mut next) = tokio::sync::oneshot::channel();
+    let next_tx = Arc::new(Mutex::new(Some(next_tx)));
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (record, next_tx) = (record.clone(), next_tx.clone());
+        async move {
+            if req.uri().path() == "/next" {
+                if let Some(tx) = next_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            } else if http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .is_ok()
+            {
+                *record.lock().unwrap() = true;
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+        }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), service);
+    let mut raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    raw.extend_from_slice(body);
+    raw.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut client, &raw)
+        .await
+        .unwrap();
+    // The client stays open: hyper would otherwise stop at the end of the stream.
+    let read_next = tokio::select! {
+        biased;
+        _ = &mut next => true,
+        _ = conn => next.try_recv().is_ok(),
+        () = tokio::time::sleep(patience) => false,
+    };
+    drop(client);
+    let read_body = *read_body.lock().unwrap();
+    (read_body, read_next)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 384,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_chunk_tracker_and_hyper_agree(body in chunked_body()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let text = String::from_utf8_lossy(&body);
+        let tracked = Chunked::default().advance(&body);
+        // A body the tracker ends must be read by hyper, whatever the machine's load; where it
+        // does not, hyper reading on would show within moments.
+        let patience = match tracked {
+            Ok((_, true)) => Duration::from_secs(2),
+            _ => Duration::from_millis(50),
+        };
+        let (read_body, read_next) = runtime.block_on(hyper_reads_chunked(&body, patience));
+        match tracked {
+            Ok((n, true)) => {
+                // The tracker ends the body where the next request starts (after empty lines).
+                prop_assert!(body[n..].iter().all(|b| matches!(b, b'\r' | b'\n')), "{:?}", text);
+                prop_assert!(read_body && read_next, "hyper disagrees: body {}, next {}: {:?}", read_body, read_next, text);
+            }
+            // Refused, or still waiting for the end: hyper must not have served what follows.
+            _ => prop_assert!(!read_next, "hyper read a request the guard would not: {:?}", text),
         }
     }
 }

@@ -934,7 +934,7 @@ async fn violation_waits_for_owed_responses() {
 }
 
 #[tokio::test]
-async fn head_trickled_byte_by_byte_is_parsed_once() {
+async fn head_trickled_byte_by_byte_is_not_reparsed() {
     // Item 12: a head split into 1-byte reads is searched for its end as it grows and parsed
     // on arrival and once complete, not re-parsed from its start on every read.
     let mut raw = b"POST /a HTTP/1.1\r\nHost: a\r\n".to_vec();
