@@ -70,7 +70,9 @@ impl std::fmt::Debug for Outcome {
 
 /// How connections accepted on one listener are served.
 pub(crate) struct ListenerRuntime {
+    /// The listener's name, for logs.
     pub(crate) name: String,
+    /// The TLS acceptor; plain TCP without one.
     pub(crate) tls: Option<TlsAcceptor>,
     /// hyper's HTTP/1.1 connection builder (connections behind the framing guard).
     pub(crate) http1: http1::Builder,
@@ -78,11 +80,15 @@ pub(crate) struct ListenerRuntime {
     pub(crate) h2: http2::Builder<TokioExecutor>,
     /// Whether HTTP/2 is served.
     pub(crate) http2: bool,
+    /// `max_header_bytes`, enforced by the HTTP/1 guard (and as HTTP/2's header list size).
     pub(crate) max_header_bytes: usize,
+    /// Bounds the TLS handshake, the protocol sniff and hyper's HTTP/1 header read.
     pub(crate) header_read_timeout: Duration,
+    /// `idle_timeout_ms`.
     pub(crate) idle_timeout: Duration,
     /// Longest time a response write may make no progress before the connection is dropped.
     pub(crate) send_timeout: Duration,
+    /// `max_connections`.
     pub(crate) max_connections: usize,
     /// Longest gap between two reads of a request body (→ 408).
     pub(crate) body_read_timeout: Duration,

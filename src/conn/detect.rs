@@ -100,6 +100,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = (self.len - self.pos).min(buf.remaining());
             buf.put_slice(&self.prefix[self.pos..self.pos + n]);
             self.pos += n;
+            if self.pos == self.len && buf.remaining() > 0 {
+                // Add what the socket already has, so that a request head usually reaches the
+                // parser whole rather than split after the sniffed bytes. A read error here
+                // comes back on the next read.
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -194,6 +200,18 @@ mod tests {
         let (_client, server) = tokio::io::duplex(1024);
         let r = sniff(server, Duration::from_millis(20)).await;
         assert!(matches!(r, Err(SniffError::TimedOut)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_read_after_the_sniff_gets_the_whole_head() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let head = b"GET /a/longer/path HTTP/1.1\r\nhost: a\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let (p, mut io) = sniff(server, Duration::from_millis(50)).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        let mut buf = [0u8; 1024];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head);
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ pub(crate) struct Bound(Vec<(SocketAddr, TcpListener)>);
 // === impl Listeners ===
 
 impl Listeners {
+    /// No listeners open yet.
     pub(crate) fn new() -> Self {
         Self {
             open: HashMap::new(),

@@ -106,11 +106,15 @@ impl Meter {
 /// its writes are stuck for `send_timeout` (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Watch {
+    /// The connection's probes.
     pub(crate) meter: Arc<Meter>,
+    /// `idle_timeout_ms`.
     pub(crate) idle: Duration,
+    /// `send_timeout_ms`.
     pub(crate) send: Duration,
     /// Whether the connection speaks HTTP/2 (bytes then do not count as activity).
     pub(crate) http2: bool,
+    /// Cancelled on server shutdown: the connection is drained.
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -210,6 +214,7 @@ pin_project! {
 // === impl Active ===
 
 impl<S> Active<S> {
+    /// Wraps `inner`, recording into `meter`.
     pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
         Self { inner, meter }
     }
@@ -291,6 +296,7 @@ pub(crate) struct Metered<S> {
 // === impl Metered ===
 
 impl<S> Metered<S> {
+    /// Wraps the connection's service `inner`, recording into `meter`.
     pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
         Self { inner, meter }
     }

@@ -134,9 +134,13 @@ impl RawH2 {
         raw
     }
 
-    /// Writes `bytes`; false once the server has closed (the write failed).
+    /// Writes `bytes`; false once the server has closed (the write failed) or has stopped
+    /// reading for 5 s (so no test can hang on a full socket).
     async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.tx.write_all(bytes).await.is_ok()
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.tx.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
     }
 
     fn seen(&self, f: impl Fn(&Seen) -> bool) -> bool {
