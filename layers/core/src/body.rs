@@ -198,8 +198,9 @@ pub struct ClientBodyTimeout {
 /// (so a reader that is slow to ask is never counted against the sender) until the next frame.
 /// One timer per body, allocated when the body first has to wait, then reset in place.
 pub struct GapTimer {
-    gap: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The gap in milliseconds: it sits in every timed [`Body`], so it is kept small.
+    gap_ms: u32,
     /// Whether the current wait has started its clock.
     waiting: bool,
 }
@@ -207,18 +208,19 @@ pub struct GapTimer {
 // === impl GapTimer ===
 
 impl GapTimer {
-    /// A timer for gaps of at most `gap`.
-    pub const fn new(gap: Duration) -> Self {
+    /// A timer for gaps of at most `gap`, to the millisecond (at least 1 ms, at most about
+    /// 49 days).
+    pub fn new(gap: Duration) -> Self {
         Self {
-            gap,
             sleep: None,
+            gap_ms: u32::try_from(gap.as_millis()).unwrap_or(u32::MAX).max(1),
             waiting: false,
         }
     }
 
-    /// The configured gap.
-    pub const fn gap(&self) -> Duration {
-        self.gap
+    /// The gap.
+    pub fn gap(&self) -> Duration {
+        Duration::from_millis(u64::from(self.gap_ms))
     }
 
     /// The body produced something (a frame, its end or an error): the current wait is over.
@@ -232,7 +234,7 @@ impl GapTimer {
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.waiting {
             self.waiting = true;
-            let deadline = tokio::time::Instant::now() + self.gap;
+            let deadline = tokio::time::Instant::now() + self.gap();
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -247,7 +249,7 @@ impl GapTimer {
 impl std::fmt::Debug for GapTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GapTimer")
-            .field("gap", &self.gap)
+            .field("gap_ms", &self.gap_ms)
             .field("waiting", &self.waiting)
             .finish_non_exhaustive()
     }

@@ -566,49 +566,12 @@ impl Inner {
                 Err(_) => Err(Failure::Timeout { sent: true }),
             };
         }
-
         let progress = Progress::new();
         let body = std::mem::take(req.body_mut());
         *req.body_mut() = Body::new(SendBody::new(body, progress.clone()));
-        let send = upstream.pool.send(req);
-        tokio::pin!(send);
-        let sleep = tokio::time::sleep(limit);
-        tokio::pin!(sleep);
-        let mut frames = progress.frames();
-        loop {
-            let state = progress.state();
-            tokio::select! {
-                biased;
-                result = &mut send => {
-                    return result.map_err(|e| Failure::Send(e, Some(progress.state())));
-                }
-                () = progress.changed() => match progress.state() {
-                    Sending::Client => {}
-                    // The client's body failed: whatever the connection makes of it, the
-                    // upstream is not waited for (nor blamed).
-                    state @ (Sending::ClientTimedOut | Sending::ClientFailed) => {
-                        return Err(Failure::Send("the request body failed".into(), Some(state)));
-                    }
-                    // Waiting on the upstream again, or the request is complete: a full
-                    // `response_timeout` from now.
-                    Sending::Upstream | Sending::Sent => {
-                        frames = progress.frames();
-                        sleep.as_mut().reset(tokio::time::Instant::now() + limit);
-                    }
-                },
-                () = &mut sleep, if state != Sending::Client => {
-                    let state = progress.state();
-                    let now = progress.frames();
-                    if state == Sending::Upstream && now != frames {
-                        // The upstream took more of the body meanwhile: still moving.
-                        frames = now;
-                        sleep.as_mut().reset(tokio::time::Instant::now() + limit);
-                    } else if matches!(state, Sending::Upstream | Sending::Sent) {
-                        return Err(Failure::Timeout { sent: state == Sending::Sent });
-                    }
-                }
-            }
-        }
+        // Boxed: the wait below is larger than a plain timeout, and requests without a body
+        // (nearly all) should not carry its size around.
+        Box::pin(watch(upstream.pool.send(req), &progress, limit)).await
     }
 
     /// Turns a client error into the error the caller sees, and says whether it is the
@@ -713,6 +676,55 @@ impl Inner {
             Error::new(kind, format!("service \"{name}\": {message}")).with_source(source),
             fault,
         )
+    }
+}
+
+/// Waits for `send` while timing the upstream by `progress` (see [`Inner::send`]).
+async fn watch<F>(
+    send: F,
+    progress: &Progress,
+    limit: Duration,
+) -> Result<Response<PoolBody>, Failure>
+where
+    F: Future<Output = Result<Response<PoolBody>, BoxError>>,
+{
+    tokio::pin!(send);
+    let sleep = tokio::time::sleep(limit);
+    tokio::pin!(sleep);
+    let mut frames = progress.frames();
+    loop {
+        let state = progress.state();
+        tokio::select! {
+            biased;
+            result = &mut send => {
+                return result.map_err(|e| Failure::Send(e, Some(progress.state())));
+            }
+            () = progress.changed() => match progress.state() {
+                Sending::Client => {}
+                // The client's body failed: whatever the connection makes of it, the
+                // upstream is not waited for (nor blamed).
+                state @ (Sending::ClientTimedOut | Sending::ClientFailed) => {
+                    return Err(Failure::Send("the request body failed".into(), Some(state)));
+                }
+                // Waiting on the upstream again, or the request is complete: a full
+                // `response_timeout` from now.
+                Sending::Upstream | Sending::Sent => {
+                    frames = progress.frames();
+                    sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+            },
+            () = &mut sleep, if state != Sending::Client => {
+                let state = progress.state();
+                let now = progress.frames();
+                if state == Sending::Upstream && now != frames {
+                    // The upstream took more of the body meanwhile: still moving.
+                    frames = now;
+                    sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+                } else if matches!(state, Sending::Upstream | Sending::Sent) {
+                    return Err(Failure::Timeout { sent: state == Sending::Sent });
+                }
+            }
+        }
     }
 }
 
