@@ -26,10 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
 use super::watch::{Active, Drain, Meter, Metered, Watch};
+use crate::conn::h1::{Rejections, StrictH1};
 use crate::handler::ConnService;
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
-use crate::conn::h1::{Rejections, StrictH1};
 
 /// The open listeners, by configured address.
 pub(crate) struct Listeners {
