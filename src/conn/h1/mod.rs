@@ -7,10 +7,11 @@
 //!
 //! * A request head is handed to hyper only once it is complete and valid ([`head`] lists the
 //!   checks: framing, request target, `Host`). A head arriving in pieces is searched for its end
-//!   only in its new bytes, and parsed again only once it has ended ([`request`]). Invalid framing is a *violation*: no byte
-//!   of that head ever reaches hyper, so the request never reaches a route nor an upstream. A
-//!   head over the configured limit, or with more than [`head::MAX_HEADERS`] fields, is a
-//!   violation too (431), which enforces the limit exactly even below hyper's 8 KiB floor.
+//!   only in its new bytes, and parsed again only once it has ended ([`request`]). Invalid
+//!   framing is a *violation*: no byte of that head ever reaches hyper, so the request never
+//!   reaches a route nor an upstream. A head over the configured limit, or with more than
+//!   [`head::MAX_HEADERS`] fields, is a violation too (431), which enforces the limit exactly
+//!   even below hyper's 8 KiB floor.
 //! * Bodies are followed (`content-length` bytes, or the chunked encoding up to its last chunk
 //!   and trailers, mirroring hyper's chunked decoder, [`chunked`]) and released as they arrive.
 //! * A violation is answered through the normal error path ([`reply`]): once hyper has finished
@@ -24,17 +25,18 @@
 //!   header) the following client bytes are held until hyper's response to it has been written:
 //!   `101` (or `2xx` to `CONNECT`) makes the stream opaque (pass-through from then on), any
 //!   other status resumes strict inspection. A declined upgrade is thus no way around the rules.
-//! * The HTTP/2 prior-knowledge preface at the start of the connection switches to pass-through
-//!   (hyper-util's auto builder serves h2c).
 //! * Cases left to hyper, which rejects them and closes the connection itself: a malformed chunked
 //!   body (inspection stops, everything is passed through).
 //!
+//! The guard only ever sees HTTP/1: the protocol is decided once per connection before it
+//! (`conn::detect`: ALPN, or the h2c preface on plain TCP when HTTP/2 is served), and it is
+//! served by hyper's `http1` builder. Bytes that start like the HTTP/2 preface are therefore an
+//! ordinary, invalid request head here, refused like any other.
+//!
 //! The common case (a head read whole, then a sized body or none) neither copies nor allocates:
-//! heads are parsed in place in hyper's own read buffer. Only a head split across reads (and the
-//! first request of a connection, which hyper-util's protocol sniffing reads 24 bytes at a time)
-//! goes through an internal buffer. While a head is held, hyper's header read timeout runs as
-//! usual (hyper waits for a head it has not seen); at the start of a connection, hyper-util's
-//! sniffing (which has no timeout) is given an empty line so that it hands over to hyper.
+//! heads are parsed in place in hyper's own read buffer. Only a head split across reads goes
+//! through an internal buffer. While a head is held, hyper's header read timeout runs as usual
+//! (hyper waits for a head it has not seen).
 
 mod chunked;
 pub(crate) mod head;
@@ -56,10 +58,6 @@ use self::response::{OwedResponse, TxEvents, TxState};
 
 /// Bytes read at a time into the internal buffer while a head is incomplete.
 const STASH_CHUNK: usize = 8192;
-/// Reads into a smaller buffer than this at the start of a connection (hyper-util reads 24 bytes
-/// to sniff for the HTTP/2 preface) go through the internal buffer, so that the head is read in
-/// one go rather than 24 bytes at a time.
-const SMALL_READ: usize = 1024;
 
 /// An HTTP/1 connection whose request framing is checked before hyper sees it.
 ///
@@ -262,8 +260,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // hyper-util's auto builder reads a few bytes to tell HTTP/2 from HTTP/1.
-        let sniffing = matches!(this.rx.state, RxState::Start) && buf.remaining() < SMALL_READ;
         loop {
             // Validated bytes first.
             if this.pos < this.ready {
@@ -295,8 +291,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
                 continue;
             }
 
-            let held = this.end - this.ready;
-            if held == 0 && !sniffing {
+            if this.end == this.ready {
                 // The common case: inspect in place what the transport put in hyper's buffer.
                 let start = buf.filled().len();
                 ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
@@ -337,18 +332,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
                 return Poll::Ready(Ok(()));
             }
             this.scan_stash();
-            if sniffing
-                && this.pos == this.ready
-                && matches!(this.refused, Refused::No)
-                && !matches!(this.rx.state, RxState::Start)
-            {
-                // Not HTTP/2, but the head is incomplete. hyper-util's sniffing has no timeout:
-                // give it an empty line (hyper ignores those before a request line) so that it
-                // hands the connection to hyper's HTTP/1 server, whose header read timeout then
-                // runs while the rest of the head is awaited.
-                buf.put_slice(if buf.remaining() >= 2 { b"\r\n" } else { b"\n" });
-                return Poll::Ready(Ok(()));
-            }
         }
     }
 }

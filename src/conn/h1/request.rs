@@ -8,9 +8,6 @@ use super::head::{self, BodyFraming, Parsed};
 use super::reply::Rejection;
 use super::response::OwedResponse;
 
-/// The HTTP/2 connection preface ("prior knowledge", RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// The read side's tracker.
 pub(crate) struct Rx {
     pub(crate) state: RxState,
@@ -31,8 +28,6 @@ pub(crate) struct Rx {
 /// Where in the client's stream the tracker is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RxState {
-    /// Start of the connection: is it the HTTP/2 preface?
-    Start,
     /// Expecting a request head.
     Head,
     /// In a sized body: bytes left.
@@ -62,7 +57,7 @@ impl Rx {
     /// A tracker at the start of a connection; heads longer than `max_head` are refused.
     pub(crate) fn new(max_head: usize) -> Self {
         Self {
-            state: RxState::Start,
+            state: RxState::Head,
             max_head,
             searched: 0,
             pending: VecDeque::new(),
@@ -84,17 +79,6 @@ impl Rx {
                 return (pos, Scan::Done);
             }
             match &mut self.state {
-                RxState::Start => {
-                    let n = data.len().min(H2_PREFACE.len());
-                    if data[..n] == H2_PREFACE[..n] {
-                        if n < H2_PREFACE.len() {
-                            return (0, Scan::Hold);
-                        }
-                        self.state = RxState::Passthrough;
-                    } else {
-                        self.state = RxState::Head;
-                    }
-                }
                 RxState::Head => {
                     // Empty lines before a request line are allowed (RFC 9112 §2.2): `\n` or
                     // `\r\n`, as hyper skips them; a lone `\r` is left to the head's parse.

@@ -14,8 +14,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use snakeway_core::{ErrorKind, request_id, respond};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::head::MAX_HEADERS;
 use super::reply::SYNTHETIC_HEAD;
 use super::request::RxState;
-use super::{Rejections, SMALL_READ, StrictH1};
+use super::{Rejections, StrictH1};
 
 const MAX_HEAD: usize = 4096;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,7 +190,8 @@ async fn server(max_head: usize) -> Server {
     }
 }
 
-/// Serves one connection as the listener does: hyper-util's auto builder over `StrictH1`.
+/// Serves one connection as the listener does an HTTP/1 one: hyper's `http1` builder over
+/// `StrictH1`.
 async fn serve_connection<IO>(io: IO, max_head: usize, hits: Arc<AtomicUsize>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -199,14 +199,13 @@ where
     let rejections = Rejections::default();
     let slot = rejections.clone();
     let service = hyper::service::service_fn(move |req| handle(req, hits.clone(), slot.clone()));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(max_head.max(8192))
         .keep_alive(true);
     let io = TokioIo::new(StrictH1::new(io, max_head, rejections));
-    let _ = http.serve_connection_with_upgrades(io, service).await;
+    let _ = http.serve_connection(io, service).with_upgrades().await;
 }
 
 impl Server {
@@ -708,22 +707,12 @@ async fn over_tls() {
 }
 
 #[tokio::test]
-async fn h2c_prior_knowledge_passes_through() {
-    let server = server(MAX_HEAD).await;
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let req = Request::post(format!("http://{}/h2", server.addr))
-        .body(Full::new(Bytes::from("abc")))
-        .unwrap();
-    let resp = tokio::time::timeout(TIMEOUT, client.request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"POST /h2 3 0\n");
+async fn h2c_preface_is_an_invalid_head() {
+    // The protocol is decided before the guard: on an HTTP/1 connection the h2c preface is an
+    // ordinary head, refused (its version), never passed through.
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // an empty SETTINGS frame
+    assert_rejected(&raw, "unsupported HTTP version").await;
 }
 
 #[tokio::test]
@@ -739,8 +728,7 @@ async fn client_gone_mid_head() {
 
 #[tokio::test]
 async fn incomplete_head_is_subject_to_the_header_read_timeout() {
-    // hyper-util's protocol sniffing has no timeout of its own: holding the first head must
-    // not keep hyper from starting its header read timer.
+    // Holding an incomplete head must not keep hyper from running its header read timer.
     let server = server(MAX_HEAD).await;
     for partial in [&b"G"[..], b"GET / HTTP/1.1\r\nHost: a\r\n"] {
         let mut stream = server.connect().await;
@@ -844,22 +832,12 @@ fn valid_stream() -> Vec<u8> {
 
 #[tokio::test]
 async fn every_split_point_is_handled() {
-    let raw = valid_stream()[2..].to_vec();
-    assert!(raw.starts_with(b"POST"));
-    let head_len = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let raw = valid_stream();
     for at in 0..=raw.len() {
         for step in [1, 7, 24, 8192] {
             let (mut strict, _) = script(vec![raw[..at].to_vec(), raw[at..].to_vec()]);
             let out = drain(&mut strict, step).await;
-            // Sniffing reads of an incomplete first head are given an empty line (once the
-            // bytes are known not to be the HTTP/2 preface: "P" still could be).
-            let injected = step < SMALL_READ && (2..head_len).contains(&at);
-            let expected = match (injected, step) {
-                (false, _) => raw.clone(),
-                (true, 1) => [&b"\n"[..], &raw].concat(),
-                (true, _) => [&b"\r\n"[..], &raw].concat(),
-            };
-            assert_eq!(out, expected, "split at {at}, reads of {step}");
+            assert_eq!(out, raw, "split at {at}, reads of {step}");
             assert_eq!(strict.rx.pending.len(), 4);
             assert_eq!(strict.rx.state, RxState::Head);
         }

@@ -1,8 +1,9 @@
 //! Hostile peers: framing. Clients that lie about where a request ends or whom it is for
 //! (two `Host` headers, malformed ones, `Content-Length` with `Transfer-Encoding`, on plain TCP
-//! and on TLS with ALPN `http/1.1`), and clients that trickle a head a byte at a time. Every
-//! refusal is a 400 (431 for size) with `connection: close`, never reaches the upstream, and
-//! goes through the error path: `on_error` devices and the access log see it.
+//! and on TLS with ALPN `http/1.1`), the h2c preface sent to an HTTP/1-only listener, and
+//! clients that trickle a head a byte at a time. Every refusal is a 400 (431 for size) with
+//! `connection: close`, never reaches the upstream, and goes through the error path: `on_error`
+//! devices and the access log see it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -73,8 +74,13 @@ async fn refused(server: &Server, request: &str) -> Parsed {
 const FOLLOW_UP: &str = "GET /smuggled HTTP/1.1\r\nHost: t.test\r\n\r\n";
 
 async fn assert_refused_and_not_forwarded(request: &str, reason: &str) {
+    assert_refused_on("", request, reason).await;
+}
+
+/// As [`assert_refused_and_not_forwarded`], on a listener with the extra keys `listener`.
+async fn assert_refused_on(listener: &str, request: &str, reason: &str) {
     let up = upstream::http(upstream::echo("victim")).await;
-    let server = proxy(&up, "").await;
+    let server = proxy(&up, listener).await;
     let res = refused(&server, &format!("{request}{FOLLOW_UP}")).await;
     assert_eq!(res.status, 400, "{:?}", String::from_utf8_lossy(&res.body));
     let body = String::from_utf8_lossy(&res.body);
@@ -104,6 +110,15 @@ async fn host_with_userinfo_is_refused() {
 #[tokio::test]
 async fn empty_host_on_http11_is_refused() {
     assert_refused_and_not_forwarded("GET /a HTTP/1.1\r\nHost:\r\n\r\n", "empty host").await;
+}
+
+/// On a listener with `http2 = false` every connection is HTTP/1 from its first byte: the h2c
+/// preface (here with an empty SETTINGS frame) is an invalid head like any other, refused with
+/// 400, never passed through to hyper, never forwarded.
+#[tokio::test]
+async fn h2c_preface_on_an_http1_only_listener_is_refused() {
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    assert_refused_on("http2 = false", preface, "unsupported HTTP version").await;
 }
 
 /// Two services, `a` and `b`, behind routes for hosts `a.test` and `b.test`.

@@ -73,3 +73,30 @@ fn a_head_that_never_ends_is_refused_at_the_limit() {
     assert_eq!(refused.violation.status, 431);
     assert!(held.len() <= 100 + 8);
 }
+
+#[test]
+fn the_h2c_preface_is_a_refused_head() {
+    // HTTP/2 is told apart before the guard: here the preface is a head with version 2.0.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for step in [1, 5, 12, preface.len()] {
+        let mut rx = Rx::new(4096);
+        let mut held = Vec::new();
+        let mut refused = None;
+        for piece in preface.chunks(step) {
+            held.extend_from_slice(piece);
+            match rx.scan(&held) {
+                (0, Scan::Hold) => {}
+                (0, Scan::Refused(r)) => {
+                    refused = Some(r);
+                    break;
+                }
+                other => panic!("step {step}: {other:?}"),
+            }
+        }
+        let refused = refused.unwrap_or_else(|| panic!("step {step}: not refused"));
+        assert_eq!(refused.violation.status, 400);
+        assert_eq!(refused.violation.reason, "unsupported HTTP version");
+        assert_eq!(rx.state, RxState::Head, "step {step}");
+        assert!(rx.pending.is_empty());
+    }
+}
