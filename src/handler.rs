@@ -306,7 +306,9 @@ fn log_failure(
     if let Err(error) = &result {
         let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
         match error.kind() {
-            ErrorKind::BadRequest | ErrorKind::NoRoute => {
+            // Client faults; a client body timeout is already logged once, with its cause, by
+            // the proxy.
+            ErrorKind::BadRequest | ErrorKind::NoRoute | ErrorKind::RequestTimeout => {
                 tracing::debug!(request_id, %error, "request rejected");
             }
             _ => tracing::warn!(request_id, %error, "request failed"),
