@@ -242,12 +242,7 @@ fn select<'a>(
     snapshot: &'a Snapshot,
     req: &Request<Body>,
 ) -> Result<&'a crate::router::Route<Outcome>, Error> {
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
-        return Err(Error::new(
-            ErrorKind::BadRequest,
-            "HTTP/1.1 requests need a Host header",
-        ));
-    }
+    // HTTP/1 heads (Host included) were checked by the framing guard.
     if req.version() == Version::HTTP_2 {
         check_h2_host(req)?;
     }

@@ -337,6 +337,12 @@ impl ProxyService {
     /// ([`ClientBodyTimeout`], not counted against the upstream). An upstream failing after
     /// the headers surfaces as an error from the response body ([`UpstreamBodyTimeout`] when
     /// it stalls for [`ServiceOptions::read_timeout`]).
+    ///
+    /// While the upstream waits on the client's request body, `response_timeout` is paused (the
+    /// stall is the client's, not the upstream's), so the caller must bound the client's body
+    /// itself: give a request read from a socket a body made by
+    /// [`Body::incoming_with_timeout`](snakeway_core::Body::incoming_with_timeout), as
+    /// `snakeway serve` does with the listener's `body_read_timeout_ms`.
     pub async fn forward(
         &self,
         req: Request<Body>,
