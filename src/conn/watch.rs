@@ -9,7 +9,9 @@
 //!   arrives until its response body has ended or was dropped (HTTP/2 streams included).
 //! * [`MeteredBody`] wraps each response body: a frame (or the response head) handed to hyper
 //!   that hyper has not come back for (because the socket is blocked, or the HTTP/2 peer gives
-//!   no window) is *held*; hyper coming back for the next one is *progress*.
+//!   that stream no window) is *held*, counted in a ring of buckets by the epoch of a clock the
+//!   watch advances every quarter of `send_timeout`; hyper coming back for the next one takes
+//!   it out again.
 //!
 //! A connection is **idle** when, for a whole `idle_timeout`, no request was open or started
 //! and (HTTP/1 only) no byte moved. On HTTP/2, bytes do not count: PINGs, SETTINGS or
@@ -17,17 +19,18 @@
 //! close gracefully and is dropped if it has not within a short drain limit (a peer that never
 //! answers the GOAWAY's PING cannot hold it).
 //!
-//! A connection is **stuck** when a write is blocked, or a response frame is held, and nothing
-//! progressed for `send_timeout`: it is dropped at once, whatever it was doing, which frees its
-//! `max_connections` slot. On HTTP/2 the rule is per connection, not per stream: a stream that
-//! the peer stalls while it keeps reading others is bounded by its flow-control window and the
-//! per-stream send buffer, not closed.
+//! A connection is **stuck** when a socket write has been blocked with nothing written for
+//! `send_timeout`, or (HTTP/2) when any one response frame has been held that long, whatever
+//! the other streams do: it is dropped at once, which frees its `max_connections` slot and every
+//! upstream request its streams held. hyper offers no way to reset one stream from outside, so
+//! a stream the peer stalls while it reads others costs the peer its whole connection. On
+//! HTTP/1 only the socket counts: a slow reader that keeps taking bytes is never cut off.
 
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -42,6 +45,11 @@ use tokio_util::sync::CancellationToken;
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Shortest tick of the watch timer.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// Buckets of held frames, by the epoch they were handed over in (modulo this).
+const HELD_RING: u32 = 8;
+/// A frame still held this many epochs after the one it was handed over in has been held for
+/// at least four quarters of `send_timeout`.
+const HELD_EPOCHS: u32 = 5;
 
 /// What the probes of one connection record; read by its [`Watch`].
 #[derive(Debug, Default)]
@@ -56,10 +64,11 @@ pub(crate) struct Meter {
     started: AtomicU64,
     /// Requests open: from arrival until the response body ended or was dropped.
     open: AtomicUsize,
-    /// Response frames handed to hyper.
-    yielded: AtomicU64,
-    /// Response frames hyper came back after (it asked for the next one, or dropped the body).
-    taken: AtomicU64,
+    /// The held-frame clock: advanced by the watch every quarter of `send_timeout`.
+    epoch: AtomicU32,
+    /// Response frames (and heads) handed to hyper that hyper has not come back after, by the
+    /// epoch they were handed over in, modulo [`HELD_RING`].
+    held: [AtomicU32; HELD_RING as usize],
 }
 
 /// One reading of a [`Meter`].
@@ -70,26 +79,45 @@ struct Sample {
     write_blocked: bool,
     started: u64,
     open: usize,
-    yielded: u64,
-    taken: u64,
 }
 
 // === impl Meter ===
 
 impl Meter {
     fn sample(&self) -> Sample {
-        // `taken` before `yielded`: a frame is yielded before it is taken, so a frame counted in
-        // `taken` here is always counted in `yielded`.
-        let taken = self.taken.load(Ordering::Acquire);
         Sample {
             io: self.io.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             write_blocked: self.write_blocked.load(Ordering::Relaxed),
             started: self.started.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
-            yielded: self.yielded.load(Ordering::Acquire),
-            taken,
         }
+    }
+
+    /// Counts a frame handed to hyper as held; returns the epoch to hand back to
+    /// [`Meter::taken`].
+    #[inline]
+    fn hold(&self) -> u32 {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.held[(epoch % HELD_RING) as usize].fetch_add(1, Ordering::Relaxed);
+        epoch
+    }
+
+    /// hyper came back after the frame held since `epoch`.
+    #[inline]
+    fn taken(&self, epoch: u32) {
+        self.held[(epoch % HELD_RING) as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Advances the held-frame clock by one epoch; returns whether some frame is still held
+    /// [`HELD_EPOCHS`] epochs or more after the one it was handed over in.
+    fn advance(&self) -> bool {
+        let now = self.epoch.load(Ordering::Relaxed).wrapping_add(1);
+        let stuck = (HELD_EPOCHS..HELD_RING).any(|age| {
+            self.held[(now.wrapping_sub(age) % HELD_RING) as usize].load(Ordering::Relaxed) > 0
+        });
+        self.epoch.store(now, Ordering::Relaxed);
+        stuck
     }
 
     #[inline]
@@ -152,6 +180,8 @@ impl Watch {
         let mut last = self.meter.sample();
         let mut active_at = start;
         let mut progress_at = start;
+        let quarter_send = self.send / 4;
+        let mut epoch_at = start;
         let mut drain_deadline: Option<Instant> = None;
         let mut draining = false;
         loop {
@@ -179,18 +209,25 @@ impl Watch {
                         draining = true;
                         drain_deadline = Some(now + DRAIN_LIMIT.min(self.idle));
                     }
-                    let held = s.yielded > s.taken && s.taken == last.taken;
                     let blocked = s.write_blocked && s.written == last.written;
-                    if !(held || blocked) {
+                    if !blocked {
                         progress_at = now;
-                    } else if now - progress_at >= self.send {
+                    }
+                    let mut stuck = now - progress_at >= self.send;
+                    if now - epoch_at >= quarter_send {
+                        epoch_at = now;
+                        stuck |= self.meter.advance() && self.http2;
+                    }
+                    if stuck {
                         tracing::info!(
                             send_timeout_ms = self.send.as_millis() as u64,
                             "send timeout: the client read nothing; connection dropped"
                         );
                         return Ended::SendTimeout;
                     }
-                    if drain_deadline.is_some_and(|d| now >= d) {
+                    // A request that was already open when the drain began runs to its end:
+                    // its own timeouts bound it.
+                    if s.open == 0 && drain_deadline.is_some_and(|d| now >= d) {
                         tracing::debug!("idle connection did not close in time; dropped");
                         return Ended::IdleDrainTimeout;
                     }
@@ -364,14 +401,8 @@ where
         Poll::Ready(result.map(|response| {
             // The response head is the first frame hyper has to take: an HTTP/2 peer that
             // grants no window at all never lets hyper ask for the body.
-            if let Some(open) = &open {
-                open.0.yielded.fetch_add(1, Ordering::Release);
-            }
-            response.map(|inner| MeteredBody {
-                inner,
-                open,
-                held: true,
-            })
+            let held = open.as_ref().map(|open| open.0.hold());
+            response.map(|inner| MeteredBody { inner, open, held })
         }))
     }
 }
@@ -384,15 +415,15 @@ pin_project! {
         #[pin]
         inner: B,
         open: Option<Open>,
-        // A frame was handed to hyper and hyper has not polled since.
-        held: bool,
+        // A frame was handed to hyper in this epoch and hyper has not polled since.
+        held: Option<u32>,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if *this.held && let Some(open) = this.open.as_ref() {
-                open.0.taken.fetch_add(1, Ordering::Release);
+            if let (Some(epoch), Some(open)) = (this.held.take(), this.open.as_ref()) {
+                open.0.taken(epoch);
             }
         }
     }
@@ -411,16 +442,12 @@ impl<B: Body> Body for MeteredBody<B> {
         let Some(open) = this.open.as_ref() else {
             return this.inner.poll_frame(cx);
         };
-        if *this.held {
-            *this.held = false;
-            open.0.taken.fetch_add(1, Ordering::Release);
+        if let Some(epoch) = this.held.take() {
+            open.0.taken(epoch);
         }
         let poll = this.inner.poll_frame(cx);
         match &poll {
-            Poll::Ready(Some(Ok(_))) => {
-                *this.held = true;
-                open.0.yielded.fetch_add(1, Ordering::Release);
-            }
+            Poll::Ready(Some(Ok(_))) => *this.held = Some(open.0.hold()),
             // The body is over: the request is no longer open.
             Poll::Ready(_) => *this.open = None,
             Poll::Pending => {}
@@ -468,19 +495,13 @@ mod tests {
         assert_eq!(meter.sample().open, 1);
         assert_eq!(meter.sample().started, 1);
         let mut body = fut.await.unwrap().into_body();
-        let s = meter.sample();
-        assert_eq!((s.open, s.yielded, s.taken), (1, 1, 0), "the head is held");
+        assert_eq!(meter.sample().open, 1);
+        assert_eq!(held(&meter), 1, "the head is held");
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hi");
-        let s = meter.sample();
-        assert_eq!(
-            (s.yielded, s.taken),
-            (2, 1),
-            "a frame is held until hyper comes back"
-        );
+        assert_eq!(held(&meter), 1, "a frame is held until hyper comes back");
         assert!(body.frame().await.is_none());
-        let s = meter.sample();
-        assert_eq!((s.open, s.yielded, s.taken), (0, 2, 2));
+        assert_eq!((meter.sample().open, held(&meter)), (0, 0));
         drop(body);
         assert_eq!(meter.sample().open, 0);
     }
@@ -498,13 +519,35 @@ mod tests {
         let mut body = MeteredBody {
             inner: StreamBody::new(chunks),
             open: Some(Open::enter(&meter)),
-            held: false,
+            held: None,
         };
         body.frame().await.unwrap().unwrap();
-        assert_eq!(meter.sample().open, 1);
+        assert_eq!((meter.sample().open, held(&meter)), (1, 1));
         drop(body);
-        let s = meter.sample();
-        assert_eq!((s.open, s.yielded, s.taken), (0, 1, 1));
+        assert_eq!((meter.sample().open, held(&meter)), (0, 0));
+    }
+
+    /// Frames held now, over every epoch.
+    fn held(meter: &Meter) -> u32 {
+        meter.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
+    }
+
+    #[test]
+    fn a_frame_is_stuck_once_held_for_four_whole_epochs() {
+        let meter = Meter::default();
+        let epoch = meter.hold();
+        for _ in 1..HELD_EPOCHS {
+            assert!(!meter.advance());
+        }
+        assert!(meter.advance(), "held since {HELD_EPOCHS} epochs");
+        meter.taken(epoch);
+        assert!(!meter.advance());
+        // Frames handed over and taken back every epoch never count.
+        for _ in 0..3 * HELD_RING {
+            let e = meter.hold();
+            assert!(!meter.advance());
+            meter.taken(e);
+        }
     }
 
     /// A connection future that never finishes and records drains.
@@ -556,18 +599,21 @@ mod tests {
     #[tokio::test]
     async fn a_held_frame_without_progress_is_dropped_whatever_else_is_written() {
         let meter = Arc::new(Meter::default());
-        meter.open.fetch_add(1, Ordering::Relaxed);
-        meter.yielded.fetch_add(1, Ordering::Relaxed);
+        meter.open.fetch_add(2, Ordering::Relaxed);
+        // One stream's frame stays held ...
+        meter.hold();
         let m = meter.clone();
-        // PING answers keep being written: no progress for the held frame.
-        let pings = tokio::spawn(async move {
+        // ... while another stream's frames keep moving and PING answers keep being written.
+        let others = tokio::spawn(async move {
             loop {
+                let epoch = m.hold();
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                m.taken(epoch);
                 m.wrote();
             }
         });
         let ended = watch(&meter, true).drive(Stuck(Arc::default())).await;
-        pings.abort();
+        others.abort();
         assert_eq!(ended, Ended::SendTimeout);
     }
 
