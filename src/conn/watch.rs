@@ -704,8 +704,8 @@ mod tests {
         assert!(!p.is_set());
     }
 
-    /// Drives a silent connection (or one with `started` requests) for `wait`, with or
-    /// without pressure.
+    /// Drives a connection with `started` requests, `open` of them still open, for at most
+    /// `wait` (20 s timeouts, 100 ms reduced), with or without pressure.
     async fn drive_for(started: u64, open: usize, pressure: bool, wait: Duration) -> Option<Ended> {
         let meter = Arc::new(Meter::default());
         meter.started.store(started, Ordering::Relaxed);
@@ -713,13 +713,11 @@ mod tests {
         let mut w = watch(&meter, false);
         w.idle = Duration::from_secs(20);
         w.send = Duration::from_secs(20);
-        let _guard = pressure.then(|| w.pressure.clone());
-        let guard = _guard.as_ref().map(Pressure::enter);
-        let ended = tokio::time::timeout(wait, w.drive(Stuck(Arc::default())))
+        let signal = w.pressure.clone();
+        let _guard = pressure.then(|| signal.enter());
+        tokio::time::timeout(wait, w.drive(Stuck(Arc::default())))
             .await
-            .ok();
-        drop(guard);
-        ended
+            .ok()
     }
 
     #[tokio::test]
@@ -730,7 +728,7 @@ mod tests {
             assert_eq!(ended, Some(Ended::Pressure), "started {started}");
             let waited = start.elapsed();
             assert!(waited >= Duration::from_millis(100), "{waited:?}");
-            assert!(waited <= Duration::from_millis(400), "{waited:?}");
+            assert!(waited < Duration::from_secs(1), "{waited:?}");
         }
     }
 

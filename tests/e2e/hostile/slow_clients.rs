@@ -129,27 +129,38 @@ async fn closed_within(read: &mut tokio::net::tcp::OwnedReadHalf, wait: Duration
     .is_ok()
 }
 
-/// Gets `/` on a new connection and returns how long it took; fails after 10 s.
-async fn timed_get(addr: std::net::SocketAddr) -> Duration {
+/// Gets `/` on a new keep-alive connection; returns how long it took and the connection, still
+/// open. Fails after 10 s.
+async fn timed_get(addr: std::net::SocketAddr) -> (Duration, TcpStream) {
     let start = Instant::now();
-    let res = tokio::time::timeout(Duration::from_secs(10), client::get(addr, "/"))
+    let mut s = connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), client::read_one_response(&mut s))
         .await
         .expect("the new client was not served within 10 s");
-    assert_eq!((res.status, res.text().as_str()), (200, "ok"));
-    start.elapsed()
+    assert_eq!(res.status, 200);
+    (start.elapsed(), s)
 }
 
-/// Four new clients at once, so the listener stays full until all four are served (a slot
-/// freed by the first eviction alone would end the pressure): each is served within 5 s.
-async fn new_clients_are_served_quickly(addr: std::net::SocketAddr, why: &'static str) {
+/// Four new clients at once, each keeping its connection: all four slots are needed, so every
+/// hostile connection must go. Each is served within 5 s.
+async fn new_clients_are_served_quickly(
+    addr: std::net::SocketAddr,
+    why: &'static str,
+) -> Vec<TcpStream> {
     let clients: Vec<_> = (0..4).map(|_| tokio::spawn(timed_get(addr))).collect();
+    let mut held = Vec::new();
     for client in clients {
-        let waited = client.await.unwrap();
+        let (waited, s) = client.await.unwrap();
         assert!(
             waited < Duration::from_secs(5),
             "a new client waited {waited:?}: {why}"
         );
+        held.push(s);
     }
+    held
 }
 
 /// Slowloris against a full listener: 2 connections trickle a head and 2 send nothing, filling
@@ -176,7 +187,8 @@ async fn a_full_listener_closes_slow_and_silent_heads_for_a_new_client() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    new_clients_are_served_quickly(addr, "the hostile connections kept their slots").await;
+    let _new =
+        new_clients_are_served_quickly(addr, "the hostile connections kept their slots").await;
     for (i, (read, writer)) in hostile.iter_mut().enumerate() {
         assert!(
             closed_within(read, Duration::from_secs(5)).await,
@@ -203,7 +215,9 @@ async fn a_full_listener_closes_idle_keep_alive_connections_for_a_new_client() {
         idle.push(s);
     }
 
-    new_clients_are_served_quickly(addr, "the idle keep-alive connections kept their slots").await;
+    let _new =
+        new_clients_are_served_quickly(addr, "the idle keep-alive connections kept their slots")
+            .await;
     for (i, s) in idle.iter_mut().enumerate() {
         let raw = read_until_close(s, Duration::from_secs(5)).await;
         assert!(raw.closed, "idle connection {i} is still open");
