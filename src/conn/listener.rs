@@ -2,8 +2,11 @@
 //!
 //! Each configured address has one accept loop. A connection takes a slot of the listener's
 //! `max_connections` [`Limit`] before it is accepted, so excess clients wait in the kernel's
-//! accept queue. Connection settings (TLS, HTTP versions, timeouts) are read from the current
-//! snapshot at accept time, so a reload changes them for new connections without re-binding.
+//! accept queue. While the loop waits for a slot, the listener is under pressure (see
+//! [`watch`](super::watch)): its connections that do no useful work, including those still in
+//! the TLS handshake or the protocol sniff, are closed sooner. Connection settings (TLS, HTTP
+//! versions, timeouts) are read from the current snapshot at accept time, so a reload changes
+//! them for new connections without re-binding.
 //!
 //! A connection's protocol is decided once (see [`detect`](super::detect)): HTTP/2 goes to
 //! hyper's `http2` builder, HTTP/1 to its `http1` builder over the framing guard.
@@ -25,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
-use super::watch::{Active, Drain, Meter, Metered, Watch};
+use super::watch::{self, Active, Drain, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::{Rejections, StrictH1};
 use crate::handler::ConnService;
 use crate::stack::{ListenerRuntime, Snapshot};
@@ -151,9 +154,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// (`debt`) and forgotten as those connections end. Growing first cancels what is owed, then
 /// adds permits. Either way the permits in circulation converge on the new limit, with no task
 /// and no lock. The accept loop holds one permit while it waits for the next connection.
+///
+/// While the accept loop waits for a permit, every slot is taken: the limit's [`Pressure`] is
+/// set, and the connections' watches close those doing no useful work sooner.
 #[derive(Debug)]
 struct Limit {
     permits: Semaphore,
+    /// Set while [`Limit::acquire`] waits.
+    pressure: Pressure,
     /// Permits to forget instead of returning, as connections end.
     debt: AtomicUsize,
     /// The configured limit (only [`Limit::resize`] writes it, from the reload task).
@@ -171,6 +179,7 @@ impl Limit {
         let max = Self::clamp(max);
         Self {
             permits: Semaphore::new(max),
+            pressure: Pressure::default(),
             debt: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
         }
@@ -204,12 +213,17 @@ impl Limit {
         }
     }
 
-    /// Waits for a free slot.
+    /// Waits for a free slot, with the limit's [`Pressure`] set while it waits.
     async fn acquire(self: &Arc<Self>) -> Slot {
         // The semaphore is never closed, so `acquire` cannot fail; the permit's return is
         // managed by `Slot`.
-        if let Ok(permit) = self.permits.acquire().await {
+        if let Ok(permit) = self.permits.try_acquire() {
             permit.forget();
+        } else {
+            let _pressure = self.pressure.enter();
+            if let Ok(permit) = self.permits.acquire().await {
+                permit.forget();
+            }
         }
         Slot(self.clone())
     }
@@ -270,6 +284,8 @@ impl AcceptLoop {
                 continue;
             };
             let conn = Connection {
+                accepted: tokio::time::Instant::now(),
+                pressure: self.limit.pressure.clone(),
                 runtime,
                 state: self.state.clone(),
                 shutdown: self.shutdown.clone(),
@@ -284,6 +300,10 @@ impl AcceptLoop {
 type Service = Metered<ConnService>;
 
 struct Connection {
+    /// When the connection was accepted.
+    accepted: tokio::time::Instant,
+    /// The listener's pressure signal.
+    pressure: Pressure,
     runtime: Arc<ListenerRuntime>,
     state: Arc<State>,
     shutdown: CancellationToken,
@@ -311,25 +331,35 @@ impl Connection {
         );
         let max_head = self.runtime.max_header_bytes;
         let header_read_timeout = self.runtime.header_read_timeout;
+        let reduced = self.reduced().head;
         match &self.runtime.tls {
-            None if self.runtime.http2 => match detect::sniff(stream, header_read_timeout).await {
-                Ok((Protocol::Http2, io)) => self.serve_h2(io, service, meter).await,
-                Ok((Protocol::Http1, io)) => {
-                    self.serve_h1(StrictH1::new(io, max_head, rejections), service, meter)
-                        .await
+            None if self.runtime.http2 => {
+                let sniff = detect::sniff(stream, header_read_timeout);
+                match watch::under_pressure(sniff, self.accepted, reduced, &self.pressure).await {
+                    Ok(Ok((Protocol::Http2, io))) => self.serve_h2(io, service, meter).await,
+                    Ok(Ok((Protocol::Http1, io))) => {
+                        self.serve_h1(StrictH1::new(io, max_head, rejections), service, meter)
+                            .await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed"),
+                    Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
                 }
-                Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
-            },
+            }
             None => {
                 self.serve_h1(StrictH1::new(stream, max_head, rejections), service, meter)
                     .await
             }
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(header_read_timeout, acceptor.accept(stream));
+                let handshake =
+                    watch::under_pressure(handshake, self.accepted, reduced, &self.pressure);
                 let tls = match handshake.await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Ok(Ok(tls))) => tls,
+                    Ok(Ok(Err(e))) => {
+                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Ok(Err(_)) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake cut"),
                 };
                 // ALPN offers h2 only when the listener serves HTTP/2; such a connection
                 // speaks nothing else.
@@ -343,6 +373,11 @@ impl Connection {
         }
     }
 
+    /// The listener's limits under pressure.
+    fn reduced(&self) -> Reduced {
+        Reduced::new(self.runtime.header_read_timeout, self.runtime.idle_timeout)
+    }
+
     fn watch(&self, meter: Arc<Meter>, http2: bool) -> Watch {
         Watch {
             meter,
@@ -350,6 +385,9 @@ impl Connection {
             send: self.runtime.send_timeout,
             http2,
             shutdown: self.shutdown.clone(),
+            pressure: self.pressure.clone(),
+            reduced: self.reduced(),
+            accepted: self.accepted,
         }
     }
 
@@ -441,6 +479,24 @@ mod tests {
         );
         drop(b);
         assert_eq!(limit.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_slot_sets_the_pressure() {
+        let limit = Arc::new(Limit::new(1));
+        let held = limit.acquire().await;
+        assert!(!limit.pressure.is_set(), "a free slot is no pressure");
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        while !limit.pressure.is_set() {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let _slot = waiting.await.unwrap();
+        assert!(!limit.pressure.is_set(), "cleared once the slot is taken");
     }
 
     #[test]

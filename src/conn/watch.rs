@@ -19,6 +19,15 @@
 //! close gracefully and is dropped if it has not within a short drain limit (a peer that never
 //! answers the GOAWAY's PING cannot hold it).
 //!
+//! A listener is under **pressure** while all of its `max_connections` slots are taken (its
+//! accept loop waits for one, see [`Pressure`]). Then connections that do no useful work are
+//! closed much sooner, as Envoy's `reduce_timeouts` overload action does: one with no request
+//! open that has not started a request since accept (a head trickling in, or silence) after
+//! the reduced header time, and one with no request open between requests (keep-alive) after
+//! the reduced idle time, bytes or not (see [`Reduced`]). A connection with a request open is
+//! never closed for pressure. The check runs at the watch's tick, in the task that polls the
+//! connection, so no request can start between the sample and the close.
+//!
 //! A connection is **stuck** when a socket write has been blocked with nothing written for
 //! `send_timeout`, or (HTTP/2) when any one response frame has been held that long, whatever
 //! the other streams do: it is dropped at once, which frees its `max_connections` slot and every
@@ -50,6 +59,96 @@ const HELD_RING: u32 = 8;
 /// A frame still held this many epochs after the one it was handed over in has been held for
 /// at least four quarters of `send_timeout`.
 const HELD_EPOCHS: u32 = 5;
+/// Under pressure, timeouts are divided by this ...
+const PRESSURE_DIVISOR: u32 = 10;
+/// ... but never below this: a client one slow round trip away still gets its head in.
+const PRESSURE_FLOOR: Duration = Duration::from_millis(100);
+
+/// A listener's shared pressure signal: set while its accept loop waits for a free
+/// `max_connections` slot, read by the watch of each of its connections (one relaxed load per
+/// tick; nothing per request).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pressure(Arc<AtomicBool>);
+
+// === impl Pressure ===
+
+impl Pressure {
+    /// Whether every slot of the listener is taken.
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the signal until the returned guard is dropped (the accept loop got a slot, or
+    /// stopped waiting).
+    pub(crate) fn enter(&self) -> PressureGuard<'_> {
+        self.0.store(true, Ordering::Relaxed);
+        PressureGuard(self)
+    }
+}
+
+/// Clears a [`Pressure`] when dropped.
+#[derive(Debug)]
+pub(crate) struct PressureGuard<'a>(&'a Pressure);
+
+impl Drop for PressureGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The shorter limits applied while a listener is under [`Pressure`]: each configured timeout
+/// divided by 10, with a floor of 100 ms, and never more than the timeout itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reduced {
+    /// For a connection that has not started its first request (TLS handshake, protocol
+    /// sniff, first head): from `header_read_timeout_ms`.
+    pub(crate) head: Duration,
+    /// For a connection between requests: from `idle_timeout_ms`.
+    pub(crate) idle: Duration,
+}
+
+// === impl Reduced ===
+
+impl Reduced {
+    /// The reduced limits for `header_read_timeout` and `idle_timeout`.
+    pub(crate) fn new(header_read_timeout: Duration, idle_timeout: Duration) -> Self {
+        let reduce = |t: Duration| (t / PRESSURE_DIVISOR).max(PRESSURE_FLOOR).min(t);
+        Self {
+            head: reduce(header_read_timeout),
+            idle: reduce(idle_timeout),
+        }
+    }
+}
+
+/// Why [`under_pressure`] gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("closed under pressure: no request within the reduced header time")]
+pub(crate) struct Pressured;
+
+/// Runs `fut` (a TLS handshake or the protocol sniff, which have their own full timeout), but
+/// gives up once `limit` has passed since `accepted` while `pressure` is set.
+pub(crate) async fn under_pressure<F: Future>(
+    fut: F,
+    accepted: Instant,
+    limit: Duration,
+    pressure: &Pressure,
+) -> Result<F::Output, Pressured> {
+    let mut fut = pin!(fut);
+    let tick = (limit / 4).max(MIN_TICK);
+    let mut ticker = tokio::time::interval_at(accepted + tick, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = fut.as_mut() => return Ok(out),
+            now = ticker.tick() => {
+                if pressure.is_set() && now - accepted >= limit {
+                    return Err(Pressured);
+                }
+            }
+        }
+    }
+}
 
 /// What the probes of one connection record; read by its [`Watch`].
 #[derive(Debug, Default)]
@@ -144,6 +243,12 @@ pub(crate) struct Watch {
     pub(crate) http2: bool,
     /// Cancelled on server shutdown: the connection is drained.
     pub(crate) shutdown: CancellationToken,
+    /// The listener's pressure signal.
+    pub(crate) pressure: Pressure,
+    /// The limits applied under pressure.
+    pub(crate) reduced: Reduced,
+    /// When the connection was accepted (the reduced header time counts from here).
+    pub(crate) accepted: Instant,
 }
 
 /// A hyper connection that can be asked to finish its in-flight requests and close.
@@ -161,6 +266,9 @@ pub(crate) enum Ended {
     SendTimeout,
     /// Dropped: idle, and the graceful close did not finish within the drain limit.
     IdleDrainTimeout,
+    /// Dropped: the listener was under pressure and the connection had no request open for
+    /// the reduced limit.
+    Pressure,
 }
 
 // === impl Watch ===
@@ -174,14 +282,19 @@ impl Watch {
     {
         let mut conn = pin!(conn);
         let tick = (self.idle.min(self.send) / 4).max(MIN_TICK);
+        // Finer ticks so that the reduced limits hold under pressure: before the first request
+        // (short for any real client) and between requests.
+        let head_tick = tick.min(self.reduced.head / 4).max(MIN_TICK);
+        let idle_tick = tick.min(self.reduced.idle / 4).max(MIN_TICK);
         let start = Instant::now();
-        let mut ticker = tokio::time::interval_at(start + tick, tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timer = tokio::time::sleep_until(start + head_tick);
+        let mut timer = pin!(timer);
         let mut last = self.meter.sample();
         let mut active_at = start;
         let mut progress_at = start;
         let quarter_send = self.send / 4;
         let mut epoch_at = start;
+        let mut request_at = start;
         let mut drain_deadline: Option<Instant> = None;
         let mut draining = false;
         loop {
@@ -196,11 +309,14 @@ impl Watch {
                     conn.as_mut().drain();
                     draining = true;
                 }
-                now = ticker.tick() => {
+                () = timer.as_mut() => {
+                    let now = Instant::now();
                     let s = self.meter.sample();
-                    let busy = s.open > 0
-                        || s.started != last.started
-                        || (!self.http2 && s.io != last.io);
+                    let requests = s.open > 0 || s.started != last.started;
+                    let busy = requests || (!self.http2 && s.io != last.io);
+                    if requests {
+                        request_at = now;
+                    }
                     if busy {
                         active_at = now;
                     } else if !draining && now - active_at >= self.idle {
@@ -208,6 +324,23 @@ impl Watch {
                         conn.as_mut().drain();
                         draining = true;
                         drain_deadline = Some(now + DRAIN_LIMIT.min(self.idle));
+                    }
+                    if !requests && self.pressure.is_set() {
+                        // Nothing can start a request between this sample and the drop: the
+                        // connection is polled by this task only.
+                        let (since, limit) = if s.started == 0 {
+                            (self.accepted, self.reduced.head)
+                        } else {
+                            (request_at, self.reduced.idle)
+                        };
+                        if now - since >= limit {
+                            tracing::debug!(
+                                first_request = s.started == 0,
+                                limit_ms = limit.as_millis() as u64,
+                                "listener full: connection without a request open closed"
+                            );
+                            return Ended::Pressure;
+                        }
                     }
                     let blocked = s.write_blocked && s.written == last.written;
                     if !blocked {
@@ -232,6 +365,8 @@ impl Watch {
                         return Ended::IdleDrainTimeout;
                     }
                     last = s;
+                    let next = if s.started == 0 { head_tick } else { idle_tick };
+                    timer.as_mut().reset(now + next);
                 }
             }
         }
@@ -573,7 +708,100 @@ mod tests {
             send: Duration::from_millis(200),
             http2,
             shutdown: CancellationToken::new(),
+            pressure: Pressure::default(),
+            reduced: Reduced {
+                head: Duration::from_millis(100),
+                idle: Duration::from_millis(100),
+            },
+            accepted: Instant::now(),
         }
+    }
+
+    #[test]
+    fn reduced_limits_are_a_tenth_with_a_floor_and_a_ceiling() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            Reduced::new(ms(10_000), ms(60_000)),
+            Reduced {
+                head: ms(1_000),
+                idle: ms(6_000)
+            }
+        );
+        assert_eq!(
+            Reduced::new(ms(500), ms(50)),
+            Reduced {
+                head: ms(100),
+                idle: ms(50)
+            },
+            "the floor, but never above the timeout itself"
+        );
+    }
+
+    #[tokio::test]
+    async fn pressure_sets_while_waiting_and_clears_after() {
+        let p = Pressure::default();
+        {
+            let _g = p.enter();
+            assert!(p.is_set());
+        }
+        assert!(!p.is_set());
+    }
+
+    /// Drives a connection with `started` requests, `open` of them still open, for at most
+    /// `wait` (20 s timeouts, 100 ms reduced), with or without pressure.
+    async fn drive_for(started: u64, open: usize, pressure: bool, wait: Duration) -> Option<Ended> {
+        let meter = Arc::new(Meter::default());
+        meter.started.store(started, Ordering::Relaxed);
+        meter.open.store(open, Ordering::Relaxed);
+        let mut w = watch(&meter, false);
+        w.idle = Duration::from_secs(20);
+        w.send = Duration::from_secs(20);
+        let signal = w.pressure.clone();
+        let _guard = pressure.then(|| signal.enter());
+        tokio::time::timeout(wait, w.drive(Stuck(Arc::default())))
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn under_pressure_a_connection_without_a_request_is_dropped_at_the_reduced_time() {
+        for started in [0, 3] {
+            let start = Instant::now();
+            let ended = drive_for(started, 0, true, Duration::from_secs(2)).await;
+            assert_eq!(ended, Some(Ended::Pressure), "started {started}");
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_millis(100), "{waited:?}");
+            assert!(waited < Duration::from_secs(1), "{waited:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_pressure_or_with_a_request_open_nothing_is_dropped() {
+        assert_eq!(
+            drive_for(0, 0, false, Duration::from_millis(600)).await,
+            None
+        );
+        assert_eq!(
+            drive_for(1, 1, true, Duration::from_millis(600)).await,
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handshake_is_cut_under_pressure_only() {
+        let p = Pressure::default();
+        let never = std::future::pending::<()>();
+        let ms = Duration::from_millis;
+        let free =
+            tokio::time::timeout(ms(400), under_pressure(never, Instant::now(), ms(100), &p));
+        assert!(
+            free.await.is_err(),
+            "no pressure: the handshake keeps its full time"
+        );
+        let _g = p.enter();
+        let never = std::future::pending::<()>();
+        let cut = tokio::time::timeout(ms(400), under_pressure(never, Instant::now(), ms(100), &p));
+        assert!(matches!(cut.await, Ok(Err(Pressured))));
     }
 
     #[tokio::test]
