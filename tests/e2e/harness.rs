@@ -179,8 +179,10 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // `snakeway started` comes once the signal handlers are installed: a test may
+            // signal the server as soon as this returns.
             let addrs = server.listening_addrs();
-            if addrs.len() >= listeners {
+            if addrs.len() >= listeners && server.log_text().contains("snakeway started") {
                 server.addrs = addrs;
                 break;
             }
@@ -193,7 +195,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "snakeway serve did not log {listeners} listening line(s) within 10 s; log:\n{}",
+                    "snakeway serve did not log {listeners} listening line(s) and `snakeway started` within 10 s; log:\n{}",
                     server.log_text()
                 );
             }
