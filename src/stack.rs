@@ -243,9 +243,12 @@ fn build_service(
     let strategy = match svc.strategy {
         snakeway_config::Strategy::Failover => Strategy::Failover,
         snakeway_config::Strategy::RoundRobin => Strategy::RoundRobin,
+        snakeway_config::Strategy::Random => Strategy::Random,
+        snakeway_config::Strategy::LeastRequests => Strategy::LeastRequests,
         other => {
             return Err(format!(
-                "strategy {other:?} is not supported yet (use round_robin or failover)"
+                "strategy {other:?} is not supported yet (use round_robin, failover, random or \
+                 least_requests)"
             ));
         }
     };

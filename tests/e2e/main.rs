@@ -10,6 +10,7 @@ mod pki;
 mod upstream;
 
 mod axum_example;
+mod balancing;
 mod config_cli;
 mod devices;
 mod framing;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ use crate::tls::{self, TlsConfigError};
 pub struct UpstreamSpec {
     /// Where it lives.
     pub target: Target,
-    /// Its share of requests under [`Strategy::RoundRobin`] (at least 1).
+    /// Its share of requests under [`Strategy::RoundRobin`] and [`Strategy::Random`], and its
+    /// capacity under [`Strategy::LeastRequests`] (at least 1).
     pub weight: u32,
 }
 
@@ -203,6 +204,10 @@ struct Health {
     breaker: Breaker,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Requests sent and not yet finished: up to the end (or drop) of the response body, as
+    /// Envoy counts them. Read by [`Strategy::LeastRequests`]; shared across reloads, so a
+    /// request that outlives its snapshot still counts where the next one looks.
+    in_flight: AtomicUsize,
 }
 
 // === impl ProxyService ===
@@ -277,6 +282,7 @@ impl ProxyService {
                     breaker: Breaker::new(),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
+                    in_flight: AtomicUsize::new(0),
                 }),
             };
             let authority = target.uri_authority().clone();
@@ -349,9 +355,11 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
-        let Some((index, permit)) = inner.balancer.pick(inner.upstreams.len(), |i| {
-            Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker)
-        }) else {
+        let Some((index, permit)) = inner.balancer.pick(
+            inner.upstreams.len(),
+            |i| inner.upstreams[i].health.in_flight.load(Ordering::Relaxed),
+            |i| Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker),
+        ) else {
             return Err(Error::new(
                 ErrorKind::NoHealthyUpstream,
                 format!("service \"{}\": no healthy upstream", inner.name),
@@ -370,6 +378,8 @@ impl ProxyService {
         })?;
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
+        // Counts the request in flight until dropped: here on failure, or with the body.
+        let blame = Blame::enter(self.inner.clone(), index);
         let sent = inner.send(upstream, req).await;
         match sent {
             Ok(response) => {
@@ -383,7 +393,7 @@ impl ProxyService {
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
                 // An HTTP/1.0 upstream's answer goes on as HTTP/1.1 (this proxy speaks 1.1).
                 parts.version = Version::HTTP_11;
-                let body = self.response_body(body, index);
+                let body = self.response_body(body, blame);
                 Ok(Response::from_parts(parts, body))
             }
             Err(Failure::Send(error, sending)) => {
@@ -422,19 +432,17 @@ impl ProxyService {
         }
     }
 
-    /// The client-facing body of a response from upstream `index`: read-timed unless empty.
-    fn response_body(&self, body: PoolBody, index: usize) -> Body {
+    /// The client-facing body of a response from the upstream of `blame`: read-timed and
+    /// holding the request's in-flight count until it ends, unless empty (then the request is
+    /// finished now and `blame` is dropped).
+    fn response_body(&self, body: PoolBody, blame: Blame) -> Body {
         use http_body::Body as _;
-        let blame = || Blame {
-            service: self.inner.clone(),
-            index,
-        };
         let gap = self.inner.read_timeout;
         match body {
             PoolBody::Http1(body) if body.is_end_stream() => Body::from(body.into_incoming()),
             PoolBody::Http2(body) if body.is_end_stream() => Body::from(body),
-            PoolBody::Http1(body) => Body::new(UpstreamBody::new(body, gap, blame())),
-            PoolBody::Http2(body) => Body::new(UpstreamBody::new(body, gap, blame())),
+            PoolBody::Http1(body) => Body::new(UpstreamBody::new(body, gap, blame)),
+            PoolBody::Http2(body) => Body::new(UpstreamBody::new(body, gap, blame)),
         }
     }
 
@@ -514,6 +522,8 @@ enum PoolBody {
 }
 
 /// Who to blame when an upstream response body stalls: the upstream `index` of `service`.
+/// Also the request's slot in that upstream's in-flight count, given back when dropped (with
+/// the response body, or when no response came).
 pub(crate) struct Blame {
     service: Arc<Inner>,
     index: usize,
@@ -522,6 +532,15 @@ pub(crate) struct Blame {
 // === impl Blame ===
 
 impl Blame {
+    /// Counts one more request in flight on upstream `index` of `service`.
+    fn enter(service: Arc<Inner>, index: usize) -> Self {
+        service.upstreams[index]
+            .health
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Self { service, index }
+    }
+
     /// The upstream sent nothing for `gap` mid-body: logs it and, when `count`, counts a
     /// failure against its circuit. Returns the error the body fails with.
     pub(crate) fn body_stalled(&self, gap: Duration, count: bool) -> UpstreamBodyTimeout {
@@ -547,6 +566,15 @@ impl Blame {
             upstream: upstream.short_name.clone(),
             gap,
         }
+    }
+}
+
+impl Drop for Blame {
+    fn drop(&mut self) {
+        self.service.upstreams[self.index]
+            .health
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
