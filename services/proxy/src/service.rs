@@ -929,6 +929,89 @@ mod tests {
         ));
     }
 
+    /// An upstream that answers every request on every connection with `hello`.
+    async fn hello_upstream() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0; 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                            if conn.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn in_flight_lasts_until_the_response_body_ends() {
+        use http_body_util::BodyExt;
+        let up = hello_upstream().await;
+        let svc = ProxyService::new(
+            "a",
+            vec![
+                spec(&format!("http://{up}"), 1),
+                spec("http://127.0.0.1:1", 1),
+            ],
+            ServiceOptions {
+                strategy: Strategy::Failover,
+                ..ServiceOptions::default()
+            },
+            None,
+        )
+        .unwrap();
+        let in_flight = |i: usize| {
+            svc.inner.upstreams[i]
+                .health
+                .in_flight
+                .load(Ordering::Relaxed)
+        };
+        let d = Downstream {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            tls: false,
+            trusted: false,
+        };
+        let get = || Request::get("/").body(Body::empty()).unwrap();
+
+        let res = svc.forward(get(), &d).await.unwrap();
+        assert_eq!(in_flight(0), 1, "counted while the body is unread");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(in_flight(0), 0, "released at the body's end");
+
+        let res = svc.forward(get(), &d).await.unwrap();
+        assert_eq!(in_flight(0), 1);
+        drop(res);
+        assert_eq!(in_flight(0), 0, "released when the client goes away");
+
+        // A failed exchange releases its count too.
+        let down = ProxyService::new(
+            "b",
+            vec![spec("http://127.0.0.1:1", 1)],
+            ServiceOptions::default(),
+            Some(&svc),
+        )
+        .unwrap();
+        down.forward(get(), &d).await.unwrap_err();
+        assert_eq!(
+            in_flight(1),
+            0,
+            "shared with the reloaded service, and released"
+        );
+    }
+
     #[test]
     fn build_errors() {
         let e = ProxyService::new("a", vec![], ServiceOptions::default(), None).unwrap_err();
