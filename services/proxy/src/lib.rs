@@ -30,8 +30,10 @@
 //! # What `forward` does
 //!
 //! * **Pick.** Smooth weighted round robin over a schedule computed at construction and indexed
-//!   by an atomic counter, or failover (first usable upstream in configured order). Upstreams
-//!   whose circuit is open are skipped; when all are, the request fails with
+//!   by an atomic counter, failover (first usable upstream in configured order), weighted
+//!   random (a binary search in prefix sums), or least requests (weighted power of two choices
+//!   over per-upstream in-flight counts, each request counted until its response body ends).
+//!   Upstreams whose circuit is open are skipped; when all are, the request fails with
 //!   [`ErrorKind::NoHealthyUpstream`](snakeway_core::ErrorKind::NoHealthyUpstream) (503).
 //! * **Rewrite.** The URI keeps its path and query and takes the upstream's scheme and
 //!   authority (`http://localhost` for Unix sockets). Hop-by-hop headers are removed,
