@@ -14,10 +14,10 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use snakeway_config::{Config, Problem, Report, RouteTarget};
+use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, TrustedProxies,
-    UpstreamSpec,
+    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;

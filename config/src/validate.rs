@@ -729,21 +729,7 @@ fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<Rout
 fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
     match raw {
         RawDevice::Identity(raw) => {
-            let mut trusted_proxies = Vec::new();
-            for (j, text) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
-                let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
-                    text.parse::<std::net::IpAddr>()
-                        .ok()
-                        .map(ipnet::IpNet::from)
-                });
-                match net {
-                    Some(net) => trusted_proxies.push(net),
-                    None => s.bad(
-                        &format!("trusted_proxies[{j}]"),
-                        format!("{text:?} is not an IP network (CIDR like 10.0.0.0/8) or address"),
-                    ),
-                }
-            }
+            let trusted_proxies = ip_nets(s, "trusted_proxies", raw.trusted_proxies);
             let geoip_db = raw
                 .geoip_db
                 .and_then(|p| s.existing("geoip_db", Some(p), Kind::File));

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod request_id;
 pub mod respond;
 mod slots;
+mod trusted;
 
 pub use body::{Body, ClientBodyTimeout, GapTimer};
 pub use ctx::{BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx};
@@ -28,6 +29,7 @@ pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
 pub use device_logs::{DeviceLog, DeviceLogs};
 pub use error::{BoxError, Error, ErrorKind, cause_ref, is_caused_by};
 pub use slots::{DeviceSlots, SlotKey};
+pub use trusted::TrustedProxies;
 
 /// The downstream peer's address, as a request extension. The server sets it; in an axum app,
 /// insert it from `ConnectInfo` so devices see the client's address.

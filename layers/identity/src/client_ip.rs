@@ -4,41 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 use http::header::HeaderName;
-use ipnet::IpNet;
+use snakeway_core::TrustedProxies;
 
 /// `x-forwarded-for`, as a static name (no lookup cost per request).
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The networks whose addresses are trusted to report the client in `x-forwarded-for`.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct TrustedProxies {
-    v4: Box<[IpNet]>,
-    v6: Box<[IpNet]>,
-}
-
-impl TrustedProxies {
-    pub(crate) fn new(nets: &[IpNet]) -> Self {
-        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets
-            .iter()
-            .map(IpNet::trunc)
-            .partition(|n| n.addr().is_ipv4());
-        Self {
-            v4: v4.into(),
-            v6: v6.into(),
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
-    }
-
-    /// Whether `ip` (already canonical: no IPv4-mapped IPv6) is a trusted proxy.
-    #[inline]
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let nets = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
-        nets.iter().any(|net| net.contains(&ip))
-    }
-}
 
 /// Resolves the client address and the trusted proxies between it and us (nearest first).
 ///
@@ -120,7 +89,7 @@ mod tests {
     use super::*;
 
     fn trusted() -> TrustedProxies {
-        TrustedProxies::new(&[
+        TrustedProxies::new([
             "10.0.0.0/8".parse().unwrap(),
             "192.168.1.1/32".parse().unwrap(),
             "fd00::/8".parse().unwrap(),
@@ -311,7 +280,7 @@ mod tests {
     #[test]
     fn trusted_nets_are_truncated_and_split_by_family() {
         // A host address with a prefix (10.1.2.3/8) means the network 10.0.0.0/8.
-        let trusted = TrustedProxies::new(&["10.1.2.3/8".parse().unwrap()]);
+        let trusted = TrustedProxies::new(["10.1.2.3/8".parse().unwrap()]);
         assert!(trusted.contains("10.200.0.1".parse().unwrap()));
         assert!(!trusted.contains("11.0.0.1".parse().unwrap()));
         assert!(!trusted.contains("::a00:1".parse().unwrap()));

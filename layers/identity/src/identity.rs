@@ -12,7 +12,9 @@ use snakeway_core::pipeline::{Pipeline, PipelineLayer, PipelineService};
 use snakeway_core::{Device, DeviceResult, Flow, Phase, Phases, RequestCtx};
 use tower::Layer;
 
-use crate::client_ip::{self, TrustedProxies};
+use snakeway_core::TrustedProxies;
+
+use crate::client_ip;
 use crate::geoip::GeoIp;
 use crate::user_agent::{self, DeviceClass, UserAgent};
 
@@ -90,7 +92,7 @@ impl Identity {
             user_agent::warm_up();
         }
         Self {
-            trusted: TrustedProxies::new(&options.trusted_proxies),
+            trusted: TrustedProxies::new(options.trusted_proxies.iter().copied()),
             geoip: options.geoip,
             user_agent: options.user_agent,
         }

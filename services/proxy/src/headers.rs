@@ -130,32 +130,6 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
     any
 }
 
-/// The peers whose forwarding headers are believed: a listener's `trusted_proxies`.
-///
-/// Checked once per connection, when it is accepted; the result travels in
-/// [`Downstream::trusted`](crate::Downstream::trusted).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustedProxies {
-    nets: Box<[ipnet::IpNet]>,
-}
-
-// === impl TrustedProxies ===
-
-impl TrustedProxies {
-    /// Trusts peers inside any of `nets`.
-    pub fn new(nets: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
-        Self {
-            nets: nets.into_iter().collect(),
-        }
-    }
-
-    /// Whether `peer` is trusted. An IPv4-mapped IPv6 peer is checked as IPv4.
-    pub fn contains(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.nets.iter().any(|net| net.contains(&peer))
-    }
-}
-
 /// Sets the forwarding headers of a request and gives a request without `host` (HTTP/2) one
 /// from its URI authority. `host` itself is never changed.
 ///
@@ -426,19 +400,6 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
-    }
-
-    #[test]
-    fn trusted_proxies_match_networks_and_mapped_addresses() {
-        let trusted = TrustedProxies::new([
-            "10.0.0.0/8".parse().unwrap(),
-            "2001:db8::1/128".parse().unwrap(),
-        ]);
-        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
-        assert!(trusted.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(trusted.contains("2001:db8::1".parse().unwrap()));
-        assert!(!trusted.contains("11.0.0.1".parse().unwrap()));
-        assert!(!TrustedProxies::default().contains("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -78,7 +78,6 @@ mod tls;
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
-pub use headers::TrustedProxies;
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };

@@ -91,7 +91,7 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// Whether the client connection is TLS (`x-forwarded-proto: https`).
     pub tls: bool,
-    /// Whether the peer is a trusted proxy (see [`TrustedProxies`](crate::TrustedProxies)):
+    /// Whether the peer is a trusted proxy (see [`TrustedProxies`](snakeway_core::TrustedProxies)):
     /// its `x-forwarded-*`, `forwarded` and `x-real-ip` are kept and `x-forwarded-for` is
     /// appended to; from any other peer they are replaced.
     pub trusted: bool,
