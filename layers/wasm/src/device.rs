@@ -457,25 +457,14 @@ impl WasmDevice {
     fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
         info.slots.put(self.key, Box::new(Instance::Failed));
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
-        if failure.capacity {
-            // Load, not a guest fault: never skipped, or load would switch the device off.
-            tracing::error!(
-                target: "snakeway::wasm",
-                device = &*self.name,
-                hook = hook.as_str(),
-                request_id = &*request_id,
-                failure = failure.what,
-                "{}; answered 503 whatever on_failure says", failure.detail
-            );
-            let message = format!(
-                "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
-                &*self.name, failure.what, failure.detail
-            );
-            return Err(DeviceError::new(format!("{} in {hook}", failure.what))
-                .with_status(failure.status)
-                .with_source(message));
-        }
-        match self.limits.on_failure {
+        // A full pool is load, not a guest fault: it fails closed whatever `on_failure` says,
+        // or load would switch the device off.
+        let policy = if failure.capacity {
+            FailurePolicy::Closed
+        } else {
+            self.limits.on_failure
+        };
+        match policy {
             FailurePolicy::Closed => {
                 tracing::error!(
                     target: "snakeway::wasm",
@@ -483,7 +472,7 @@ impl WasmDevice {
                     hook = hook.as_str(),
                     request_id = &*request_id,
                     failure = failure.what,
-                    on_failure = "closed",
+                    on_failure = if failure.capacity { "closed (pool full, whatever on_failure says)" } else { "closed" },
                     "{}", failure.detail
                 );
                 // The client sees what kind of failure and where; the details (guest output,
