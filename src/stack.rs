@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
+    CircuitBreakerOptions, ProxyService, ServiceOptions, StickyKey, Strategy, Target, UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
@@ -245,12 +246,17 @@ fn build_service(
         snakeway_config::Strategy::RoundRobin => Strategy::RoundRobin,
         snakeway_config::Strategy::Random => Strategy::Random,
         snakeway_config::Strategy::LeastRequests => Strategy::LeastRequests,
-        other => {
-            return Err(format!(
-                "strategy {other:?} is not supported yet (use round_robin, failover, random or \
-                 least_requests)"
-            ));
-        }
+        snakeway_config::Strategy::StickyHash => Strategy::StickyHash(match &svc.sticky_key {
+            Some(snakeway_config::StickyKey::Header(name)) => StickyKey::Header(
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("sticky_key: {name:?} is not a header name"))?,
+            ),
+            Some(snakeway_config::StickyKey::Cookie(name)) => {
+                StickyKey::Cookie(name.as_str().into())
+            }
+            // Validation requires the key with sticky_hash; client_ip is its only other value.
+            Some(snakeway_config::StickyKey::ClientIp) | None => StickyKey::ClientIp,
+        }),
     };
     let cb = &svc.circuit_breaker;
     let options = ServiceOptions {

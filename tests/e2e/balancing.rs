@@ -1,14 +1,23 @@
 //! Load-balancing strategies through real sockets: `least_requests` steers around a slow
-//! upstream, and `random` spreads evenly or by weight.
+//! upstream, `random` spreads evenly or by weight, and `sticky_hash` keeps each user on one
+//! upstream, also across a reload that removes another.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::client::get;
+use nix::sys::signal::Signal;
+
+use crate::client::{get, send_h1};
 use crate::harness::Server;
 use crate::upstream::{self, Upstream};
 
 /// One listener and a service `lb` over `upstreams` (with their weights) using `strategy`.
 fn config(strategy: &str, upstreams: &[(&Upstream, u32)]) -> String {
+    config_with(strategy, upstreams, "")
+}
+
+/// [`config`] with `extra` TOML appended (keys of the service, then further tables).
+fn config_with(strategy: &str, upstreams: &[(&Upstream, u32)], extra: &str) -> String {
     let ups: Vec<String> = upstreams
         .iter()
         .map(|(u, w)| format!("{{ url = \"{}\", weight = {w} }}", u.url()))
@@ -25,6 +34,7 @@ listen = "127.0.0.1:0"
 name = "lb"
 upstreams = [{}]
 strategy = "{strategy}"
+{extra}
 
 [[route]]
 path = "/"
@@ -99,4 +109,115 @@ async fn random_follows_weights() {
         (120..=180).contains(&to_heavy),
         "{to_heavy} of 200 went to the weight-3 upstream"
     );
+}
+
+/// A GET of `/` whose request carries `header: value`; returns the `x-upstream` that answered.
+async fn upstream_for(server: &Server, header: &str, value: &str) -> String {
+    let req = http::Request::get("/")
+        .header("host", "test.local")
+        .header(header, value)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = send_h1(server.addr(), req).await.unwrap();
+    assert_eq!(res.status, 200);
+    res.header("x-upstream").unwrap().to_owned()
+}
+
+/// Sends every user of `users` three times; asserts each stayed on one upstream and returns
+/// where each one went.
+async fn placements(server: &Server, header: &str, users: &[String]) -> HashMap<String, String> {
+    let mut placed = HashMap::new();
+    for user in users {
+        let first = upstream_for(server, header, user).await;
+        for _ in 0..2 {
+            let again = upstream_for(server, header, user).await;
+            assert_eq!(again, first, "{header} {user} moved between requests");
+        }
+        placed.insert(user.clone(), first);
+    }
+    placed
+}
+
+#[tokio::test]
+async fn sticky_hash_keeps_users_and_survives_removing_an_upstream() {
+    let a = upstream::http(upstream::echo("a")).await;
+    let b = upstream::http(upstream::echo("b")).await;
+    let c = upstream::http(upstream::echo("c")).await;
+    let key = r#"sticky_key = "header:x-user""#;
+    let server = Server::start(&config_with(
+        "sticky_hash",
+        &[(&a, 1), (&b, 1), (&c, 1)],
+        key,
+    ))
+    .await;
+    let users: Vec<String> = (0..90).map(|i| format!("user-{i}")).collect();
+    let before = placements(&server, "x-user", &users).await;
+    for tag in ["a", "b", "c"] {
+        let n = before.values().filter(|u| *u == tag).count();
+        assert!(n >= 10, "only {n} of 90 users on {tag}: {before:?}");
+    }
+
+    // Remove b by reload: a's and c's users stay where they were.
+    server.rewrite_config(&config_with("sticky_hash", &[(&a, 1), (&c, 1)], key));
+    server.signal(Signal::SIGHUP);
+    assert!(
+        server
+            .wait_for_log("configuration reloaded", Duration::from_secs(10))
+            .await
+    );
+    let after = placements(&server, "x-user", &users).await;
+    let kept: Vec<&String> = users.iter().filter(|u| before[*u] != "b").collect();
+    let moved = kept.iter().filter(|u| after[**u] != before[**u]).count();
+    assert!(
+        moved * 10 <= kept.len(),
+        "{moved} of {} users of the remaining upstreams moved",
+        kept.len()
+    );
+    assert!(after.values().all(|u| u == "a" || u == "c"));
+}
+
+#[tokio::test]
+async fn sticky_hash_on_a_cookie_and_without_the_key() {
+    let a = upstream::http(upstream::echo("a")).await;
+    let b = upstream::http(upstream::echo("b")).await;
+    let server = Server::start(&config_with(
+        "sticky_hash",
+        &[(&a, 1), (&b, 1)],
+        r#"sticky_key = "cookie:sid""#,
+    ))
+    .await;
+    let sessions: Vec<String> = (0..40).map(|i| format!("theme=dark; sid=s{i}")).collect();
+    let placed = placements(&server, "cookie", &sessions).await;
+    let on_a = placed.values().filter(|u| *u == "a").count();
+    assert!((5..=35).contains(&on_a), "{on_a} of 40 sessions on a");
+
+    // Without the cookie: round robin, so both upstreams answer in turn.
+    let to_a = count_sequential(&server, 20, "a").await;
+    assert_eq!(to_a, 10, "requests without the key go round robin");
+}
+
+#[tokio::test]
+async fn sticky_hash_on_the_client_ip_from_the_identity_device() {
+    let a = upstream::http(upstream::echo("a")).await;
+    let b = upstream::http(upstream::echo("b")).await;
+    let c = upstream::http(upstream::echo("c")).await;
+    // The identity device trusts the loopback peer, so the client is the x-forwarded-for
+    // address; without the device every request would hash the same peer address.
+    let extra = r#"sticky_key = "client_ip"
+
+[[device]]
+type = "identity"
+trusted_proxies = ["127.0.0.0/8"]
+"#;
+    let toml = config_with("sticky_hash", &[(&a, 1), (&b, 1), (&c, 1)], extra).replace(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"",
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.0/8\"]",
+    );
+    let server = Server::start(&toml).await;
+    let clients: Vec<String> = (0..60).map(|i| format!("198.51.100.{i}")).collect();
+    let placed = placements(&server, "x-forwarded-for", &clients).await;
+    for tag in ["a", "b", "c"] {
+        let n = placed.values().filter(|u| *u == tag).count();
+        assert!(n >= 5, "only {n} of 60 clients on {tag}");
+    }
 }

@@ -35,3 +35,9 @@ pub use trusted::TrustedProxies;
 /// insert it from `ConnectInfo` so devices see the client's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The client's address as a device resolved it (the identity device, past trusted proxies),
+/// as a request extension. Outcomes that key on the client (the proxy's `sticky_hash` on
+/// `client_ip`) prefer it to the peer address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);

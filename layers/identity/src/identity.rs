@@ -9,7 +9,7 @@ use http::{Extensions, HeaderMap, request};
 use ipnet::IpNet;
 use serde::Serialize;
 use snakeway_core::pipeline::{Pipeline, PipelineLayer, PipelineService};
-use snakeway_core::{Device, DeviceResult, Flow, Phase, Phases, RequestCtx};
+use snakeway_core::{ClientAddr, Device, DeviceResult, Flow, Phase, Phases, RequestCtx};
 use tower::Layer;
 
 use snakeway_core::TrustedProxies;
@@ -140,9 +140,11 @@ impl Device for Identity {
     }
 
     /// Stores the request's `Arc<ClientIdentity>` in `ctx.extensions` and in the request's
-    /// extensions (replacing one an earlier identity device stored). Always continues.
+    /// extensions (replacing one an earlier identity device stored), and the client's address
+    /// as a [`ClientAddr`] request extension. Always continues.
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
         let identity = Arc::new(self.identify(ctx.peer(), &req.headers));
+        req.extensions.insert(ClientAddr(identity.ip));
         req.extensions.insert(identity.clone());
         ctx.extensions.insert(identity);
         Ok(Flow::Continue)

@@ -1,15 +1,18 @@
 //! Picking an upstream: smooth weighted round robin over a precomputed schedule, failover in
-//! configured order, weighted random, or weighted power-of-two-choices over in-flight counts.
-//! All skip upstreams whose circuit refuses the request, take no lock and allocate nothing per
-//! request (the random ones draw from a per-thread wyrand generator).
+//! configured order, weighted random, weighted power-of-two-choices over in-flight counts, or a
+//! consistent hash ring. All skip upstreams that refuse the request (open circuit, failed
+//! health checks), take no lock and allocate nothing per request (the random ones draw from a
+//! per-thread wyrand generator).
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::sticky::{Ring, StickyKey};
+
 /// How a service spreads requests over its upstreams.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Smooth weighted round robin (nginx's algorithm): with weights 5, 1, 1 the order is
     /// `a a b a c a a`, never `a a a a a b c`.
@@ -25,6 +28,20 @@ pub enum Strategy {
     /// cross-multiplication). When its circuit refuses, the other, then the rest in a random
     /// rotation.
     LeastRequests,
+    /// Consistent hashing of a request key on a ring with virtual nodes (Envoy's ring hash):
+    /// requests with the same key go to the same upstream, and losing or removing one of N
+    /// upstreams moves only that upstream's keys. A request without the key goes round robin.
+    StickyHash(StickyKey),
+}
+
+impl Strategy {
+    /// What [`Strategy::StickyHash`] hashes; `None` for the other strategies.
+    pub fn sticky_key(&self) -> Option<&StickyKey> {
+        match self {
+            Self::StickyHash(key) => Some(key),
+            _ => None,
+        }
+    }
 }
 
 /// The longest schedule we precompute; larger weight sums are scaled down to fit.
@@ -45,13 +62,23 @@ pub(crate) enum Balancer {
     LeastRequests {
         weights: Box<[u32]>,
     },
+    StickyHash {
+        ring: Ring,
+        /// Round robin, for requests without the key.
+        keyless: Box<Balancer>,
+    },
 }
 
 // === impl Balancer ===
 
 impl Balancer {
-    /// A balancer over upstreams with these weights (all at least 1).
-    pub(crate) fn new(strategy: Strategy, weights: &[u32]) -> Self {
+    /// A balancer over upstreams with these weights (all at least 1) and these `ids` (their
+    /// URLs: where the hash ring places them).
+    pub(crate) fn new<'a>(
+        strategy: &Strategy,
+        ids: impl ExactSizeIterator<Item = &'a str>,
+        weights: &[u32],
+    ) -> Self {
         match strategy {
             Strategy::RoundRobin => Self::RoundRobin {
                 schedule: smooth_schedule(weights).into_boxed_slice(),
@@ -70,6 +97,10 @@ impl Balancer {
             Strategy::LeastRequests => Self::LeastRequests {
                 weights: weights.into(),
             },
+            Strategy::StickyHash(_) => Self::StickyHash {
+                ring: Ring::new(ids, weights),
+                keyless: Box::new(Self::new(&Strategy::RoundRobin, [].into_iter(), weights)),
+            },
         }
     }
 
@@ -80,15 +111,21 @@ impl Balancer {
     /// upstreams are spread over the others in proportion to their weights.
     ///
     /// `in_flight(i)` is the number of requests upstream `i` is serving; only least-requests
-    /// reads it.
+    /// reads it. `key` is the hash of the request's sticky key, if it has one; only the hash
+    /// ring reads it.
     #[inline]
     pub(crate) fn pick<T>(
         &self,
         upstreams: usize,
+        key: Option<u64>,
         in_flight: impl Fn(usize) -> usize,
         admit: impl FnMut(usize) -> Option<T>,
     ) -> Option<(usize, T)> {
         match self {
+            Self::StickyHash { ring, keyless } => match key {
+                Some(hash) => ring.pick(hash, upstreams, admit),
+                None => keyless.pick_ordered(upstreams, admit),
+            },
             Self::Random { .. } | Self::LeastRequests { .. } if upstreams > 1 => {
                 RNG.with(|state| {
                     let mut rng = Rng(state.get());
@@ -110,10 +147,10 @@ impl Balancer {
         mut admit: impl FnMut(usize) -> Option<T>,
     ) -> Option<(usize, T)> {
         match self {
-            Self::Random { .. } | Self::LeastRequests { .. } => {
+            Self::Random { .. } | Self::LeastRequests { .. } | Self::Failover => {
                 (0..upstreams).find_map(|i| admit(i).map(|t| (i, t)))
             }
-            Self::Failover => (0..upstreams).find_map(|i| admit(i).map(|t| (i, t))),
+            Self::StickyHash { keyless, .. } => keyless.pick_ordered(upstreams, admit),
             // One upstream (the common case): no shared counter to bump.
             Self::RoundRobin { schedule, .. } if schedule.len() == 1 => {
                 let i = schedule[0] as usize;
@@ -176,7 +213,9 @@ impl Balancer {
                     (a, Some(b))
                 }
             }
-            Self::RoundRobin { .. } | Self::Failover => return self.pick_ordered(upstreams, admit),
+            Self::RoundRobin { .. } | Self::Failover | Self::StickyHash { .. } => {
+                return self.pick_ordered(upstreams, admit);
+            }
         };
         if let Some(t) = admit(first) {
             return Some((first, t));
@@ -287,6 +326,25 @@ mod tests {
         0
     }
 
+    /// Upstream names for `n` upstreams.
+    fn ids(n: usize) -> impl ExactSizeIterator<Item = &'static str> {
+        ["a", "b", "c", "d", "e", "f", "g", "h"][..n]
+            .iter()
+            .copied()
+    }
+
+    impl Balancer {
+        /// [`Balancer::pick`] for a request without a sticky key.
+        fn pick_keyless<T>(
+            &self,
+            upstreams: usize,
+            in_flight: impl Fn(usize) -> usize,
+            admit: impl FnMut(usize) -> Option<T>,
+        ) -> Option<(usize, T)> {
+            self.pick(upstreams, None, in_flight, admit)
+        }
+    }
+
     /// `rounds` picks of `b` from a fixed seed, counted per upstream.
     fn spread(
         b: &Balancer,
@@ -307,7 +365,7 @@ mod tests {
 
     #[test]
     fn random_spreads_evenly() {
-        let b = Balancer::new(Strategy::Random, &[1, 1, 1, 1]);
+        let b = Balancer::new(&Strategy::Random, ids(4), &[1, 1, 1, 1]);
         for n in spread(&b, 4, 40_000, |_| true) {
             assert!((9_500..10_500).contains(&n), "{n} of 40000 over 4");
         }
@@ -315,36 +373,39 @@ mod tests {
 
     #[test]
     fn random_respects_weights() {
-        let b = Balancer::new(Strategy::Random, &[3, 1]);
+        let b = Balancer::new(&Strategy::Random, ids(2), &[3, 1]);
         let seen = spread(&b, 2, 40_000, |_| true);
         assert!((29_400..30_600).contains(&seen[0]), "{seen:?}");
-        let b = Balancer::new(Strategy::Random, &[1, 1, 8]);
+        let b = Balancer::new(&Strategy::Random, ids(3), &[1, 1, 8]);
         let seen = spread(&b, 3, 100_000, |_| true);
         assert!((79_000..81_000).contains(&seen[2]), "{seen:?}");
     }
 
     #[test]
     fn random_skips_refusing_upstreams() {
-        let b = Balancer::new(Strategy::Random, &[5, 1, 1]);
+        let b = Balancer::new(&Strategy::Random, ids(3), &[5, 1, 1]);
         let seen = spread(&b, 3, 30_000, |i| i != 0);
         assert_eq!(seen[0], 0);
         assert!(
             (14_000..16_000).contains(&seen[1]),
             "{seen:?}: the refused share spreads"
         );
-        assert!(b.pick(3, no_load, |_| None::<()>).is_none());
-        assert_eq!(b.pick(3, no_load, |i| (i == 2).then_some(i)), Some((2, 2)));
+        assert!(b.pick_keyless(3, no_load, |_| None::<()>).is_none());
+        assert_eq!(
+            b.pick_keyless(3, no_load, |i| (i == 2).then_some(i)),
+            Some((2, 2))
+        );
     }
 
     #[test]
     fn least_requests_prefers_the_less_loaded() {
-        let b = Balancer::new(Strategy::LeastRequests, &[1, 1]);
+        let b = Balancer::new(&Strategy::LeastRequests, ids(2), &[1, 1]);
         let load = |i: usize| if i == 0 { 10 } else { 3 };
         for _ in 0..100 {
-            assert_eq!(b.pick(2, load, |_| Some(())), Some((1, ())));
+            assert_eq!(b.pick_keyless(2, load, |_| Some(())), Some((1, ())));
         }
         // Of three, the busiest never wins a pair; the other two share evenly.
-        let b = Balancer::new(Strategy::LeastRequests, &[1, 1, 1]);
+        let b = Balancer::new(&Strategy::LeastRequests, ids(3), &[1, 1, 1]);
         let mut rng = Rng(7);
         let mut seen = [0; 3];
         for _ in 0..30_000 {
@@ -359,12 +420,12 @@ mod tests {
     #[test]
     fn least_requests_weighs_the_load() {
         // 6 in flight on weight 3 (2 each) beats 3 on weight 1.
-        let b = Balancer::new(Strategy::LeastRequests, &[3, 1]);
+        let b = Balancer::new(&Strategy::LeastRequests, ids(2), &[3, 1]);
         let load = |i: usize| if i == 0 { 6 } else { 3 };
-        assert_eq!(b.pick(2, load, |_| Some(())), Some((0, ())));
+        assert_eq!(b.pick_keyless(2, load, |_| Some(())), Some((0, ())));
         // 9 on weight 3 (3 each) loses to 2 on weight 1.
         let load = |i: usize| if i == 0 { 9 } else { 2 };
-        assert_eq!(b.pick(2, load, |_| Some(())), Some((1, ())));
+        assert_eq!(b.pick_keyless(2, load, |_| Some(())), Some((1, ())));
         // Idle: both get picked.
         let seen = spread(&b, 2, 1_000, |_| true);
         assert!(seen[0] > 300 && seen[1] > 300, "{seen:?}");
@@ -372,23 +433,54 @@ mod tests {
 
     #[test]
     fn least_requests_falls_back_when_refused() {
-        let b = Balancer::new(Strategy::LeastRequests, &[1, 1, 1]);
+        let b = Balancer::new(&Strategy::LeastRequests, ids(3), &[1, 1, 1]);
         let load = |i: usize| i;
         for _ in 0..100 {
-            assert_eq!(b.pick(3, load, |i| (i == 2).then_some(())), Some((2, ())));
-            let (i, ()) = b.pick(3, load, |i| (i != 0).then_some(())).unwrap();
+            assert_eq!(
+                b.pick_keyless(3, load, |i| (i == 2).then_some(())),
+                Some((2, ()))
+            );
+            let (i, ()) = b.pick_keyless(3, load, |i| (i != 0).then_some(())).unwrap();
             assert_ne!(i, 0);
         }
-        assert_eq!(b.pick(3, load, |_| None::<()>), None);
+        assert_eq!(b.pick_keyless(3, load, |_| None::<()>), None);
     }
 
     #[test]
     fn random_strategies_with_one_upstream() {
         for strategy in [Strategy::Random, Strategy::LeastRequests] {
-            let b = Balancer::new(strategy, &[4]);
-            assert_eq!(b.pick(1, no_load, Some), Some((0, 0)));
-            assert_eq!(b.pick(1, no_load, |_| None::<()>), None);
+            let b = Balancer::new(&strategy, ids(1), &[4]);
+            assert_eq!(b.pick_keyless(1, no_load, Some), Some((0, 0)));
+            assert_eq!(b.pick_keyless(1, no_load, |_| None::<()>), None);
         }
+    }
+
+    #[test]
+    fn sticky_hash_follows_the_key_and_round_robins_without_one() {
+        let b = Balancer::new(
+            &Strategy::StickyHash(StickyKey::ClientIp),
+            ids(3),
+            &[1, 1, 1],
+        );
+        for key in [1u64, 1 << 40, u64::MAX] {
+            let (first, ()) = b.pick(3, Some(key), no_load, |_| Some(())).unwrap();
+            for _ in 0..10 {
+                assert_eq!(
+                    b.pick(3, Some(key), no_load, |_| Some(())),
+                    Some((first, ()))
+                );
+            }
+            // Its upstream refusing, the key goes to another, and comes back after.
+            let (other, ()) = b
+                .pick(3, Some(key), no_load, |i| (i != first).then_some(()))
+                .unwrap();
+            assert_ne!(other, first);
+        }
+        let order: Vec<usize> = (0..6)
+            .map(|_| b.pick_keyless(3, no_load, |_| Some(())).unwrap().0)
+            .collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2], "keyless requests go round robin");
+        assert_eq!(b.pick(3, Some(5), no_load, |_| None::<()>), None);
     }
 
     #[test]
@@ -409,28 +501,33 @@ mod tests {
 
     #[test]
     fn round_robin_skips_refusing_upstreams() {
-        let b = Balancer::new(Strategy::RoundRobin, &[1, 1, 1]);
+        let b = Balancer::new(&Strategy::RoundRobin, ids(3), &[1, 1, 1]);
         let mut seen = [0; 3];
         for _ in 0..30 {
-            let (i, ()) = b.pick(3, no_load, |i| (i != 0).then_some(())).unwrap();
+            let (i, ()) = b
+                .pick_keyless(3, no_load, |i| (i != 0).then_some(()))
+                .unwrap();
             seen[i] += 1;
         }
         assert_eq!(seen, [0, 15, 15], "the refused share is split evenly");
-        assert!(b.pick(3, no_load, |_| None::<()>).is_none());
+        assert!(b.pick_keyless(3, no_load, |_| None::<()>).is_none());
     }
 
     #[test]
     fn failover_takes_the_first_admitted() {
-        let b = Balancer::new(Strategy::Failover, &[1, 1, 1]);
-        assert_eq!(b.pick(3, no_load, |i| (i >= 1).then_some(i)), Some((1, 1)));
-        assert_eq!(b.pick(3, no_load, |_| Some(())), Some((0, ())));
-        assert_eq!(b.pick(3, no_load, |_| None::<()>), None);
+        let b = Balancer::new(&Strategy::Failover, ids(3), &[1, 1, 1]);
+        assert_eq!(
+            b.pick_keyless(3, no_load, |i| (i >= 1).then_some(i)),
+            Some((1, 1))
+        );
+        assert_eq!(b.pick_keyless(3, no_load, |_| Some(())), Some((0, ())));
+        assert_eq!(b.pick_keyless(3, no_load, |_| None::<()>), None);
     }
 
     #[test]
     fn a_single_upstream_is_always_picked_when_admitted() {
-        let b = Balancer::new(Strategy::RoundRobin, &[3]);
-        assert_eq!(b.pick(1, no_load, Some), Some((0, 0)));
-        assert_eq!(b.pick(1, no_load, |_| None::<()>), None);
+        let b = Balancer::new(&Strategy::RoundRobin, ids(1), &[3]);
+        assert_eq!(b.pick_keyless(1, no_load, Some), Some((0, 0)));
+        assert_eq!(b.pick_keyless(1, no_load, |_| None::<()>), None);
     }
 }

@@ -31,8 +31,9 @@
 //!
 //! * **Pick.** Smooth weighted round robin over a schedule computed at construction and indexed
 //!   by an atomic counter, failover (first usable upstream in configured order), weighted
-//!   random (a binary search in prefix sums), or least requests (weighted power of two choices
-//!   over per-upstream in-flight counts, each request counted until its response body ends).
+//!   random (a binary search in prefix sums), least requests (weighted power of two choices
+//!   over per-upstream in-flight counts, each request counted until its response body ends),
+//!   or sticky hash (a consistent hash ring of the request's [`StickyKey`]).
 //!   Upstreams whose circuit is open are skipped; when all are, the request fails with
 //!   [`ErrorKind::NoHealthyUpstream`](snakeway_core::ErrorKind::NoHealthyUpstream) (503).
 //! * **Rewrite.** The URI keeps its path and query and takes the upstream's scheme and
@@ -72,6 +73,7 @@ mod h1pool;
 mod headers;
 mod io;
 mod service;
+mod sticky;
 mod target;
 mod tls;
 
@@ -81,5 +83,6 @@ pub use breaker::{CircuitBreakerOptions, CircuitState};
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };
+pub use sticky::StickyKey;
 pub use target::{Target, TargetError};
 pub use tls::TlsConfigError;

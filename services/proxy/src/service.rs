@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use snakeway_core::{Body, BoxError, ClientBodyTimeout, Error, ErrorKind, cause_ref};
+use snakeway_core::{Body, BoxError, ClientAddr, ClientBodyTimeout, Error, ErrorKind, cause_ref};
 
 use crate::body::{Progress, SendBody, Sending, UpstreamBody, UpstreamBodyTimeout};
 
@@ -27,6 +27,7 @@ use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Pe
 use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
+use crate::sticky::StickyKey;
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 
@@ -155,6 +156,8 @@ struct Inner {
     name: Box<str>,
     upstreams: Box<[Upstream]>,
     balancer: Balancer,
+    /// What `sticky_hash` hashes.
+    sticky: Option<StickyKey>,
     response_timeout: Duration,
     read_timeout: Duration,
     breaker: CircuitBreakerOptions,
@@ -299,10 +302,16 @@ impl ProxyService {
         }
 
         let weights: Vec<u32> = built.iter().map(|u| u.weight).collect();
+        let ids: Vec<String> = built.iter().map(|u| u.target.to_string()).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.into(),
-                balancer: Balancer::new(options.strategy, &weights),
+                balancer: Balancer::new(
+                    &options.strategy,
+                    ids.iter().map(String::as_str),
+                    &weights,
+                ),
+                sticky: options.strategy.sticky_key().cloned(),
                 upstreams: built.into_boxed_slice(),
                 response_timeout: options.response_timeout,
                 read_timeout: options.read_timeout,
@@ -355,8 +364,16 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
+        let key = inner.sticky.as_ref().and_then(|key| {
+            let client = req
+                .extensions()
+                .get::<ClientAddr>()
+                .map_or(downstream.peer.ip(), |c| c.0);
+            key.hash(req.headers(), client)
+        });
         let Some((index, permit)) = inner.balancer.pick(
             inner.upstreams.len(),
+            key,
             |i| inner.upstreams[i].health.in_flight.load(Ordering::Relaxed),
             |i| Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker),
         ) else {
