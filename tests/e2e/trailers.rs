@@ -61,7 +61,11 @@ fn reading_trailers(seen: Arc<Mutex<Received>>) -> upstream::Handler {
         let seen = seen.clone();
         async move {
             let declared = req.headers().get("trailer").cloned();
-            let collected = req.into_body().collect().await.expect("request body");
+            let Ok(collected) = req.into_body().collect().await else {
+                let mut res = Response::new(full_body("broken request body"));
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                return res;
+            };
             let trailers = collected.trailers().cloned();
             *seen.lock().unwrap() = Received {
                 body: collected.to_bytes().to_vec(),
@@ -247,4 +251,31 @@ async fn an_http10_upstreams_answer_goes_on_as_http11() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     let parsed = crate::client::parse_response(&res.bytes).expect("a complete response");
     assert_eq!(parsed.body, b"from 1.0");
+}
+
+#[tokio::test]
+async fn an_oversized_request_trailer_section_is_refused_not_forwarded() {
+    let seen = Arc::new(Mutex::new(Received::default()));
+    let up = upstream::http(reading_trailers(seen.clone())).await;
+    let server = Server::start(&config(&up.url(), "")).await;
+    // 20 KiB of trailer fields: over hyper's 16 KiB limit for a trailer section.
+    let mut request = b"POST /upload HTTP/1.1\r\n\
+        Host: t.test\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Trailer: x-big\r\n\
+        Connection: close\r\n\
+        \r\n\
+        5\r\nhello\r\n0\r\n"
+        .to_vec();
+    for i in 0..20 {
+        request.extend_from_slice(format!("x-big-{i}: {}\r\n", "b".repeat(1000)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let res = raw(server.addr(), &request, T).await;
+    // The body broke off where hyper refused the trailers: the client's fault, 400.
+    assert_eq!(res.status(), Some(400), "{}", res.text());
+    assert!(
+        seen.lock().unwrap().trailers.is_none(),
+        "the upstream received an oversized trailer section"
+    );
 }
