@@ -12,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{T, raw, raw_exchange};
+use crate::client::{T, connect, raw, raw_exchange, read_one_response, read_until_close};
 use crate::harness::Server;
 use crate::upstream::{self, BoxFut, Upstream, full_body};
 
@@ -241,12 +241,22 @@ async fn an_http10_upstreams_answer_goes_on_as_http11() {
     })
     .await;
     let server = Server::start(&config(&up.url(), "")).await;
-    let res = raw(
-        server.addr(),
-        b"GET / HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n",
-        T,
-    )
-    .await;
+    let mut stream = connect(server.addr()).await.unwrap();
+    // The body the upstream ended by closing goes on chunked: the client's connection stays
+    // usable for a second request.
+    stream
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_one_response(&mut stream).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(first.body, b"from 1.0");
+    stream
+        .write_all(b"GET /2 HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let res = read_until_close(&mut stream, T).await;
     let text = res.text();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     let parsed = crate::client::parse_response(&res.bytes).expect("a complete response");
