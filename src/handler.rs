@@ -16,6 +16,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
+use snakeway_core::respond::ErrorFormat;
 use snakeway_core::{
     Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, RequestInfo, path, respond,
 };
@@ -133,9 +134,10 @@ pub(crate) async fn handle(
         *req.uri_mut() = uri;
     }
     if snapshot.pipeline.is_empty() {
+        let format = ErrorFormat::of(req.headers());
         let mut response = match route_and_call(&snapshot, &downstream, req).await {
             Ok(response) => response,
-            Err(error) => respond::error(&error, &request_id),
+            Err(error) => respond::error_as(&error, &request_id, format),
         };
         response
             .headers_mut()

@@ -8,6 +8,7 @@
 //! * [`request_id`]: accepting or generating `x-request-id`;
 //! * [`path`]: RFC 3986 path normalization with the safety rules of the design contract;
 //! * [`respond`]: small synthetic responses (error pages, configured bodies);
+//! * [`grpc`]: Snakeway's own failures answered as gRPC statuses to gRPC clients;
 //! * [`Device`] and [`pipeline`]: the device API and the Tower layers that run devices at their
 //!   phases.
 
@@ -16,6 +17,7 @@ mod ctx;
 mod device;
 mod device_logs;
 mod error;
+pub mod grpc;
 pub mod path;
 pub mod pipeline;
 pub mod request_id;

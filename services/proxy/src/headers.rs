@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use bytes::{BufMut as _, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
 
@@ -17,18 +17,19 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Headers that only make sense on one connection, removed in both directions (besides
-/// `connection` itself and whatever it names).
-static HOP_BY_HOP: [&HeaderName; 8] = [
+/// `connection` itself and whatever it names). `trailer` is not one of them: it declares the
+/// trailer fields of the message and goes end to end with them (RFC 9110 §6.6.2).
+static HOP_BY_HOP: [&HeaderName; 7] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &PROXY_AUTHENTICATE,
     &PROXY_AUTHORIZATION,
     &TE,
-    &TRAILER,
     &TRANSFER_ENCODING,
     &UPGRADE,
 ];
@@ -41,15 +42,18 @@ pub(crate) enum Direction {
 }
 
 /// Removes hop-by-hop headers: `connection` and every header it names, `keep-alive`,
-/// `proxy-connection`, `proxy-authenticate`, `proxy-authorization`, `te`, `trailer`,
-/// `transfer-encoding` and `upgrade`.
+/// `proxy-connection`, `proxy-authenticate`, `proxy-authorization`, `te`, `transfer-encoding`
+/// and `upgrade`. `trailer` stays (it is end-to-end).
 ///
 /// A message that had `transfer-encoding` also loses `content-length` (RFC 9112 §6.3: the
 /// transfer coding wins, and hyper decoded the body by it). Passed on, the length would frame
 /// a body it does not describe.
 ///
-/// A request keeps `te` when its only value is `trailers` (gRPC needs it end to end, and HTTP/2
-/// allows exactly that value). `connection` cannot remove `host` or `x-request-id`.
+/// A request whose `te` lists `trailers` goes on with exactly `te: trailers`, even when
+/// `connection` names `te` (as RFC 9110 §10.1.4 asks of HTTP/1.1 senders): the client accepts
+/// trailers, gRPC needs that said end to end, and HTTP/2 allows no other value. Other transfer
+/// codings it accepts are this hop's business. `connection` cannot remove `host` or
+/// `x-request-id`.
 #[inline]
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
     // One pass over the names present (no hashing): which hop-by-hop headers are there?
@@ -65,6 +69,10 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
     if present == 0 {
         return;
     }
+    const TE_BIT: u16 = 1 << 4;
+    debug_assert!(*HOP_BY_HOP[4] == TE);
+    let te_trailers =
+        direction == Direction::Request && present & TE_BIT != 0 && accepts_trailers(headers);
 
     if present & (1 << HOP_BY_HOP.len()) != 0 {
         let mut values = headers.get_all(CONNECTION).iter();
@@ -84,18 +92,19 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
         headers.remove(CONNECTION);
     }
 
-    const TRANSFER_ENCODING_BIT: u16 = 1 << 6;
-    debug_assert!(*HOP_BY_HOP[6] == TRANSFER_ENCODING);
+    const TRANSFER_ENCODING_BIT: u16 = 1 << 5;
+    debug_assert!(*HOP_BY_HOP[5] == TRANSFER_ENCODING);
     if present & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(CONTENT_LENGTH);
     }
 
-    let keep_te = direction == Direction::Request && is_te_trailers(headers);
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) == 0 || (keep_te && *name == TE) {
-            continue;
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
         }
-        headers.remove(*name);
+    }
+    if te_trailers {
+        headers.insert(TE, TRAILERS.clone());
     }
 }
 
@@ -114,20 +123,14 @@ fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
     }
 }
 
-/// Whether every `te` value is exactly `trailers`.
-fn is_te_trailers(headers: &HeaderMap) -> bool {
-    let mut any = false;
-    for value in headers.get_all(TE) {
-        if !value
+/// Whether a `te` value lists `trailers` (RFC 9110 §10.1.4: a comma-separated list).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|value| {
+        value
             .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"trailers")
-        {
-            return false;
-        }
-        any = true;
-    }
-    any
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 /// Sets the forwarding headers of a request and gives a request without `host` (HTTP/2) one
@@ -330,7 +333,8 @@ mod tests {
         remove_hop_by_hop(&mut h, Direction::Request);
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["host", "x-kept"]);
+        assert_eq!(names, ["host", "trailer", "x-kept"]);
+        assert_eq!(h.get("trailer").unwrap(), "x-checksum");
     }
 
     #[test]
@@ -341,7 +345,16 @@ mod tests {
         remove_hop_by_hop(&mut h, Direction::Response);
         assert!(h.get("te").is_none());
 
-        let mut h = map(&[("te", "trailers"), ("te", "gzip")]);
+        // Other codings are this hop's; the promise to accept trailers goes on.
+        let mut h = map(&[("te", "gzip"), ("te", "deflate, Trailers;q=1")]);
+        remove_hop_by_hop(&mut h, Direction::Request);
+        assert!(h.get("te").is_none(), "a parameter makes it another token");
+        let mut h = map(&[("connection", "TE"), ("te", "gzip, Trailers")]);
+        remove_hop_by_hop(&mut h, Direction::Request);
+        assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
+        assert!(h.get("connection").is_none());
+
+        let mut h = map(&[("te", "gzip")]);
         remove_hop_by_hop(&mut h, Direction::Request);
         assert!(h.get("te").is_none());
     }

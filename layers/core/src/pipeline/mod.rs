@@ -28,9 +28,10 @@ use http::{Response, request, response};
 pub use self::body::{BodyStopped, HookedBody};
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
+use crate::respond::ErrorFormat;
 use crate::{
     Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
-    ResponseCtx, respond,
+    ResponseCtx, grpc, respond,
 };
 
 const PHASES: [Phase; 6] = [
@@ -110,8 +111,11 @@ impl Pipeline {
     /// Answers a request that was refused before it could be read (an HTTP/1 framing
     /// violation): `on_error` with `error`, then `on_response`, as for any failure. No
     /// request-side hook runs: there is no request to show them.
+    ///
+    /// The answer is always an error page: such a request was never read far enough to know
+    /// whether it is gRPC (and gRPC runs over HTTP/2, which the framing guard never sees).
     pub fn refuse(&self, ctx: RequestCtx, error: Error) -> Response<Body> {
-        self.finish(ctx, Err(error))
+        self.finish(ctx, Err(error), ErrorFormat::Page)
     }
 
     #[inline]
@@ -169,12 +173,21 @@ impl Pipeline {
         Ok(Flow::Continue)
     }
 
-    /// Ends a request: `on_error` for a failure (which becomes its error response), then
-    /// `on_response` for every device, in order.
-    fn finish(&self, mut ctx: RequestCtx, result: Result<Response<Body>, Error>) -> Response<Body> {
+    /// Ends a request: `on_error` for a failure (which becomes its error response in
+    /// `format`), then `on_response` for every device, in order. For a gRPC request, a device's
+    /// refusal becomes a gRPC status too ([`grpc::refusal`]).
+    fn finish(
+        &self,
+        mut ctx: RequestCtx,
+        result: Result<Response<Body>, Error>,
+        format: ErrorFormat,
+    ) -> Response<Body> {
         let mut response = match result {
+            Ok(response) if format == ErrorFormat::Grpc && ctx.origin == Some(Origin::Device) => {
+                grpc::refusal(response)
+            }
             Ok(response) => response,
-            Err(error) => self.fail(&mut ctx, &error),
+            Err(error) => self.fail(&mut ctx, &error, format),
         };
         response.headers_mut().insert(
             crate::request_id::X_REQUEST_ID.clone(),
@@ -194,7 +207,7 @@ impl Pipeline {
                     device.on_response(&mut ctx, &mut res)
                 }) {
                     // The response is replaced by the error's; later devices see that one.
-                    let replaced = self.fail(&mut ctx, &e.into_error());
+                    let replaced = self.fail(&mut ctx, &e.into_error(), format);
                     let (h, b) = replaced.into_parts();
                     head = h;
                     body = Some(b);
@@ -206,8 +219,8 @@ impl Pipeline {
         response
     }
 
-    /// Runs `on_error` and builds the error response.
-    fn fail(&self, ctx: &mut RequestCtx, error: &Error) -> Response<Body> {
+    /// Runs `on_error` and builds the error response in `format`.
+    fn fail(&self, ctx: &mut RequestCtx, error: &Error, format: ErrorFormat) -> Response<Body> {
         for device in self.in_phase(Phase::Error) {
             // `on_error` only observes; a panic there is logged and otherwise ignored.
             if catch_unwind(AssertUnwindSafe(|| device.on_error(ctx, error))).is_err() {
@@ -215,7 +228,7 @@ impl Pipeline {
             }
         }
         ctx.origin = Some(Origin::Error);
-        respond::error(error, ctx.request_id())
+        respond::error_as(error, ctx.request_id(), format)
     }
 }
 

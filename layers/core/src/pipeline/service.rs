@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::Pipeline;
 use super::body::{BodyVerdict, HookedBody};
 use crate::request_id;
+use crate::respond::ErrorFormat;
 use crate::{
     Body, BodyCtx, BoxError, DeviceResult, Error, Flow, Origin, PeerAddr, Phase, RequestCtx,
     RequestInfo,
@@ -155,6 +156,8 @@ where
         };
         let mut ctx = RequestCtx::new(info);
         let pipeline = self.pipeline.clone();
+        // Decided on the headers as the client sent them, before any device changes them.
+        let format = ErrorFormat::of(&head.headers);
 
         let outcome = pipeline.on_request(&mut ctx, &mut head);
         let mut early = answered(&mut ctx, outcome).or_else(|| self.not_ready.take().map(Err));
@@ -169,7 +172,7 @@ where
             early = answered(&mut ctx, outcome);
         }
         if let Some(result) = early {
-            let response = pipeline.finish(ctx, result);
+            let response = pipeline.finish(ctx, result, format);
             return PipelineFuture {
                 state: State::Done {
                     response: Some(response),
@@ -204,6 +207,7 @@ where
                 info,
                 local,
                 verdict,
+                format,
             },
         }
     }
@@ -229,6 +233,7 @@ pin_project! {
             // The request context, when it did not travel inward.
             local: Option<RequestCtx>,
             verdict: Option<Arc<Mutex<Option<BodyVerdict>>>>,
+            format: ErrorFormat,
         },
     }
 }
@@ -253,6 +258,7 @@ where
                 info,
                 local,
                 verdict,
+                format,
             } => {
                 let result = ready!(future.poll(cx));
                 let (ctx, result) = match result {
@@ -283,7 +289,7 @@ where
                         (ctx, result)
                     }
                 };
-                Poll::Ready(Ok(pipeline.finish(ctx, result)))
+                Poll::Ready(Ok(pipeline.finish(ctx, result, *format)))
             }
         }
     }

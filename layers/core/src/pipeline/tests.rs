@@ -155,6 +155,16 @@ impl Harness {
     /// The pipeline around proxy hooks around an upstream that answers 200 (after reading the
     /// body), or fails with `upstream_error`.
     async fn send(&self, body: Body, upstream_error: Option<ErrorKind>) -> Response<Body> {
+        self.send_typed("text/plain", body, upstream_error).await
+    }
+
+    /// [`Harness::send`] for a request with `content-type`.
+    async fn send_typed(
+        &self,
+        content_type: &'static str,
+        body: Body,
+        upstream_error: Option<ErrorKind>,
+    ) -> Response<Body> {
         let pipeline = Pipeline::new(self.devices.clone());
         let calls = self.upstream_calls.clone();
         let log = self.log.clone();
@@ -178,7 +188,11 @@ impl Harness {
             .layer(pipeline.layer())
             .layer(pipeline.proxy_hooks())
             .service(upstream);
-        let req = Request::post("/x").header("host", "h").body(body).unwrap();
+        let req = Request::post("/x")
+            .header("host", "h")
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
         stack.oneshot(req).await.unwrap()
     }
 
@@ -549,4 +563,70 @@ async fn a_refused_request_reaches_on_error_and_on_response_only() {
             "b.response(431,error,-)"
         ]
     );
+}
+
+fn grpc_status(response: &Response<Body>) -> Option<&str> {
+    response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_grpc_requests_failures_and_refusals_are_grpc_statuses() {
+    const GRPC: &str = "application/grpc+proto";
+
+    // An upstream error: on_error sees it, the client gets DEADLINE_EXCEEDED.
+    let h = Harness::new().device("a", &[]);
+    let response = h
+        .send_typed(GRPC, Body::empty(), Some(ErrorKind::UpstreamTimeout))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(grpc_status(&response), Some("4"));
+    assert_eq!(response.headers()["grpc-message"], "upstream failed");
+    assert!(response.headers().contains_key("x-request-id"));
+    let log = h.log();
+    assert!(
+        log.contains(&"a.error(upstream_timeout,a)".to_owned()),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"a.response(200,error,a)".to_owned()),
+        "{log:?}"
+    );
+
+    // A device's early refusal: on_response sees what the client gets.
+    let h = Harness::new()
+        .device("a", &[])
+        .device("b", &[(Phase::Request, Act::Respond(401))]);
+    let response = h.send_typed(GRPC, Body::from("hi"), None).await;
+    assert_eq!(grpc_status(&response), Some("16"));
+    assert_eq!(response.headers()["grpc-message"], "401 Unauthorized");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty());
+    assert!(
+        h.log().contains(&"a.response(200,device,b)".to_owned()),
+        "on_response did not see the gRPC answer"
+    );
+
+    // A refusal before the upstream, and a failing on_response.
+    let h = Harness::new().device("a", &[(Phase::BeforeProxy, Act::Respond(403))]);
+    let response = h.send_typed(GRPC, Body::empty(), None).await;
+    assert_eq!(grpc_status(&response), Some("7"));
+    assert_eq!(h.upstream_calls(), 0);
+    let h = Harness::new().device("a", &[(Phase::Response, Act::Fail)]);
+    let response = h.send_typed(GRPC, Body::empty(), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(grpc_status(&response), Some("13"));
+
+    // The upstream's own answer is never touched; gRPC-Web is not gRPC.
+    let h = Harness::new().device("a", &[]);
+    let response = h.send_typed(GRPC, Body::empty(), None).await;
+    assert_eq!(grpc_status(&response), None);
+    let h = Harness::new().device("a", &[(Phase::Request, Act::Respond(403))]);
+    let response = h
+        .send_typed("application/grpc-web", Body::empty(), None)
+        .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(grpc_status(&response), None);
 }
