@@ -70,6 +70,7 @@ mod breaker;
 mod connector;
 mod h1pool;
 mod headers;
+mod health_check;
 mod io;
 mod service;
 mod target;
@@ -78,6 +79,7 @@ mod tls;
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
+pub use health_check::{HealthCheckOptions, HealthChecker};
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };
