@@ -160,7 +160,10 @@ impl ProbeHealth {
         other.store(0, Ordering::Relaxed);
         // Saturates at the threshold: the count only has to reach it.
         let threshold = threshold.max(1);
-        let count = streak.load(Ordering::Relaxed).saturating_add(1).min(threshold);
+        let count = streak
+            .load(Ordering::Relaxed)
+            .saturating_add(1)
+            .min(threshold);
         streak.store(count, Ordering::Relaxed);
         if count >= threshold && self.is_healthy() != passed {
             self.healthy.store(passed, Ordering::Relaxed);
@@ -275,7 +278,12 @@ async fn check(service: Box<str>, health: Arc<ServiceHealth>, targets: Vec<Probe
             _ => {}
         }
         health.update_panic(&service);
-        probes.push(probe_after(next_delay(options.interval), i, target, options));
+        probes.push(probe_after(
+            next_delay(options.interval),
+            i,
+            target,
+            options,
+        ));
     }
 }
 
@@ -287,8 +295,7 @@ async fn probe_after(
     options: &HealthCheckOptions,
 ) -> (usize, Result<StatusCode, ProbeError>) {
     tokio::time::sleep(delay).await;
-    let outcome = match tokio::time::timeout(options.timeout, probe(target, &options.path)).await
-    {
+    let outcome = match tokio::time::timeout(options.timeout, probe(target, &options.path)).await {
         Ok(outcome) => outcome,
         Err(_elapsed) => Err(ProbeError::Timeout(options.timeout)),
     };
@@ -391,15 +398,27 @@ mod tests {
         assert_eq!(h.record(true, &opts), None, "already healthy");
         assert_eq!(h.record(false, &opts), None);
         assert_eq!(h.record(false, &opts), None);
-        assert_eq!(h.record(true, &opts), None, "a pass resets the failure streak");
+        assert_eq!(
+            h.record(true, &opts),
+            None,
+            "a pass resets the failure streak"
+        );
         assert_eq!(h.record(false, &opts), None);
         assert_eq!(h.record(false, &opts), None);
         assert!(h.is_healthy());
-        assert_eq!(h.record(false, &opts), Some(false), "third consecutive failure");
+        assert_eq!(
+            h.record(false, &opts),
+            Some(false),
+            "third consecutive failure"
+        );
         assert!(!h.is_healthy());
         assert_eq!(h.record(false, &opts), None, "flips once");
         assert_eq!(h.record(true, &opts), None);
-        assert_eq!(h.record(false, &opts), None, "a failure resets the pass streak");
+        assert_eq!(
+            h.record(false, &opts),
+            None,
+            "a failure resets the pass streak"
+        );
         assert_eq!(h.record(true, &opts), None);
         assert!(!h.is_healthy());
         assert_eq!(h.record(true, &opts), Some(true), "second consecutive pass");
@@ -432,14 +451,17 @@ mod tests {
 
         health.upstream(1).record(true, &opts);
         health.update_panic("s");
-        assert!(!health.admits(0), "panic over: the unhealthy one is skipped again");
+        assert!(
+            !health.admits(0),
+            "panic over: the unhealthy one is skipped again"
+        );
         assert!(health.admits(1));
 
         // Carried over with every upstream unhealthy: in panic mode from the start.
-        let both_down = ServiceHealth::new(opts, Box::new([
-            health.upstream(0).clone(),
-            health.upstream(0).clone(),
-        ]));
+        let both_down = ServiceHealth::new(
+            opts,
+            Box::new([health.upstream(0).clone(), health.upstream(0).clone()]),
+        );
         assert!(both_down.admits(0));
     }
 

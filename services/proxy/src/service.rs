@@ -26,10 +26,10 @@ use crate::balance::{Balancer, Strategy};
 use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Permit};
 use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
+use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
 };
-use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 
@@ -379,7 +379,11 @@ impl ProxyService {
                 http2: u.pool.options.http2,
             })
             .collect();
-        Some(HealthChecker::spawn(self.inner.name.clone(), health, targets))
+        Some(HealthChecker::spawn(
+            self.inner.name.clone(),
+            health,
+            targets,
+        ))
     }
 
     /// Forwards `req` to one upstream and returns its response, whose body streams from the
