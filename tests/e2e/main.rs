@@ -14,6 +14,7 @@ mod balancing;
 mod config_cli;
 mod devices;
 mod framing;
+mod health_check;
 mod hostile;
 mod listeners;
 mod proxy;
