@@ -104,6 +104,8 @@ pub(crate) struct ServiceHealth {
     /// Every upstream is unhealthy: verdicts are ignored. Kept by the checker, which logs its
     /// transitions.
     panic: AtomicBool,
+    /// Whether the service this one replaced was in panic mode (its transitions were logged).
+    inherited_panic: bool,
 }
 
 /// What the checker needs to probe one upstream.
@@ -177,13 +179,18 @@ impl ProbeHealth {
 
 impl ServiceHealth {
     /// The verdicts of a service's upstreams; panic mode is on from the start when every one of
-    /// them is already unhealthy (carried over from a previous snapshot).
-    pub(crate) fn new(options: HealthCheckOptions, upstreams: Box<[Arc<ProbeHealth>]>) -> Self {
+    /// them is already unhealthy (carried over from `previous`, the service this one replaces).
+    pub(crate) fn new(
+        options: HealthCheckOptions,
+        upstreams: Box<[Arc<ProbeHealth>]>,
+        previous: Option<&Self>,
+    ) -> Self {
         let panic = all_unhealthy(&upstreams);
         Self {
             options,
             upstreams,
             panic: AtomicBool::new(panic),
+            inherited_panic: previous.is_some_and(|p| p.panic.load(Ordering::Relaxed)),
         }
     }
 
@@ -198,20 +205,34 @@ impl ServiceHealth {
         self.upstreams[index].is_healthy() || self.panic.load(Ordering::Relaxed)
     }
 
+    /// Recomputes panic mode when the checker starts; logs it when it differs from the replaced
+    /// service's (e.g. a reload removed the last healthy upstream).
+    fn start(&self, service: &str) {
+        let panic = all_unhealthy(&self.upstreams);
+        self.panic.store(panic, Ordering::Relaxed);
+        if panic != self.inherited_panic {
+            log_panic(service, panic, self.upstreams.len());
+        }
+    }
+
     /// Recomputes panic mode after a probe; logs a transition.
     fn update_panic(&self, service: &str) {
         let panic = all_unhealthy(&self.upstreams);
         if self.panic.swap(panic, Ordering::Relaxed) != panic {
-            if panic {
-                tracing::warn!(
-                    service,
-                    upstreams = self.upstreams.len(),
-                    "every upstream is unhealthy: panic mode, traffic goes to all of them"
-                );
-            } else {
-                tracing::warn!(service, "an upstream is healthy again: panic mode over");
-            }
+            log_panic(service, panic, self.upstreams.len());
         }
+    }
+}
+
+fn log_panic(service: &str, panic: bool, upstreams: usize) {
+    if panic {
+        tracing::warn!(
+            service,
+            upstreams,
+            "every upstream is unhealthy: panic mode, traffic goes to all of them"
+        );
+    } else {
+        tracing::warn!(service, "an upstream is healthy: panic mode over");
     }
 }
 
@@ -238,7 +259,7 @@ impl HealthChecker {
 /// Probes every target forever (until aborted), publishing verdicts in `health`.
 async fn check(service: Box<str>, health: Arc<ServiceHealth>, targets: Vec<ProbeTarget>) {
     let options = &health.options;
-    health.update_panic(&service);
+    health.start(&service);
     let mut probes: FuturesUnordered<_> = targets
         .iter()
         .enumerate()
@@ -437,7 +458,7 @@ mod tests {
     fn panic_mode_admits_everyone_when_all_are_unhealthy() {
         let opts = options(1, 1);
         let ups: Box<[Arc<ProbeHealth>]> = (0..2).map(|_| Arc::new(ProbeHealth::new())).collect();
-        let health = ServiceHealth::new(opts.clone(), ups);
+        let health = ServiceHealth::new(opts.clone(), ups, None);
         assert!(health.admits(0) && health.admits(1));
 
         health.upstream(0).record(false, &opts);
@@ -461,6 +482,7 @@ mod tests {
         let both_down = ServiceHealth::new(
             opts,
             Box::new([health.upstream(0).clone(), health.upstream(0).clone()]),
+            Some(&health),
         );
         assert!(both_down.admits(0));
     }

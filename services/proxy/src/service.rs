@@ -325,7 +325,8 @@ impl ProxyService {
         let weights: Vec<u32> = built.iter().map(|u| u.weight).collect();
         let health_check = options.health_check.map(|checks| {
             let probes = built.iter().map(|u| u.probe.clone()).collect();
-            Arc::new(ServiceHealth::new(checks, probes))
+            let previous = previous.and_then(|p| p.inner.health_check.as_deref());
+            Arc::new(ServiceHealth::new(checks, probes, previous))
         });
         Ok(Self {
             inner: Arc::new(Inner {
@@ -897,7 +898,6 @@ impl Pool {
             None
         };
         let connector = Connector::new(&options.target, tls, options.connect_timeout)?;
-        let probes = connector.clone();
         let client = if options.http2 {
             let client = Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -916,18 +916,18 @@ impl Pool {
                 .http2_max_header_list_size(
                     u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
                 )
-                .build(connector);
+                .build(connector.clone());
             PoolClient::Http2(Box::new(client))
         } else {
             PoolClient::Http1(Arc::new(H1Pool::new(
-                connector,
+                connector.clone(),
                 options.max_response_header_bytes,
             )))
         };
         Ok(Self {
             client,
             options,
-            connector: probes,
+            connector,
         })
     }
 
