@@ -93,7 +93,15 @@ async fn upstreams_of(server: &Server, n: usize) -> Vec<String> {
 /// A plain HTTP/1.1 server on `addr` (a port the test chose) answering 200 with
 /// `x-upstream: revived`; counts the requests on `/` (not the probes).
 async fn serve_on(addr: SocketAddr, hits: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr).await.expect("rebind the dead port");
+    // The port was free when the test took it; an outgoing connection may hold it briefly.
+    let started = Instant::now();
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e) if started.elapsed() > WAIT => panic!("cannot rebind the dead port {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let hits = hits.clone();
@@ -143,6 +151,15 @@ async fn a_dead_upstream_is_skipped_and_gets_traffic_again_once_it_revives() {
         server.log_count("upstream unhealthy"),
         1,
         "the flip is logged once"
+    );
+    let flip = server
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("upstream unhealthy"))
+        .unwrap_or_default();
+    assert!(
+        flip.contains(&dead.to_string()) && flip.contains("Connection refused"),
+        "the flip names the upstream and the last probe's error: {flip}"
     );
 
     let hits = Arc::new(AtomicUsize::new(0));

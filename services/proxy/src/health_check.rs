@@ -17,6 +17,8 @@
 //!   does at 100 %. Entering and leaving it is logged once per transition.
 
 use std::collections::hash_map::RandomState;
+use std::error::Error;
+use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -119,19 +121,35 @@ pub(crate) struct ProbeTarget {
     pub(crate) http2: bool,
 }
 
-/// Why a probe failed.
+/// Why a probe failed (logged with its whole `source()` chain, see [`Causes`]).
 #[derive(Debug, thiserror::Error)]
 enum ProbeError {
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
-    #[error("{0}")]
+    #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("HTTP exchange failed: {0}")]
+    #[error(transparent)]
     Http(#[from] hyper::Error),
     #[error("answered {0}")]
     Status(StatusCode),
-    #[error("cannot build the probe request: {0}")]
+    #[error(transparent)]
     Request(#[from] http::Error),
+}
+
+/// Displays an error and its `source()` chain: `connect failed: Connection refused (os error
+/// 111)`.
+struct Causes<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
 }
 
 // === impl ProbeHealth ===
@@ -278,7 +296,7 @@ async fn check(service: Box<str>, health: Arc<ServiceHealth>, targets: Vec<Probe
             Err(error) => tracing::debug!(
                 service = &*service,
                 upstream = &*target.name,
-                %error,
+                error = %Causes(error),
                 "health probe failed"
             ),
         }
@@ -287,7 +305,7 @@ async fn check(service: Box<str>, health: Arc<ServiceHealth>, targets: Vec<Probe
                 service = &*service,
                 upstream = &*target.name,
                 failed_probes = options.unhealthy_threshold,
-                last_error = %error,
+                last_error = %Causes(&error),
                 "upstream unhealthy: no traffic until its probes pass again"
             ),
             (Some(true), _) => tracing::info!(
