@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use snakeway_config::{Config, Problem, Report};
+use snakeway_proxy::HealthChecker;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,6 +51,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         snapshot: ArcSwap::from_pointee(snapshot),
     });
     listeners.apply(bound, &state.snapshot.load(), &state);
+    let mut checkers = start_health_checks(&state.snapshot.load());
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let mut hup = signal(SignalKind::hangup())?;
@@ -73,7 +75,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         // A stop signal does not wait for a reload still building its snapshot (a WASM compile
         // takes seconds): the half-built snapshot is dropped and nothing was changed yet.
         tokio::select! {
-            result = reload(&path, &state, &mut listeners) => {
+            result = reload(&path, &state, &mut listeners, &mut checkers) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -87,6 +89,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining connections"
     );
+    drop(checkers);
     let drained = listeners.shutdown(grace).await;
     if drained {
         tracing::info!("all connections finished");
@@ -98,6 +101,16 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         remove_pid_file(pid_file);
     }
     Ok(())
+}
+
+/// Starts the active health checks of every service of `snapshot` that has them: one task
+/// per service, stopped when its checker is dropped (when the next snapshot is installed).
+fn start_health_checks(snapshot: &Snapshot) -> Vec<HealthChecker> {
+    snapshot
+        .services
+        .values()
+        .filter_map(|service| service.start_health_checks())
+        .collect()
 }
 
 /// Writes our pid to `path` without following symlinks: the pid goes into a new file in the
@@ -170,13 +183,19 @@ fn remove_pid_file(path: &Path) {
 }
 
 /// Reads, validates and builds the configuration at `path`, binds new listeners, swaps the
-/// snapshot, and closes removed listeners. Any failure leaves everything as it was.
+/// snapshot, closes removed listeners, and replaces the health checkers (the old ones stop
+/// before the new ones start). Any failure leaves everything as it was.
 ///
 /// Reading files, loading certificates and compiling WASM devices take long (a compile can
 /// take seconds), so the snapshot is built on a blocking-pool thread, never on a worker:
 /// traffic keeps flowing meanwhile. Only binding and the swap (one store) happen here, with no
 /// await between them, so dropping this future (shutdown during a reload) changes nothing.
-async fn reload(path: &Path, state: &Arc<State>, listeners: &mut Listeners) -> Result<u64, Report> {
+async fn reload(
+    path: &Path,
+    state: &Arc<State>,
+    listeners: &mut Listeners,
+    checkers: &mut Vec<HealthChecker>,
+) -> Result<u64, Report> {
     let result = async {
         let current = state.snapshot.load_full();
         let source = path.to_owned();
@@ -197,6 +216,8 @@ async fn reload(path: &Path, state: &Arc<State>, listeners: &mut Listeners) -> R
         let epoch = snapshot.epoch;
         state.snapshot.store(Arc::new(snapshot));
         listeners.apply(bound, &state.snapshot.load(), state);
+        checkers.clear();
+        *checkers = start_health_checks(&state.snapshot.load());
         Ok(epoch)
     }
     .await;

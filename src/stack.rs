@@ -18,7 +18,8 @@ use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, ProxyService, ServiceOptions, StickyKey, Strategy, Target, UpstreamSpec,
+    CircuitBreakerOptions, HealthCheckOptions, ProxyService, ServiceOptions, StickyKey, Strategy,
+    Target, UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
@@ -259,6 +260,21 @@ fn build_service(
         }),
     };
     let cb = &svc.circuit_breaker;
+    let hc = &svc.health_check;
+    let health_check = if hc.enabled {
+        Some(HealthCheckOptions {
+            path: hc
+                .path
+                .parse()
+                .map_err(|e| format!("health_check.path {:?}: {e}", hc.path))?,
+            interval: Duration::from_millis(hc.interval_ms),
+            timeout: Duration::from_millis(hc.timeout_ms),
+            unhealthy_threshold: hc.unhealthy_threshold,
+            healthy_threshold: hc.healthy_threshold,
+        })
+    } else {
+        None
+    };
     let options = ServiceOptions {
         strategy,
         http2: svc.http2,
@@ -275,6 +291,7 @@ fn build_service(
             success_threshold: cb.success_threshold,
             count_5xx: cb.count_5xx,
         },
+        health_check,
     };
     ProxyService::new(&svc.name, upstreams, options, previous).map_err(|e| e.to_string())
 }

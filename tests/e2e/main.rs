@@ -15,6 +15,7 @@ mod config_cli;
 mod devices;
 mod framing;
 mod grpc;
+mod health_check;
 mod hostile;
 mod listeners;
 mod proxy;

@@ -353,6 +353,11 @@ impl Recorded {
         self.0.lock().unwrap().len()
     }
 
+    /// How many recorded request heads satisfy `f`.
+    pub fn count_where(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.0.lock().unwrap().iter().filter(|s| f(s)).count()
+    }
+
     /// The last request head, asserted present.
     pub fn last(&self) -> Seen {
         self.0

@@ -36,6 +36,8 @@
 //!   or sticky hash (a consistent hash ring of the request's [`StickyKey`]).
 //!   Upstreams whose circuit is open are skipped; when all are, the request fails with
 //!   [`ErrorKind::NoHealthyUpstream`](snakeway_core::ErrorKind::NoHealthyUpstream) (503).
+//!   With [`ServiceOptions::health_check`], upstreams that failed their probes are skipped too,
+//!   unless every upstream has (panic mode: then all are used, circuits still applying).
 //! * **Rewrite.** The URI keeps its path and query and takes the upstream's scheme and
 //!   authority (`http://localhost` for Unix sockets). Hop-by-hop headers are removed,
 //!   `x-forwarded-for` gets the peer IP appended, `x-forwarded-proto` and `x-forwarded-host`
@@ -57,13 +59,26 @@
 //!   untouched. An upstream body that stalls for `read_timeout` fails the response body with
 //!   [`UpstreamBodyTimeout`] and counts against the upstream.
 //!
-//! The hot path takes no lock: picking, the circuit breakers and the counters are atomics.
+//! The hot path takes no lock: picking, the circuit breakers, the health verdicts and the
+//! counters are atomics.
+//!
+//! # Active health checks
+//!
+//! [`ProxyService::start_health_checks`] spawns the service's one probe task and returns a
+//! [`HealthChecker`] that stops it when dropped; building a service spawns nothing. The task
+//! probes every upstream with `GET` over a fresh connection (2xx/3xx within the timeout
+//! passes), flips an upstream's verdict after [`HealthCheckOptions::unhealthy_threshold`]
+//! consecutive failures or [`HealthCheckOptions::healthy_threshold`] consecutive passes, and
+//! publishes it in an atomic that `forward` reads. Each flip, and entering or leaving panic
+//! mode, is logged once.
 //!
 //! # Reloads
 //!
 //! Pass the old snapshot's same-named service as `previous` to [`ProxyService::new`]: an
-//! upstream whose target is unchanged keeps its circuit state and counters, and, when its
-//! connection options are unchanged too, its connection pool.
+//! upstream whose target is unchanged keeps its circuit state and counters, its health verdict
+//! (while both services have health checks), and, when its connection options are unchanged
+//! too, its connection pool. Start the new service's health checks when it is installed and
+//! drop the old checker then.
 
 mod balance;
 mod body;
@@ -71,6 +86,7 @@ mod breaker;
 mod connector;
 mod h1pool;
 mod headers;
+mod health_check;
 mod io;
 mod service;
 mod sticky;
@@ -80,6 +96,7 @@ mod tls;
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
+pub use health_check::{HealthCheckOptions, HealthChecker};
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };

@@ -28,6 +28,9 @@ use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::sticky::StickyKey;
+use crate::health_check::{
+    HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
+};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 
@@ -63,11 +66,14 @@ pub struct ServiceOptions {
     pub max_response_header_bytes: usize,
     /// The circuit breaker of each upstream.
     pub circuit_breaker: CircuitBreakerOptions,
+    /// Active health checks; `None`: upstreams are never probed (and always count as healthy).
+    pub health_check: Option<HealthCheckOptions>,
 }
 
 impl Default for ServiceOptions {
     /// The defaults of the design contract: round robin, HTTP/1.1, system roots, 2 s to connect,
-    /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker.
+    /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker,
+    /// no health checks.
     fn default() -> Self {
         Self {
             strategy: Strategy::RoundRobin,
@@ -78,6 +84,7 @@ impl Default for ServiceOptions {
             read_timeout: Duration::from_secs(60),
             max_response_header_bytes: 64 * 1024,
             circuit_breaker: CircuitBreakerOptions::default(),
+            health_check: None,
         }
     }
 }
@@ -136,6 +143,9 @@ pub struct UpstreamStatus {
     pub weight: u32,
     /// Its circuit.
     pub state: CircuitState,
+    /// The verdict of its active health checks (always `true` when the service has none). An
+    /// unhealthy upstream gets no traffic unless every upstream of the service is unhealthy.
+    pub healthy: bool,
     /// Requests sent to it (since it was first configured; reloads keep the count).
     pub requests: u64,
     /// Failed requests: connect errors, timeouts, and 5xx responses when those are counted.
@@ -161,6 +171,8 @@ struct Inner {
     response_timeout: Duration,
     read_timeout: Duration,
     breaker: CircuitBreakerOptions,
+    /// The probe verdicts, when the service has active health checks.
+    health_check: Option<Arc<ServiceHealth>>,
 }
 
 struct Upstream {
@@ -174,6 +186,9 @@ struct Upstream {
     default_host: Option<HeaderValue>,
     pool: Arc<Pool>,
     health: Arc<Health>,
+    /// Its probe verdict: carried over while the target is unchanged and the service keeps
+    /// its health checks; fresh (healthy) otherwise.
+    probe: Arc<ProbeHealth>,
 }
 
 /// The connection pool of one upstream and the options it was built with; carried over to the
@@ -181,6 +196,8 @@ struct Upstream {
 struct Pool {
     client: PoolClient,
     options: ConnOptions,
+    /// Also dials the health probes.
+    connector: Connector,
 }
 
 /// How requests reach one upstream.
@@ -241,6 +258,8 @@ impl ProxyService {
         }
 
         let old: &[Upstream] = previous.map_or(&[], |p| &p.inner.upstreams);
+        let keep_probes = options.health_check.is_some()
+            && previous.is_some_and(|p| p.inner.health_check.is_some());
         let mut taken = vec![false; old.len()];
         let mut tls: Option<Arc<ClientConfig>> = None;
         let mut built = Vec::with_capacity(upstreams.len());
@@ -288,6 +307,10 @@ impl ProxyService {
                     in_flight: AtomicUsize::new(0),
                 }),
             };
+            let probe = match reused {
+                Some(u) if keep_probes => u.probe.clone(),
+                _ => Arc::new(ProbeHealth::new()),
+            };
             let authority = target.uri_authority().clone();
             built.push(Upstream {
                 short_name: target.short_name().into_boxed_str(),
@@ -298,11 +321,17 @@ impl ProxyService {
                 weight,
                 pool,
                 health,
+                probe,
             });
         }
 
         let weights: Vec<u32> = built.iter().map(|u| u.weight).collect();
         let ids: Vec<String> = built.iter().map(|u| u.target.to_string()).collect();
+        let health_check = options.health_check.map(|checks| {
+            let probes = built.iter().map(|u| u.probe.clone()).collect();
+            let previous = previous.and_then(|p| p.inner.health_check.as_deref());
+            Arc::new(ServiceHealth::new(checks, probes, previous))
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.into(),
@@ -316,6 +345,7 @@ impl ProxyService {
                 response_timeout: options.response_timeout,
                 read_timeout: options.read_timeout,
                 breaker: options.circuit_breaker,
+                health_check,
             }),
         })
     }
@@ -331,9 +361,39 @@ impl ProxyService {
             target: u.target.to_string(),
             weight: u.weight,
             state: u.health.breaker.state(&self.inner.breaker),
+            healthy: u.probe.is_healthy(),
             requests: u.health.requests.load(Ordering::Relaxed),
             failures: u.health.failures.load(Ordering::Relaxed),
         })
+    }
+
+    /// Starts probing this service's upstreams, if it has active health checks: one task on
+    /// the current tokio runtime, stopped when the returned checker is dropped. Start it when
+    /// the snapshot holding this service is installed, and drop it when that snapshot is
+    /// replaced (the next checker carries on from the verdicts reached).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start_health_checks(&self) -> Option<HealthChecker> {
+        let health = self.inner.health_check.clone()?;
+        let targets = self
+            .inner
+            .upstreams
+            .iter()
+            .map(|u| ProbeTarget {
+                name: u.short_name.clone(),
+                connector: u.pool.connector.clone(),
+                scheme: u.scheme.clone(),
+                authority: u.authority.clone(),
+                http2: u.pool.options.http2,
+            })
+            .collect();
+        Some(HealthChecker::spawn(
+            self.inner.name.clone(),
+            health,
+            targets,
+        ))
     }
 
     /// Forwards `req` to one upstream and returns its response, whose body streams from the
@@ -343,6 +403,8 @@ impl ProxyService {
     /// normalized, prefix stripped, `x-request-id` set). Its path and query are kept; scheme and
     /// authority become the upstream's. Hop-by-hop headers are removed both ways and the
     /// `x-forwarded-*` headers are set; `host` passes unchanged.
+    ///
+    /// Upstreams that failed their health checks are skipped, unless all have (panic mode).
     ///
     /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
     /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long
@@ -375,7 +437,7 @@ impl ProxyService {
             inner.upstreams.len(),
             key,
             |i| inner.upstreams[i].health.in_flight.load(Ordering::Relaxed),
-            |i| Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker),
+            |i| inner.admit(i),
         ) else {
             return Err(Error::new(
                 ErrorKind::NoHealthyUpstream,
@@ -598,6 +660,18 @@ impl Drop for Blame {
 // === impl Inner ===
 
 impl Inner {
+    /// Whether upstream `index` may take a request now: it passed its health checks (or the
+    /// service is in panic mode) and its circuit admits it, whose permit this returns.
+    #[inline]
+    fn admit(&self, index: usize) -> Option<Permit<'_>> {
+        if let Some(checks) = &self.health_check
+            && !checks.admits(index)
+        {
+            return None;
+        }
+        Permit::acquire(&self.upstreams[index].health.breaker, &self.breaker)
+    }
+
     /// Sends `req` to `upstream` and waits for the response head.
     ///
     /// `response_timeout` runs while the upstream is the side holding things up: without a
@@ -859,15 +933,19 @@ impl Pool {
                 .http2_max_header_list_size(
                     u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
                 )
-                .build(connector);
+                .build(connector.clone());
             PoolClient::Http2(Box::new(client))
         } else {
             PoolClient::Http1(Arc::new(H1Pool::new(
-                connector,
+                connector.clone(),
                 options.max_response_header_bytes,
             )))
         };
-        Ok(Self { client, options })
+        Ok(Self {
+            client,
+            options,
+            connector,
+        })
     }
 
     /// Sends a prepared request to this upstream.

@@ -71,12 +71,13 @@ async fn strips_hop_by_hop_and_sets_forwarded_headers() {
         "proxy-authorization",
         "proxy-connection",
         "te",
-        "trailer",
         "upgrade",
         "transfer-encoding",
     ] {
         assert!(h.get(hop).is_none(), "{hop} must not reach the upstream");
     }
+    // `trailer` names end-to-end fields: it is forwarded.
+    assert_eq!(h["trailer"], "x-sum");
     assert_eq!(h["host"], "example.com");
     // An untrusted peer's own forwarding headers are replaced.
     assert_eq!(h["x-forwarded-for"], "198.51.100.7");

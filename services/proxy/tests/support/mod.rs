@@ -35,8 +35,8 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
 
 /// A running upstream: where it listens, how many connections it accepted, what it saw.
 pub struct Upstream {
@@ -282,6 +282,7 @@ pub fn options() -> ServiceOptions {
             enabled: false,
             ..Default::default()
         },
+        health_check: None,
     }
 }
 
