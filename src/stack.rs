@@ -17,7 +17,8 @@ use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, ProxyService, ServiceOptions, Strategy, Target, UpstreamSpec,
+    CircuitBreakerOptions, ProxyService, RetryOn, RetryPolicy, ServiceOptions, Strategy, Target,
+    UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
@@ -269,6 +270,16 @@ fn build_service(
             success_threshold: cb.success_threshold,
             count_5xx: cb.count_5xx,
         },
+        retry: svc.retry.as_ref().map(|r| {
+            let on = r.on.iter().map(|cond| match cond {
+                snakeway_config::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
+                snakeway_config::RetryOn::ResetBeforeResponse => RetryOn::ResetBeforeResponse,
+                snakeway_config::RetryOn::Status502 => RetryOn::Status502,
+                snakeway_config::RetryOn::Status503 => RetryOn::Status503,
+                snakeway_config::RetryOn::Status504 => RetryOn::Status504,
+            });
+            RetryPolicy::new(r.attempts, on, r.budget_percent)
+        }),
     };
     ProxyService::new(&svc.name, upstreams, options, previous).map_err(|e| e.to_string())
 }

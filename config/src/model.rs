@@ -266,14 +266,9 @@ pub struct Retry {
     /// `connect_failure`, `reset_before_response`).
     pub on: Vec<RetryOn>,
     /// Retries in flight at most this share of the service's requests in flight (0-100,
-    /// default 20); at least [`Retry::MIN_CONCURRENCY`] are always allowed.
+    /// default 20); 3 retries in flight are always allowed, so that a quiet service can still
+    /// retry (Envoy's `min_retry_concurrency`).
     pub budget_percent: u32,
-}
-
-impl Retry {
-    /// Retries allowed in flight whatever `budget_percent` says, so that a quiet service can
-    /// still retry (Envoy's `min_retry_concurrency`).
-    pub const MIN_CONCURRENCY: usize = 3;
 }
 
 impl Default for Retry {

@@ -71,6 +71,7 @@ mod connector;
 mod h1pool;
 mod headers;
 mod io;
+mod retry;
 mod service;
 mod target;
 mod tls;
@@ -78,6 +79,7 @@ mod tls;
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
+pub use retry::{RetryOn, RetryPolicy};
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };

@@ -27,6 +27,7 @@ use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Pe
 use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
+use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 
@@ -62,11 +63,14 @@ pub struct ServiceOptions {
     pub max_response_header_bytes: usize,
     /// The circuit breaker of each upstream.
     pub circuit_breaker: CircuitBreakerOptions,
+    /// Explicit retries; `None`: a failed request is never sent again.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Default for ServiceOptions {
     /// The defaults of the design contract: round robin, HTTP/1.1, system roots, 2 s to connect,
-    /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker.
+    /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker,
+    /// no retries.
     fn default() -> Self {
         Self {
             strategy: Strategy::RoundRobin,
@@ -77,6 +81,7 @@ impl Default for ServiceOptions {
             read_timeout: Duration::from_secs(60),
             max_response_header_bytes: 64 * 1024,
             circuit_breaker: CircuitBreakerOptions::default(),
+            retry: None,
         }
     }
 }
@@ -158,6 +163,10 @@ struct Inner {
     response_timeout: Duration,
     read_timeout: Duration,
     breaker: CircuitBreakerOptions,
+    retry: Option<RetryPolicy>,
+    /// Requests and retries in flight, counted only under a retry policy; shared with the
+    /// snapshot this one replaced.
+    budget: Arc<Budget>,
 }
 
 struct Upstream {
@@ -307,6 +316,8 @@ impl ProxyService {
                 response_timeout: options.response_timeout,
                 read_timeout: options.read_timeout,
                 breaker: options.circuit_breaker,
+                retry: options.retry,
+                budget: previous.map_or_else(Arc::default, |p| p.inner.budget.clone()),
             }),
         })
     }
@@ -355,33 +366,107 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
-        let Some((index, permit)) = inner.balancer.pick(
-            inner.upstreams.len(),
-            |i| inner.upstreams[i].health.in_flight.load(Ordering::Relaxed),
-            |i| Permit::acquire(&inner.upstreams[i].health.breaker, &inner.breaker),
-        ) else {
-            return Err(Error::new(
+        let Some(policy) = &inner.retry else {
+            return self.attempt(req, downstream, 0).await.result;
+        };
+        let _request = inner.budget.request();
+        if policy.may_retry(&req) {
+            // Boxed: only a request that may be sent again carries the retry loop's state.
+            Box::pin(self.forward_retrying(req, downstream, policy)).await
+        } else {
+            self.attempt(req, downstream, 0).await.result
+        }
+    }
+
+    /// [`ProxyService::forward`] for a request that `policy` lets be sent again: its body is
+    /// read into memory first, then a try whose outcome `policy` retries is followed by another
+    /// (to an upstream not tried yet when one admits it) while attempts remain and the retry
+    /// budget allows. The client gets the last try's outcome.
+    async fn forward_retrying(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+        policy: &RetryPolicy,
+    ) -> Result<Response<Body>, Error> {
+        let inner = &*self.inner;
+        let (head, body) = req.into_parts();
+        let replay = Replay::read(body)
+            .await
+            .map_err(|e| inner.replay_error(e))?;
+        let mut tried = 0u64;
+        let mut attempt = 1;
+        // The slot of the retry under way in the budget.
+        let mut retrying = None;
+        loop {
+            let req = copy_request(&head, replay.body());
+            let Try { result, retry } = self.attempt(req, downstream, tried).await;
+            let Some((cause, index)) = retry.filter(|(cause, _)| policy.retries_on(*cause)) else {
+                return result;
+            };
+            if attempt >= policy.attempts() {
+                return result;
+            }
+            let upstream = &inner.upstreams[index].short_name;
+            drop(retrying.take());
+            let Some(slot) = inner.budget.try_retry(policy.budget_percent()) else {
+                tracing::debug!(
+                    service = %inner.name,
+                    %upstream,
+                    attempt,
+                    cause = cause.as_str(),
+                    "retry budget exhausted; not retried"
+                );
+                return result;
+            };
+            retrying = Some(slot);
+            if index < 64 {
+                tried |= 1 << index;
+            }
+            attempt += 1;
+            tracing::info!(
+                service = %inner.name,
+                %upstream,
+                attempt,
+                cause = cause.as_str(),
+                "retrying the request"
+            );
+            // A retried response's body is dropped unread (its connection is not reused).
+            drop(result);
+        }
+    }
+
+    /// One try: picks an upstream (not one of `tried`, a bit per upstream index, when another
+    /// admits the request), rewrites `req` for it, sends it and waits for the response head.
+    /// Settles the upstream's circuit and counters, and says which [`RetryOn`] the outcome
+    /// meets, if any.
+    async fn attempt(&self, req: Request<Body>, downstream: &Downstream, tried: u64) -> Try {
+        let inner = &*self.inner;
+        let Some((index, permit)) = inner.pick(tried) else {
+            return Try::last(Err(Error::new(
                 ErrorKind::NoHealthyUpstream,
                 format!("service \"{}\": no healthy upstream", inner.name),
-            ));
+            )));
         };
         let upstream = &inner.upstreams[index];
-        let req = upstream.prepare(req, downstream).map_err(|e| {
-            Error::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "service \"{}\": cannot build the upstream request",
-                    inner.name
-                ),
-            )
-            .with_source(e)
-        })?;
+        let req = match upstream.prepare(req, downstream) {
+            Ok(req) => req,
+            Err(e) => {
+                return Try::last(Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "service \"{}\": cannot build the upstream request",
+                        inner.name
+                    ),
+                )
+                .with_source(e)));
+            }
+        };
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
         // Counts the request in flight until dropped: here on failure, or with the body.
         let blame = Blame::enter(self.inner.clone(), index);
         let sent = inner.send(upstream, req).await;
-        match sent {
+        let (result, cause) = match sent {
             Ok(response) => {
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
@@ -389,20 +474,22 @@ impl ProxyService {
                 } else {
                     permit.success();
                 }
+                let cause = RetryOn::of_status(response.status());
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
                 // An HTTP/1.0 upstream's answer goes on as HTTP/1.1 (this proxy speaks 1.1).
                 parts.version = Version::HTTP_11;
                 let body = self.response_body(body, blame);
-                Ok(Response::from_parts(parts, body))
+                (Ok(Response::from_parts(parts, body)), cause)
             }
             Err(Failure::Send(error, sending)) => {
+                let cause = RetryOn::of_failure(&*error, sending);
                 let (error, upstream_fault) = inner.upstream_error(upstream, error, sending);
                 if upstream_fault {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
                 }
-                Err(error)
+                (Err(error), cause)
             }
             Err(Failure::Timeout { sent }) => {
                 upstream.health.failures.fetch_add(1, Ordering::Relaxed);
@@ -419,7 +506,7 @@ impl ProxyService {
                     cause = "response_timeout",
                     "upstream stalled {after}"
                 );
-                Err(Error::new(
+                let error = Error::new(
                     ErrorKind::UpstreamTimeout,
                     format!(
                         "service \"{}\": upstream {} did not respond within {} ms",
@@ -427,8 +514,14 @@ impl ProxyService {
                         upstream.short_name,
                         inner.response_timeout.as_millis()
                     ),
-                ))
+                );
+                // Not retried: the upstream may still be working on it.
+                (Err(error), None)
             }
+        };
+        Try {
+            result,
+            retry: cause.map(|cause| (cause, index)),
         }
     }
 
@@ -513,6 +606,35 @@ enum Failure {
     },
 }
 
+/// The outcome of one try ([`ProxyService::attempt`]).
+struct Try {
+    /// What the client gets if this is the last try.
+    result: Result<Response<Body>, Error>,
+    /// The retry condition the outcome meets, if any, and the upstream that was tried.
+    retry: Option<(RetryOn, usize)>,
+}
+
+impl Try {
+    /// An outcome no retry can change (no upstream was tried).
+    fn last(result: Result<Response<Body>, Error>) -> Self {
+        Self {
+            result,
+            retry: None,
+        }
+    }
+}
+
+/// A copy of a request head with `body`, for one try of a request that may be retried.
+fn copy_request(head: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    *req.extensions_mut() = head.extensions.clone();
+    req
+}
+
 /// A response body as the pool hands it over.
 enum PoolBody {
     /// From our HTTP/1.1 pool: returns its connection at its end.
@@ -581,6 +703,54 @@ impl Drop for Blame {
 // === impl Inner ===
 
 impl Inner {
+    /// Picks an upstream whose circuit admits a request, preferring those not in `tried` (a bit
+    /// per upstream index, exact for the first 64); when none of those admits, any of them, so
+    /// a retry may go to the upstream that just failed.
+    #[inline]
+    fn pick(&self, tried: u64) -> Option<(usize, Permit<'_>)> {
+        let pick = |tried: u64| {
+            self.balancer.pick(
+                self.upstreams.len(),
+                |i| self.upstreams[i].health.in_flight.load(Ordering::Relaxed),
+                |i| {
+                    if i < 64 && tried & (1 << i) != 0 {
+                        return None;
+                    }
+                    Permit::acquire(&self.upstreams[i].health.breaker, &self.breaker)
+                },
+            )
+        };
+        pick(tried).or_else(|| if tried == 0 { None } else { pick(0) })
+    }
+
+    /// The error for a request body that could not be read into memory for retries.
+    fn replay_error(&self, error: ReadError) -> Error {
+        let name = &self.name;
+        match error {
+            ReadError::Client(e) if cause_ref::<ClientBodyTimeout>(&*e).is_some() => {
+                tracing::warn!(
+                    service = %name,
+                    cause = "body_read_timeout",
+                    "client stalled sending the request body"
+                );
+                Error::new(
+                    ErrorKind::RequestTimeout,
+                    format!("service \"{name}\": the client stalled sending the request body"),
+                )
+                .with_source(e)
+            }
+            ReadError::Client(e) => Error::new(
+                ErrorKind::BadRequest,
+                format!("service \"{name}\": the request body broke off"),
+            )
+            .with_source(e),
+            ReadError::TooLong => Error::new(
+                ErrorKind::BadRequest,
+                format!("service \"{name}\": the request body is longer than it declared"),
+            ),
+        }
+    }
+
     /// Sends `req` to `upstream` and waits for the response head.
     ///
     /// `response_timeout` runs while the upstream is the side holding things up: without a

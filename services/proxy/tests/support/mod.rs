@@ -282,6 +282,7 @@ pub fn options() -> ServiceOptions {
             enabled: false,
             ..Default::default()
         },
+        retry: None,
     }
 }
 
