@@ -2,6 +2,8 @@
 //! idempotent requests with small bodies, `attempts`, and the retry budget. Every count is taken
 //! at the upstreams, which see each try.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -168,7 +170,11 @@ async fn reset_before_response_is_retried_only_when_listed() {
         assert_eq!((res.status, res.text().as_str()), (200, "ok"), "GET {i}");
     }
     assert_eq!(good.requests(), 5);
-    assert_eq!(reset.connections(), 5, "one try each on the resetting upstream");
+    assert_eq!(
+        reset.connections(),
+        5,
+        "one try each on the resetting upstream"
+    );
     drop(server);
 
     // Listed conditions only: a reset is not a connect failure.
@@ -182,6 +188,41 @@ async fn reset_before_response_is_retried_only_when_listed() {
     assert_eq!(res.status, 502, "{}", res.text());
     assert_eq!(good.requests(), 5, "not retried");
     assert_eq!(reset.connections(), 6);
+}
+
+#[tokio::test]
+async fn a_single_upstream_is_retried_itself() {
+    // Closes its first connection without answering, then answers every request.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let flaky = upstream::raw(move |mut conn| {
+        let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0; 4096];
+            loop {
+                match conn.read(&mut chunk).await {
+                    Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    if first {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    })
+    .await;
+    let server = Server::start(&config("round_robin", &[flaky.url()], Some(""))).await;
+    let res = get(server.addr(), "/").await;
+    assert_eq!((res.status, res.text().as_str()), (200, "ok"));
+    assert_eq!(flaky.connections(), 2, "the reset try, then the retry");
+    assert_logged(&server, "cause=\"reset_before_response\"", 1).await;
 }
 
 /// An upstream answering `code` first (failover), a good one second: with `code` listed every
@@ -246,7 +287,10 @@ async fn only_idempotent_requests_with_small_bodies_are_retried() {
     let small: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
     let res = send(&server, "PUT", small.clone()).await;
     assert_eq!(res.status, 200);
-    assert!(res.body[..] == small[..], "the retried body arrived changed");
+    assert!(
+        res.body[..] == small[..],
+        "the retried body arrived changed"
+    );
     assert_eq!((bad.requests(), good.requests()), (5, 3));
 
     // Over 64 KiB: never buffered, never retried (the failing upstream still gets it all).

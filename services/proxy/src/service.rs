@@ -366,22 +366,34 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
-        let Some(policy) = &inner.retry else {
-            return self.attempt(req, downstream, 0).await.result;
-        };
-        let _request = inner.budget.request();
-        if policy.may_retry(&req) {
-            // Boxed: only a request that may be sent again carries the retry loop's state.
-            Box::pin(self.forward_retrying(req, downstream, policy)).await
-        } else {
-            self.attempt(req, downstream, 0).await.result
+        if let Some(policy) = &inner.retry {
+            let _request = inner.budget.request();
+            if policy.may_retry(&req) {
+                // Boxed: only a request that may be sent again carries the retry loop's state.
+                return Box::pin(self.forward_retrying(req, downstream, policy)).await;
+            }
+            return self.forward_once(req, downstream).await;
         }
+        self.forward_once(req, downstream).await
+    }
+
+    /// [`ProxyService::forward`] with one try.
+    #[inline]
+    async fn forward_once(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Result<Response<Body>, Error> {
+        let Some(picked) = self.inner.pick(0) else {
+            return Err(self.inner.no_healthy_upstream());
+        };
+        self.attempt(picked, req, downstream).await.result
     }
 
     /// [`ProxyService::forward`] for a request that `policy` lets be sent again: its body is
     /// read into memory first, then a try whose outcome `policy` retries is followed by another
-    /// (to an upstream not tried yet when one admits it) while attempts remain and the retry
-    /// budget allows. The client gets the last try's outcome.
+    /// (to an upstream not tried yet when one admits it) while attempts remain, the retry
+    /// budget allows and some upstream admits it. The client gets the last try's outcome.
     async fn forward_retrying(
         &self,
         req: Request<Body>,
@@ -393,14 +405,16 @@ impl ProxyService {
         let replay = Replay::read(body)
             .await
             .map_err(|e| inner.replay_error(e))?;
+        let mut picked = inner.pick(0).ok_or_else(|| inner.no_healthy_upstream())?;
         let mut tried = 0u64;
         let mut attempt = 1;
         // The slot of the retry under way in the budget.
         let mut retrying = None;
         loop {
+            let index = picked.0;
             let req = copy_request(&head, replay.body());
-            let Try { result, retry } = self.attempt(req, downstream, tried).await;
-            let Some((cause, index)) = retry.filter(|(cause, _)| policy.retries_on(*cause)) else {
+            let Try { result, cause } = self.attempt(picked, req, downstream).await;
+            let Some(cause) = cause.filter(|cause| policy.retries_on(*cause)) else {
                 return result;
             };
             if attempt >= policy.attempts() {
@@ -418,47 +432,56 @@ impl ProxyService {
                 );
                 return result;
             };
-            retrying = Some(slot);
             if index < 64 {
                 tried |= 1 << index;
             }
+            // Every circuit refuses now: the outcome at hand stands.
+            let Some(next) = inner.pick(tried) else {
+                return result;
+            };
+            retrying = Some(slot);
             attempt += 1;
             tracing::info!(
                 service = %inner.name,
                 %upstream,
+                next = %inner.upstreams[next.0].short_name,
                 attempt,
                 cause = cause.as_str(),
                 "retrying the request"
             );
             // A retried response's body is dropped unread (its connection is not reused).
             drop(result);
+            picked = next;
         }
     }
 
-    /// One try: picks an upstream (not one of `tried`, a bit per upstream index, when another
-    /// admits the request), rewrites `req` for it, sends it and waits for the response head.
-    /// Settles the upstream's circuit and counters, and says which [`RetryOn`] the outcome
-    /// meets, if any.
-    async fn attempt(&self, req: Request<Body>, downstream: &Downstream, tried: u64) -> Try {
+    /// One try on the `picked` upstream (admitted by its circuit): rewrites `req` for it, sends
+    /// it and waits for the response head. Settles the upstream's circuit and counters, and
+    /// says which [`RetryOn`] the outcome meets, if any.
+    async fn attempt(
+        &self,
+        picked: (usize, Permit<'_>),
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Try {
         let inner = &*self.inner;
-        let Some((index, permit)) = inner.pick(tried) else {
-            return Try::last(Err(Error::new(
-                ErrorKind::NoHealthyUpstream,
-                format!("service \"{}\": no healthy upstream", inner.name),
-            )));
-        };
+        let (index, permit) = picked;
         let upstream = &inner.upstreams[index];
         let req = match upstream.prepare(req, downstream) {
             Ok(req) => req,
             Err(e) => {
-                return Try::last(Err(Error::new(
+                let error = Error::new(
                     ErrorKind::BadRequest,
                     format!(
                         "service \"{}\": cannot build the upstream request",
                         inner.name
                     ),
                 )
-                .with_source(e)));
+                .with_source(e);
+                return Try {
+                    result: Err(error),
+                    cause: None,
+                };
             }
         };
 
@@ -519,10 +542,7 @@ impl ProxyService {
                 (Err(error), None)
             }
         };
-        Try {
-            result,
-            retry: cause.map(|cause| (cause, index)),
-        }
+        Try { result, cause }
     }
 
     /// The client-facing body of a response from the upstream of `blame`: read-timed and
@@ -610,18 +630,8 @@ enum Failure {
 struct Try {
     /// What the client gets if this is the last try.
     result: Result<Response<Body>, Error>,
-    /// The retry condition the outcome meets, if any, and the upstream that was tried.
-    retry: Option<(RetryOn, usize)>,
-}
-
-impl Try {
-    /// An outcome no retry can change (no upstream was tried).
-    fn last(result: Result<Response<Body>, Error>) -> Self {
-        Self {
-            result,
-            retry: None,
-        }
-    }
+    /// The retry condition the outcome meets, if any.
+    cause: Option<RetryOn>,
 }
 
 /// A copy of a request head with `body`, for one try of a request that may be retried.
@@ -721,6 +731,14 @@ impl Inner {
             )
         };
         pick(tried).or_else(|| if tried == 0 { None } else { pick(0) })
+    }
+
+    /// The error when every circuit refuses the request.
+    fn no_healthy_upstream(&self) -> Error {
+        Error::new(
+            ErrorKind::NoHealthyUpstream,
+            format!("service \"{}\": no healthy upstream", self.name),
+        )
     }
 
     /// The error for a request body that could not be read into memory for retries.
