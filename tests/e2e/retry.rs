@@ -300,6 +300,25 @@ async fn only_idempotent_requests_with_small_bodies_are_retried() {
 }
 
 #[tokio::test]
+async fn a_client_stalling_while_its_body_is_read_for_retries_gets_408() {
+    let good = upstream::http(mirror(Duration::ZERO)).await;
+    let toml = config("round_robin", &[good.url()], Some("")).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nbody_read_timeout_ms = 300",
+    );
+    let server = Server::start(&toml).await;
+    // 100 bytes declared (small enough to be read for retries), 10 sent, then silence.
+    let raw = crate::client::raw(
+        server.addr(),
+        b"PUT / HTTP/1.1\r\nhost: test.local\r\ncontent-length: 100\r\n\r\n0123456789",
+        crate::client::T,
+    )
+    .await;
+    assert_eq!(raw.status(), Some(408), "{}", raw.text());
+    assert_eq!(good.requests(), 0, "nothing was sent upstream");
+}
+
+#[tokio::test]
 async fn one_attempt_never_retries() {
     let bad = upstream::http(status(503)).await;
     let good = upstream::http(mirror(Duration::ZERO)).await;

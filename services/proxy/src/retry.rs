@@ -200,6 +200,17 @@ impl Budget {
     }
 }
 
+#[cfg(test)]
+impl Budget {
+    pub(crate) fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn retries_in_flight(&self) -> usize {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
 /// One request or retry counted in flight; uncounted when dropped.
 #[derive(Debug)]
 pub(crate) struct InFlight<'a>(&'a AtomicUsize);

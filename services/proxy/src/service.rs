@@ -1053,6 +1053,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn spec(url: &str, weight: u32) -> UpstreamSpec {
         UpstreamSpec {
@@ -1198,6 +1199,85 @@ mod tests {
             0,
             "shared with the reloaded service, and released"
         );
+    }
+
+    #[tokio::test]
+    async fn retries_leave_no_count_behind() {
+        use http_body_util::BodyExt;
+        let up = hello_upstream().await;
+        let policy = RetryPolicy::new(3, [RetryOn::ConnectFailure], 0);
+        let svc = ProxyService::new(
+            "a",
+            vec![
+                spec("http://127.0.0.1:1", 1),
+                spec(&format!("http://{up}"), 1),
+            ],
+            ServiceOptions {
+                strategy: Strategy::Failover,
+                circuit_breaker: CircuitBreakerOptions {
+                    enabled: false,
+                    ..CircuitBreakerOptions::default()
+                },
+                retry: Some(policy),
+                ..ServiceOptions::default()
+            },
+            None,
+        )
+        .unwrap();
+        let d = Downstream {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            tls: false,
+            trusted: false,
+        };
+        let budget = &svc.inner.budget;
+        let counts = || {
+            (
+                budget.requests_in_flight(),
+                budget.retries_in_flight(),
+                svc.inner.upstreams[0]
+                    .health
+                    .in_flight
+                    .load(Ordering::Relaxed),
+            )
+        };
+        for _ in 0..5 {
+            // The refused first try is retried on the other upstream.
+            let put = Request::put("/")
+                .body(Body::full(Bytes::from_static(b"abc")))
+                .unwrap();
+            let res = svc.forward(put, &d).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+            assert_eq!(counts(), (0, 0, 0));
+        }
+        assert_eq!(
+            svc.inner.upstreams[0]
+                .health
+                .requests
+                .load(Ordering::Relaxed),
+            5
+        );
+        assert_eq!(
+            svc.inner.upstreams[1]
+                .health
+                .requests
+                .load(Ordering::Relaxed),
+            5
+        );
+        // A POST is tried once: the refusal is the answer.
+        let post = Request::post("/").body(Body::empty()).unwrap();
+        let e = svc.forward(post, &d).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UpstreamUnavailable);
+        assert_eq!(counts(), (0, 0, 0));
+        // A reload keeps the budget's counters.
+        let next = ProxyService::new(
+            "a",
+            vec![spec(&format!("http://{up}"), 1)],
+            ServiceOptions::default(),
+            Some(&svc),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&next.inner.budget, &svc.inner.budget));
     }
 
     #[test]
