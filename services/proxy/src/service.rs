@@ -346,7 +346,12 @@ impl ProxyService {
     /// authority become the upstream's. Hop-by-hop headers are removed both ways and the
     /// `x-forwarded-*` headers are set; `host` passes unchanged.
     ///
-    /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
+    /// Tried once, unless [`ServiceOptions::retry`] sets a [`RetryPolicy`]: then a request it
+    /// lets be sent again (idempotent, body empty or declaring at most 64 KiB, read into memory
+    /// first) is tried again after an outcome it lists, within its attempts and the service's
+    /// retry budget, and the caller gets the last try's outcome.
+    ///
+    /// Errors: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
     /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long
     /// (see [`ServiceOptions::response_timeout`]), [`ErrorKind::UpstreamUnavailable`] when the
     /// connection fails, the upstream hangs up or its response head is invalid or too large,
