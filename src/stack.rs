@@ -18,8 +18,8 @@ use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_proxy::{
-    CircuitBreakerOptions, HealthCheckOptions, ProxyService, ServiceOptions, StickyKey, Strategy,
-    Target, UpstreamSpec,
+    CircuitBreakerOptions, HealthCheckOptions, ProxyService, RetryOn, RetryPolicy, ServiceOptions,
+    StickyKey, Strategy, Target, UpstreamSpec,
 };
 use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
@@ -292,6 +292,16 @@ fn build_service(
             count_5xx: cb.count_5xx,
         },
         health_check,
+        retry: svc.retry.as_ref().map(|r| {
+            let on = r.on.iter().map(|cond| match cond {
+                snakeway_config::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
+                snakeway_config::RetryOn::ResetBeforeResponse => RetryOn::ResetBeforeResponse,
+                snakeway_config::RetryOn::Status502 => RetryOn::Status502,
+                snakeway_config::RetryOn::Status503 => RetryOn::Status503,
+                snakeway_config::RetryOn::Status504 => RetryOn::Status504,
+            });
+            RetryPolicy::new(r.attempts, on, r.budget_percent)
+        }),
     };
     ProxyService::new(&svc.name, upstreams, options, previous).map_err(|e| e.to_string())
 }

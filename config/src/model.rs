@@ -143,6 +143,10 @@ pub struct Service {
     pub circuit_breaker: CircuitBreaker,
     /// Active health probes.
     pub health_check: HealthCheck,
+    /// Explicit retries; `None` (no `[service.retry]` table): a failed request is never sent
+    /// again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
 }
 
 /// How a service picks an upstream.
@@ -251,6 +255,61 @@ impl Default for HealthCheck {
             healthy_threshold: 2,
         }
     }
+}
+
+/// `[service.retry]`: which failed requests are sent again, and how many at most.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// Tries per request, the first included (1-5, default 2).
+    pub attempts: u32,
+    /// The outcomes that are retried, each once, in the order first written (default
+    /// `connect_failure`, `reset_before_response`).
+    pub on: Vec<RetryOn>,
+    /// Retries in flight at most this share of the service's requests in flight (0-100,
+    /// default 20); 3 retries in flight are always allowed, so that a quiet service can still
+    /// retry (Envoy's `min_retry_concurrency`).
+    pub budget_percent: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            on: vec![RetryOn::ConnectFailure, RetryOn::ResetBeforeResponse],
+            budget_percent: 20,
+        }
+    }
+}
+
+/// An outcome of a try that `[service.retry]` may retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RetryOn {
+    /// Connecting failed (refused, timed out, TLS handshake failed): nothing was sent.
+    #[serde(rename = "connect_failure")]
+    ConnectFailure,
+    /// The upstream closed or reset the connection before a response head.
+    #[serde(rename = "reset_before_response")]
+    ResetBeforeResponse,
+    /// The upstream answered 502.
+    #[serde(rename = "502")]
+    Status502,
+    /// The upstream answered 503.
+    #[serde(rename = "503")]
+    Status503,
+    /// The upstream answered 504.
+    #[serde(rename = "504")]
+    Status504,
+}
+
+impl RetryOn {
+    /// Every condition with its config name.
+    pub const ALL: [(&'static str, Self); 5] = [
+        ("connect_failure", Self::ConnectFailure),
+        ("reset_before_response", Self::ResetBeforeResponse),
+        ("502", Self::Status502),
+        ("503", Self::Status503),
+        ("504", Self::Status504),
+    ];
 }
 
 /// `[[route]]`: a path prefix (and optional host) and what serves it.

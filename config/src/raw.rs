@@ -87,6 +87,7 @@ pub(crate) struct RawService {
     pub(crate) max_response_header_bytes: Option<u64>,
     pub(crate) circuit_breaker: Option<RawCircuitBreaker>,
     pub(crate) health_check: Option<RawHealthCheck>,
+    pub(crate) retry: Option<RawRetry>,
 }
 
 /// One entry of `upstreams`.
@@ -119,6 +120,15 @@ pub(crate) struct RawHealthCheck {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) unhealthy_threshold: Option<u32>,
     pub(crate) healthy_threshold: Option<u32>,
+}
+
+/// `[service.retry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) attempts: Option<u32>,
+    pub(crate) on: Option<Vec<String>>,
+    pub(crate) budget_percent: Option<u32>,
 }
 
 /// `[[route]]`: the keys of all three targets, sorted out in `validate`.

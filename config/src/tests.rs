@@ -271,6 +271,7 @@ fn full_example_loads_with_its_values() {
             max_response_header_bytes: 65_536,
             circuit_breaker: CircuitBreaker::default(),
             health_check: HealthCheck::default(),
+            retry: None,
         }]
     );
     assert_eq!(
@@ -470,6 +471,7 @@ type = "structured_logging"
                 unhealthy_threshold: 3,
                 healthy_threshold: 2,
             },
+            retry: None,
         }
     );
     let targets: Vec<_> = config.routes.iter().map(|r| r.target.clone()).collect();
@@ -1638,6 +1640,18 @@ const INTEGER_KEYS: &[(&str, &str, u64, u64)] = &[
         1000,
     ),
     (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.retry]\nattempts = VALUE\n",
+        "service[0].retry.attempts",
+        1,
+        5,
+    ),
+    (
+        "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[service.retry]\nbudget_percent = VALUE\n",
+        "service[0].retry.budget_percent",
+        0,
+        100,
+    ),
+    (
         "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n[[route]]\npath = \"/\"\nservice = \"s\"\nmax_websockets = VALUE\n",
         "route[0].max_websockets",
         1,
@@ -1884,4 +1898,92 @@ fn wasm_device_max_instances() {
     let text = toml::to_string(&config).unwrap();
     assert!(text.contains("max_instances = 8"), "{text}");
     assert_eq!(load_str(&text, &path).unwrap(), config);
+}
+
+#[test]
+fn service_retry() {
+    let tmp = TempDir::new("retry");
+    let path = tmp.path("snakeway.toml");
+    let service = "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n";
+    let load = |extra: &str| load_str(&format!("{service}{extra}"), &path);
+    let retry = |extra: &str| {
+        load(&format!("[service.retry]\n{extra}"))
+            .map(|c| c.services[0].retry.clone().expect("a retry policy"))
+    };
+
+    // Absent: no retries at all.
+    assert_eq!(load("").unwrap().services[0].retry, None);
+    // Present: the defaults fill what is not written.
+    assert_eq!(retry("").unwrap(), Retry::default());
+    assert_eq!(
+        retry("").unwrap(),
+        Retry {
+            attempts: 2,
+            on: vec![RetryOn::ConnectFailure, RetryOn::ResetBeforeResponse],
+            budget_percent: 20,
+        }
+    );
+    // Every condition, in the order written, each once.
+    assert_eq!(
+        retry("attempts = 3\non = [\"503\", \"connect_failure\", \"502\", \"503\", \"504\", \"reset_before_response\"]\nbudget_percent = 0").unwrap(),
+        Retry {
+            attempts: 3,
+            on: vec![
+                RetryOn::Status503,
+                RetryOn::ConnectFailure,
+                RetryOn::Status502,
+                RetryOn::Status504,
+                RetryOn::ResetBeforeResponse,
+            ],
+            budget_percent: 0,
+        }
+    );
+
+    // Unknown conditions are named with their key; an empty list is refused.
+    let report = retry("on = [\"503\", \"500\", \"timeout\"]").unwrap_err();
+    let problems: Vec<(String, String)> = report
+        .problems
+        .iter()
+        .map(|p| (p.key.clone(), p.message.clone()))
+        .collect();
+    assert!(report.problems.iter().all(|p| p.file == path), "{report}");
+    assert_eq!(
+        problems,
+        [
+            (
+                "service[0].retry.on[1]".to_owned(),
+                "unknown value \"500\" (expected one of connect_failure, reset_before_response, 502, 503, 504)".to_owned()
+            ),
+            (
+                "service[0].retry.on[2]".to_owned(),
+                "unknown value \"timeout\" (expected one of connect_failure, reset_before_response, 502, 503, 504)".to_owned()
+            ),
+        ]
+    );
+    let report = retry("on = []").unwrap_err();
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert_eq!(report.problems[0].key, "service[0].retry.on");
+    // Statuses are strings, as in the schema; a number is a type error at the key.
+    let report = retry("on = [503]").unwrap_err();
+    assert!(report.to_string().contains("service[0]"), "{report}");
+    // Unknown keys are errors.
+    let report = retry("tries = 2").unwrap_err();
+    assert!(report.to_string().contains("tries"), "{report}");
+
+    // The dump shows the table (and only when present), and loads back as it is.
+    let config = load(
+        "[service.retry]\nattempts = 4\non = [\"502\", \"connect_failure\"]\nbudget_percent = 50",
+    )
+    .unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("[service.retry]"), "{text}");
+    assert!(
+        text.contains(r#"on = ["502", "connect_failure"]"#),
+        "{text}"
+    );
+    assert_eq!(load_str(&text, &path).unwrap(), config);
+    let plain = load("").unwrap();
+    let text = toml::to_string(&plain).unwrap();
+    assert!(!text.contains("retry"), "{text}");
+    assert_eq!(load_str(&text, &path).unwrap(), plain);
 }

@@ -32,6 +32,10 @@ const CONNECTIONS: RangeInclusive<usize> = 1..=1_000_000;
 const WEIGHT: RangeInclusive<u32> = 1..=1000;
 /// Circuit-breaker and health-check thresholds and the half-open request allowance.
 const THRESHOLD: RangeInclusive<u32> = 1..=1000;
+/// `retry.attempts`: tries per request, the first included.
+const ATTEMPTS: RangeInclusive<u32> = 1..=5;
+/// `retry.budget_percent`.
+const PERCENT: RangeInclusive<u32> = 0..=100;
 /// `route.max_websockets`.
 const WEBSOCKETS: RangeInclusive<u32> = 1..=1_000_000;
 /// Sizes of files and bodies: up to 1 TiB.
@@ -435,6 +439,7 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
             THRESHOLD,
         ),
     };
+    let retry = raw.retry.map(|raw| build_retry(s, raw));
     let ca_file = raw
         .ca_file
         .and_then(|p| s.existing("ca_file", Some(p), Kind::File));
@@ -467,7 +472,43 @@ fn build_service(s: &mut Scope<'_>, raw: RawService) -> Option<Service> {
         .unwrap_or(65_536),
         circuit_breaker,
         health_check,
+        retry,
     })
+}
+
+/// `[service.retry]`, present: its keys or their defaults.
+fn build_retry(s: &mut Scope<'_>, raw: RawRetry) -> Retry {
+    let d = Retry::default();
+    let on = match raw.on {
+        None => d.on,
+        Some(list) => {
+            let mut on = Vec::with_capacity(list.len());
+            for (j, text) in list.iter().enumerate() {
+                if let Some(cond) = s.one_of(&format!("retry.on[{j}]"), text, &RetryOn::ALL)
+                    && !on.contains(&cond)
+                {
+                    on.push(cond);
+                }
+            }
+            if list.is_empty() {
+                s.bad(
+                    "retry.on",
+                    "names no condition: nothing would be retried (remove [service.retry] instead)",
+                );
+            }
+            on
+        }
+    };
+    Retry {
+        attempts: s.range("retry.attempts", raw.attempts, d.attempts, ATTEMPTS),
+        on,
+        budget_percent: s.range(
+            "retry.budget_percent",
+            raw.budget_percent,
+            d.budget_percent,
+            PERCENT,
+        ),
+    }
 }
 
 /// A list of IP networks (CIDR) or single addresses.

@@ -20,6 +20,7 @@ mod hostile;
 mod listeners;
 mod proxy;
 mod reload;
+mod retry;
 mod routing;
 mod static_files;
 mod trailers;

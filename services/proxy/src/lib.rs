@@ -2,9 +2,9 @@
 //! proxy header handling.
 //!
 //! A [`ProxyService`] is one configured service: a list of upstreams ([`Target`]s with weights),
-//! a [`Strategy`] to pick among them, and [`ServiceOptions`] for timeouts, TLS and the circuit
-//! breaker. It depends on no config schema: the server maps `[[service]]` entries to these
-//! constructor arguments.
+//! a [`Strategy`] to pick among them, and [`ServiceOptions`] for timeouts, TLS, the circuit
+//! breaker and retries. It depends on no config schema: the server maps `[[service]]` entries
+//! to these constructor arguments.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,12 +46,20 @@
 //!   removed first.
 //! * **Send.** Each upstream has its own pooled hyper-util client (keep-alive; prior-knowledge
 //!   h2c when `http2`; ALPN for `https`) and its own circuit breaker. Bodies stream both ways,
-//!   never buffered.
-//! * **Fail, without retrying.** Refused, reset, TLS failure, closed before responding:
+//!   never buffered (but for a small request body kept for retries, below).
+//! * **Fail.** Refused, reset, TLS failure, closed before responding:
 //!   [`UpstreamUnavailable`](snakeway_core::ErrorKind::UpstreamUnavailable) (502). Connecting
 //!   or the response headers taking longer than their timeouts:
 //!   [`UpstreamTimeout`](snakeway_core::ErrorKind::UpstreamTimeout) (504). Each failure is
 //!   counted by the upstream's circuit breaker (and a 5xx response too, if so configured).
+//! * **Retry, only when asked.** Without [`ServiceOptions::retry`] nothing is sent twice. With a
+//!   [`RetryPolicy`], an idempotent request whose body is empty or declares at most 64 KiB (read
+//!   into memory first) is tried again after an outcome the policy lists ([`RetryOn`]: connect
+//!   failure, reset before the response head, an upstream 502/503/504), on an upstream not
+//!   tried yet when one admits it, while attempts remain and the service's retry budget allows
+//!   it (fewer retries in flight than 3 or than the policy's share of the service's requests
+//!   in flight, whichever is more). Every try counts for its upstream's circuit; the client
+//!   gets the last try's outcome.
 //! * **Blame the side that stalled.** `response_timeout` runs while the upstream holds the
 //!   exchange up, in full from the moment the whole request was sent; a client whose request
 //!   body stalls ([`ClientBodyTimeout`](snakeway_core::ClientBodyTimeout)) gets
@@ -88,6 +96,7 @@ mod h1pool;
 mod headers;
 mod health_check;
 mod io;
+mod retry;
 mod service;
 mod sticky;
 mod target;
@@ -97,6 +106,7 @@ pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
 pub use breaker::{CircuitBreakerOptions, CircuitState};
 pub use health_check::{HealthCheckOptions, HealthChecker};
+pub use retry::{RetryOn, RetryPolicy};
 pub use service::{
     BuildError, Downstream, ProxyFuture, ProxyService, ServiceOptions, UpstreamSpec, UpstreamStatus,
 };

@@ -31,6 +31,7 @@ use crate::sticky::StickyKey;
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
 };
+use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 
@@ -68,12 +69,14 @@ pub struct ServiceOptions {
     pub circuit_breaker: CircuitBreakerOptions,
     /// Active health checks; `None`: upstreams are never probed (and always count as healthy).
     pub health_check: Option<HealthCheckOptions>,
+    /// Explicit retries; `None`: a failed request is never sent again.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Default for ServiceOptions {
     /// The defaults of the design contract: round robin, HTTP/1.1, system roots, 2 s to connect,
     /// 30 s to respond, 60 s between body reads, 64 KiB response heads, default circuit breaker,
-    /// no health checks.
+    /// no health checks, no retries.
     fn default() -> Self {
         Self {
             strategy: Strategy::RoundRobin,
@@ -85,6 +88,7 @@ impl Default for ServiceOptions {
             max_response_header_bytes: 64 * 1024,
             circuit_breaker: CircuitBreakerOptions::default(),
             health_check: None,
+            retry: None,
         }
     }
 }
@@ -173,6 +177,10 @@ struct Inner {
     breaker: CircuitBreakerOptions,
     /// The probe verdicts, when the service has active health checks.
     health_check: Option<Arc<ServiceHealth>>,
+    retry: Option<RetryPolicy>,
+    /// Requests and retries in flight, counted only under a retry policy; shared with the
+    /// snapshot this one replaced.
+    budget: Arc<Budget>,
 }
 
 struct Upstream {
@@ -346,6 +354,8 @@ impl ProxyService {
                 read_timeout: options.read_timeout,
                 breaker: options.circuit_breaker,
                 health_check,
+                retry: options.retry,
+                budget: previous.map_or_else(Arc::default, |p| p.inner.budget.clone()),
             }),
         })
     }
@@ -406,7 +416,12 @@ impl ProxyService {
     ///
     /// Upstreams that failed their health checks are skipped, unless all have (panic mode).
     ///
-    /// Errors, never retried: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
+    /// Tried once, unless [`ServiceOptions::retry`] sets a [`RetryPolicy`]: then a request it
+    /// lets be sent again (idempotent, body empty or declaring at most 64 KiB, read into memory
+    /// first) is tried again after an outcome it lists, within its attempts and the service's
+    /// retry budget, and the caller gets the last try's outcome.
+    ///
+    /// Errors: [`ErrorKind::NoHealthyUpstream`] when every circuit is open,
     /// [`ErrorKind::UpstreamTimeout`] when connecting or the response headers take too long
     /// (see [`ServiceOptions::response_timeout`]), [`ErrorKind::UpstreamUnavailable`] when the
     /// connection fails, the upstream hangs up or its response head is invalid or too large,
@@ -426,41 +441,132 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
-        let key = inner.sticky.as_ref().and_then(|key| {
-            let client = req
-                .extensions()
-                .get::<ClientAddr>()
-                .map_or(downstream.peer.ip(), |c| c.0);
-            key.hash(req.headers(), client)
-        });
-        let Some((index, permit)) = inner.balancer.pick(
-            inner.upstreams.len(),
-            key,
-            |i| inner.upstreams[i].health.in_flight.load(Ordering::Relaxed),
-            |i| inner.admit(i),
-        ) else {
-            return Err(Error::new(
-                ErrorKind::NoHealthyUpstream,
-                format!("service \"{}\": no healthy upstream", inner.name),
-            ));
+        if let Some(policy) = &inner.retry {
+            let _request = inner.budget.request();
+            if policy.may_retry(&req) {
+                // Boxed: only a request that may be sent again carries the retry loop's state.
+                return Box::pin(self.forward_retrying(req, downstream, policy)).await;
+            }
+            return self.forward_once(req, downstream).await;
+        }
+        self.forward_once(req, downstream).await
+    }
+
+    /// [`ProxyService::forward`] with one try.
+    #[inline]
+    async fn forward_once(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Result<Response<Body>, Error> {
+        let key = self.inner.sticky_hash(&req, downstream);
+        let Some(picked) = self.inner.pick(key, 0) else {
+            return Err(self.inner.no_healthy_upstream());
         };
+        self.attempt(picked, req, downstream).await.result
+    }
+
+    /// [`ProxyService::forward`] for a request that `policy` lets be sent again: its body is
+    /// read into memory first, then a try whose outcome `policy` retries is followed by another
+    /// (to an upstream not tried yet when one admits it) while attempts remain, the retry
+    /// budget allows and some upstream admits it. The client gets the last try's outcome.
+    async fn forward_retrying(
+        &self,
+        req: Request<Body>,
+        downstream: &Downstream,
+        policy: &RetryPolicy,
+    ) -> Result<Response<Body>, Error> {
+        let inner = &*self.inner;
+        let key = inner.sticky_hash(&req, downstream);
+        let (head, body) = req.into_parts();
+        let replay = Replay::read(body)
+            .await
+            .map_err(|e| inner.replay_error(e))?;
+        let mut picked = inner.pick(key, 0).ok_or_else(|| inner.no_healthy_upstream())?;
+        let mut tried = 0u64;
+        let mut attempt = 1;
+        // The slot of the retry under way in the budget.
+        let mut retrying = None;
+        loop {
+            let index = picked.0;
+            let req = copy_request(&head, replay.body());
+            let Try { result, cause } = self.attempt(picked, req, downstream).await;
+            let Some(cause) = cause.filter(|cause| policy.retries_on(*cause)) else {
+                return result;
+            };
+            if attempt >= policy.attempts() {
+                return result;
+            }
+            let upstream = &inner.upstreams[index].short_name;
+            drop(retrying.take());
+            let Some(slot) = inner.budget.try_retry(policy.budget_percent()) else {
+                tracing::debug!(
+                    service = %inner.name,
+                    %upstream,
+                    attempt,
+                    cause = cause.as_str(),
+                    "retry budget exhausted; not retried"
+                );
+                return result;
+            };
+            if index < 64 {
+                tried |= 1 << index;
+            }
+            // Every circuit refuses now: the outcome at hand stands.
+            let Some(next) = inner.pick(key, tried) else {
+                return result;
+            };
+            retrying = Some(slot);
+            attempt += 1;
+            tracing::info!(
+                service = %inner.name,
+                %upstream,
+                next = %inner.upstreams[next.0].short_name,
+                attempt,
+                cause = cause.as_str(),
+                "retrying the request"
+            );
+            // A retried response's body is dropped unread (its connection is not reused).
+            drop(result);
+            picked = next;
+        }
+    }
+
+    /// One try on the `picked` upstream (admitted by its circuit): rewrites `req` for it, sends
+    /// it and waits for the response head. Settles the upstream's circuit and counters, and
+    /// says which [`RetryOn`] the outcome meets, if any.
+    async fn attempt(
+        &self,
+        picked: (usize, Permit<'_>),
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Try {
+        let inner = &*self.inner;
+        let (index, permit) = picked;
         let upstream = &inner.upstreams[index];
-        let req = upstream.prepare(req, downstream).map_err(|e| {
-            Error::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "service \"{}\": cannot build the upstream request",
-                    inner.name
-                ),
-            )
-            .with_source(e)
-        })?;
+        let req = match upstream.prepare(req, downstream) {
+            Ok(req) => req,
+            Err(e) => {
+                let error = Error::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "service \"{}\": cannot build the upstream request",
+                        inner.name
+                    ),
+                )
+                .with_source(e);
+                return Try {
+                    result: Err(error),
+                    cause: None,
+                };
+            }
+        };
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
         // Counts the request in flight until dropped: here on failure, or with the body.
         let blame = Blame::enter(self.inner.clone(), index);
         let sent = inner.send(upstream, req).await;
-        match sent {
+        let (result, cause) = match sent {
             Ok(response) => {
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
@@ -468,20 +574,22 @@ impl ProxyService {
                 } else {
                     permit.success();
                 }
+                let cause = RetryOn::of_status(response.status());
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
                 // An HTTP/1.0 upstream's answer goes on as HTTP/1.1 (this proxy speaks 1.1).
                 parts.version = Version::HTTP_11;
                 let body = self.response_body(body, blame);
-                Ok(Response::from_parts(parts, body))
+                (Ok(Response::from_parts(parts, body)), cause)
             }
             Err(Failure::Send(error, sending)) => {
+                let cause = RetryOn::of_failure(&*error, sending);
                 let (error, upstream_fault) = inner.upstream_error(upstream, error, sending);
                 if upstream_fault {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
                 }
-                Err(error)
+                (Err(error), cause)
             }
             Err(Failure::Timeout { sent }) => {
                 upstream.health.failures.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +606,7 @@ impl ProxyService {
                     cause = "response_timeout",
                     "upstream stalled {after}"
                 );
-                Err(Error::new(
+                let error = Error::new(
                     ErrorKind::UpstreamTimeout,
                     format!(
                         "service \"{}\": upstream {} did not respond within {} ms",
@@ -506,9 +614,12 @@ impl ProxyService {
                         upstream.short_name,
                         inner.response_timeout.as_millis()
                     ),
-                ))
+                );
+                // Not retried: the upstream may still be working on it.
+                (Err(error), None)
             }
-        }
+        };
+        Try { result, cause }
     }
 
     /// The client-facing body of a response from the upstream of `blame`: read-timed and
@@ -592,6 +703,25 @@ enum Failure {
     },
 }
 
+/// The outcome of one try ([`ProxyService::attempt`]).
+struct Try {
+    /// What the client gets if this is the last try.
+    result: Result<Response<Body>, Error>,
+    /// The retry condition the outcome meets, if any.
+    cause: Option<RetryOn>,
+}
+
+/// A copy of a request head with `body`, for one try of a request that may be retried.
+fn copy_request(head: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    *req.extensions_mut() = head.extensions.clone();
+    req
+}
+
 /// A response body as the pool hands it over.
 enum PoolBody {
     /// From our HTTP/1.1 pool: returns its connection at its end.
@@ -670,6 +800,76 @@ impl Inner {
             return None;
         }
         Permit::acquire(&self.upstreams[index].health.breaker, &self.breaker)
+    }
+
+    /// The hash of `req`'s sticky key, when the strategy is `sticky_hash` and `req` has one.
+    #[inline]
+    fn sticky_hash(&self, req: &Request<Body>, downstream: &Downstream) -> Option<u64> {
+        self.sticky.as_ref().and_then(|key| {
+            let client = req
+                .extensions()
+                .get::<ClientAddr>()
+                .map_or(downstream.peer.ip(), |c| c.0);
+            key.hash(req.headers(), client)
+        })
+    }
+
+    /// Picks an upstream that [`Inner::admit`]s a request (for `sticky_hash`, the one `key`
+    /// maps to, if any), preferring those not in `tried` (a bit
+    /// per upstream index, exact for the first 64); when none of those admits, any of them, so
+    /// a retry may go to the upstream that just failed.
+    #[inline]
+    fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, Permit<'_>)> {
+        let pick = |tried: u64| {
+            self.balancer.pick(
+                self.upstreams.len(),
+                key,
+                |i| self.upstreams[i].health.in_flight.load(Ordering::Relaxed),
+                |i| {
+                    if i < 64 && tried & (1 << i) != 0 {
+                        return None;
+                    }
+                    self.admit(i)
+                },
+            )
+        };
+        pick(tried).or_else(|| if tried == 0 { None } else { pick(0) })
+    }
+
+    /// The error when every circuit refuses the request.
+    fn no_healthy_upstream(&self) -> Error {
+        Error::new(
+            ErrorKind::NoHealthyUpstream,
+            format!("service \"{}\": no healthy upstream", self.name),
+        )
+    }
+
+    /// The error for a request body that could not be read into memory for retries.
+    fn replay_error(&self, error: ReadError) -> Error {
+        let name = &self.name;
+        match error {
+            ReadError::Client(e) if cause_ref::<ClientBodyTimeout>(&*e).is_some() => {
+                tracing::warn!(
+                    service = %name,
+                    cause = "body_read_timeout",
+                    "client stalled sending the request body"
+                );
+                Error::new(
+                    ErrorKind::RequestTimeout,
+                    format!("service \"{name}\": the client stalled sending the request body"),
+                )
+                .with_source(e)
+            }
+            ReadError::Client(e) => Error::new(
+                ErrorKind::BadRequest,
+                format!("service \"{name}\": the request body broke off"),
+            )
+            .with_source(e),
+            ReadError::TooLong => Error::new(
+                ErrorKind::BadRequest,
+                format!("service \"{name}\": the request body is longer than it declared"),
+            ),
+        }
     }
 
     /// Sends `req` to `upstream` and waits for the response head.
@@ -960,6 +1160,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn spec(url: &str, weight: u32) -> UpstreamSpec {
         UpstreamSpec {
@@ -1105,6 +1306,85 @@ mod tests {
             0,
             "shared with the reloaded service, and released"
         );
+    }
+
+    #[tokio::test]
+    async fn retries_leave_no_count_behind() {
+        use http_body_util::BodyExt;
+        let up = hello_upstream().await;
+        let policy = RetryPolicy::new(3, [RetryOn::ConnectFailure], 0);
+        let svc = ProxyService::new(
+            "a",
+            vec![
+                spec("http://127.0.0.1:1", 1),
+                spec(&format!("http://{up}"), 1),
+            ],
+            ServiceOptions {
+                strategy: Strategy::Failover,
+                circuit_breaker: CircuitBreakerOptions {
+                    enabled: false,
+                    ..CircuitBreakerOptions::default()
+                },
+                retry: Some(policy),
+                ..ServiceOptions::default()
+            },
+            None,
+        )
+        .unwrap();
+        let d = Downstream {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            tls: false,
+            trusted: false,
+        };
+        let budget = &svc.inner.budget;
+        let counts = || {
+            (
+                budget.requests_in_flight(),
+                budget.retries_in_flight(),
+                svc.inner.upstreams[0]
+                    .health
+                    .in_flight
+                    .load(Ordering::Relaxed),
+            )
+        };
+        for _ in 0..5 {
+            // The refused first try is retried on the other upstream.
+            let put = Request::put("/")
+                .body(Body::full(Bytes::from_static(b"abc")))
+                .unwrap();
+            let res = svc.forward(put, &d).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+            assert_eq!(counts(), (0, 0, 0));
+        }
+        assert_eq!(
+            svc.inner.upstreams[0]
+                .health
+                .requests
+                .load(Ordering::Relaxed),
+            5
+        );
+        assert_eq!(
+            svc.inner.upstreams[1]
+                .health
+                .requests
+                .load(Ordering::Relaxed),
+            5
+        );
+        // A POST is tried once: the refusal is the answer.
+        let post = Request::post("/").body(Body::empty()).unwrap();
+        let e = svc.forward(post, &d).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UpstreamUnavailable);
+        assert_eq!(counts(), (0, 0, 0));
+        // A reload keeps the budget's counters.
+        let next = ProxyService::new(
+            "a",
+            vec![spec(&format!("http://{up}"), 1)],
+            ServiceOptions::default(),
+            Some(&svc),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&next.inner.budget, &svc.inner.budget));
     }
 
     #[test]

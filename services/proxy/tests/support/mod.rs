@@ -283,6 +283,7 @@ pub fn options() -> ServiceOptions {
             ..Default::default()
         },
         health_check: None,
+        retry: None,
     }
 }
 
