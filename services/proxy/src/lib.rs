@@ -74,6 +74,7 @@ mod io;
 mod service;
 mod target;
 mod tls;
+mod upgrade;
 
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
@@ -83,3 +84,4 @@ pub use service::{
 };
 pub use target::{Target, TargetError};
 pub use tls::TlsConfigError;
+pub use upgrade::{Tunnel, TunnelError, TunnelStats, is_websocket_upgrade};
