@@ -23,6 +23,7 @@ use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn::tls;
+use crate::conn::tunnel::{WebSocketCount, WebSockets};
 use crate::devices::Purpose;
 use crate::router::{HostMatch, Route, Router};
 
@@ -51,6 +52,8 @@ pub(crate) enum Outcome {
         /// The service's name, shared with request contexts.
         name: Arc<str>,
         strip_prefix: bool,
+        /// `websocket = true`: the route's `max_websockets` and open count.
+        websockets: Option<WebSockets>,
     },
     /// Answer with a configured response.
     Respond(Synthetic),
@@ -130,6 +133,12 @@ impl Snapshot {
                         service: service.clone(),
                         name: s.service.as_str().into(),
                         strip_prefix: s.strip_prefix,
+                        websockets: s.websocket.then(|| WebSockets {
+                            count: previous
+                                .and_then(|p| p.websocket_count(route.host.as_deref(), &route.path))
+                                .unwrap_or_default(),
+                            max: s.max_websockets as usize,
+                        }),
                     },
                     // Unknown services are reported by validation; a failed build was reported above.
                     None => continue,
@@ -214,6 +223,22 @@ impl Snapshot {
             listeners,
             services,
             pipeline,
+        })
+    }
+}
+
+impl Snapshot {
+    /// The open-WebSocket count of the websocket route for `host` and `path` exactly, to carry
+    /// over to the next snapshot.
+    fn websocket_count(&self, host: Option<&str>, path: &str) -> Option<Arc<WebSocketCount>> {
+        let host = HostMatch::parse(host);
+        let prefix = path.trim_end_matches('/');
+        self.router.routes().find_map(|r| match &r.target {
+            Outcome::Service {
+                websockets: Some(ws),
+                ..
+            } if r.host == host && r.prefix == prefix => Some(ws.count.clone()),
+            _ => None,
         })
     }
 }

@@ -22,3 +22,4 @@ mod routing;
 mod static_files;
 mod wasm;
 mod wasm_cache;
+mod websocket;
