@@ -342,3 +342,54 @@ async fn a_tunnel_keeps_working_and_counting_across_a_reload() {
         "the open tunnel no longer counts against its route"
     );
 }
+
+#[tokio::test]
+async fn the_handshake_passes_the_device_pipeline_first() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (up, seen) = echo_upstream().await;
+    let mut toml = config(up.addr, "", "", "");
+    toml.push_str("\n[[device]]\ntype = \"request_filter\"\nrequired_headers = [\"x-api-key\"]\n");
+    let server = Server::start(&toml).await;
+    assert_eq!(refused_status(server.addr(), "/ws").await, 400);
+    assert_eq!(seen.lock().unwrap().len(), 0, "the upstream was asked");
+
+    let mut req = format!("ws://{}/ws", server.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-api-key", http::HeaderValue::from_static("k"));
+    let (mut ws, _) = tokio::time::timeout(T, connect_async(req))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake");
+    echoes(&mut ws, "through the pipeline").await;
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_connection_slot() {
+    let (up, _) = echo_upstream().await;
+    let mut toml = config(up.addr, "", "max_connections = 1", "");
+    toml.push_str("\n[[route]]\npath = \"/plain\"\nrespond = { status = 200, body = \"plain\" }\n");
+    let server = Server::start(&toml).await;
+    let mut ws = connect(server.addr(), "/ws").await.expect("handshake");
+    echoes(&mut ws, "holding the only slot").await;
+
+    // A second connection waits in the accept queue while the tunnel is open...
+    let waiting = tokio::spawn(crate::client::get(server.addr(), "/plain"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "served with the slot held by a tunnel"
+    );
+    echoes(&mut ws, "still open").await;
+
+    // ...and is served once it closes.
+    ws.close(None).await.unwrap();
+    assert!(matches!(next(&mut ws).await, Message::Close(_)));
+    drop(ws);
+    let res = tokio::time::timeout(T, waiting)
+        .await
+        .expect("the waiting request was never served")
+        .unwrap();
+    assert_eq!((res.status, res.text().as_str()), (200, "plain"));
+}
