@@ -126,7 +126,7 @@ mod tests {
         let c = ws.try_open().expect("a place was given back");
         // A reload that lowers the limit: open ones stay, new ones wait for the count to drop.
         let lowered = WebSockets {
-            count: ws.count.clone(),
+            count: ws.count,
             max: 1,
         };
         assert!(lowered.try_open().is_none());

@@ -29,6 +29,8 @@ async fn echo_upstream() -> (Upstream, Arc<Mutex<Vec<HeaderMap>>>) {
     let up = upstream::raw(move |stream| {
         let log = log.clone();
         Box::pin(async move {
+            // The error type is tungstenite's, not ours to shrink.
+            #[allow(clippy::result_large_err)]
             let record = |req: &tungstenite::handshake::server::Request,
                           res: tungstenite::handshake::server::Response| {
                 log.lock().unwrap().push(req.headers().clone());
