@@ -58,6 +58,14 @@
 //!
 //! The hot path takes no lock: picking, the circuit breakers and the counters are atomics.
 //!
+//! # WebSockets
+//!
+//! [`ProxyService::forward_upgrade`] forwards a WebSocket handshake ([`is_websocket_upgrade`])
+//! over a dedicated HTTP/1.1 upstream connection and, on `101`, returns a [`Tunnel`] that the
+//! caller runs ([`Tunnel::run`]: bounded buffers both ways, half-close, an idle timeout).
+//! [`ProxyService::forward`] never lets a `101` through: it strips `upgrade`, and an upstream
+//! that switches protocols anyway is a 502.
+//!
 //! # Reloads
 //!
 //! Pass the old snapshot's same-named service as `previous` to [`ProxyService::new`]: an
