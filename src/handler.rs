@@ -69,7 +69,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let snapshot = self.state.snapshot.load_full();
         let downstream = self.downstream;
         if let Some(rejection) = self.rejections.get() {
@@ -78,7 +78,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             return Box::pin(std::future::ready(Ok(response)));
         }
         let gap = self.body_read_timeout;
-        let mut req = req;
         if req.extensions().get::<OnUpgrade>().is_some() {
             // hyper could upgrade this one: a websocket route will need the tunnel host.
             req.extensions_mut().insert(self.tunnels.clone());
