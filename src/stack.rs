@@ -128,6 +128,18 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let outcome = match &route.target {
+                RouteTarget::Service(s) if s.websocket && speaks_http2(&config, &s.service) => {
+                    problems.push(problem(
+                        &source,
+                        format!("route[{i}].websocket"),
+                        format!(
+                            "service {:?} has http2 = true; WebSockets are proxied over \
+                             HTTP/1.1 only",
+                            s.service
+                        ),
+                    ));
+                    continue;
+                }
                 RouteTarget::Service(s) => match services.get(&s.service) {
                     Some(service) => Outcome::Service {
                         service: service.clone(),
@@ -241,6 +253,15 @@ impl Snapshot {
             _ => None,
         })
     }
+}
+
+/// Whether the service `name` talks HTTP/2 to its upstreams (and so cannot carry an HTTP/1.1
+/// upgrade).
+fn speaks_http2(config: &Config, name: &str) -> bool {
+    config
+        .services
+        .iter()
+        .any(|svc| svc.name == name && svc.http2)
 }
 
 fn problem(source: &Path, key: String, message: String) -> Problem {

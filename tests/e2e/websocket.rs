@@ -395,3 +395,21 @@ async fn a_tunnel_keeps_its_connection_slot() {
         .unwrap();
     assert_eq!((res.status, res.text().as_str()), (200, "plain"));
 }
+
+#[tokio::test]
+async fn a_websocket_route_to_an_http2_service_is_refused_by_config_check() {
+    let (up, _) = echo_upstream().await;
+    let dir = crate::harness::TestDir::new("ws-h2");
+    let toml = config(up.addr, "", "", "").replace("upstreams = [", "http2 = true\nupstreams = [");
+    let path = dir.write("snakeway.toml", toml);
+    let out = crate::harness::run_cli(
+        &["config", "check", "-c", path.to_str().unwrap()],
+        &dir.path,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted:\n{stderr}");
+    assert!(
+        stderr.contains("route[0].websocket") && stderr.contains("HTTP/1.1 only"),
+        "{stderr}"
+    );
+}
