@@ -151,7 +151,14 @@ async fn text_and_binary_echo_and_the_close_handshake() {
                 .unwrap()
                 .eq_ignore_ascii_case("upgrade")
         );
-        assert!(h.get("sec-websocket-key").is_some());
+        for name in [
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+        ] {
+            assert_eq!(h.get_all(name).iter().count(), 1, "{name} sent once");
+        }
         assert_eq!(h.get("sec-websocket-version").unwrap(), "13");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert!(h.get("x-request-id").is_some());

@@ -271,19 +271,6 @@ impl ProxyService {
             return self.forward(req, downstream).await.map(|r| (r, None));
         };
         let inner = &*self.inner;
-        if inner
-            .upstreams
-            .first()
-            .is_some_and(|u| matches!(u.pool.client, PoolClient::Http2(_)))
-        {
-            return Err(Error::new(
-                ErrorKind::UpstreamUnavailable,
-                format!(
-                    "service \"{}\": http2 upstreams cannot carry a WebSocket upgrade",
-                    inner.name
-                ),
-            ));
-        }
         // What `prepare` removes as hop-by-hop and the handshake needs end to end.
         let kept: Vec<(HeaderName, HeaderValue)> = req
             .headers()
@@ -303,6 +290,16 @@ impl ProxyService {
             ));
         };
         let upstream = &inner.upstreams[index];
+        let PoolClient::Http1(pool) = &upstream.pool.client else {
+            // The permit is released unsettled: the upstream was not asked.
+            return Err(Error::new(
+                ErrorKind::UpstreamUnavailable,
+                format!(
+                    "service \"{}\": http2 upstreams cannot carry a WebSocket upgrade",
+                    inner.name
+                ),
+            ));
+        };
         let mut req = upstream.prepare(req, downstream).map_err(|e| {
             Error::new(
                 ErrorKind::BadRequest,
@@ -314,6 +311,10 @@ impl ProxyService {
             .with_source(e)
         })?;
         let headers = req.headers_mut();
+        // Put back as they came, whether `prepare` removed them or not (never twice).
+        for (name, _) in &kept {
+            headers.remove(name);
+        }
         for (name, value) in kept {
             headers.append(name, value);
         }
@@ -321,13 +322,6 @@ impl ProxyService {
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
         let blame = Blame::enter(self.inner.clone(), index);
-        let PoolClient::Http1(pool) = &upstream.pool.client else {
-            // Checked above: every upstream of a service has the same kind of pool.
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("service \"{}\": no HTTP/1.1 pool", inner.name),
-            ));
-        };
         let sent = tokio::time::timeout(inner.response_timeout, pool.upgrade(req)).await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
