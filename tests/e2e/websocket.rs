@@ -305,6 +305,8 @@ async fn an_unasked_101_is_a_502() {
     assert_eq!(res.status, 502, "a plain request got a 101 through");
     // A WebSocket handshake on a non-websocket route: never 101 either.
     assert_eq!(refused_status(server.addr(), "/other").await, 502);
+    // A connection that switched protocols is never reused for another request.
+    assert_eq!(up.connections(), 2);
 }
 
 #[tokio::test]
