@@ -14,16 +14,18 @@ use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
 use snakeway_core::{
     Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, RequestInfo, path, respond,
 };
-use snakeway_proxy::Downstream;
+use snakeway_proxy::{Downstream, ProxyService, is_websocket_upgrade};
 use tower::ServiceExt;
 
 use crate::conn::h1::{Rejection, Rejections, host};
+use crate::conn::tunnel::{TunnelHost, WebSockets};
 use crate::router::request_host;
 use crate::stack::{Outcome, Snapshot};
 use crate::state::State;
@@ -37,6 +39,8 @@ pub(crate) struct ConnService {
     rejections: Rejections,
     /// The listener's `body_read_timeout`.
     body_read_timeout: Duration,
+    /// Where the connection's tunnel runs if a request upgrades it.
+    tunnels: TunnelHost,
 }
 
 // === impl ConnService ===
@@ -49,12 +53,14 @@ impl ConnService {
         downstream: Downstream,
         rejections: Rejections,
         body_read_timeout: Duration,
+        tunnels: TunnelHost,
     ) -> Self {
         Self {
             state,
             downstream,
             rejections,
             body_read_timeout,
+            tunnels,
         }
     }
 }
@@ -64,7 +70,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let snapshot = self.state.snapshot.load_full();
         let downstream = self.downstream;
         if let Some(rejection) = self.rejections.get() {
@@ -73,6 +79,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             return Box::pin(std::future::ready(Ok(response)));
         }
         let gap = self.body_read_timeout;
+        if req.extensions().get::<OnUpgrade>().is_some() {
+            // hyper could upgrade this one: a websocket route will need the tunnel host.
+            req.extensions_mut().insert(self.tunnels.clone());
+        }
         Box::pin(async move {
             let req = req.map(|body| Body::incoming_with_timeout(body, gap));
             let response = handle(snapshot, downstream, req).await;
@@ -203,6 +213,7 @@ async fn route_and_call(
                     service,
                     name,
                     strip_prefix,
+                    websockets,
                 } => {
                     if *strip_prefix {
                         let stripped = strip(req.uri().path(), &route.prefix);
@@ -210,8 +221,14 @@ async fn route_and_call(
                             *req.uri_mut() = uri;
                         }
                     }
-                    let forward =
-                        tower::service_fn(|req: Request<Body>| service.forward(req, downstream));
+                    let mut upgrade = websockets
+                        .as_ref()
+                        .filter(|_| is_websocket_upgrade(&req))
+                        .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
+                    let route_name = &route.name;
+                    let forward = tower::service_fn(|req: Request<Body>| {
+                        forward(service, downstream, req, upgrade.take(), route_name)
+                    });
                     match ctx.take() {
                         None => forward.oneshot(req).await.map(|r| (r, Origin::Upstream)),
                         Some(mut ctx) => {
@@ -237,6 +254,35 @@ async fn route_and_call(
         (Err(error), Some(ctx)) => Err(error.with_ctx(ctx)),
     };
     log_failure(result, request_id.as_ref())
+}
+
+/// Forwards `req` to `service`; with `upgrade` (a WebSocket handshake on a websocket route), as
+/// an upgrade whose tunnel runs on the connection's [`TunnelHost`]: 503 when the route has
+/// `max_websockets` open, before the upstream is contacted.
+async fn forward(
+    service: &ProxyService,
+    downstream: &Downstream,
+    req: Request<Body>,
+    upgrade: Option<(&WebSockets, TunnelHost)>,
+    route: &Arc<str>,
+) -> Result<Response<Body>, Error> {
+    let Some((websockets, host)) = upgrade else {
+        return service.forward(req, downstream).await;
+    };
+    let Some(open) = websockets.try_open() else {
+        return Err(Error::new(
+            ErrorKind::NoHealthyUpstream,
+            format!(
+                "route {route}: max_websockets ({}) are open",
+                websockets.max
+            ),
+        ));
+    };
+    let (response, tunnel) = service.forward_upgrade(req, downstream).await?;
+    if let Some(tunnel) = tunnel {
+        host.spawn(tunnel, open, route.clone());
+    }
+    Ok(response)
 }
 
 /// The route for a request, or why there is none.

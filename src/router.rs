@@ -87,6 +87,11 @@ impl<T> Router<T> {
         Self { routes }
     }
 
+    /// Every route, most specific first.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route<T>> {
+        self.routes.iter()
+    }
+
     /// The best route for `host` (without port) and a normalized `path`.
     #[inline]
     pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Route<T>> {

@@ -25,6 +25,7 @@ use snakeway_synthetic::Synthetic;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn::tls;
+use crate::conn::tunnel::{WebSocketCount, WebSockets};
 use crate::devices::Purpose;
 use crate::router::{HostMatch, Route, Router};
 
@@ -53,6 +54,8 @@ pub(crate) enum Outcome {
         /// The service's name, shared with request contexts.
         name: Arc<str>,
         strip_prefix: bool,
+        /// `websocket = true`: the route's `max_websockets` and open count.
+        websockets: Option<WebSockets>,
     },
     /// Answer with a configured response.
     Respond(Synthetic),
@@ -127,11 +130,29 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let outcome = match &route.target {
+                RouteTarget::Service(s) if s.websocket && speaks_http2(&config, &s.service) => {
+                    problems.push(problem(
+                        &source,
+                        format!("route[{i}].websocket"),
+                        format!(
+                            "service {:?} has http2 = true; WebSockets are proxied over \
+                             HTTP/1.1 only",
+                            s.service
+                        ),
+                    ));
+                    continue;
+                }
                 RouteTarget::Service(s) => match services.get(&s.service) {
                     Some(service) => Outcome::Service {
                         service: service.clone(),
                         name: s.service.as_str().into(),
                         strip_prefix: s.strip_prefix,
+                        websockets: s.websocket.then(|| WebSockets {
+                            count: previous
+                                .and_then(|p| p.websocket_count(route.host.as_deref(), &route.path))
+                                .unwrap_or_default(),
+                            max: s.max_websockets as usize,
+                        }),
                     },
                     // Unknown services are reported by validation; a failed build was reported above.
                     None => continue,
@@ -218,6 +239,31 @@ impl Snapshot {
             pipeline,
         })
     }
+}
+
+impl Snapshot {
+    /// The open-WebSocket count of the websocket route for `host` and `path` exactly, to carry
+    /// over to the next snapshot.
+    fn websocket_count(&self, host: Option<&str>, path: &str) -> Option<Arc<WebSocketCount>> {
+        let host = HostMatch::parse(host);
+        let prefix = path.trim_end_matches('/');
+        self.router.routes().find_map(|r| match &r.target {
+            Outcome::Service {
+                websockets: Some(ws),
+                ..
+            } if r.host == host && r.prefix == prefix => Some(ws.count.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// Whether the service `name` talks HTTP/2 to its upstreams (and so cannot carry an HTTP/1.1
+/// upgrade).
+fn speaks_http2(config: &Config, name: &str) -> bool {
+    config
+        .services
+        .iter()
+        .any(|svc| svc.name == name && svc.http2)
 }
 
 fn problem(source: &Path, key: String, message: String) -> Problem {

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
+use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::{Rejections, StrictH1};
 use crate::handler::ConnService;
@@ -168,9 +169,9 @@ struct Limit {
     max: AtomicUsize,
 }
 
-/// A slot of a [`Limit`], held by one connection: its permit goes back (or pays the limit's
-/// debt) when dropped.
-struct Slot(Arc<Limit>);
+/// A slot of a [`Limit`], held by one connection (and, once it is upgraded, by its tunnel): its
+/// permit goes back (or pays the limit's debt) when dropped.
+pub(crate) struct Slot(Arc<Limit>);
 
 // === impl Limit ===
 
@@ -289,7 +290,8 @@ impl AcceptLoop {
                 runtime,
                 state: self.state.clone(),
                 shutdown: self.shutdown.clone(),
-                _slot: slot,
+                tunnels: self.connections.clone(),
+                slot: Arc::new(slot),
             };
             self.connections.spawn(conn.serve(stream, peer));
         }
@@ -307,7 +309,10 @@ struct Connection {
     runtime: Arc<ListenerRuntime>,
     state: Arc<State>,
     shutdown: CancellationToken,
-    _slot: Slot,
+    /// Where an upgraded connection's tunnel runs (the connection tasks' tracker).
+    tunnels: TaskTracker,
+    /// Shared with the connection's tunnel, if it is upgraded.
+    slot: Arc<Slot>,
 }
 
 // === impl Connection ===
@@ -326,6 +331,11 @@ impl Connection {
                 Downstream { peer, tls, trusted },
                 rejections.clone(),
                 self.runtime.body_read_timeout,
+                TunnelHost::new(
+                    self.tunnels.clone(),
+                    self.runtime.idle_timeout,
+                    self.slot.clone(),
+                ),
             ),
             meter.clone(),
         );

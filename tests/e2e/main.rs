@@ -26,3 +26,4 @@ mod static_files;
 mod trailers;
 mod wasm;
 mod wasm_cache;
+mod websocket;

@@ -103,15 +103,42 @@ impl H1Pool {
         Ok(self.checkin_after(response, sender))
     }
 
+    /// Sends an upgrade request (a WebSocket handshake) over a new connection of its own,
+    /// never a pooled one, and never pooled afterwards: after a `101` the connection belongs
+    /// to the tunnel ([`hyper::upgrade::on`] on the response), after any other answer it is
+    /// closed with the response body.
+    pub(crate) async fn upgrade(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        *req.uri_mut() = origin_form(req.uri());
+        let io = self
+            .connector
+            .clone()
+            .oneshot(Uri::from_static("/"))
+            .await?;
+        let (mut sender, connection) = self.builder.handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream upgrade connection ended with an error");
+            }
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
     /// Wraps the response body so that the connection returns to the pool once the body has
-    /// been read to its end (at once for a response without a body).
+    /// been read to its end (at once for a response without a body). A `101 Switching
+    /// Protocols` nobody asked for never returns its connection: that connection now speaks
+    /// something else.
     fn checkin_after(
         self: &Arc<Self>,
         response: Response<Incoming>,
         sender: http1::SendRequest<Body>,
     ) -> Response<Checkin> {
         use http_body::Body as _;
-        let sender = if response.body().is_end_stream() {
+        let sender = if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            None
+        } else if response.body().is_end_stream() {
             let _ = self.idle.push(sender);
             None
         } else {

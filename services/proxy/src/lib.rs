@@ -80,6 +80,14 @@
 //! publishes it in an atomic that `forward` reads. Each flip, and entering or leaving panic
 //! mode, is logged once.
 //!
+//! # WebSockets
+//!
+//! [`ProxyService::forward_upgrade`] forwards a WebSocket handshake ([`is_websocket_upgrade`])
+//! over a dedicated HTTP/1.1 upstream connection and, on `101`, returns a [`Tunnel`] that the
+//! caller runs ([`Tunnel::run`]: bounded buffers both ways, half-close, an idle timeout).
+//! [`ProxyService::forward`] never lets a `101` through: it strips `upgrade`, and an upstream
+//! that switches protocols anyway is a 502.
+//!
 //! # Reloads
 //!
 //! Pass the old snapshot's same-named service as `previous` to [`ProxyService::new`]: an
@@ -101,6 +109,7 @@ mod service;
 mod sticky;
 mod target;
 mod tls;
+mod upgrade;
 
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;
@@ -113,3 +122,4 @@ pub use service::{
 pub use sticky::StickyKey;
 pub use target::{Target, TargetError};
 pub use tls::TlsConfigError;
+pub use upgrade::{Tunnel, TunnelError, TunnelStats, is_websocket_upgrade};

@@ -34,6 +34,7 @@ use crate::health_check::{
 use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
+use crate::upgrade::UnaskedSwitch;
 
 /// One upstream of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,18 +164,18 @@ pub struct UpstreamStatus {
 /// how pools survive a reload.
 #[derive(Clone)]
 pub struct ProxyService {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    name: Box<str>,
-    upstreams: Box<[Upstream]>,
+pub(crate) struct Inner {
+    pub(crate) name: Box<str>,
+    pub(crate) upstreams: Box<[Upstream]>,
     balancer: Balancer,
     /// What `sticky_hash` hashes.
     sticky: Option<StickyKey>,
-    response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     read_timeout: Duration,
-    breaker: CircuitBreakerOptions,
+    pub(crate) breaker: CircuitBreakerOptions,
     /// The probe verdicts, when the service has active health checks.
     health_check: Option<Arc<ServiceHealth>>,
     retry: Option<RetryPolicy>,
@@ -183,17 +184,17 @@ struct Inner {
     budget: Arc<Budget>,
 }
 
-struct Upstream {
+pub(crate) struct Upstream {
     target: Target,
     weight: u32,
     /// `host:port` or `unix:/path`, for messages.
-    short_name: Box<str>,
+    pub(crate) short_name: Box<str>,
     scheme: Scheme,
     authority: Authority,
     /// `host` for the rare request that has none (HTTP/1.0 without `Host`).
     default_host: Option<HeaderValue>,
-    pool: Arc<Pool>,
-    health: Arc<Health>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) health: Arc<Health>,
     /// Its probe verdict: carried over while the target is unchanged and the service keeps
     /// its health checks; fresh (healthy) otherwise.
     probe: Arc<ProbeHealth>,
@@ -201,15 +202,15 @@ struct Upstream {
 
 /// The connection pool of one upstream and the options it was built with; carried over to the
 /// next snapshot when those options are unchanged.
-struct Pool {
-    client: PoolClient,
+pub(crate) struct Pool {
+    pub(crate) client: PoolClient,
     options: ConnOptions,
     /// Also dials the health probes.
     connector: Connector,
 }
 
 /// How requests reach one upstream.
-enum PoolClient {
+pub(crate) enum PoolClient {
     /// HTTP/1.1: our own lock-free pool of connections.
     Http1(Arc<H1Pool>),
     /// HTTP/2 (prior knowledge or ALPN): hyper-util's client, which multiplexes one connection.
@@ -228,14 +229,14 @@ struct ConnOptions {
 
 /// Circuit breaker and counters of one upstream; carried over to the next snapshot whenever
 /// the target is unchanged.
-struct Health {
-    breaker: Breaker,
-    requests: AtomicU64,
-    failures: AtomicU64,
+pub(crate) struct Health {
+    pub(crate) breaker: Breaker,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
     /// Requests sent and not yet finished: up to the end (or drop) of the response body, as
     /// Envoy counts them. Read by [`Strategy::LeastRequests`]; shared across reloads, so a
     /// request that outlives its snapshot still counts where the next one looks.
-    in_flight: AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
 }
 
 // === impl ProxyService ===
@@ -625,7 +626,7 @@ impl ProxyService {
     /// The client-facing body of a response from the upstream of `blame`: read-timed and
     /// holding the request's in-flight count until it ends, unless empty (then the request is
     /// finished now and `blame` is dropped).
-    fn response_body(&self, body: PoolBody, blame: Blame) -> Body {
+    pub(crate) fn response_body(&self, body: PoolBody, blame: Blame) -> Body {
         use http_body::Body as _;
         let gap = self.inner.read_timeout;
         match body {
@@ -723,7 +724,7 @@ fn copy_request(head: &http::request::Parts, body: Body) -> Request<Body> {
 }
 
 /// A response body as the pool hands it over.
-enum PoolBody {
+pub(crate) enum PoolBody {
     /// From our HTTP/1.1 pool: returns its connection at its end.
     Http1(Checkin),
     /// From hyper-util's client (HTTP/2, or HTTP/1.1 where ALPN chose it).
@@ -742,7 +743,7 @@ pub(crate) struct Blame {
 
 impl Blame {
     /// Counts one more request in flight on upstream `index` of `service`.
-    fn enter(service: Arc<Inner>, index: usize) -> Self {
+    pub(crate) fn enter(service: Arc<Inner>, index: usize) -> Self {
         service.upstreams[index]
             .health
             .in_flight
@@ -804,7 +805,7 @@ impl Inner {
 
     /// The hash of `req`'s sticky key, when the strategy is `sticky_hash` and `req` has one.
     #[inline]
-    fn sticky_hash(&self, req: &Request<Body>, downstream: &Downstream) -> Option<u64> {
+    pub(crate) fn sticky_hash(&self, req: &Request<Body>, downstream: &Downstream) -> Option<u64> {
         self.sticky.as_ref().and_then(|key| {
             let client = req
                 .extensions()
@@ -819,7 +820,7 @@ impl Inner {
     /// per upstream index, exact for the first 64); when none of those admits, any of them, so
     /// a retry may go to the upstream that just failed.
     #[inline]
-    fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, Permit<'_>)> {
+    pub(crate) fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, Permit<'_>)> {
         let pick = |tried: u64| {
             self.balancer.pick(
                 self.upstreams.len(),
@@ -837,7 +838,7 @@ impl Inner {
     }
 
     /// The error when every circuit refuses the request.
-    fn no_healthy_upstream(&self) -> Error {
+    pub(crate) fn no_healthy_upstream(&self) -> Error {
         Error::new(
             ErrorKind::NoHealthyUpstream,
             format!("service \"{}\": no healthy upstream", self.name),
@@ -902,7 +903,7 @@ impl Inner {
     /// Turns a client error into the error the caller sees, and says whether it is the
     /// upstream's fault (and so counts against its circuit). `sending` is where the request
     /// body stood.
-    fn upstream_error(
+    pub(crate) fn upstream_error(
         &self,
         upstream: &Upstream,
         source: BoxError,
@@ -981,6 +982,8 @@ impl Inner {
                 "reset the connection"
             } else if hyper.is_some_and(hyper::Error::is_parse_too_large) {
                 "sent a response head larger than max_response_header_bytes"
+            } else if cause_ref::<UnaskedSwitch>(error).is_some() {
+                "switched protocols unasked (101)"
             } else if hyper.is_some_and(|h| h.is_parse() || h.is_parse_status()) {
                 "sent an invalid response"
             } else if hyper
@@ -1058,7 +1061,7 @@ where
 impl Upstream {
     /// Rewrites a downstream request for this upstream: URI, version and headers.
     #[inline]
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         req: Request<Body>,
         downstream: &Downstream,
@@ -1148,12 +1151,17 @@ impl Pool {
         })
     }
 
-    /// Sends a prepared request to this upstream.
+    /// Sends a prepared request to this upstream. A `101 Switching Protocols` is an error here:
+    /// upgrades go through [`ProxyService::forward_upgrade`].
     async fn send(&self, req: Request<Body>) -> Result<Response<PoolBody>, BoxError> {
-        match &self.client {
-            PoolClient::Http1(pool) => Ok(pool.request(req).await?.map(PoolBody::Http1)),
-            PoolClient::Http2(client) => Ok(client.request(req).await?.map(PoolBody::Http2)),
+        let response = match &self.client {
+            PoolClient::Http1(pool) => pool.request(req).await?.map(PoolBody::Http1),
+            PoolClient::Http2(client) => client.request(req).await?.map(PoolBody::Http2),
+        };
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UnaskedSwitch.into());
         }
+        Ok(response)
     }
 }
 
