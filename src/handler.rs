@@ -271,7 +271,7 @@ async fn forward(
     };
     let Some(open) = websockets.try_open() else {
         return Err(Error::new(
-            ErrorKind::NoHealthyUpstream,
+            ErrorKind::Overloaded,
             format!(
                 "route {route}: max_websockets ({}) are open",
                 websockets.max

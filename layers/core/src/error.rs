@@ -23,6 +23,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// No upstream may take the request (all down, circuit open): 503.
     NoHealthyUpstream,
+    /// A configured limit on concurrent work is reached (a route's `max_websockets`): 503.
+    Overloaded,
     /// A device failed while handling the request: 500.
     Device,
     /// Anything else inside the proxy: 500.
@@ -40,7 +42,7 @@ impl ErrorKind {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyUpstream | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Device | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +56,7 @@ impl ErrorKind {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::Overloaded => "overloaded",
             Self::Device => "device",
             Self::Internal => "internal",
         }
@@ -204,6 +207,7 @@ mod tests {
         assert_eq!(ErrorKind::UpstreamUnavailable.status(), 502);
         assert_eq!(ErrorKind::UpstreamTimeout.status(), 504);
         assert_eq!(ErrorKind::NoHealthyUpstream.status(), 503);
+        assert_eq!(ErrorKind::Overloaded.status(), 503);
         assert_eq!(ErrorKind::NoRoute.status(), 404);
         assert_eq!(ErrorKind::RequestTimeout.status(), 408);
     }
