@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -15,9 +15,6 @@ use super::Ctx;
 
 /// The longest a `POST /admin/reload` waits for the reload to finish (WASM compiles included).
 const RELOAD_WAIT: Duration = Duration::from_secs(100);
-
-/// The content type of `/metrics` (what `prometheus-client` encodes).
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Answers one admin request.
 pub(super) async fn handle(
@@ -43,9 +40,11 @@ pub(super) async fn handle(
         "/admin/stats" if get => json(StatusCode::OK, &super::views::stats(&snapshot)),
         "/admin/config" if get => json(StatusCode::OK, &super::views::config(&snapshot.config)),
         "/metrics" if get => {
-            let mut res = text(StatusCode::OK, crate::telemetry::encode_scrape(&ctx.state));
+            let accept = req.headers().get(ACCEPT).map(HeaderValue::as_bytes);
+            let (body, content_type) = crate::telemetry::scrape(&ctx.state, accept);
+            let mut res = text(StatusCode::OK, body);
             res.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             res
         }
         "/admin/reload" if req.method() == Method::POST => reload(&ctx).await,

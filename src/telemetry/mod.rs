@@ -1,10 +1,12 @@
-//! Metrics for `GET /metrics` in the OpenMetrics text format (which Prometheus scrapes).
+//! Metrics for `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), the
+//! Prometheus text format otherwise.
 //!
 //! Each scrape builds a fresh [`Registry`] (prefix `snakeway`): the families below are
 //! computed at scrape time from the running snapshot and the process state, so they cost
 //! nothing per request; then [`recorded::register`] adds the families recorded on the request
 //! path.
 
+mod exposition;
 pub(crate) mod recorded;
 
 use std::time::UNIX_EPOCH;
@@ -25,8 +27,22 @@ type UpstreamLabels = [(&'static str, String); 2];
 const CIRCUIT_STATES: [CircuitState; 3] =
     [CircuitState::Closed, CircuitState::Open, CircuitState::HalfOpen];
 
-/// One scrape: every family, encoded.
-pub(crate) fn encode_scrape(state: &State) -> String {
+/// One scrape: every family, encoded in OpenMetrics if `accept` asks for it, else in the text
+/// format; with the content type to send.
+pub(crate) fn scrape(state: &State, accept: Option<&[u8]>) -> (String, &'static str) {
+    let openmetrics = encode_openmetrics(state);
+    if exposition::wants_openmetrics(accept) {
+        (openmetrics, exposition::OPENMETRICS)
+    } else {
+        (
+            exposition::to_text_format(&openmetrics),
+            exposition::TEXT_FORMAT,
+        )
+    }
+}
+
+/// Every family, in OpenMetrics.
+fn encode_openmetrics(state: &State) -> String {
     let mut registry = Registry::with_prefix("snakeway");
     register_process(&mut registry, state);
     register_upstreams(&mut registry, state);
