@@ -56,7 +56,11 @@ impl State {
 impl Reloads {
     /// Counts one reload attempt.
     pub(crate) fn record(&self, succeeded: bool) {
-        let counter = if succeeded { &self.succeeded } else { &self.failed };
+        let counter = if succeeded {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

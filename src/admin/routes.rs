@@ -22,7 +22,11 @@ pub(super) async fn handle(
     ctx: Arc<Ctx>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let snapshot = ctx.state.snapshot.load();
-    let token = snapshot.config.admin.as_ref().and_then(|a| a.token.as_deref());
+    let token = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref());
     if let Some(token) = token
         && !super::auth::authorized(req.headers(), token)
     {

@@ -50,7 +50,9 @@ async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Res
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .with_context(|| format!("cannot connect to the admin API at {addr} (is the server running?)"))?;
+            .with_context(|| {
+                format!("cannot connect to the admin API at {addr} (is the server running?)")
+            })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
@@ -58,7 +60,9 @@ async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Res
         if let Some(token) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let res = sender.send_request(req.body(Empty::<Bytes>::new())?).await?;
+        let res = sender
+            .send_request(req.body(Empty::<Bytes>::new())?)
+            .await?;
         let status = res.status();
         let body = Limited::new(res.into_body(), MAX_BODY)
             .collect()
@@ -90,8 +94,16 @@ fn render(addr: SocketAddr, health: &Value, upstreams: &Value) -> String {
         uptime(health["uptime_seconds"].as_u64().unwrap_or(0)),
     );
     let header = [
-        "SERVICE", "STRATEGY", "UPSTREAM", "WEIGHT", "CIRCUIT", "HEALTH", "IN-FLIGHT", "IDLE",
-        "REQUESTS", "FAILURES",
+        "SERVICE",
+        "STRATEGY",
+        "UPSTREAM",
+        "WEIGHT",
+        "CIRCUIT",
+        "HEALTH",
+        "IN-FLIGHT",
+        "IDLE",
+        "REQUESTS",
+        "FAILURES",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     let empty = Vec::new();

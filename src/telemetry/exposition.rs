@@ -89,7 +89,8 @@ mod tests {
 
     #[test]
     fn openmetrics_is_served_only_when_asked_for() {
-        let prometheus = b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let prometheus =
+            b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
         assert!(wants_openmetrics(Some(prometheus)));
         assert!(!wants_openmetrics(Some(b"text/plain")));
         assert!(!wants_openmetrics(Some(b"*/*")));

@@ -24,8 +24,11 @@ use crate::state::State;
 type UpstreamLabels = [(&'static str, String); 2];
 
 /// Every circuit state, for `snakeway_upstream_circuit_state`.
-const CIRCUIT_STATES: [CircuitState; 3] =
-    [CircuitState::Closed, CircuitState::Open, CircuitState::HalfOpen];
+const CIRCUIT_STATES: [CircuitState; 3] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+];
 
 /// One scrape: every family, encoded in OpenMetrics if `accept` asks for it, else in the text
 /// format; with the content type to send.

@@ -9,6 +9,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod admin;
 mod axum_example;
 mod balancing;
 mod config_cli;

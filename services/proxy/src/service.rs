@@ -27,11 +27,11 @@ use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Pe
 use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
-use crate::sticky::StickyKey;
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
 };
 use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
+use crate::sticky::StickyKey;
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 use crate::upgrade::UnaskedSwitch;
@@ -493,7 +493,9 @@ impl ProxyService {
         let replay = Replay::read(body)
             .await
             .map_err(|e| inner.replay_error(e))?;
-        let mut picked = inner.pick(key, 0).ok_or_else(|| inner.no_healthy_upstream())?;
+        let mut picked = inner
+            .pick(key, 0)
+            .ok_or_else(|| inner.no_healthy_upstream())?;
         let mut tried = 0u64;
         let mut attempt = 1;
         // The slot of the retry under way in the budget.
