@@ -291,12 +291,7 @@ async fn reload_through_the_api_answers_the_new_epoch_or_the_report() {
     assert_eq!(ok.json()["epoch"], 2);
 
     // A broken file: 422 with every problem, and the running configuration stays.
-    srv.rewrite_config(&config(
-        port,
-        None,
-        &[dead],
-        "bogus_key = 1",
-    ));
+    srv.rewrite_config(&config(port, None, &[dead], "bogus_key = 1"));
     let refused = admin(admin_at, "POST", "/admin/reload", None).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
     let problems = refused.json()["problems"].as_array().cloned().unwrap();

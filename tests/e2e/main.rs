@@ -19,6 +19,7 @@ mod grpc;
 mod health_check;
 mod hostile;
 mod listeners;
+mod prometheus;
 mod proxy;
 mod reload;
 mod retry;
