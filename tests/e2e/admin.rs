@@ -11,7 +11,7 @@ use http::Request;
 use http_body_util::Empty;
 
 use crate::client::{Resp, get, send_h1};
-use crate::harness::{Server, free_port, run_cli};
+use crate::harness::{Server, Signal, TestDir, eventually, free_port, run_cli};
 use crate::upstream::{self, refused_addr};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -554,5 +554,88 @@ async fn promtool_accepts_a_scrape() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         scrape.text()
+    );
+}
+
+#[tokio::test]
+async fn health_reports_draining_during_shutdown() {
+    let up = upstream::http(upstream::slow(Duration::from_secs(3), "late")).await;
+    let port = free_port();
+    let toml = config(port, None, &[up.url()], "")
+        .replace("threads = 2", "threads = 2\nshutdown_grace_ms = 30000");
+    let mut srv = Server::start(&toml).await;
+    let addr = srv.addr();
+    let slow = tokio::spawn(async move { get(addr, "/x").await });
+    assert!(eventually(WAIT, || up.requests() == 1).await);
+    let before = admin(admin_addr(port), "GET", "/admin/health", None)
+        .await
+        .json();
+    assert_eq!(before["draining"], false);
+
+    srv.signal(Signal::SIGTERM);
+    // The admin listener stays open while connections drain.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let health = loop {
+        let health = admin(admin_addr(port), "GET", "/admin/health", None)
+            .await
+            .json();
+        if health["draining"] == true {
+            break health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never draining: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health["status"], "draining");
+    assert_eq!(slow.await.unwrap().text(), "late");
+    assert!(srv.wait_exit(WAIT).await.is_some_and(|s| s.success()));
+}
+
+#[tokio::test]
+async fn an_admin_address_in_use_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TestDir::new("admin-taken");
+    let cfg = dir.write(
+        "snakeway.toml",
+        config(port, None, &[format!("http://{}", refused_addr())], ""),
+    );
+    let path = dir.path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["serve", "-c", cfg.to_str().unwrap()], &path)
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin.listen"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_admin_request_head_is_refused() {
+    let port = free_port();
+    let _srv = Server::start(&config(
+        port,
+        None,
+        &[format!("http://{}", refused_addr())],
+        "",
+    ))
+    .await;
+    let big = "a".repeat(32 * 1024);
+    let request = format!("GET /admin/health HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n");
+    let raw = crate::client::raw(admin_addr(port), request.as_bytes(), WAIT).await;
+    assert_eq!(raw.status(), Some(431), "{}", raw.text());
+    // The listener still serves.
+    assert_eq!(
+        admin(admin_addr(port), "GET", "/admin/health", None)
+            .await
+            .status,
+        200
     );
 }
