@@ -283,7 +283,7 @@ async fn admin_paths_are_ordinary_paths_on_a_public_listener() {
 async fn reload_through_the_api_answers_the_new_epoch_or_the_report() {
     let port = free_port();
     let dead = format!("http://{}", refused_addr());
-    let srv = Server::start(&config(port, None, &[dead.clone()], "")).await;
+    let srv = Server::start(&config(port, None, std::slice::from_ref(&dead), "")).await;
     let admin_at = admin_addr(port);
 
     let ok = admin(admin_at, "POST", "/admin/reload", None).await;
@@ -406,10 +406,15 @@ async fn the_upstream_table_shows_an_open_circuit_and_health() {
 async fn the_admin_listener_follows_reloads() {
     let port = free_port();
     let dead = format!("http://{}", refused_addr());
-    let srv = Server::start(&config(port, None, &[dead.clone()], "")).await;
+    let srv = Server::start(&config(port, None, std::slice::from_ref(&dead), "")).await;
 
     // A new token takes effect at once.
-    srv.rewrite_config(&config(port, Some("new-token"), &[dead.clone()], ""));
+    srv.rewrite_config(&config(
+        port,
+        Some("new-token"),
+        std::slice::from_ref(&dead),
+        "",
+    ));
     assert_eq!(
         admin(admin_addr(port), "POST", "/admin/reload", None)
             .await
@@ -427,7 +432,12 @@ async fn the_admin_listener_follows_reloads() {
 
     // A new address: the reload is answered on the old listener, then only the new one serves.
     let moved = free_port();
-    srv.rewrite_config(&config(moved, Some("new-token"), &[dead.clone()], ""));
+    srv.rewrite_config(&config(
+        moved,
+        Some("new-token"),
+        std::slice::from_ref(&dead),
+        "",
+    ));
     let res = admin(admin_addr(port), "POST", "/admin/reload", Some("new-token")).await;
     assert_eq!(res.status, 200, "{}", res.text());
     let health = admin(admin_addr(moved), "GET", "/admin/health", Some("new-token")).await;
@@ -638,4 +648,90 @@ async fn an_oversized_admin_request_head_is_refused() {
             .status,
         200
     );
+}
+
+/// Every `snakeway_…` name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("snakeway_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every string under an `expr` or `definition` key of the dashboard.
+fn queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    serde_json::Value::String(s) if key == "expr" || key == "definition" => {
+                        out.push(s.clone())
+                    }
+                    v => queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/snakeway.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    assert_eq!(dashboard["title"], "Snakeway");
+    let mut exprs = Vec::new();
+    queries(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    // What a running server exports: sample names and family names (histograms add
+    // `_bucket`, `_sum` and `_count` to theirs).
+    let port = free_port();
+    let _srv = Server::start(&config(
+        port,
+        None,
+        &[format!("http://{}", refused_addr())],
+        "",
+    ))
+    .await;
+    let scrape = admin(admin_addr(port), "GET", "/metrics", None)
+        .await
+        .text();
+    let exported: std::collections::HashSet<String> = scrape
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .map(str::to_owned)
+        .collect();
+    let known = |name: &str| {
+        exported.contains(name)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|f| exported.contains(f)))
+    };
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "a query naming no Snakeway metric: {expr}"
+        );
+        for name in names {
+            assert!(
+                known(&name),
+                "{name} (in {expr}) is not exported:\n{scrape}"
+            );
+        }
+    }
 }
