@@ -101,14 +101,44 @@ pub(super) fn stats(snapshot: &Snapshot) -> Value {
     json!({ "epoch": snapshot.epoch, "services": services, "routes": routes })
 }
 
+/// Words that mark a WASM device `config` entry as a secret (its key, lower-cased, contains
+/// one).
+const SECRET_WORDS: [&str; 6] = ["secret", "token", "password", "passwd", "credential", "key"];
+
 /// `GET /admin/config`: the merged configuration, as `snakeway config dump --json` prints it,
-/// with the admin token redacted.
+/// with secrets redacted: the admin token, and in every WASM device's free-form `config`
+/// table each entry whose key names a secret (at any depth).
 pub(super) fn config(config: &Config) -> Value {
     let mut value = serde_json::to_value(config).unwrap_or(Value::Null);
     if let Some(token) = value.pointer_mut("/admin/token") {
         *token = Value::String(REDACTED.to_owned());
     }
+    if let Some(Value::Array(devices)) = value.get_mut("device") {
+        for device in devices {
+            if let Some(table) = device.get_mut("config") {
+                redact_secrets(table);
+            }
+        }
+    }
     value
+}
+
+/// Replaces every entry of `value` (recursively) whose key names a secret.
+fn redact_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if SECRET_WORDS.iter().any(|w| key.contains(w)) {
+                    *v = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_secrets(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
 }
 
 /// A refused reload: every problem with its file, key and message.
@@ -119,4 +149,27 @@ pub(super) fn report(report: &Report) -> Value {
         .map(|p| json!({ "file": p.file, "key": p.key, "message": p.message }))
         .collect();
     json!({ "error": "the configuration was refused; the running one stays", "problems": problems })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_entries_are_redacted_at_any_depth() {
+        let mut table = json!({
+            "api_key": "k1",
+            "nested": { "Password": "p", "list": [{ "jwt_secret": "s" }], "limit": 3 },
+            "mode": "strict",
+        });
+        redact_secrets(&mut table);
+        assert_eq!(
+            table,
+            json!({
+                "api_key": REDACTED,
+                "nested": { "Password": REDACTED, "list": [{ "jwt_secret": REDACTED }], "limit": 3 },
+                "mode": "strict",
+            })
+        );
+    }
 }
