@@ -21,15 +21,16 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     ctx: Arc<Ctx>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let snapshot = ctx.state.snapshot.load();
-    let token = snapshot
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.as_deref());
-    if let Some(token) = token
-        && !super::auth::authorized(req.headers(), token)
-    {
+    // The token of the running configuration: a reload that changes it applies at once.
+    let authorized = match &ctx.state.snapshot.load().config.admin {
+        Some(admin) => admin
+            .token
+            .as_deref()
+            .is_none_or(|token| super::auth::authorized(req.headers(), token)),
+        // `[admin]` was removed: a connection accepted before is refused everything.
+        None => false,
+    };
+    if !authorized {
         let mut res = text(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
         res.headers_mut().insert(
             WWW_AUTHENTICATE,
@@ -38,11 +39,13 @@ pub(super) async fn handle(
         return Ok(res);
     }
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    // Loaded per endpoint, not held across the reload's await.
+    let snapshot = || ctx.state.snapshot.load_full();
     let res = match req.uri().path() {
         "/admin/health" if get => json(StatusCode::OK, &super::views::health(&ctx.state)),
-        "/admin/upstreams" if get => json(StatusCode::OK, &super::views::upstreams(&snapshot)),
-        "/admin/stats" if get => json(StatusCode::OK, &super::views::stats(&snapshot)),
-        "/admin/config" if get => json(StatusCode::OK, &super::views::config(&snapshot.config)),
+        "/admin/upstreams" if get => json(StatusCode::OK, &super::views::upstreams(&snapshot())),
+        "/admin/stats" if get => json(StatusCode::OK, &super::views::stats(&snapshot())),
+        "/admin/config" if get => json(StatusCode::OK, &super::views::config(&snapshot().config)),
         "/metrics" if get => {
             let accept = req.headers().get(ACCEPT).map(HeaderValue::as_bytes);
             let (body, content_type) = crate::telemetry::scrape(&ctx.state, accept);

@@ -402,6 +402,19 @@ async fn the_upstream_table_shows_an_open_circuit_and_health() {
     assert_eq!(circuit(&live.url(), "closed"), Some(1.0), "{text}");
 }
 
+/// Waits until connections to `addr` are refused (the closing accept loop is dropped by the
+/// runtime shortly after the reload answered).
+async fn closes(addr: SocketAddr) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn the_admin_listener_follows_reloads() {
     let port = free_port();
@@ -443,9 +456,7 @@ async fn the_admin_listener_follows_reloads() {
     let health = admin(admin_addr(moved), "GET", "/admin/health", Some("new-token")).await;
     assert_eq!(health.json()["epoch"], 3);
     assert!(
-        tokio::net::TcpStream::connect(admin_addr(port))
-            .await
-            .is_err(),
+        closes(admin_addr(port)).await,
         "the old admin address still accepts"
     );
 
@@ -464,6 +475,25 @@ async fn the_admin_listener_follows_reloads() {
     assert_eq!(res.json()["problems"][0]["key"], "admin.listen");
     let health = admin(admin_addr(moved), "GET", "/admin/health", Some("new-token")).await;
     assert_eq!(health.json()["epoch"], 3);
+
+    // Without [admin], the admin listener closes.
+    let without = config(moved, None, &[format!("http://{}", refused_addr())], "")
+        .replace(&format!("[admin]\nlisten = \"127.0.0.1:{moved}\""), "");
+    assert!(!without.contains("[admin]"));
+    srv.rewrite_config(&without);
+    let res = admin(
+        admin_addr(moved),
+        "POST",
+        "/admin/reload",
+        Some("new-token"),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["epoch"], 4);
+    assert!(
+        closes(admin_addr(moved)).await,
+        "the admin listener is still open"
+    );
 }
 
 #[tokio::test]
