@@ -85,9 +85,8 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
 
-    state
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // `GET /admin/health` says so while connections drain (the admin listener stays open).
+    state.start_draining();
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining connections"
@@ -188,8 +187,8 @@ fn remove_pid_file(path: &Path) {
 
 /// Reads, validates and builds the configuration at `path`, binds new listeners, swaps the
 /// snapshot, closes removed listeners, moves the admin listener if `[admin] listen` changed,
-/// and replaces the health checkers (the old ones stop
-/// before the new ones start). Any failure leaves everything as it was.
+/// and replaces the health checkers (the old ones stop before the new ones start). Any failure
+/// leaves everything as it was. Every attempt is counted (`snakeway_reloads_total`).
 ///
 /// Reading files, loading certificates and compiling WASM devices take long (a compile can
 /// take seconds), so the snapshot is built on a blocking-pool thread, never on a worker:

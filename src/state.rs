@@ -45,6 +45,11 @@ impl State {
         }
     }
 
+    /// Marks the start of shutdown.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Whether shutdown has begun.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
