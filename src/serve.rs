@@ -85,8 +85,10 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
 
-    // `GET /admin/health` says so while connections drain (the admin listener stays open).
+    // `GET /admin/health` says so while connections drain (the admin listener stays open);
+    // queued and later `POST /admin/reload`s are answered 503 at once.
     state.start_draining();
+    drop(reload_rx);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining connections"

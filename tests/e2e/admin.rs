@@ -641,6 +641,9 @@ async fn health_reports_draining_during_shutdown() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(health["status"], "draining");
+    // No reload once shutdown began.
+    let reload = admin(admin_addr(port), "POST", "/admin/reload", None).await;
+    assert_eq!(reload.status, 503, "{}", reload.text());
     assert_eq!(slow.await.unwrap().text(), "late");
     assert!(srv.wait_exit(WAIT).await.is_some_and(|s| s.success()));
 }
