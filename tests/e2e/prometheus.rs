@@ -49,6 +49,21 @@ impl Prometheus {
         Prometheus { child, port }
     }
 
+    /// Queries `query` until it shows `want` (up to 90 s: Prometheus must start and scrape);
+    /// returns the last value seen.
+    async fn wait_for(&self, query: &str, want: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.query(query).await;
+            if last == Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        last
+    }
+
     /// The value of the instant query `query`, if it has exactly one series.
     async fn query(&self, query: &str) -> Option<f64> {
         let path = format!("/api/v1/query?query={}", encode(query));
@@ -92,16 +107,16 @@ async fn prometheus_scrapes_the_upstream_request_count() {
         "snakeway_upstream_requests_total{{service=\"app\",upstream=\"{}\"}}",
         up.url()
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = prometheus.query(&query).await;
-        if last == Some(7.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(prometheus.wait_for(&query, 7.0).await, Some(7.0), "{query}");
+    // The count moves with traffic.
+    for _ in 0..3 {
+        assert_eq!(get(srv.addr(), "/x").await.status, 200);
     }
-    assert_eq!(last, Some(7.0), "Prometheus never showed 7 for {query}");
+    assert_eq!(
+        prometheus.wait_for(&query, 10.0).await,
+        Some(10.0),
+        "{query}"
+    );
     // The scrape itself was healthy, with the token.
     assert_eq!(prometheus.query("up{job=\"snakeway\"}").await, Some(1.0));
     assert_eq!(prometheus.query("snakeway_config_epoch").await, Some(1.0));
