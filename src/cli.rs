@@ -26,6 +26,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Show the running server's health, epoch, uptime and upstreams (through its admin API).
+    Status {
+        /// The configuration file naming the admin listener and its token.
+        #[arg(short, long, default_value = "snakeway.toml")]
+        config: PathBuf,
+    },
     /// Ask the running server (the pid in `server.pid_file`) to reload its configuration.
     Reload {
         /// The configuration file naming the pid file.
@@ -122,6 +128,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 written.display(),
                 written.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config } => {
+            let Some(loaded) = load_or_report(&config) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let Some(admin) = loaded.admin else {
+                anyhow::bail!(
+                    "{}: there is no [admin] table, so the server has no admin API to ask",
+                    config.display()
+                );
+            };
+            print!("{}", crate::admin::status::report(&admin)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config } => {

@@ -14,6 +14,7 @@ pub use snakeway_core as core;
 pub use snakeway_proxy as proxy;
 pub use snakeway_synthetic as synthetic;
 
+mod admin;
 pub mod cli;
 mod conn;
 mod devices;
@@ -22,3 +23,4 @@ mod router;
 mod serve;
 mod stack;
 mod state;
+mod telemetry;

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use snakeway_config::{Config, Problem, Report};
 use snakeway_proxy::HealthChecker;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admin::Admin;
 use crate::conn::Listeners;
 use crate::devices::Purpose;
 use crate::stack::Snapshot;
@@ -47,13 +47,14 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(config, path.clone(), 1, None, Purpose::Serve)?;
     let mut listeners = Listeners::new();
     let bound = listeners.bind(&snapshot)?;
-    let state = Arc::new(State {
-        snapshot: ArcSwap::from_pointee(snapshot),
-    });
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let mut admin = Admin::new(reload_tx);
+    let admin_plan = admin.bind(&snapshot.config, &path)?;
+    let state = Arc::new(State::new(snapshot));
     listeners.apply(bound, &state.snapshot.load(), &state);
+    admin.apply(admin_plan, &state);
     let mut checkers = start_health_checks(&state.snapshot.load());
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -63,7 +64,6 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         write_pid_file(pid_file)
             .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", pid_file.display()))?;
     }
-    let _reload_tx = reload_tx; // kept for the admin API's reload endpoint
     tracing::info!(epoch = 1, "snakeway started");
     loop {
         let reply: ReloadRequest = tokio::select! {
@@ -75,7 +75,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         // A stop signal does not wait for a reload still building its snapshot (a WASM compile
         // takes seconds): the half-built snapshot is dropped and nothing was changed yet.
         tokio::select! {
-            result = reload(&path, &state, &mut listeners, &mut checkers) => {
+            result = reload(&path, &state, &mut listeners, &mut admin, &mut checkers) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -85,6 +85,10 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // `GET /admin/health` says so while connections drain (the admin listener stays open);
+    // queued and later `POST /admin/reload`s are answered 503 at once.
+    state.start_draining();
+    drop(reload_rx);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining connections"
@@ -96,6 +100,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     } else {
         tracing::warn!("shutdown grace period over; closing the remaining connections");
     }
+    admin.close();
     state.snapshot.load().pipeline.flush();
     if let Some(pid_file) = &pid_file {
         remove_pid_file(pid_file);
@@ -183,8 +188,9 @@ fn remove_pid_file(path: &Path) {
 }
 
 /// Reads, validates and builds the configuration at `path`, binds new listeners, swaps the
-/// snapshot, closes removed listeners, and replaces the health checkers (the old ones stop
-/// before the new ones start). Any failure leaves everything as it was.
+/// snapshot, closes removed listeners, moves the admin listener if `[admin] listen` changed,
+/// and replaces the health checkers (the old ones stop before the new ones start). Any failure
+/// leaves everything as it was. Every attempt is counted (`snakeway_reloads_total`).
 ///
 /// Reading files, loading certificates and compiling WASM devices take long (a compile can
 /// take seconds), so the snapshot is built on a blocking-pool thread, never on a worker:
@@ -194,6 +200,7 @@ async fn reload(
     path: &Path,
     state: &Arc<State>,
     listeners: &mut Listeners,
+    admin: &mut Admin,
     checkers: &mut Vec<HealthChecker>,
 ) -> Result<u64, Report> {
     let result = async {
@@ -212,15 +219,18 @@ async fn reload(
                 message: format!("building the new configuration failed: {e}"),
             }],
         })??;
+        let admin_plan = admin.bind(&snapshot.config, path)?;
         let bound = listeners.bind(&snapshot)?;
         let epoch = snapshot.epoch;
         state.snapshot.store(Arc::new(snapshot));
         listeners.apply(bound, &state.snapshot.load(), state);
+        admin.apply(admin_plan, state);
         checkers.clear();
         *checkers = start_health_checks(&state.snapshot.load());
         Ok(epoch)
     }
     .await;
+    state.reloads.record(result.is_ok());
     match &result {
         Ok(epoch) => tracing::info!(epoch, "configuration reloaded"),
         Err(report) => {

@@ -9,6 +9,7 @@ mod harness;
 mod pki;
 mod upstream;
 
+mod admin;
 mod axum_example;
 mod balancing;
 mod config_cli;
@@ -18,6 +19,7 @@ mod grpc;
 mod health_check;
 mod hostile;
 mod listeners;
+mod prometheus;
 mod proxy;
 mod reload;
 mod retry;

@@ -56,6 +56,12 @@ impl H1Pool {
         }
     }
 
+    /// How many idle connections wait in the pool (some may have been closed by the peer
+    /// since; they are discarded when next taken).
+    pub(crate) fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
     /// Sends `req` over an idle connection, or a new one. The request URI must be absolute
     /// (as the caller builds it); it is sent in origin form.
     pub(crate) async fn request(

@@ -155,6 +155,11 @@ pub struct UpstreamStatus {
     pub requests: u64,
     /// Failed requests: connect errors, timeouts, and 5xx responses when those are counted.
     pub failures: u64,
+    /// Requests sent and not yet finished (up to the end of the response body).
+    pub in_flight: usize,
+    /// Idle pooled connections; `None` for HTTP/2 upstreams (one multiplexed connection,
+    /// pooled by hyper-util, which does not report it).
+    pub idle_connections: Option<usize>,
 }
 
 /// The upstream outcome of a route: picks an upstream, forwards the request over a pooled
@@ -375,6 +380,11 @@ impl ProxyService {
             healthy: u.probe.is_healthy(),
             requests: u.health.requests.load(Ordering::Relaxed),
             failures: u.health.failures.load(Ordering::Relaxed),
+            in_flight: u.health.in_flight.load(Ordering::Relaxed),
+            idle_connections: match &u.pool.client {
+                PoolClient::Http1(pool) => Some(pool.idle_connections()),
+                PoolClient::Http2(_) => None,
+            },
         })
     }
 

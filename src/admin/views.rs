@@ -1,0 +1,175 @@
+//! The JSON documents of the admin endpoints, read from the running snapshot.
+
+use serde_json::{Value, json};
+use snakeway_config::{Config, Report, RouteTarget};
+
+use crate::stack::Snapshot;
+use crate::state::State;
+
+/// What replaces secrets in `/admin/config`.
+const REDACTED: &str = "<redacted>";
+
+/// `GET /admin/health`.
+pub(super) fn health(state: &State) -> Value {
+    let draining = state.is_draining();
+    json!({
+        "status": if draining { "draining" } else { "ok" },
+        "epoch": state.snapshot.load().epoch,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "draining": draining,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /admin/upstreams`: every service, in config order, with its upstreams.
+pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
+    let services: Vec<Value> = snapshot
+        .config
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let service = snapshot.services.get(&svc.name)?;
+            let checked = svc.health_check.enabled;
+            let upstreams: Vec<Value> = service
+                .upstreams()
+                .map(|u| {
+                    json!({
+                        "url": u.target,
+                        "weight": u.weight,
+                        "circuit": u.state.as_str(),
+                        "health": match (checked, u.healthy) {
+                            (false, _) => "unchecked",
+                            (true, true) => "healthy",
+                            (true, false) => "unhealthy",
+                        },
+                        "in_flight": u.in_flight,
+                        "idle_connections": u.idle_connections,
+                        "requests": u.requests,
+                        "failures": u.failures,
+                    })
+                })
+                .collect();
+            Some(json!({
+                "name": svc.name,
+                "strategy": svc.strategy,
+                "upstreams": upstreams,
+            }))
+        })
+        .collect();
+    json!({ "epoch": snapshot.epoch, "services": services })
+}
+
+/// `GET /admin/stats`: per service, its upstreams' counters summed; the routes with where they
+/// lead (per-route request counts are in `/metrics`).
+pub(super) fn stats(snapshot: &Snapshot) -> Value {
+    let services: Vec<Value> = snapshot
+        .config
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let service = snapshot.services.get(&svc.name)?;
+            let (mut requests, mut failures, mut in_flight, mut open) = (0u64, 0u64, 0usize, 0);
+            for u in service.upstreams() {
+                requests += u.requests;
+                failures += u.failures;
+                in_flight += u.in_flight;
+                open += usize::from(u.state != snakeway_proxy::CircuitState::Closed);
+            }
+            Some(json!({
+                "name": svc.name,
+                "requests": requests,
+                "failures": failures,
+                "in_flight": in_flight,
+                "upstreams": svc.upstreams.len(),
+                "circuits_not_closed": open,
+            }))
+        })
+        .collect();
+    let routes: Vec<Value> = snapshot
+        .config
+        .routes
+        .iter()
+        .map(|r| {
+            let (kind, target) = match &r.target {
+                RouteTarget::Service(s) => ("service", json!(s.service)),
+                RouteTarget::Static(s) => ("static", json!(s.static_dir)),
+                RouteTarget::Respond(s) => ("respond", json!(s.status)),
+            };
+            json!({ "host": r.host, "path": r.path, "kind": kind, "target": target })
+        })
+        .collect();
+    json!({ "epoch": snapshot.epoch, "services": services, "routes": routes })
+}
+
+/// Words that mark a WASM device `config` entry as a secret (its key, lower-cased, contains
+/// one).
+const SECRET_WORDS: [&str; 6] = ["secret", "token", "password", "passwd", "credential", "key"];
+
+/// `GET /admin/config`: the merged configuration, as `snakeway config dump --json` prints it,
+/// with secrets redacted: the admin token, and in every WASM device's free-form `config`
+/// table each entry whose key names a secret (at any depth).
+pub(super) fn config(config: &Config) -> Value {
+    let mut value = serde_json::to_value(config).unwrap_or(Value::Null);
+    if let Some(token) = value.pointer_mut("/admin/token") {
+        *token = Value::String(REDACTED.to_owned());
+    }
+    if let Some(Value::Array(devices)) = value.get_mut("device") {
+        for device in devices {
+            if let Some(table) = device.get_mut("config") {
+                redact_secrets(table);
+            }
+        }
+    }
+    value
+}
+
+/// Replaces every entry of `value` (recursively) whose key names a secret.
+fn redact_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if SECRET_WORDS.iter().any(|w| key.contains(w)) {
+                    *v = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_secrets(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+/// A refused reload: every problem with its file, key and message.
+pub(super) fn report(report: &Report) -> Value {
+    let problems: Vec<Value> = report
+        .problems
+        .iter()
+        .map(|p| json!({ "file": p.file, "key": p.key, "message": p.message }))
+        .collect();
+    json!({ "error": "the configuration was refused; the running one stays", "problems": problems })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_entries_are_redacted_at_any_depth() {
+        let mut table = json!({
+            "api_key": "k1",
+            "nested": { "Password": "p", "list": [{ "jwt_secret": "s" }], "limit": 3 },
+            "mode": "strict",
+        });
+        redact_secrets(&mut table);
+        assert_eq!(
+            table,
+            json!({
+                "api_key": REDACTED,
+                "nested": { "Password": REDACTED, "list": [{ "jwt_secret": REDACTED }], "limit": 3 },
+                "mode": "strict",
+            })
+        );
+    }
+}
