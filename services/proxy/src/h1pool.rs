@@ -94,12 +94,7 @@ impl H1Pool {
                 },
             }
         }
-        let io = self
-            .connector
-            .clone()
-            .oneshot(Uri::from_static("/"))
-            .await?;
-        let (mut sender, connection) = self.builder.handshake(io).await?;
+        let (mut sender, connection) = self.connect().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended with an error");
@@ -118,18 +113,31 @@ impl H1Pool {
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
         *req.uri_mut() = origin_form(req.uri());
-        let io = self
-            .connector
-            .clone()
-            .oneshot(Uri::from_static("/"))
-            .await?;
-        let (mut sender, connection) = self.builder.handshake(io).await?;
+        let (mut sender, connection) = self.connect().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream upgrade connection ended with an error");
             }
         });
         Ok(sender.send_request(req).await?)
+    }
+
+    /// A new connection to the upstream, handshaken; the caller drives its connection task.
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            http1::SendRequest<Body>,
+            http1::Connection<<Connector as tower::Service<Uri>>::Response, Body>,
+        ),
+        BoxError,
+    > {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(Uri::from_static("/"))
+            .await?;
+        Ok(self.builder.handshake(io).await?)
     }
 
     /// Wraps the response body so that the connection returns to the pool once the body has
