@@ -9,6 +9,7 @@
 //! * [`path`]: RFC 3986 path normalization with the safety rules of the design contract;
 //! * [`respond`]: small synthetic responses (error pages, configured bodies);
 //! * [`grpc`]: Snakeway's own failures answered as gRPC statuses to gRPC clients;
+//! * [`metrics`]: sharded, lock-free metric recorders and the families Snakeway records;
 //! * [`Device`] and [`pipeline`]: the device API and the Tower layers that run devices at their
 //!   phases.
 
@@ -17,6 +18,7 @@ mod ctx;
 mod device;
 mod device_logs;
 mod error;
+pub mod metrics;
 pub mod grpc;
 pub mod path;
 pub mod pipeline;
