@@ -22,3 +22,4 @@ mod router;
 mod serve;
 mod stack;
 mod state;
+mod telemetry;

@@ -1,0 +1,3 @@
+//! Telemetry: what the server records and its Prometheus exposition.
+
+pub(crate) mod recorded;

@@ -1,0 +1,354 @@
+//! The metrics recorded per request and per connection, and their exposition.
+//!
+//! The recorders are the sharded counters and histograms of [`snakeway_core::metrics`]. A
+//! snapshot resolves the ones each listener and route records into when it is built
+//! ([`ListenerRecorders`], [`RouteRecorders`]), so recording is an index and an atomic add.
+//! [`register`] adds one collector that sums them at scrape.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use snakeway_core::metrics::{
+    CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, Counter, Counters, Family, Gauge, HTTP_RECEIVED_BYTES,
+    HTTP_REQUEST_DURATION, HTTP_REQUESTS, HTTP_SENT_BYTES, Histogram, STATUS_CLASSES,
+    TLS_FAILURE_REASONS, TLS_HANDSHAKE_FAILURES, UPSTREAM_ERROR_KINDS, UPSTREAM_ERRORS,
+    UPSTREAM_OUTCOMES, UPSTREAM_REQUESTS, UPSTREAM_RESPONSE_DURATION, status_class,
+};
+
+/// Registers the collector of every recorded family in `registry` (whose prefix, `snakeway`,
+/// the names get).
+pub(crate) fn register(registry: &mut Registry) {
+    registry.register_collector(Box::new(Recorded));
+}
+
+/// Why a TLS handshake failed (the index of its `reason` label).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TlsFailure {
+    /// The handshake failed (protocol, certificate, the client hung up).
+    Error = 0,
+    /// It did not finish within `header_read_timeout_ms`.
+    Timeout = 1,
+    /// It was cut short because the listener is at `max_connections`.
+    Pressure = 2,
+}
+
+/// What one listener records into.
+#[derive(Debug)]
+pub(crate) struct ListenerRecorders {
+    /// Connections accepted.
+    pub(crate) accepted: Arc<Counter>,
+    /// Connections open.
+    pub(crate) open: Arc<Gauge>,
+    /// Request body bytes received.
+    pub(crate) received: Arc<Counter>,
+    /// Response body bytes sent.
+    pub(crate) sent: Arc<Counter>,
+    tls_failures: Arc<Counters<3>>,
+}
+
+// === impl ListenerRecorders ===
+
+impl ListenerRecorders {
+    /// The recorders of the listener named `name`.
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            accepted: CONNECTIONS_ACCEPTED.get(&[name]),
+            open: CONNECTIONS_OPEN.get(&[name]),
+            received: HTTP_RECEIVED_BYTES.get(&[name]),
+            sent: HTTP_SENT_BYTES.get(&[name]),
+            tls_failures: TLS_HANDSHAKE_FAILURES.get(&[name]),
+        }
+    }
+
+    /// Counts a failed TLS handshake.
+    pub(crate) fn tls_failed(&self, why: TlsFailure) {
+        self.tls_failures.add(why as usize, 1);
+    }
+}
+
+/// What requests answered by one route record into (or requests that matched no route).
+#[derive(Debug)]
+pub(crate) struct RouteRecorders {
+    /// Requests by status class, one per listener of the snapshot, by its index.
+    requests: Box<[Arc<Counters<5>>]>,
+    duration: Arc<Histogram>,
+}
+
+// === impl RouteRecorders ===
+
+impl RouteRecorders {
+    /// The recorders of route `route` (empty: no route) leading to `service` (empty: not a
+    /// service), for the snapshot's `listeners` in index order.
+    pub(crate) fn new<'a>(
+        route: &str,
+        service: &str,
+        listeners: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self {
+            requests: listeners
+                .into_iter()
+                .map(|listener| HTTP_REQUESTS.get(&[listener, route, service]))
+                .collect(),
+            duration: HTTP_REQUEST_DURATION.get(&[route]),
+        }
+    }
+
+    /// Records a request answered with `status` after `elapsed` on listener `listener` (an
+    /// index the snapshot does not have records nothing).
+    #[inline]
+    pub(crate) fn record(&self, listener: usize, status: StatusCode, elapsed: Duration) {
+        if let Some(requests) = self.requests.get(listener) {
+            requests.add(status_class(status), 1);
+        }
+        self.duration.observe(elapsed);
+    }
+}
+
+/// Every recorded family, summed at scrape.
+#[derive(Debug)]
+struct Recorded;
+
+impl Collector for Recorded {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let e = &mut encoder;
+        counters(e, &HTTP_REQUESTS, "status_class", &STATUS_CLASSES)?;
+        histograms(e, &HTTP_REQUEST_DURATION)?;
+        counter(e, &HTTP_RECEIVED_BYTES)?;
+        counter(e, &HTTP_SENT_BYTES)?;
+        counter(e, &CONNECTIONS_ACCEPTED)?;
+        gauge(e, &CONNECTIONS_OPEN)?;
+        counters(e, &TLS_HANDSHAKE_FAILURES, "reason", &TLS_FAILURE_REASONS)?;
+        counters(e, &UPSTREAM_REQUESTS, "outcome", &UPSTREAM_OUTCOMES)?;
+        histograms(e, &UPSTREAM_RESPONSE_DURATION)?;
+        counters(e, &UPSTREAM_ERRORS, "kind", &UPSTREAM_ERROR_KINDS)?;
+        Ok(())
+    }
+}
+
+/// The label pairs of one family member.
+fn labels<'a>(names: &[&'static str], values: &'a [Arc<str>]) -> Vec<(&'static str, &'a str)> {
+    names.iter().copied().zip(values.iter().map(|v| &**v)).collect()
+}
+
+/// The descriptor of a counter family, named with its `_total` suffix.
+///
+/// `promtool check metrics` (the Prometheus text format) wants the `# HELP` and `# TYPE` of a
+/// counter under the sample's name, `…_total`; `prometheus-client` follows OpenMetrics (family
+/// name without `_total`, samples with it), which promtool rejects ("no help text"). So the
+/// descriptor is written with the suffix, and the values without another one.
+fn counter_descriptor<'s>(
+    e: &'s mut DescriptorEncoder<'_>,
+    name: &'s str,
+    help: &str,
+) -> Result<MetricEncoder<'s>, fmt::Error> {
+    e.encode_descriptor(name, help, None, MetricType::Counter)
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, family: &Family<Counter>) -> fmt::Result {
+    let name = format!("{}_total", family.name);
+    let mut metric = counter_descriptor(e, &name, family.help)?;
+    let mut result = Ok(());
+    family.for_each(|values, c| {
+        if result.is_ok() {
+            let set = labels(family.labels, values);
+            result = metric
+                .encode_family(&set)
+                .and_then(|mut m| m.encode_gauge(&c.get()));
+        }
+    });
+    result
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, family: &Family<Gauge>) -> fmt::Result {
+    let mut metric = e.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
+    let mut result = Ok(());
+    family.for_each(|values, g| {
+        if result.is_ok() {
+            let set = labels(family.labels, values);
+            result = metric
+                .encode_family(&set)
+                .and_then(|mut m| m.encode_gauge(&g.get()));
+        }
+    });
+    result
+}
+
+/// A family of counter arrays, each index one value of the last label `name`.
+fn counters<const N: usize>(
+    e: &mut DescriptorEncoder<'_>,
+    family: &Family<Counters<N>>,
+    label: &'static str,
+    label_values: &[&'static str; N],
+) -> fmt::Result {
+    let name = format!("{}_total", family.name);
+    let mut metric = counter_descriptor(e, &name, family.help)?;
+    let mut result = Ok(());
+    family.for_each(|values, c| {
+        for (i, value) in label_values.iter().enumerate() {
+            if result.is_ok() {
+                let mut set = labels(family.labels, values);
+                set.push((label, value));
+                result = metric
+                    .encode_family(&set)
+                    .and_then(|mut m| m.encode_gauge(&c.get(i)));
+            }
+        }
+    });
+    result
+}
+
+fn histograms(e: &mut DescriptorEncoder<'_>, family: &Family<Histogram>) -> fmt::Result {
+    let mut metric = e.encode_descriptor(family.name, family.help, None, MetricType::Histogram)?;
+    let mut result = Ok(());
+    family.for_each(|values, h| {
+        if result.is_ok() {
+            let set = labels(family.labels, values);
+            let s = h.snapshot();
+            result = metric.encode_family(&set).and_then(|mut m| {
+                m.encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)
+            });
+        }
+    });
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition of everything recorded so far in this process.
+    fn scrape() -> String {
+        let mut registry = Registry::with_prefix("snakeway");
+        register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    }
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn requests_are_exposed_by_listener_route_service_and_status_class() {
+        let route = RouteRecorders::new("/exposed", "api", ["main", "admin"]);
+        route.record(0, StatusCode::OK, Duration::from_millis(3));
+        route.record(0, StatusCode::CREATED, Duration::from_millis(30));
+        route.record(1, StatusCode::BAD_GATEWAY, Duration::from_secs(20));
+        route.record(7, StatusCode::OK, Duration::from_millis(1)); // no such listener
+        let text = scrape();
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_http_requests_total{listener="main",route="/exposed",service="api",status_class="2xx"}"#
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_http_requests_total{listener="admin",route="/exposed",service="api",status_class="5xx"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_http_requests_total{listener="main",route="/exposed",service="api",status_class="4xx"}"#
+            ),
+            Some("0")
+        );
+        let duration = "snakeway_http_request_duration_seconds";
+        assert_eq!(
+            sample(&text, &format!(r#"{duration}_count{{route="/exposed"}}"#)),
+            Some("4")
+        );
+        assert_eq!(
+            sample(&text, &format!(r#"{duration}_bucket{{le="0.005",route="/exposed"}}"#)),
+            Some("2"),
+            "1 ms and 3 ms"
+        );
+        assert_eq!(
+            sample(&text, &format!(r#"{duration}_bucket{{le="+Inf",route="/exposed"}}"#)),
+            Some("4")
+        );
+        assert!(text.contains("# TYPE snakeway_http_request_duration_seconds histogram"));
+        assert!(text.contains("# TYPE snakeway_http_requests_total counter"));
+        drop(route);
+        assert!(
+            !scrape().contains(r#"route="/exposed""#),
+            "a route no snapshot holds is forgotten"
+        );
+    }
+
+    #[test]
+    fn listener_counts_are_exposed() {
+        let listener = ListenerRecorders::new("exposed-listener");
+        listener.accepted.inc();
+        let _open = listener.open.track();
+        listener.received.add(10);
+        listener.sent.add(20);
+        listener.tls_failed(TlsFailure::Timeout);
+        let text = scrape();
+        let l = r#"listener="exposed-listener""#;
+        assert_eq!(sample(&text, &format!("snakeway_connections_accepted_total{{{l}}}")), Some("1"));
+        assert_eq!(sample(&text, &format!("snakeway_connections_open{{{l}}}")), Some("1"));
+        assert_eq!(
+            sample(&text, &format!("snakeway_http_request_body_received_bytes_total{{{l}}}")),
+            Some("10")
+        );
+        assert_eq!(
+            sample(&text, &format!("snakeway_http_response_body_sent_bytes_total{{{l}}}")),
+            Some("20")
+        );
+        assert_eq!(
+            sample(&text, &format!(r#"snakeway_tls_handshake_failures_total{{{l},reason="timeout"}}"#)),
+            Some("1")
+        );
+    }
+
+    /// The whole exposition passes `promtool check metrics` when promtool is installed (the
+    /// Prometheus package); without it only the format's basic shape is checked.
+    #[test]
+    fn the_exposition_is_valid_prometheus_text() {
+        let route = RouteRecorders::new("/valid", "", ["main"]);
+        route.record(0, StatusCode::NOT_FOUND, Duration::from_millis(2));
+        let listener = ListenerRecorders::new("valid");
+        listener.accepted.inc();
+        let text = scrape();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("snakeway_"), "unprefixed: {line}");
+        }
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not installed: skipping its check");
+            return;
+        };
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("writes to promtool");
+        let out = child.wait_with_output().expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
