@@ -23,6 +23,10 @@ use snakeway_core::metrics::{
 
 /// Registers the collector of every recorded family in `registry` (whose prefix, `snakeway`,
 /// the names get).
+#[allow(
+    dead_code,
+    reason = "called by the admin listener's /metrics handler, which is built on another branch"
+)]
 pub(crate) fn register(registry: &mut Registry) {
     registry.register_collector(Box::new(Recorded));
 }
@@ -100,13 +104,20 @@ impl RouteRecorders {
     }
 
     /// Records a request answered with `status` after `elapsed` on listener `listener` (an
-    /// index the snapshot does not have records nothing).
+    /// index the snapshot does not have records no count).
     #[inline]
     pub(crate) fn record(&self, listener: usize, status: StatusCode, elapsed: Duration) {
+        self.count(listener, status);
+        self.duration.observe(elapsed);
+    }
+
+    /// Counts a request answered with `status` on listener `listener`, without a duration (a
+    /// request refused before it was read whole).
+    #[inline]
+    pub(crate) fn count(&self, listener: usize, status: StatusCode) {
         if let Some(requests) = self.requests.get(listener) {
             requests.add(status_class(status), 1);
         }
-        self.duration.observe(elapsed);
     }
 }
 
