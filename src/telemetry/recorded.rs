@@ -15,8 +15,8 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use snakeway_core::metrics::{
-    CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, Counter, Counters, Family, Gauge, HTTP_RECEIVED_BYTES,
-    HTTP_REQUEST_DURATION, HTTP_REQUESTS, HTTP_SENT_BYTES, Histogram, STATUS_CLASSES,
+    CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, DEVICE_HOOKS, DEVICE_OUTCOMES, Counter, Counters, Family, Gauge, HTTP_RECEIVED_BYTES,
+    HTTP_REQUEST_DURATION, HTTP_REQUESTS, LOG_LINES_DROPPED, HTTP_SENT_BYTES, Histogram, STATUS_CLASSES,
     TLS_FAILURE_REASONS, TLS_HANDSHAKE_FAILURES, UPSTREAM_ERROR_KINDS, UPSTREAM_ERRORS,
     UPSTREAM_OUTCOMES, UPSTREAM_REQUESTS, UPSTREAM_RESPONSE_DURATION, status_class,
 };
@@ -138,6 +138,8 @@ impl Collector for Recorded {
         counters(e, &UPSTREAM_REQUESTS, "outcome", &UPSTREAM_OUTCOMES)?;
         histograms(e, &UPSTREAM_RESPONSE_DURATION)?;
         counters(e, &UPSTREAM_ERRORS, "kind", &UPSTREAM_ERROR_KINDS)?;
+        counters(e, &DEVICE_HOOKS, "outcome", &DEVICE_OUTCOMES)?;
+        counter(e, &LOG_LINES_DROPPED)?;
         Ok(())
     }
 }

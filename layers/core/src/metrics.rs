@@ -404,6 +404,26 @@ pub static UPSTREAM_ERRORS: Family<Counters<7>> = Family::new(
     &["service"],
 );
 
+/// The `outcome` label of [`DEVICE_HOOKS`]: the hook let the request go on, answered it,
+/// failed, or panicked.
+pub const DEVICE_OUTCOMES: [&str; 4] = ["continue", "respond", "error", "panic"];
+
+/// Device hook runs, by device (its [`Device::name`](crate::Device::name)) and phase, per
+/// [`DEVICE_OUTCOMES`] (label `outcome`). `on_response` and `on_error` only `continue` or
+/// fail.
+pub static DEVICE_HOOKS: Family<Counters<4>> = Family::new(
+    "device_hooks",
+    "Device hook runs, by device, phase and outcome.",
+    &["device", "phase"],
+);
+
+/// Access log lines dropped because the log queue was full, over every log writer.
+pub static LOG_LINES_DROPPED: Family<Counter> = Family::new(
+    "log_lines_dropped",
+    "Access log lines dropped because the log queue was full (the output is too slow).",
+    &[],
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
