@@ -44,8 +44,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::body::Buf as _;
+use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use snakeway_core::metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

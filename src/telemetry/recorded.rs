@@ -15,10 +15,12 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use snakeway_core::metrics::{
-    CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, DEVICE_HOOKS, DEVICE_OUTCOMES, Counter, Counters, Family, Gauge, HTTP_RECEIVED_BYTES,
-    HTTP_REQUEST_DURATION, HTTP_REQUESTS, LOG_LINES_DROPPED, HTTP_SENT_BYTES, Histogram, STATUS_CLASSES,
-    TLS_FAILURE_REASONS, TLS_HANDSHAKE_FAILURES, UPSTREAM_ERROR_KINDS, UPSTREAM_ERRORS,
-    UPSTREAM_OUTCOMES, UPSTREAM_REQUESTS, UPSTREAM_RESPONSE_DURATION, status_class,
+    CONNECTIONS_ACCEPTED, CONNECTIONS_OPEN, Counter, Counters, DEVICE_HOOKS, DEVICE_OUTCOMES,
+    Family, Gauge, HTTP_RECEIVED_BYTES, HTTP_REQUEST_DURATION, HTTP_REQUESTS, HTTP_SENT_BYTES,
+    Histogram, LOG_LINES_DROPPED, STATUS_CLASSES, TLS_FAILURE_REASONS, TLS_HANDSHAKE_FAILURES,
+    UPSTREAM_ERROR_KINDS, UPSTREAM_ERRORS, UPSTREAM_OUTCOMES, UPSTREAM_REQUESTS,
+    UPSTREAM_RESPONSE_DURATION, Value, WASM_FAILURE_KINDS, WASM_FAILURES, WASM_INSTANCES_CAPACITY,
+    WASM_INSTANCES_IN_USE, status_class,
 };
 
 /// Registers the collector of every recorded family in `registry` (whose prefix, `snakeway`,
@@ -139,6 +141,9 @@ impl Collector for Recorded {
         histograms(e, &UPSTREAM_RESPONSE_DURATION)?;
         counters(e, &UPSTREAM_ERRORS, "kind", &UPSTREAM_ERROR_KINDS)?;
         counters(e, &DEVICE_HOOKS, "outcome", &DEVICE_OUTCOMES)?;
+        gauge(e, &WASM_INSTANCES_IN_USE)?;
+        values(e, &WASM_INSTANCES_CAPACITY)?;
+        counters(e, &WASM_FAILURES, "kind", &WASM_FAILURE_KINDS)?;
         counter(e, &LOG_LINES_DROPPED)?;
         Ok(())
     }
@@ -146,7 +151,11 @@ impl Collector for Recorded {
 
 /// The label pairs of one family member.
 fn labels<'a>(names: &[&'static str], values: &'a [Arc<str>]) -> Vec<(&'static str, &'a str)> {
-    names.iter().copied().zip(values.iter().map(|v| &**v)).collect()
+    names
+        .iter()
+        .copied()
+        .zip(values.iter().map(|v| &**v))
+        .collect()
 }
 
 /// The descriptor of a counter family, named with its `_total` suffix.
@@ -187,6 +196,21 @@ fn gauge(e: &mut DescriptorEncoder<'_>, family: &Family<Gauge>) -> fmt::Result {
             result = metric
                 .encode_family(&set)
                 .and_then(|mut m| m.encode_gauge(&g.get()));
+        }
+    });
+    result
+}
+
+/// A gauge family of values set at build time; unbounded ones are left out.
+fn values(e: &mut DescriptorEncoder<'_>, family: &Family<Value>) -> fmt::Result {
+    let mut metric = e.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
+    let mut result = Ok(());
+    family.for_each(|values, v| {
+        if let (Ok(()), Some(v)) = (&result, v.get()) {
+            let set = labels(family.labels, values);
+            result = metric
+                .encode_family(&set)
+                .and_then(|mut m| m.encode_gauge(&v));
         }
     });
     result
@@ -284,12 +308,18 @@ mod tests {
             Some("4")
         );
         assert_eq!(
-            sample(&text, &format!(r#"{duration}_bucket{{le="0.005",route="/exposed"}}"#)),
+            sample(
+                &text,
+                &format!(r#"{duration}_bucket{{le="0.005",route="/exposed"}}"#)
+            ),
             Some("2"),
             "1 ms and 3 ms"
         );
         assert_eq!(
-            sample(&text, &format!(r#"{duration}_bucket{{le="+Inf",route="/exposed"}}"#)),
+            sample(
+                &text,
+                &format!(r#"{duration}_bucket{{le="+Inf",route="/exposed"}}"#)
+            ),
             Some("4")
         );
         assert!(text.contains("# TYPE snakeway_http_request_duration_seconds histogram"));
@@ -311,18 +341,36 @@ mod tests {
         listener.tls_failed(TlsFailure::Timeout);
         let text = scrape();
         let l = r#"listener="exposed-listener""#;
-        assert_eq!(sample(&text, &format!("snakeway_connections_accepted_total{{{l}}}")), Some("1"));
-        assert_eq!(sample(&text, &format!("snakeway_connections_open{{{l}}}")), Some("1"));
         assert_eq!(
-            sample(&text, &format!("snakeway_http_request_body_received_bytes_total{{{l}}}")),
+            sample(
+                &text,
+                &format!("snakeway_connections_accepted_total{{{l}}}")
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, &format!("snakeway_connections_open{{{l}}}")),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("snakeway_http_request_body_received_bytes_total{{{l}}}")
+            ),
             Some("10")
         );
         assert_eq!(
-            sample(&text, &format!("snakeway_http_response_body_sent_bytes_total{{{l}}}")),
+            sample(
+                &text,
+                &format!("snakeway_http_response_body_sent_bytes_total{{{l}}}")
+            ),
             Some("20")
         );
         assert_eq!(
-            sample(&text, &format!(r#"snakeway_tls_handshake_failures_total{{{l},reason="timeout"}}"#)),
+            sample(
+                &text,
+                &format!(r#"snakeway_tls_handshake_failures_total{{{l},reason="timeout"}}"#)
+            ),
             Some("1")
         );
     }

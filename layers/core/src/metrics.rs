@@ -167,6 +167,31 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// A value set when a snapshot is built (e.g. a capacity); `u64::MAX` means unbounded and is
+/// not exposed.
+#[derive(Debug)]
+pub struct Value(AtomicU64);
+
+impl Default for Value {
+    fn default() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+}
+
+// === impl Value ===
+
+impl Value {
+    /// Sets the value.
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Relaxed);
+    }
+
+    /// The value; `None` when unbounded.
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Relaxed)).filter(|&v| v != u64::MAX)
+    }
+}
+
 /// Slots per histogram shard: the finite buckets, `+Inf`, and the sum in microseconds.
 const HISTOGRAM_SLOTS: usize = BUCKETS + 2;
 
@@ -415,6 +440,32 @@ pub static DEVICE_HOOKS: Family<Counters<4>> = Family::new(
     "device_hooks",
     "Device hook runs, by device, phase and outcome.",
     &["device", "phase"],
+);
+
+/// Live WASM instances, by device (one per request in flight that reached the device).
+pub static WASM_INSTANCES_IN_USE: Family<Gauge> = Family::new(
+    "wasm_instances_in_use",
+    "Live WASM instances, by device.",
+    &["device"],
+);
+
+/// The WASM instances a device may have at once: the smaller of its `max_instances` and the
+/// engine's pool (absent when neither bounds it).
+pub static WASM_INSTANCES_CAPACITY: Family<Value> = Family::new(
+    "wasm_instances_capacity",
+    "WASM instances a device may have at once (its max_instances or the engine's pool).",
+    &["device"],
+);
+
+/// The `kind` label of [`WASM_FAILURES`]: `other` covers failures to instantiate or `init`.
+pub const WASM_FAILURE_KINDS: [&str; 6] =
+    ["trap", "timeout", "memory", "output", "pool_full", "other"];
+
+/// WASM device failures, by device, per [`WASM_FAILURE_KINDS`] (label `kind`).
+pub static WASM_FAILURES: Family<Counters<6>> = Family::new(
+    "wasm_failures",
+    "WASM device failures, by device and kind.",
+    &["device"],
 );
 
 /// Access log lines dropped because the log queue was full, over every log writer.

@@ -124,17 +124,47 @@ mod tests {
     fn labels_match_the_indices() {
         assert_eq!(UPSTREAM_OUTCOMES[Outcome::Success as usize], "success");
         assert_eq!(UPSTREAM_OUTCOMES[Outcome::Http5xx as usize], "http_5xx");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::ConnectError as usize], "connect_error");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::ConnectTimeout as usize], "connect_timeout");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::ResponseTimeout as usize], "response_timeout");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::UpstreamError as usize], "upstream_error");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::ClientError as usize], "client_error");
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::ConnectRefused as usize], "connect_refused");
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::ConnectUnreachable as usize], "connect_unreachable");
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::ConnectTimeout as usize], "connect_timeout");
+        assert_eq!(
+            UPSTREAM_OUTCOMES[Outcome::ConnectError as usize],
+            "connect_error"
+        );
+        assert_eq!(
+            UPSTREAM_OUTCOMES[Outcome::ConnectTimeout as usize],
+            "connect_timeout"
+        );
+        assert_eq!(
+            UPSTREAM_OUTCOMES[Outcome::ResponseTimeout as usize],
+            "response_timeout"
+        );
+        assert_eq!(
+            UPSTREAM_OUTCOMES[Outcome::UpstreamError as usize],
+            "upstream_error"
+        );
+        assert_eq!(
+            UPSTREAM_OUTCOMES[Outcome::ClientError as usize],
+            "client_error"
+        );
+        assert_eq!(
+            UPSTREAM_ERROR_KINDS[Failure::ConnectRefused as usize],
+            "connect_refused"
+        );
+        assert_eq!(
+            UPSTREAM_ERROR_KINDS[Failure::ConnectUnreachable as usize],
+            "connect_unreachable"
+        );
+        assert_eq!(
+            UPSTREAM_ERROR_KINDS[Failure::ConnectTimeout as usize],
+            "connect_timeout"
+        );
         assert_eq!(UPSTREAM_ERROR_KINDS[Failure::Tls as usize], "tls");
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::ResponseTimeout as usize], "response_timeout");
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::ReadTimeout as usize], "read_timeout");
+        assert_eq!(
+            UPSTREAM_ERROR_KINDS[Failure::ResponseTimeout as usize],
+            "response_timeout"
+        );
+        assert_eq!(
+            UPSTREAM_ERROR_KINDS[Failure::ReadTimeout as usize],
+            "read_timeout"
+        );
         assert_eq!(UPSTREAM_ERROR_KINDS[Failure::Reset as usize], "reset");
     }
 
@@ -151,7 +181,10 @@ mod tests {
             (Outcome::ConnectTimeout, Some(Failure::ConnectTimeout))
         );
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        assert_eq!(classify(&reset), (Outcome::UpstreamError, Some(Failure::Reset)));
+        assert_eq!(
+            classify(&reset),
+            (Outcome::UpstreamError, Some(Failure::Reset))
+        );
         let other = io::Error::other("bad");
         assert_eq!(classify(&other), (Outcome::UpstreamError, None));
     }

@@ -27,12 +27,12 @@ use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Pe
 use crate::connector::{ConnectError, Connector};
 use crate::h1pool::{Checkin, H1Pool};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
-use crate::sticky::StickyKey;
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
 };
 use crate::recorded::{self, Outcome, ServiceRecorders, UpstreamRecorders};
 use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
+use crate::sticky::StickyKey;
 use crate::target::Target;
 use crate::tls::{self, TlsConfigError};
 use crate::upgrade::UnaskedSwitch;
@@ -491,7 +491,9 @@ impl ProxyService {
         let replay = Replay::read(body)
             .await
             .map_err(|e| inner.replay_error(e))?;
-        let mut picked = inner.pick(key, 0).ok_or_else(|| inner.no_healthy_upstream())?;
+        let mut picked = inner
+            .pick(key, 0)
+            .ok_or_else(|| inner.no_healthy_upstream())?;
         let mut tried = 0u64;
         let mut attempt = 1;
         // The slot of the retry under way in the budget.
@@ -579,11 +581,13 @@ impl ProxyService {
         let (result, cause) = match sent {
             Ok(response) => {
                 inner.recorders.response_time.observe(started.elapsed());
-                upstream.recorders.tried(if response.status().is_server_error() {
-                    Outcome::Http5xx
-                } else {
-                    Outcome::Success
-                });
+                upstream
+                    .recorders
+                    .tried(if response.status().is_server_error() {
+                        Outcome::Http5xx
+                    } else {
+                        Outcome::Success
+                    });
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();

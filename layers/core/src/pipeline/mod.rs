@@ -186,7 +186,9 @@ impl Pipeline {
 
     fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
         for entry in self.in_phase(Phase::AfterProxy) {
-            match guarded(entry, Phase::AfterProxy, || entry.device.after_proxy(ctx, head))? {
+            match guarded(entry, Phase::AfterProxy, || {
+                entry.device.after_proxy(ctx, head)
+            })? {
                 Flow::Continue => {}
                 respond @ Flow::Respond(_) => return Ok(respond),
             }
@@ -283,11 +285,7 @@ impl std::fmt::Debug for Pipeline {
 /// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
 /// and phase; counts how it ended.
 #[inline]
-fn guarded(
-    entry: &Entry,
-    phase: Phase,
-    hook: impl FnOnce() -> DeviceResult,
-) -> DeviceResult {
+fn guarded(entry: &Entry, phase: Phase, hook: impl FnOnce() -> DeviceResult) -> DeviceResult {
     let device = entry.device.as_ref();
     match catch_unwind(AssertUnwindSafe(hook)) {
         Ok(Ok(flow)) => {
