@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use snakeway_core::metrics::Counter;
+use snakeway_core::metrics::{Counter, CounterHandle};
 use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
@@ -46,7 +46,7 @@ pub(crate) struct ConnService {
     /// Which listener accepted the connection, for recording.
     listener: ListenerTag,
     /// The connection's handle on its listener's received-bytes counter.
-    received: Arc<Arc<Counter>>,
+    received: Arc<CounterHandle>,
 }
 
 /// The listener a connection was accepted on, as the snapshot of its accept knew it.
@@ -99,7 +99,7 @@ impl ConnService {
             body_read_timeout,
             tunnels,
             listener,
-            received: Arc::new(received),
+            received: Arc::new(CounterHandle::new(received)),
         }
     }
 }

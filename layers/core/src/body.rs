@@ -12,7 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
-use crate::metrics::Counter;
+use crate::metrics::CounterHandle;
 
 pin_project! {
     /// A request or response body.
@@ -36,7 +36,7 @@ pin_project! {
             timer: GapTimer,
             // Where the data bytes read are counted (the connection's handle on its
             // listener's counter).
-            received: Option<Arc<Arc<Counter>>>,
+            received: Option<Arc<CounterHandle>>,
         },
         Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -71,13 +71,12 @@ impl Body {
         Self::timed_incoming(body, gap, None)
     }
 
-    /// [`Body::incoming_with_timeout`] that also adds the data bytes it reads to `received`.
-    /// The outer `Arc` is meant to be the connection's own (cloning it per request writes no
-    /// cache line shared with other connections); the inner one is the shared counter.
+    /// [`Body::incoming_with_timeout`] that also adds the data bytes it reads to `received`
+    /// (the connection's handle on its listener's counter).
     pub fn incoming_counted(
         body: hyper::body::Incoming,
         gap: Duration,
-        received: &Arc<Arc<Counter>>,
+        received: &Arc<CounterHandle>,
     ) -> Self {
         Self::timed_incoming(body, gap, Some(received))
     }
@@ -85,7 +84,7 @@ impl Body {
     fn timed_incoming(
         body: hyper::body::Incoming,
         gap: Duration,
-        received: Option<&Arc<Arc<Counter>>>,
+        received: Option<&Arc<CounterHandle>>,
     ) -> Self {
         use http_body::Body as _;
         if body.is_end_stream() {

@@ -100,6 +100,27 @@ impl<const N: usize> Counters<N> {
     }
 }
 
+/// One connection's handle on a shared [`Counter`]: put in an `Arc` per connection, it is cloned
+/// per request (a body that counts its bytes) without writing a reference count other
+/// connections write too.
+#[derive(Debug)]
+pub struct CounterHandle(Arc<Counter>);
+
+// === impl CounterHandle ===
+
+impl CounterHandle {
+    /// A handle on `counter`.
+    pub fn new(counter: Arc<Counter>) -> Self {
+        Self(counter)
+    }
+
+    /// Adds `n` to the counter.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.add(n);
+    }
+}
+
 /// A monotonic counter, sharded.
 #[derive(Debug, Default)]
 pub struct Counter(Counters<1>);

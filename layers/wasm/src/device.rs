@@ -167,7 +167,8 @@ impl Drop for LiveCount {
     }
 }
 
-/// The kinds of [`WASM_FAILURES`] (the index of their label in [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
+/// The kinds of [`WASM_FAILURES`] (the index of their label in
+/// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
 #[derive(Clone, Copy)]
 enum FailureKind {
     Trap = 0,
@@ -269,7 +270,8 @@ pub struct WasmDevice {
     live: Arc<Lives>,
     /// `limits.max_instances`, unbounded when not set.
     max_live: usize,
-    /// Failures by kind (indexed like [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
+    /// Failures by kind (indexed like
+    /// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
     failures: Arc<Counters<6>>,
     /// Held for the scrape: the instances this device may have at once.
     _capacity: Arc<Value>,
