@@ -375,6 +375,117 @@ mod tests {
         );
     }
 
+    /// A snapshot of `toml` (without listeners: they are given here) on listener `listener`.
+    fn snapshot(listener: &str, toml: &str) -> Arc<crate::stack::Snapshot> {
+        let text = format!("[[listener]]\nname = \"{listener}\"\nlisten = \"127.0.0.1:1\"\n{toml}");
+        let path = std::path::Path::new("/nonexistent/snakeway.toml");
+        let config = snakeway_config::load_str(&text, path).unwrap_or_else(|r| panic!("{r}"));
+        let snapshot = crate::stack::Snapshot::build(
+            config,
+            path.to_owned(),
+            1,
+            None,
+            crate::devices::Purpose::Check,
+        )
+        .unwrap_or_else(|r| panic!("{r}"));
+        Arc::new(snapshot)
+    }
+
+    async fn send(
+        snapshot: &Arc<crate::stack::Snapshot>,
+        method: http::Method,
+        path: &str,
+    ) -> StatusCode {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "h")
+            .body(snakeway_core::Body::empty())
+            .expect("request");
+        let downstream = snakeway_proxy::Downstream {
+            peer: ([127, 0, 0, 1], 5000).into(),
+            tls: false,
+            trusted: false,
+        };
+        crate::handler::handle(snapshot.clone(), downstream, 0, req)
+            .await
+            .status()
+    }
+
+    #[tokio::test]
+    async fn the_handler_records_routed_unrouted_and_upstream_requests() {
+        // Port 1 on loopback refuses connections.
+        let routes = r#"
+[[service]]
+name = "rec-refused"
+upstreams = [{ url = "http://127.0.0.1:1" }]
+
+[[route]]
+path = "/rec-ok"
+respond = { status = 200, body = "ok" }
+
+[[route]]
+path = "/rec-api"
+service = "rec-refused"
+"#;
+        let plain = snapshot("rec-plain", routes);
+        assert_eq!(send(&plain, http::Method::GET, "/rec-ok").await, 200);
+        assert_eq!(send(&plain, http::Method::GET, "/rec-ok/x").await, 200);
+        assert_eq!(send(&plain, http::Method::GET, "/rec-api").await, 502);
+        assert_eq!(send(&plain, http::Method::GET, "/elsewhere").await, 404);
+        let devices = format!(
+            "{routes}\n[[device]]\ntype = \"request_filter\"\ndeny_methods = [\"DELETE\"]\n"
+        );
+        let piped = snapshot("rec-piped", &devices);
+        assert_eq!(send(&piped, http::Method::GET, "/rec-ok").await, 200);
+        let denied = send(&piped, http::Method::DELETE, "/rec-ok").await;
+        assert!(denied.is_client_error(), "{denied}");
+
+        let text = scrape();
+        let requests = |listener: &str, route: &str, service: &str, class: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"snakeway_http_requests_total{{listener="{listener}",route="{route}",service="{service}",status_class="{class}"}}"#
+                ),
+            )
+            .map(str::to_owned)
+        };
+        let two = Some("2".to_owned());
+        let one = Some("1".to_owned());
+        assert_eq!(requests("rec-plain", "/rec-ok", "", "2xx"), two);
+        assert_eq!(requests("rec-plain", "/rec-api", "rec-refused", "5xx"), one);
+        assert_eq!(requests("rec-plain", "", "", "4xx"), one, "no route: 404");
+        assert_eq!(requests("rec-piped", "/rec-ok", "", "2xx"), one);
+        assert_eq!(
+            requests("rec-piped", "", "", "4xx"),
+            one,
+            "answered by a device before routing"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_http_request_duration_seconds_count{route="/rec-ok"}"#
+            ),
+            Some("3")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_upstream_requests_total{service="rec-refused",upstream="127.0.0.1:1",outcome="connect_error"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"snakeway_upstream_errors_total{service="rec-refused",kind="connect_refused"}"#
+            ),
+            Some("1")
+        );
+        drop((plain, piped));
+    }
+
     /// The whole exposition passes `promtool check metrics` when promtool is installed (the
     /// Prometheus package); without it only the format's basic shape is checked.
     #[test]
