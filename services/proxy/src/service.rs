@@ -184,7 +184,7 @@ pub(crate) struct Inner {
     /// snapshot this one replaced.
     budget: Arc<Budget>,
     /// Response times, connect errors and timeouts.
-    recorders: ServiceRecorders,
+    pub(crate) recorders: ServiceRecorders,
 }
 
 pub(crate) struct Upstream {
@@ -202,7 +202,7 @@ pub(crate) struct Upstream {
     /// its health checks; fresh (healthy) otherwise.
     probe: Arc<ProbeHealth>,
     /// Tries by outcome.
-    recorders: UpstreamRecorders,
+    pub(crate) recorders: UpstreamRecorders,
 }
 
 /// The connection pool of one upstream and the options it was built with; carried over to the
