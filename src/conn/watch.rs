@@ -659,6 +659,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn response_body_bytes_are_counted_for_the_listener() {
+        let sent = Arc::new(Counter::default());
+        let meter = Arc::new(Meter::counting(sent.clone()));
+        let svc = service(&meter);
+        for _ in 0..3 {
+            let body = svc
+                .call(Request::new(Empty::new()))
+                .await
+                .unwrap()
+                .into_body();
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "hi");
+        }
+        assert_eq!(sent.get(), 6);
+    }
+
+    #[tokio::test]
     async fn dropping_a_held_body_or_a_pending_request_closes_it() {
         let meter = Arc::new(Meter::default());
         let svc = service(&meter);
