@@ -15,6 +15,7 @@
 //! which Prometheus reads as a counter reset).
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -288,7 +289,9 @@ pub struct Family<M> {
     pub help: &'static str,
     /// The label names, in the order of the values given to [`get`](Self::get).
     pub labels: &'static [&'static str],
-    members: Mutex<Vec<Member<M>>>,
+    /// By [`key`] of the label values: build-time lookups stay logarithmic however many
+    /// routes and listeners there are, and the exposition comes out in a stable order.
+    members: Mutex<BTreeMap<String, Member<M>>>,
 }
 
 // === impl Family ===
@@ -304,36 +307,41 @@ impl<M: Default> Family<M> {
             name,
             help,
             labels,
-            members: Mutex::new(Vec::new()),
+            members: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// The recorder for `values` (one per label name, in order), created on first use.
     pub fn get(&self, values: &[&str]) -> Arc<M> {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = members
-            .iter()
-            .find(|m| m.values.iter().map(|v| &**v).eq(values.iter().copied()))
-        {
-            return m.metric.clone();
-        }
-        let metric = Arc::new(M::default());
-        members.push(Member {
+        let member = members.entry(key(values)).or_insert_with(|| Member {
             values: values.iter().map(|&v| Arc::from(v)).collect(),
-            metric: metric.clone(),
+            metric: Arc::new(M::default()),
         });
-        metric
+        member.metric.clone()
     }
 
     /// Calls `f` with each held recorder and its label values; forgets recorders no one else
     /// holds any more.
     pub fn for_each(&self, mut f: impl FnMut(&[Arc<str>], &M)) {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        members.retain(|m| Arc::strong_count(&m.metric) > 1);
-        for m in members.iter() {
+        members.retain(|_, m| Arc::strong_count(&m.metric) > 1);
+        for m in members.values() {
             f(&m.values, &m.metric);
         }
     }
+}
+
+/// The map key of a set of label values: each value prefixed by its length, so no two sets
+/// share a key whatever the values contain.
+fn key(values: &[&str]) -> String {
+    let mut key = String::with_capacity(values.iter().map(|v| v.len() + 4).sum());
+    for v in values {
+        key.push_str(&v.len().to_string());
+        key.push(':');
+        key.push_str(v);
+    }
+    key
 }
 
 /// The status class label of a status code: `"1xx"` … `"5xx"`.
