@@ -486,6 +486,65 @@ service = "rec-refused"
         drop((plain, piped));
     }
 
+    /// Request body bytes are counted as a real HTTP/1 connection delivers them (chunked, so
+    /// no `content-length` could stand in for the count).
+    #[tokio::test]
+    async fn request_body_bytes_are_counted_as_read() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = ListenerRecorders::new("counted-bodies");
+        let handle = Arc::new(snakeway_core::metrics::CounterHandle::new(
+            listener.received.clone(),
+        ));
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = server.local_addr().expect("address");
+        let serve = tokio::spawn(async move {
+            let (stream, _) = server.accept().await.expect("accepts");
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let handle = handle.clone();
+                    async move {
+                        let body = req.map(|b| {
+                            snakeway_core::Body::incoming_counted(
+                                b,
+                                Duration::from_secs(10),
+                                &handle,
+                            )
+                        });
+                        let read = body.into_body().collect().await.map(|c| c.to_bytes().len());
+                        let answer = format!("{}", read.unwrap_or(0));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            snakeway_core::Body::from(answer),
+                        ))
+                    }
+                });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+        });
+        let mut client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        client
+            .write_all(
+                b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+            .await
+            .expect("writes");
+        let mut response = String::new();
+        client
+            .read_to_string(&mut response)
+            .await
+            .expect("reads the response");
+        assert!(response.ends_with("\r\n\r\n11"), "{response}");
+        serve.await.expect("server task").expect("connection");
+        assert_eq!(listener.received.get(), 11);
+    }
+
     /// The whole exposition passes `promtool check metrics` when promtool is installed (the
     /// Prometheus package); without it only the format's basic shape is checked.
     #[test]
