@@ -291,8 +291,29 @@ pub struct Family<M> {
     pub labels: &'static [&'static str],
     /// By [`key`] of the label values: build-time lookups stay logarithmic however many
     /// routes and listeners there are, and the exposition comes out in a stable order.
-    members: Mutex<BTreeMap<String, Member<M>>>,
+    members: Mutex<Members<M>>,
 }
+
+/// The members of a [`Family`] and the size that triggers the next sweep of unheld ones.
+#[derive(Debug)]
+struct Members<M> {
+    by_key: BTreeMap<String, Member<M>>,
+    /// [`Family::get`] forgets unheld members once there are this many (twice as many as
+    /// after the last sweep), so a server that is never scraped does not keep every label set
+    /// it ever had.
+    sweep_at: usize,
+}
+
+impl<M> Members<M> {
+    /// Forgets the members no one else holds.
+    fn sweep(&mut self) {
+        self.by_key.retain(|_, m| Arc::strong_count(&m.metric) > 1);
+        self.sweep_at = (2 * self.by_key.len()).max(MIN_SWEEP);
+    }
+}
+
+/// Members a family may have before [`Family::get`] first sweeps unheld ones.
+const MIN_SWEEP: usize = 64;
 
 // === impl Family ===
 
@@ -307,14 +328,20 @@ impl<M: Default> Family<M> {
             name,
             help,
             labels,
-            members: Mutex::new(BTreeMap::new()),
+            members: Mutex::new(Members {
+                by_key: BTreeMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
         }
     }
 
     /// The recorder for `values` (one per label name, in order), created on first use.
     pub fn get(&self, values: &[&str]) -> Arc<M> {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        let member = members.entry(key(values)).or_insert_with(|| Member {
+        if members.by_key.len() >= members.sweep_at {
+            members.sweep();
+        }
+        let member = members.by_key.entry(key(values)).or_insert_with(|| Member {
             values: values.iter().map(|&v| Arc::from(v)).collect(),
             metric: Arc::new(M::default()),
         });
@@ -325,8 +352,8 @@ impl<M: Default> Family<M> {
     /// holds any more.
     pub fn for_each(&self, mut f: impl FnMut(&[Arc<str>], &M)) {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        members.retain(|_, m| Arc::strong_count(&m.metric) > 1);
-        for m in members.values() {
+        members.sweep();
+        for m in members.by_key.values() {
             f(&m.values, &m.metric);
         }
     }
@@ -573,6 +600,22 @@ mod tests {
         let mut seen = Vec::new();
         F.for_each(|v, c| seen.push((v.join(","), c.get())));
         assert_eq!(seen, vec![("x,z".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_family_never_scraped_stays_bounded() {
+        static F: Family<Counter> = Family::new("test_churn", "Churn.", &["n"]);
+        let held = F.get(&["held"]);
+        for i in 0..10 * MIN_SWEEP {
+            drop(F.get(&[&i.to_string()]));
+        }
+        let len = F
+            .members
+            .lock()
+            .map(|m| m.by_key.len())
+            .unwrap_or(usize::MAX);
+        assert!(len <= MIN_SWEEP, "{len} members kept");
+        assert!(Arc::ptr_eq(&held, &F.get(&["held"])), "a held one is kept");
     }
 
     #[test]
