@@ -7,14 +7,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use snakeway_core::metrics::{Counter, CounterHandle};
 use snakeway_core::pipeline::{PipelineService, ProxyHooks};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
@@ -27,7 +29,7 @@ use tower::ServiceExt;
 use crate::conn::h1::{Rejection, Rejections, host};
 use crate::conn::tunnel::{TunnelHost, WebSockets};
 use crate::router::request_host;
-use crate::stack::{Outcome, Snapshot};
+use crate::stack::{Outcome, Routed, Snapshot};
 use crate::state::State;
 
 /// The hyper service for one downstream connection.
@@ -41,6 +43,39 @@ pub(crate) struct ConnService {
     body_read_timeout: Duration,
     /// Where the connection's tunnel runs if a request upgrades it.
     tunnels: TunnelHost,
+    /// Which listener accepted the connection, for recording.
+    listener: ListenerTag,
+    /// The connection's handle on its listener's received-bytes counter.
+    received: Arc<CounterHandle>,
+}
+
+/// The listener a connection was accepted on, as the snapshot of its accept knew it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListenerTag {
+    /// Its configured address (the key of [`Snapshot::listeners`]).
+    pub(crate) addr: std::net::SocketAddr,
+    /// The epoch of the snapshot `index` belongs to.
+    pub(crate) epoch: u64,
+    /// [`ListenerRuntime::index`](crate::stack::ListenerRuntime::index).
+    pub(crate) index: usize,
+}
+
+// === impl ListenerTag ===
+
+impl ListenerTag {
+    /// The listener's index in `snapshot`: one comparison, unless the connection outlived the
+    /// snapshot it was accepted under (then a lookup; `usize::MAX` once the listener is gone,
+    /// which records no request count).
+    #[inline]
+    fn index_in(&self, snapshot: &Snapshot) -> usize {
+        if snapshot.epoch == self.epoch {
+            return self.index;
+        }
+        snapshot
+            .listeners
+            .get(&self.addr)
+            .map_or(usize::MAX, |l| l.index)
+    }
 }
 
 // === impl ConnService ===
@@ -54,6 +89,8 @@ impl ConnService {
         rejections: Rejections,
         body_read_timeout: Duration,
         tunnels: TunnelHost,
+        listener: ListenerTag,
+        received: Arc<Counter>,
     ) -> Self {
         Self {
             state,
@@ -61,6 +98,8 @@ impl ConnService {
             rejections,
             body_read_timeout,
             tunnels,
+            listener,
+            received: Arc::new(CounterHandle::new(received)),
         }
     }
 }
@@ -73,9 +112,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let snapshot = self.state.snapshot.load_full();
         let downstream = self.downstream;
+        let listener = self.listener.index_in(&snapshot);
         if let Some(rejection) = self.rejections.get() {
             // The guard's synthetic request, in place of the refused one.
             let response = refuse(&snapshot, downstream, rejection);
+            snapshot.unrouted.count(listener, response.status());
             return Box::pin(std::future::ready(Ok(response)));
         }
         let gap = self.body_read_timeout;
@@ -83,9 +124,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             // hyper could upgrade this one: a websocket route will need the tunnel host.
             req.extensions_mut().insert(self.tunnels.clone());
         }
+        let received = &self.received;
+        let req = req.map(|body| Body::incoming_counted(body, gap, received));
         Box::pin(async move {
-            let req = req.map(|body| Body::incoming_with_timeout(body, gap));
-            let response = handle(snapshot, downstream, req).await;
+            let response = handle(snapshot, downstream, listener, req).await;
             Ok(response)
         })
     }
@@ -128,12 +170,15 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
     response
 }
 
-/// Runs one request through the snapshot and always produces a response.
+/// Runs one request through the snapshot and always produces a response; records it for
+/// listener `listener` (its index in `snapshot`).
 pub(crate) async fn handle(
     snapshot: Arc<Snapshot>,
     downstream: Downstream,
+    listener: usize,
     mut req: Request<Body>,
 ) -> Response<Body> {
+    let started = Instant::now();
     let request_id = request_id::ensure(req.headers_mut());
     align_host(&mut req);
     // Devices see the normalized path. A path that does not normalize is left as it is and
@@ -145,25 +190,60 @@ pub(crate) async fn handle(
     }
     if snapshot.pipeline.is_empty() {
         let format = ErrorFormat::of(req.headers());
-        let mut response = match route_and_call(&snapshot, &downstream, req).await {
+        let picked = Picked::default();
+        let mut response = match route_and_call(&snapshot, &downstream, &picked, req).await {
             Ok(response) => response,
             Err(error) => respond::error_as(&error, &request_id, format),
         };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
+        picked.record(&snapshot, listener, response.status(), started);
         response
     } else {
         // The pipeline returns the request id on every response it produces.
         req.extensions_mut().insert(PeerAddr(downstream.peer));
+        // Shared with the router inside the pipeline: one allocation on this path only.
+        let picked = Arc::new(Picked::default());
         let router = Router {
             snapshot: snapshot.clone(),
             downstream,
+            picked: picked.clone(),
         };
         let Ok(response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
             .oneshot(req)
             .await;
+        picked.record(&snapshot, listener, response.status(), started);
         response
+    }
+}
+
+/// The route a request took: an index into the snapshot's router, `usize::MAX` until routed.
+#[derive(Debug)]
+struct Picked(AtomicUsize);
+
+impl Default for Picked {
+    fn default() -> Self {
+        Self(AtomicUsize::new(usize::MAX))
+    }
+}
+
+// === impl Picked ===
+
+impl Picked {
+    fn set(&self, index: usize) {
+        self.0.store(index, Ordering::Relaxed);
+    }
+
+    /// Records the request answered with `status` into its route's recorders (those of
+    /// requests without a route when it has none).
+    #[inline]
+    fn record(&self, snapshot: &Snapshot, listener: usize, status: StatusCode, started: Instant) {
+        let recorders = match snapshot.router.get(self.0.load(Ordering::Relaxed)) {
+            Some(route) => &route.target.recorders,
+            None => &snapshot.unrouted,
+        };
+        recorders.record(listener, status, started.elapsed());
     }
 }
 
@@ -172,6 +252,7 @@ pub(crate) async fn handle(
 struct Router {
     snapshot: Arc<Snapshot>,
     downstream: Downstream,
+    picked: Arc<Picked>,
 }
 
 impl tower::Service<Request<Body>> for Router {
@@ -187,26 +268,30 @@ impl tower::Service<Request<Body>> for Router {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let snapshot = self.snapshot.clone();
         let downstream = self.downstream;
-        Box::pin(async move { route_and_call(&snapshot, &downstream, req).await })
+        let picked = self.picked.clone();
+        Box::pin(async move { route_and_call(&snapshot, &downstream, &picked, req).await })
     }
 }
 
-/// Routes a request and calls its outcome. A [`RequestCtx`] in the request's extensions (put
-/// there by the pipeline) comes back in the response's extensions, or in the error.
+/// Routes a request (noting the route in `picked`) and calls its outcome. A [`RequestCtx`] in
+/// the request's extensions (put there by the pipeline) comes back in the response's
+/// extensions, or in the error.
 async fn route_and_call(
     snapshot: &Snapshot,
     downstream: &Downstream,
+    picked: &Picked,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Error> {
     let mut ctx = req.extensions_mut().remove::<RequestCtx>();
     let request_id = req.headers().get(&X_REQUEST_ID).cloned();
     let result = match select(snapshot, &req) {
         Err(error) => Err(error),
-        Ok(route) => {
+        Ok((index, route)) => {
+            picked.set(index);
             if let Some(ctx) = &mut ctx {
                 ctx.route = Some(route.name.clone());
             }
-            match &route.target {
+            match &route.target.outcome {
                 Outcome::Respond(synthetic) => Ok((synthetic.respond(), Origin::Synthetic)),
                 Outcome::Static(files) => Ok((files.serve(req).await, Origin::Static)),
                 Outcome::Service {
@@ -289,7 +374,7 @@ async fn forward(
 fn select<'a>(
     snapshot: &'a Snapshot,
     req: &Request<Body>,
-) -> Result<&'a crate::router::Route<Outcome>, Error> {
+) -> Result<(usize, &'a crate::router::Route<Routed>), Error> {
     // HTTP/1 heads (Host included) were checked by the framing guard.
     if req.version() == Version::HTTP_2 {
         check_h2_host(req)?;
@@ -298,7 +383,7 @@ fn select<'a>(
         .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
     snapshot
         .router
-        .route(request_host(req), &path)
+        .route_index(request_host(req), &path)
         .ok_or_else(|| Error::new(ErrorKind::NoRoute, format!("no route for {path}")))
 }
 

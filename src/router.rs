@@ -92,12 +92,20 @@ impl<T> Router<T> {
         self.routes.iter()
     }
 
-    /// The best route for `host` (without port) and a normalized `path`.
+    /// The best route for `host` (without port) and a normalized `path`, with its index for
+    /// [`Router::get`].
     #[inline]
-    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Route<T>> {
+    pub(crate) fn route_index(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route<T>)> {
         self.routes
             .iter()
-            .find(|r| has_prefix(path, &r.prefix) && r.host.matches(host))
+            .enumerate()
+            .find(|(_, r)| has_prefix(path, &r.prefix) && r.host.matches(host))
+    }
+
+    /// The route at `index` (see [`Router::route_index`]).
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&Route<T>> {
+        self.routes.get(index)
     }
 }
 
@@ -141,7 +149,7 @@ mod tests {
     }
 
     fn hit(r: &Router<&'static str>, host: Option<&str>, path: &str) -> Option<&'static str> {
-        r.route(host, path).map(|r| r.target)
+        r.route_index(host, path).map(|(_, r)| r.target)
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::conn::tls;
 use crate::conn::tunnel::{WebSocketCount, WebSockets};
 use crate::devices::Purpose;
 use crate::router::{HostMatch, Route, Router};
+use crate::telemetry::recorded::{ListenerRecorders, RouteRecorders};
 
 /// The whole runtime state of the server, built from one configuration.
 pub(crate) struct Snapshot {
@@ -37,13 +38,22 @@ pub(crate) struct Snapshot {
     pub(crate) config: Arc<Config>,
     /// The main configuration file (named in problems found while building).
     pub(crate) source: PathBuf,
-    pub(crate) router: Router<Outcome>,
+    pub(crate) router: Router<Routed>,
+    /// What requests that match no route (or are refused before routing) record into.
+    pub(crate) unrouted: RouteRecorders,
     /// Connection settings per configured listen address.
     pub(crate) listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
     /// Upstream services by name (for pool carry-over on reload).
     pub(crate) services: HashMap<String, ProxyService>,
     /// The `[[device]]` pipeline (empty: requests skip it entirely).
     pub(crate) pipeline: Pipeline,
+}
+
+/// A route's outcome and what its requests record into.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub(crate) outcome: Outcome,
+    pub(crate) recorders: RouteRecorders,
 }
 
 /// Where a route leads.
@@ -99,6 +109,13 @@ pub(crate) struct ListenerRuntime {
     pub(crate) body_read_timeout: Duration,
     /// Peers whose forwarding headers are kept (checked once per connection).
     pub(crate) trusted_proxies: TrustedProxies,
+    /// The epoch of the snapshot it was built for: [`ListenerRuntime::index`] is valid in
+    /// that snapshot only.
+    pub(crate) epoch: u64,
+    /// Its position in the configuration's listeners: the index of its per-route recorders.
+    pub(crate) index: usize,
+    /// Its connection counts and body bytes.
+    pub(crate) recorders: ListenerRecorders,
 }
 
 // === impl Snapshot ===
@@ -127,6 +144,7 @@ impl Snapshot {
             }
         }
 
+        let listener_names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let outcome = match &route.target {
@@ -189,11 +207,16 @@ impl Snapshot {
                 Some(host) => format!("{host}{}", route.path),
                 None => route.path.clone(),
             };
+            let service = match &route.target {
+                RouteTarget::Service(s) => s.service.as_str(),
+                _ => "",
+            };
+            let recorders = RouteRecorders::new(&name, service, listener_names.iter().copied());
             routes.push(Route {
                 name: name.into(),
                 host: HostMatch::parse(route.host.as_deref()),
                 prefix: route.path.clone(),
-                target: outcome,
+                target: Routed { outcome, recorders },
             });
         }
 
@@ -209,7 +232,7 @@ impl Snapshot {
                 },
                 None => None,
             };
-            listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls)));
+            listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls, epoch, i)));
         }
 
         let pipeline = match crate::devices::pipeline(&config.devices, &config.wasm, purpose) {
@@ -226,6 +249,7 @@ impl Snapshot {
             }
         };
 
+        let unrouted = RouteRecorders::new("", "", listener_names);
         if !problems.is_empty() {
             return Err(Report { problems });
         }
@@ -234,6 +258,7 @@ impl Snapshot {
             config: Arc::new(config),
             source,
             router: Router::new(routes),
+            unrouted,
             listeners,
             services,
             pipeline,
@@ -247,7 +272,7 @@ impl Snapshot {
     fn websocket_count(&self, host: Option<&str>, path: &str) -> Option<Arc<WebSocketCount>> {
         let host = HostMatch::parse(host);
         let prefix = path.trim_end_matches('/');
-        self.router.routes().find_map(|r| match &r.target {
+        self.router.routes().find_map(|r| match &r.target.outcome {
             Outcome::Service {
                 websockets: Some(ws),
                 ..
@@ -370,7 +395,12 @@ const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 const H2_KEEPALIVE_MAX: Duration = Duration::from_secs(30);
 
 impl ListenerRuntime {
-    fn new(l: &snakeway_config::Listener, tls: Option<TlsAcceptor>) -> Self {
+    fn new(
+        l: &snakeway_config::Listener,
+        tls: Option<TlsAcceptor>,
+        epoch: u64,
+        index: usize,
+    ) -> Self {
         let header_read_timeout = Duration::from_millis(l.header_read_timeout_ms);
         let idle_timeout = Duration::from_millis(l.idle_timeout_ms);
         let send_timeout = Duration::from_millis(l.send_timeout_ms);
@@ -408,6 +438,9 @@ impl ListenerRuntime {
             max_connections: l.max_connections,
             body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
             trusted_proxies: TrustedProxies::new(l.trusted_proxies.iter().copied()),
+            epoch,
+            index,
+            recorders: ListenerRecorders::new(&l.name),
         }
     }
 }

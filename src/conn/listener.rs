@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use snakeway_config::{Problem, Report};
+use snakeway_core::metrics::GaugeGuard;
 use snakeway_proxy::Downstream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,9 +32,10 @@ use super::detect::{self, Protocol};
 use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::{Rejections, StrictH1};
-use crate::handler::ConnService;
+use crate::handler::{ConnService, ListenerTag};
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
+use crate::telemetry::recorded::TlsFailure;
 
 /// The open listeners, by configured address.
 pub(crate) struct Listeners {
@@ -170,8 +172,9 @@ struct Limit {
 }
 
 /// A slot of a [`Limit`], held by one connection (and, once it is upgraded, by its tunnel): its
-/// permit goes back (or pays the limit's debt) when dropped.
-pub(crate) struct Slot(Arc<Limit>);
+/// permit goes back (or pays the limit's debt) when dropped, and so does its unit of the
+/// listener's `connections_open` gauge.
+pub(crate) struct Slot(Arc<Limit>, Option<GaugeGuard>);
 
 // === impl Limit ===
 
@@ -226,7 +229,7 @@ impl Limit {
                 permit.forget();
             }
         }
-        Slot(self.clone())
+        Slot(self.clone(), None)
     }
 
     /// Permits not held by anyone (for tests).
@@ -264,7 +267,7 @@ struct AcceptLoop {
 impl AcceptLoop {
     async fn run(self) {
         loop {
-            let slot = tokio::select! {
+            let mut slot = tokio::select! {
                 slot = self.limit.acquire() => slot,
                 () = self.stop.cancelled() => return,
             };
@@ -284,7 +287,10 @@ impl AcceptLoop {
             let Some(runtime) = self.state.snapshot.load().listeners.get(&self.key).cloned() else {
                 continue;
             };
+            runtime.recorders.accepted.inc();
+            slot.1 = Some(runtime.recorders.open.track());
             let conn = Connection {
+                key: self.key,
                 accepted: tokio::time::Instant::now(),
                 pressure: self.limit.pressure.clone(),
                 runtime,
@@ -302,6 +308,8 @@ impl AcceptLoop {
 type Service = Metered<ConnService>;
 
 struct Connection {
+    /// The listener's configured address.
+    key: SocketAddr,
     /// When the connection was accepted.
     accepted: tokio::time::Instant,
     /// The listener's pressure signal.
@@ -320,7 +328,7 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let meter = Arc::new(Meter::default());
+        let meter = Arc::new(Meter::counting(self.runtime.recorders.sent.clone()));
         let stream = Active::new(stream, meter.clone());
         let tls = self.runtime.tls.is_some();
         let rejections = Rejections::default();
@@ -336,6 +344,12 @@ impl Connection {
                     self.runtime.idle_timeout,
                     self.slot.clone(),
                 ),
+                ListenerTag {
+                    addr: self.key,
+                    epoch: self.runtime.epoch,
+                    index: self.runtime.index,
+                },
+                self.runtime.recorders.received.clone(),
             ),
             meter.clone(),
         );
@@ -366,10 +380,17 @@ impl Connection {
                 let tls = match handshake.await {
                     Ok(Ok(Ok(tls))) => tls,
                     Ok(Ok(Err(e))) => {
+                        self.runtime.recorders.tls_failed(TlsFailure::Error);
                         return tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     }
-                    Ok(Err(_)) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    Err(e) => return tracing::debug!(%peer, error = %e, "TLS handshake cut"),
+                    Ok(Err(_)) => {
+                        self.runtime.recorders.tls_failed(TlsFailure::Timeout);
+                        return tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                    Err(e) => {
+                        self.runtime.recorders.tls_failed(TlsFailure::Pressure);
+                        return tracing::debug!(%peer, error = %e, "TLS handshake cut");
+                    }
                 };
                 // ALPN offers h2 only when the listener serves HTTP/2; such a connection
                 // speaks nothing else.

@@ -44,8 +44,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
+use hyper::body::Buf as _;
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use snakeway_core::metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -168,6 +170,8 @@ pub(crate) struct Meter {
     /// Response frames (and heads) handed to hyper that hyper has not come back after, by the
     /// epoch they were handed over in, modulo [`HELD_RING`].
     held: [AtomicU32; HELD_RING as usize],
+    /// The listener's counter of response body bytes sent.
+    sent: Option<Arc<Counter>>,
 }
 
 /// One reading of a [`Meter`].
@@ -183,6 +187,14 @@ struct Sample {
 // === impl Meter ===
 
 impl Meter {
+    /// A meter that also counts the response body bytes handed to hyper into `sent`.
+    pub(crate) fn counting(sent: Arc<Counter>) -> Self {
+        Self {
+            sent: Some(sent),
+            ..Self::default()
+        }
+    }
+
     fn sample(&self) -> Sample {
         Sample {
             io: self.io.load(Ordering::Relaxed),
@@ -582,7 +594,12 @@ impl<B: Body> Body for MeteredBody<B> {
         }
         let poll = this.inner.poll_frame(cx);
         match &poll {
-            Poll::Ready(Some(Ok(_))) => *this.held = Some(open.0.hold()),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(sent), Some(data)) = (&open.0.sent, frame.data_ref()) {
+                    sent.add(data.remaining() as u64);
+                }
+                *this.held = Some(open.0.hold());
+            }
             // The body is over: the request is no longer open.
             Poll::Ready(_) => *this.open = None,
             Poll::Pending => {}
@@ -639,6 +656,22 @@ mod tests {
         assert_eq!((meter.sample().open, held(&meter)), (0, 0));
         drop(body);
         assert_eq!(meter.sample().open, 0);
+    }
+
+    #[tokio::test]
+    async fn response_body_bytes_are_counted_for_the_listener() {
+        let sent = Arc::new(Counter::default());
+        let meter = Arc::new(Meter::counting(sent.clone()));
+        let svc = service(&meter);
+        for _ in 0..3 {
+            let body = svc
+                .call(Request::new(Empty::new()))
+                .await
+                .unwrap()
+                .into_body();
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "hi");
+        }
+        assert_eq!(sent.get(), 6);
     }
 
     #[tokio::test]

@@ -104,10 +104,9 @@ fn register_process(registry: &mut Registry, state: &State) {
     );
 }
 
-/// Per upstream: counters, in-flight requests, idle connections, circuit and health.
+/// Per upstream: in-flight requests, idle connections, circuit and health. (Its tries by
+/// outcome are recorded per request: `snakeway_upstream_requests_total`, in [`recorded`].)
 fn register_upstreams(registry: &mut Registry, state: &State) {
-    let requests = Family::<UpstreamLabels, Counter>::default();
-    let failures = Family::<UpstreamLabels, Counter>::default();
     let in_flight = Family::<UpstreamLabels, Gauge>::default();
     let idle = Family::<UpstreamLabels, Gauge>::default();
     let healthy = Family::<UpstreamLabels, Gauge>::default();
@@ -120,8 +119,6 @@ fn register_upstreams(registry: &mut Registry, state: &State) {
         };
         for u in service.upstreams() {
             let labels = [("service", svc.name.clone()), ("upstream", u.target)];
-            requests.get_or_create(&labels).inc_by(u.requests);
-            failures.get_or_create(&labels).inc_by(u.failures);
             in_flight
                 .get_or_create(&labels)
                 .set(i64::try_from(u.in_flight).unwrap_or(i64::MAX));
@@ -141,16 +138,6 @@ fn register_upstreams(registry: &mut Registry, state: &State) {
             }
         }
     }
-    registry.register(
-        "upstream_requests",
-        "Requests sent to an upstream (kept across reloads while its target is unchanged)",
-        requests,
-    );
-    registry.register(
-        "upstream_failures",
-        "Failed upstream requests: connect errors, timeouts, and counted 5xx responses",
-        failures,
-    );
     registry.register(
         "upstream_in_flight_requests",
         "Upstream requests sent and not yet finished",

@@ -162,7 +162,7 @@ async fn every_endpoint_answers_from_the_running_server() {
     );
     let text = metrics.text();
     let series = format!(
-        "snakeway_upstream_requests_total{{service=\"app\",upstream=\"{}\"}}",
+        "snakeway_upstream_requests_total{{service=\"app\",upstream=\"{}\",outcome=\"success\"}}",
         up.url()
     );
     assert_eq!(sample(&text, &series), Some(3.0), "{text}");

@@ -103,8 +103,10 @@ async fn prometheus_scrapes_the_upstream_request_count() {
     let dir = TestDir::new("prometheus");
     let prometheus = Prometheus::start(&dir, &format!("127.0.0.1:{admin_port}"), "scrape-token");
 
+    // Tries by outcome, recorded per request; summed over the outcomes (all but `success`
+    // stay 0 here).
     let query = format!(
-        "snakeway_upstream_requests_total{{service=\"app\",upstream=\"{}\"}}",
+        "sum(snakeway_upstream_requests_total{{service=\"app\",upstream=\"{}\"}})",
         up.url()
     );
     assert_eq!(prometheus.wait_for(&query, 7.0).await, Some(7.0), "{query}");

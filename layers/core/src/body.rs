@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
+use crate::metrics::CounterHandle;
 
 pin_project! {
     /// A request or response body.
@@ -29,7 +31,13 @@ pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Incoming { #[pin] body: hyper::body::Incoming },
-        TimedIncoming { #[pin] body: hyper::body::Incoming, timer: GapTimer },
+        TimedIncoming {
+            #[pin] body: hyper::body::Incoming,
+            timer: GapTimer,
+            // Where the data bytes read are counted (the connection's handle on its
+            // listener's counter).
+            received: Option<Arc<CounterHandle>>,
+        },
         Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
     }
 }
@@ -60,6 +68,24 @@ impl Body {
     /// for more (an upstream applying backpressure) never makes the client look stalled. A
     /// body that is already complete (no body at all) stays a plain [`Body::from`] body.
     pub fn incoming_with_timeout(body: hyper::body::Incoming, gap: Duration) -> Self {
+        Self::timed_incoming(body, gap, None)
+    }
+
+    /// [`Body::incoming_with_timeout`] that also adds the data bytes it reads to `received`
+    /// (the connection's handle on its listener's counter).
+    pub fn incoming_counted(
+        body: hyper::body::Incoming,
+        gap: Duration,
+        received: &Arc<CounterHandle>,
+    ) -> Self {
+        Self::timed_incoming(body, gap, Some(received))
+    }
+
+    fn timed_incoming(
+        body: hyper::body::Incoming,
+        gap: Duration,
+        received: Option<&Arc<CounterHandle>>,
+    ) -> Self {
         use http_body::Body as _;
         if body.is_end_stream() {
             return Self::from(body);
@@ -68,6 +94,7 @@ impl Body {
             kind: Kind::TimedIncoming {
                 body,
                 timer: GapTimer::new(gap),
+                received: received.cloned(),
             },
         }
     }
@@ -145,9 +172,18 @@ impl http_body::Body for Body {
             KindProj::Empty => Poll::Ready(None),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::TimedIncoming { body, timer } => match body.poll_frame(cx) {
+            KindProj::TimedIncoming {
+                body,
+                timer,
+                received,
+            } => match body.poll_frame(cx) {
                 Poll::Ready(frame) => {
                     timer.on_ready();
+                    if let (Some(received), Some(Ok(frame))) = (received.as_ref(), &frame)
+                        && let Some(data) = frame.data_ref()
+                    {
+                        received.add(data.len() as u64);
+                    }
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
                 Poll::Pending if timer.poll_expired(cx) => {

@@ -9,6 +9,7 @@
 //! * [`path`]: RFC 3986 path normalization with the safety rules of the design contract;
 //! * [`respond`]: small synthetic responses (error pages, configured bodies);
 //! * [`grpc`]: Snakeway's own failures answered as gRPC statuses to gRPC clients;
+//! * [`metrics`]: sharded, lock-free metric recorders and the families Snakeway records;
 //! * [`Device`] and [`pipeline`]: the device API and the Tower layers that run devices at their
 //!   phases.
 
@@ -18,6 +19,7 @@ mod device;
 mod device_logs;
 mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod request_id;

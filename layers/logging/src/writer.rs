@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
+use snakeway_core::metrics::{Counter, LOG_LINES_DROPPED};
+
 use crate::Output;
 
 /// The size of the writer thread's buffer; it is flushed when full and whenever the queue runs
@@ -44,6 +46,8 @@ struct Shared {
     started: Instant,
     /// Milliseconds after `started` before which no drop warning is logged.
     next_warning_ms: AtomicU64,
+    /// The process-wide `log_lines_dropped` metric (summed over every writer).
+    dropped_metric: Arc<Counter>,
 }
 
 #[derive(Default)]
@@ -107,6 +111,7 @@ impl LogWriter {
                 queue_bytes,
                 started: Instant::now(),
                 next_warning_ms: AtomicU64::new(0),
+                dropped_metric: LOG_LINES_DROPPED.get(&[]),
             }),
         })
     }
@@ -137,6 +142,7 @@ impl LogWriter {
     fn count_drop(&self) {
         let shared = &*self.shared;
         let dropped = shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.dropped_metric.inc();
         let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let next = shared.next_warning_ms.load(Ordering::Relaxed);
         let interval = WARNING_INTERVAL.as_millis() as u64;

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{StatusCode, request, response};
+use snakeway_core::metrics::{
+    Counters, Gauge, Value, WASM_FAILURES, WASM_INSTANCES_CAPACITY, WASM_INSTANCES_IN_USE,
+};
 use snakeway_core::{
     BodyCtx, Device, DeviceError, DeviceResult, Flow, Phase, Phases, RequestCtx, RequestInfo,
     ResponseCtx, SlotKey,
@@ -131,26 +134,49 @@ impl Seen {
     }
 }
 
+/// A device's live instances: the count its `max_instances` bounds, and the
+/// `wasm_instances_in_use` gauge.
+#[derive(Default)]
+struct Lives {
+    count: AtomicUsize,
+    in_use: Arc<Gauge>,
+}
+
 /// One of a device's live instances, counted (against the device's `max_instances`) from
 /// before it is created until it is dropped.
-struct LiveCount(Arc<AtomicUsize>);
+struct LiveCount(Arc<Lives>);
 
 impl LiveCount {
     /// Counts one more instance, unless `max` are alive already.
-    fn try_new(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        count
+    fn try_new(lives: &Arc<Lives>, max: usize) -> Option<Self> {
+        lives
+            .count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(Self(count.clone()))
+        lives.in_use.inc();
+        Some(Self(lives.clone()))
     }
 }
 
 impl Drop for LiveCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_use.dec();
     }
+}
+
+/// The kinds of [`WASM_FAILURES`] (the index of their label in
+/// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
+#[derive(Clone, Copy)]
+enum FailureKind {
+    Trap = 0,
+    Timeout = 1,
+    Memory = 2,
+    Output = 3,
+    PoolFull = 4,
+    Other = 5,
 }
 
 /// A failure of one hook call, or of getting an instance for it.
@@ -169,6 +195,18 @@ impl Failure {
             detail,
             status,
             capacity: false,
+        }
+    }
+
+    /// Its kind, for `wasm_failures_total`.
+    fn kind(&self) -> FailureKind {
+        match self.what {
+            _ if self.capacity => FailureKind::PoolFull,
+            "trap" => FailureKind::Trap,
+            "timeout" => FailureKind::Timeout,
+            "memory limit" => FailureKind::Memory,
+            "invalid output" => FailureKind::Output,
+            _ => FailureKind::Other,
         }
     }
 
@@ -229,9 +267,14 @@ pub struct WasmDevice {
     hook_limit: TimeLimit,
     guest_phases: types::Phases,
     phases: Phases,
-    live: Arc<AtomicUsize>,
+    live: Arc<Lives>,
     /// `limits.max_instances`, unbounded when not set.
     max_live: usize,
+    /// Failures by kind (indexed like
+    /// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
+    failures: Arc<Counters<6>>,
+    /// Held for the scrape: the instances this device may have at once.
+    _capacity: Arc<Value>,
 }
 
 // === impl WasmDevice ===
@@ -308,10 +351,25 @@ impl WasmDevice {
             hook_limit: TimeLimit::new(limits.timeout, tick),
             guest_phases: types::Phases::empty(),
             phases: Phases::NONE,
-            live: Arc::default(),
+            live: Arc::new(Lives {
+                count: AtomicUsize::new(0),
+                in_use: WASM_INSTANCES_IN_USE.get(&[name]),
+            }),
             max_live: limits
                 .max_instances
                 .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            failures: WASM_FAILURES.get(&[name]),
+            _capacity: {
+                let capacity = WASM_INSTANCES_CAPACITY.get(&[name]);
+                let pool = if engine.options().pooling {
+                    u64::from(engine.options().max_instances)
+                } else {
+                    u64::MAX
+                };
+                let own = limits.max_instances.map_or(u64::MAX, u64::from);
+                capacity.set(pool.min(own));
+                capacity
+            },
         };
         // `init` at load is off the request path: it gets at least a second.
         let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
@@ -332,7 +390,7 @@ impl WasmDevice {
     /// the device; dropped at `on_response`, or for devices with a body hook, with the
     /// request).
     pub fn live_instances(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.live.count.load(Ordering::Relaxed)
     }
 
     fn new_store(&self, request: Weak<RequestInfo>) -> Store<HostState> {
@@ -456,6 +514,7 @@ impl WasmDevice {
     /// after a trap, is dropped), then applies the failure policy: `Err` when it fails closed.
     fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
         info.slots.put(self.key, Box::new(Instance::Failed));
+        self.failures.add(failure.kind() as usize, 1);
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
         // A full pool is load, not a guest fault: it fails closed whatever `on_failure` says,
         // or load would switch the device off.

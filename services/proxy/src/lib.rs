@@ -104,6 +104,7 @@ mod h1pool;
 mod headers;
 mod health_check;
 mod io;
+mod recorded;
 mod retry;
 mod service;
 mod sticky;

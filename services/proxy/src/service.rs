@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -30,6 +30,7 @@ use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
 };
+use crate::recorded::{self, Outcome, ServiceRecorders, UpstreamRecorders};
 use crate::retry::{Budget, ReadError, Replay, RetryOn, RetryPolicy};
 use crate::sticky::StickyKey;
 use crate::target::Target;
@@ -187,6 +188,8 @@ pub(crate) struct Inner {
     /// Requests and retries in flight, counted only under a retry policy; shared with the
     /// snapshot this one replaced.
     budget: Arc<Budget>,
+    /// Response times, connect errors and timeouts.
+    pub(crate) recorders: ServiceRecorders,
 }
 
 pub(crate) struct Upstream {
@@ -203,6 +206,8 @@ pub(crate) struct Upstream {
     /// Its probe verdict: carried over while the target is unchanged and the service keeps
     /// its health checks; fresh (healthy) otherwise.
     probe: Arc<ProbeHealth>,
+    /// Tries by outcome.
+    pub(crate) recorders: UpstreamRecorders,
 }
 
 /// The connection pool of one upstream and the options it was built with; carried over to the
@@ -327,6 +332,8 @@ impl ProxyService {
             };
             let authority = target.uri_authority().clone();
             built.push(Upstream {
+                // The `upstream` label is the URL, as in the admin API's per-upstream families.
+                recorders: UpstreamRecorders::new(name, &target.to_string()),
                 short_name: target.short_name().into_boxed_str(),
                 scheme: target.scheme(),
                 default_host: HeaderValue::from_str(authority.as_str()).ok(),
@@ -362,6 +369,7 @@ impl ProxyService {
                 health_check,
                 retry: options.retry,
                 budget: previous.map_or_else(Arc::default, |p| p.inner.budget.clone()),
+                recorders: ServiceRecorders::new(name),
             }),
         })
     }
@@ -578,9 +586,18 @@ impl ProxyService {
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
         // Counts the request in flight until dropped: here on failure, or with the body.
         let blame = Blame::enter(self.inner.clone(), index);
+        let started = Instant::now();
         let sent = inner.send(upstream, req).await;
         let (result, cause) = match sent {
             Ok(response) => {
+                inner.recorders.response_time.observe(started.elapsed());
+                upstream
+                    .recorders
+                    .tried(if response.status().is_server_error() {
+                        Outcome::Http5xx
+                    } else {
+                        Outcome::Success
+                    });
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
@@ -597,7 +614,16 @@ impl ProxyService {
             }
             Err(Failure::Send(error, sending)) => {
                 let cause = RetryOn::of_failure(&*error, sending);
+                let (outcome, failure) = recorded::classify(&*error);
                 let (error, upstream_fault) = inner.upstream_error(upstream, error, sending);
+                if upstream_fault {
+                    upstream.recorders.tried(outcome);
+                    if let Some(failure) = failure {
+                        inner.recorders.failed(failure);
+                    }
+                } else {
+                    upstream.recorders.tried(Outcome::ClientError);
+                }
                 if upstream_fault {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
@@ -605,6 +631,8 @@ impl ProxyService {
                 (Err(error), cause)
             }
             Err(Failure::Timeout { sent }) => {
+                upstream.recorders.tried(Outcome::ResponseTimeout);
+                inner.recorders.failed(recorded::Failure::ResponseTimeout);
                 upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                 permit.failure();
                 let after = if sent {
@@ -776,6 +804,7 @@ impl Blame {
                 cause = "read_timeout",
                 "upstream stalled mid-body; client response aborted"
             );
+            service.recorders.failed(recorded::Failure::ReadTimeout);
             upstream.health.failures.fetch_add(1, Ordering::Relaxed);
             // After the response head the request's permit is settled: this is a failure of
             // its own, as if a closed circuit admitted it.

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::Downstream;
 use crate::headers::{Direction, remove_hop_by_hop};
+use crate::recorded::{self, Outcome};
 use crate::service::{Blame, PoolBody, PoolClient, ProxyService};
 
 /// Bytes buffered per direction of a tunnel: what is read from one side and not yet written to
@@ -315,11 +316,31 @@ impl ProxyService {
 
         upstream.health.requests.fetch_add(1, Ordering::Relaxed);
         let blame = Blame::enter(self.inner.clone(), index);
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(inner.response_timeout, pool.upgrade(req)).await;
         let mut response = match sent {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                inner.recorders.response_time.observe(started.elapsed());
+                upstream
+                    .recorders
+                    .tried(if response.status().is_server_error() {
+                        Outcome::Http5xx
+                    } else {
+                        Outcome::Success
+                    });
+                response
+            }
             Ok(Err(error)) => {
+                let (outcome, failure) = recorded::classify(&*error);
                 let (error, fault) = inner.upstream_error(upstream, error, None);
+                if fault {
+                    upstream.recorders.tried(outcome);
+                    if let Some(failure) = failure {
+                        inner.recorders.failed(failure);
+                    }
+                } else {
+                    upstream.recorders.tried(Outcome::ClientError);
+                }
                 if fault {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
@@ -327,6 +348,8 @@ impl ProxyService {
                 return Err(error);
             }
             Err(_) => {
+                upstream.recorders.tried(Outcome::ResponseTimeout);
+                inner.recorders.failed(recorded::Failure::ResponseTimeout);
                 upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                 permit.failure();
                 return Err(Error::new(

@@ -28,6 +28,7 @@ use http::{Response, request, response};
 pub use self::body::{BodyStopped, HookedBody};
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
+use crate::metrics::{Counters, DEVICE_HOOKS};
 use crate::respond::ErrorFormat;
 use crate::{
     Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
@@ -53,7 +54,37 @@ pub struct Pipeline {
 struct Inner {
     devices: Vec<Arc<dyn Device>>,
     /// For each phase (indexed like `PHASES`), the devices taking part, in configured order.
-    by_phase: [Box<[Arc<dyn Device>]>; 6],
+    by_phase: [Box<[Entry]>; 6],
+}
+
+/// A device taking part in one phase, with its outcome counts there.
+struct Entry {
+    device: Arc<dyn Device>,
+    /// Indexed by [`HookOutcome`].
+    outcomes: Arc<Counters<4>>,
+}
+
+/// How one device hook ended (the index of its label in
+/// [`DEVICE_OUTCOMES`](crate::metrics::DEVICE_OUTCOMES)).
+#[derive(Clone, Copy)]
+enum HookOutcome {
+    Continue = 0,
+    Respond = 1,
+    Error = 2,
+    Panic = 3,
+}
+
+// === impl Entry ===
+
+impl Entry {
+    #[inline]
+    fn counted(&self, flow: &Flow) {
+        let outcome = match flow {
+            Flow::Continue => HookOutcome::Continue,
+            Flow::Respond(_) => HookOutcome::Respond,
+        };
+        self.outcomes.add(outcome as usize, 1);
+    }
 }
 
 // === impl Pipeline ===
@@ -65,7 +96,10 @@ impl Pipeline {
             devices
                 .iter()
                 .filter(|d| d.phases().contains(phase))
-                .cloned()
+                .map(|device| Entry {
+                    device: device.clone(),
+                    outcomes: DEVICE_HOOKS.get(&[device.name(), phase.as_str()]),
+                })
                 .collect::<Box<[_]>>()
         });
         Self {
@@ -119,7 +153,7 @@ impl Pipeline {
     }
 
     #[inline]
-    fn in_phase(&self, phase: Phase) -> &[Arc<dyn Device>] {
+    fn in_phase(&self, phase: Phase) -> &[Entry] {
         &self.inner.by_phase[phase as usize]
     }
 
@@ -130,8 +164,9 @@ impl Pipeline {
         head: &mut request::Parts,
         hook: fn(&dyn Device, &mut RequestCtx, &mut request::Parts) -> DeviceResult,
     ) -> DeviceResult {
-        for device in self.in_phase(phase) {
-            match guarded(device.as_ref(), phase, || hook(device.as_ref(), ctx, head))? {
+        for entry in self.in_phase(phase) {
+            let device = entry.device.as_ref();
+            match guarded(entry, phase, || hook(device, ctx, head))? {
                 Flow::Continue => {}
                 respond @ Flow::Respond(_) => return Ok(respond),
             }
@@ -150,9 +185,9 @@ impl Pipeline {
     }
 
     fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
-        for device in self.in_phase(Phase::AfterProxy) {
-            match guarded(device.as_ref(), Phase::AfterProxy, || {
-                device.after_proxy(ctx, head)
+        for entry in self.in_phase(Phase::AfterProxy) {
+            match guarded(entry, Phase::AfterProxy, || {
+                entry.device.after_proxy(ctx, head)
             })? {
                 Flow::Continue => {}
                 respond @ Flow::Respond(_) => return Ok(respond),
@@ -162,9 +197,9 @@ impl Pipeline {
     }
 
     fn on_request_body(&self, ctx: &BodyCtx, chunk: &Bytes, end_of_stream: bool) -> DeviceResult {
-        for device in self.in_phase(Phase::RequestBody) {
-            let flow = guarded(device.as_ref(), Phase::RequestBody, || {
-                device.on_request_body(ctx, chunk, end_of_stream)
+        for entry in self.in_phase(Phase::RequestBody) {
+            let flow = guarded(entry, Phase::RequestBody, || {
+                entry.device.on_request_body(ctx, chunk, end_of_stream)
             })?;
             if let Flow::Respond(_) = flow {
                 return Ok(flow);
@@ -198,13 +233,16 @@ impl Pipeline {
         if !devices.is_empty() {
             let (mut head, body) = response.into_parts();
             let mut body = Some(body);
-            for device in devices {
+            for entry in devices {
                 let mut res = ResponseCtx {
                     head: &mut head,
                     origin,
                 };
-                if let Err(e) = guarded(device.as_ref(), Phase::Response, || {
-                    device.on_response(&mut ctx, &mut res)
+                if let Err(e) = guarded(entry, Phase::Response, || {
+                    entry
+                        .device
+                        .on_response(&mut ctx, &mut res)
+                        .map(|()| Flow::Continue)
                 }) {
                     // The response is replaced by the error's; later devices see that one.
                     let replaced = self.fail(&mut ctx, &e.into_error(), format);
@@ -221,10 +259,14 @@ impl Pipeline {
 
     /// Runs `on_error` and builds the error response in `format`.
     fn fail(&self, ctx: &mut RequestCtx, error: &Error, format: ErrorFormat) -> Response<Body> {
-        for device in self.in_phase(Phase::Error) {
+        for entry in self.in_phase(Phase::Error) {
+            let device = entry.device.as_ref();
             // `on_error` only observes; a panic there is logged and otherwise ignored.
             if catch_unwind(AssertUnwindSafe(|| device.on_error(ctx, error))).is_err() {
+                entry.outcomes.add(HookOutcome::Panic as usize, 1);
                 tracing::error!(device = device.name(), "device panicked in on_error");
+            } else {
+                entry.outcomes.add(HookOutcome::Continue as usize, 1);
             }
         }
         ctx.origin = Some(Origin::Error);
@@ -241,17 +283,21 @@ impl std::fmt::Debug for Pipeline {
 }
 
 /// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
-/// and phase.
+/// and phase; counts how it ended.
 #[inline]
-fn guarded<T>(
-    device: &dyn Device,
-    phase: Phase,
-    hook: impl FnOnce() -> Result<T, DeviceError>,
-) -> Result<T, DeviceError> {
+fn guarded(entry: &Entry, phase: Phase, hook: impl FnOnce() -> DeviceResult) -> DeviceResult {
+    let device = entry.device.as_ref();
     match catch_unwind(AssertUnwindSafe(hook)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(error.at(device.name(), phase)),
+        Ok(Ok(flow)) => {
+            entry.counted(&flow);
+            Ok(flow)
+        }
+        Ok(Err(error)) => {
+            entry.outcomes.add(HookOutcome::Error as usize, 1);
+            Err(error.at(device.name(), phase))
+        }
         Err(panic) => {
+            entry.outcomes.add(HookOutcome::Panic as usize, 1);
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

@@ -630,3 +630,49 @@ async fn a_grpc_requests_failures_and_refusals_are_grpc_statuses() {
     assert_eq!(response.status(), 403);
     assert_eq!(grpc_status(&response), None);
 }
+
+#[tokio::test]
+async fn hook_outcomes_are_counted_by_device_and_phase() {
+    use crate::metrics::DEVICE_HOOKS;
+    let h = Harness::new()
+        .device("counted-a", &[(Phase::BeforeProxy, Act::Panic)])
+        .device("counted-b", &[(Phase::Request, Act::Respond(401))]);
+    // Held like a snapshot holds them, so the scrape below sees them.
+    let pipeline = Pipeline::new(h.devices.clone());
+    assert_eq!(h.send(Body::from("hi"), None).await.status(), 401);
+    let h2 = Harness::new()
+        .device("counted-a", &[(Phase::BeforeProxy, Act::Panic)])
+        .device("counted-b", &[]);
+    assert_eq!(h2.send(Body::from("hi"), None).await.status(), 500);
+    let mut counts = Vec::new();
+    DEVICE_HOOKS.for_each(|labels, c| {
+        if labels[0].starts_with("counted-") {
+            counts.push(format!(
+                "{}.{} {}/{}/{}/{}",
+                labels[0],
+                labels[1],
+                c.get(0),
+                c.get(1),
+                c.get(2),
+                c.get(3)
+            ));
+        }
+    });
+    counts.sort();
+    drop(pipeline);
+    let expected = [
+        "counted-a.after_proxy 0/0/0/0",
+        "counted-a.before_proxy 0/0/0/1",
+        "counted-a.error 1/0/0/0",
+        "counted-a.request 2/0/0/0",
+        "counted-a.request_body 0/0/0/0",
+        "counted-a.response 2/0/0/0",
+        "counted-b.after_proxy 0/0/0/0",
+        "counted-b.before_proxy 0/0/0/0",
+        "counted-b.error 1/0/0/0",
+        "counted-b.request 1/1/0/0",
+        "counted-b.request_body 0/0/0/0",
+        "counted-b.response 2/0/0/0",
+    ];
+    assert_eq!(counts, expected);
+}
