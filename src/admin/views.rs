@@ -1,9 +1,11 @@
 //! The JSON documents of the admin endpoints, read from the running snapshot.
 
 use serde_json::{Value, json};
-use snakeway_config::{Config, Report, RouteTarget};
+use snakeway_config::{Config, Report};
 
-use crate::stack::Snapshot;
+use snakeway_core::metrics::STATUS_CLASSES;
+
+use crate::stack::{Outcome, Snapshot};
 use crate::state::State;
 
 /// What replaces secrets in `/admin/config`.
@@ -59,8 +61,9 @@ pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
     json!({ "epoch": snapshot.epoch, "services": services })
 }
 
-/// `GET /admin/stats`: per service, its upstreams' counters summed; the routes with where they
-/// lead (per-route request counts are in `/metrics`).
+/// `GET /admin/stats`: per service, its upstreams' counters summed; per route (most specific
+/// first, as they are matched), where it leads, its requests by status class over every
+/// listener and their mean duration.
 pub(super) fn stats(snapshot: &Snapshot) -> Value {
     let services: Vec<Value> = snapshot
         .config
@@ -86,16 +89,33 @@ pub(super) fn stats(snapshot: &Snapshot) -> Value {
         })
         .collect();
     let routes: Vec<Value> = snapshot
-        .config
-        .routes
-        .iter()
+        .router
+        .routes()
         .map(|r| {
-            let (kind, target) = match &r.target {
-                RouteTarget::Service(s) => ("service", json!(s.service)),
-                RouteTarget::Static(s) => ("static", json!(s.static_dir)),
-                RouteTarget::Respond(s) => ("respond", json!(s.status)),
+            let (kind, target) = match &r.target.outcome {
+                Outcome::Service { name, .. } => ("service", json!(&**name)),
+                Outcome::Static(_) => ("static", Value::Null),
+                Outcome::Respond(_) => ("respond", Value::Null),
             };
-            json!({ "host": r.host, "path": r.path, "kind": kind, "target": target })
+            let (classes, count, seconds) = r.target.recorders.totals();
+            let requests: serde_json::Map<String, Value> = STATUS_CLASSES
+                .iter()
+                .zip(classes)
+                .map(|(class, n)| ((*class).to_owned(), json!(n)))
+                .collect();
+            let mean_ms = if count == 0 {
+                Value::Null
+            } else {
+                json!(seconds * 1000.0 / count as f64)
+            };
+            json!({
+                "route": &*r.name,
+                "kind": kind,
+                "service": target,
+                "requests": classes.iter().sum::<u64>(),
+                "by_status_class": requests,
+                "mean_duration_ms": mean_ms,
+            })
         })
         .collect();
     json!({ "epoch": snapshot.epoch, "services": services, "routes": routes })

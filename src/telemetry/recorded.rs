@@ -109,6 +109,20 @@ impl RouteRecorders {
         self.duration.observe(elapsed);
     }
 
+    /// Requests answered on this route since its labels were first recorded (the counts carry
+    /// over reloads), by status class ([`STATUS_CLASSES`] order) over every listener, and the
+    /// number and total seconds of their durations.
+    pub(crate) fn totals(&self) -> ([u64; 5], u64, f64) {
+        let mut classes = [0u64; 5];
+        for requests in &self.requests {
+            for (i, class) in classes.iter_mut().enumerate() {
+                *class += requests.get(i);
+            }
+        }
+        let duration = self.duration.snapshot();
+        (classes, duration.count, duration.sum)
+    }
+
     /// Counts a request answered with `status` on listener `listener`, without a duration (a
     /// request refused before it was read whole).
     #[inline]

@@ -143,9 +143,19 @@ async fn every_endpoint_answers_from_the_running_server() {
     let stats = admin(admin_at, "GET", "/admin/stats", None).await.json();
     assert_eq!(stats["services"][0]["name"], "app");
     assert_eq!(stats["services"][0]["requests"], 3);
-    assert_eq!(stats["routes"][0]["path"], "/public");
+    // Routes most specific first, each with what it answered.
+    assert_eq!(stats["routes"][0]["route"], "/public");
     assert_eq!(stats["routes"][0]["kind"], "respond");
-    assert_eq!(stats["routes"][1]["target"], "app");
+    assert_eq!(stats["routes"][0]["requests"], 0);
+    assert_eq!(stats["routes"][1]["route"], "/");
+    assert_eq!(stats["routes"][1]["service"], "app");
+    assert_eq!(stats["routes"][1]["requests"], 3);
+    assert_eq!(stats["routes"][1]["by_status_class"]["2xx"], 3);
+    assert!(
+        stats["routes"][1]["mean_duration_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0)
+    );
 
     let cfg = admin(admin_at, "GET", "/admin/config", None).await.json();
     assert_eq!(cfg["admin"]["listen"], format!("127.0.0.1:{port}"));
