@@ -590,14 +590,7 @@ impl ProxyService {
         let sent = inner.send(upstream, req).await;
         let (result, cause) = match sent {
             Ok(response) => {
-                inner.recorders.response_time.observe(started.elapsed());
-                upstream
-                    .recorders
-                    .tried(if response.status().is_server_error() {
-                        Outcome::Http5xx
-                    } else {
-                        Outcome::Success
-                    });
+                inner.record_head(upstream, response.status(), started.elapsed());
                 if inner.breaker.count_5xx && response.status().is_server_error() {
                     upstream.health.failures.fetch_add(1, Ordering::Relaxed);
                     permit.failure();
@@ -832,6 +825,22 @@ impl Drop for Blame {
 // === impl Inner ===
 
 impl Inner {
+    /// Records a response head with `status` from `upstream`, `elapsed` after its try began.
+    #[inline]
+    pub(crate) fn record_head(
+        &self,
+        upstream: &Upstream,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        self.recorders.response_time.observe(elapsed);
+        upstream.recorders.tried(if status.is_server_error() {
+            Outcome::Http5xx
+        } else {
+            Outcome::Success
+        });
+    }
+
     /// Whether upstream `index` may take a request now: it passed its health checks (or the
     /// service is in panic mode) and its circuit admits it, whose permit this returns.
     #[inline]

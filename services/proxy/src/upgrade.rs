@@ -320,14 +320,7 @@ impl ProxyService {
         let sent = tokio::time::timeout(inner.response_timeout, pool.upgrade(req)).await;
         let mut response = match sent {
             Ok(Ok(response)) => {
-                inner.recorders.response_time.observe(started.elapsed());
-                upstream
-                    .recorders
-                    .tried(if response.status().is_server_error() {
-                        Outcome::Http5xx
-                    } else {
-                        Outcome::Success
-                    });
+                inner.record_head(upstream, response.status(), started.elapsed());
                 response
             }
             Ok(Err(error)) => {
