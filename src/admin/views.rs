@@ -46,6 +46,7 @@ pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
                         },
                         "in_flight": u.in_flight,
                         "idle_connections": u.idle_connections,
+                        "active_connections": u.active_connections,
                         "requests": u.requests,
                         "failures": u.failures,
                     })

@@ -109,6 +109,7 @@ fn register_process(registry: &mut Registry, state: &State) {
 fn register_upstreams(registry: &mut Registry, state: &State) {
     let in_flight = Family::<UpstreamLabels, Gauge>::default();
     let idle = Family::<UpstreamLabels, Gauge>::default();
+    let active = Family::<UpstreamLabels, Gauge>::default();
     let healthy = Family::<UpstreamLabels, Gauge>::default();
     let circuit = Family::<[(&'static str, String); 3], Gauge>::default();
 
@@ -124,6 +125,11 @@ fn register_upstreams(registry: &mut Registry, state: &State) {
                 .set(i64::try_from(u.in_flight).unwrap_or(i64::MAX));
             if let Some(n) = u.idle_connections {
                 idle.get_or_create(&labels)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            if let Some(n) = u.active_connections {
+                active
+                    .get_or_create(&labels)
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
             healthy.get_or_create(&labels).set(i64::from(u.healthy));
@@ -147,6 +153,11 @@ fn register_upstreams(registry: &mut Registry, state: &State) {
         "upstream_idle_connections",
         "Idle pooled HTTP/1.1 connections to an upstream",
         idle,
+    );
+    registry.register(
+        "upstream_active_connections",
+        "Busy HTTP/1.1 connections to an upstream (carrying a request or a WebSocket tunnel)",
+        active,
     );
     registry.register(
         "upstream_healthy",

@@ -790,3 +790,58 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
         }
     }
 }
+
+/// The first upstream's row of `/admin/upstreams`.
+async fn first_upstream(admin_at: SocketAddr) -> serde_json::Value {
+    let ups = admin(admin_at, "GET", "/admin/upstreams", None)
+        .await
+        .json();
+    ups["services"][0]["upstreams"][0].clone()
+}
+
+#[tokio::test]
+async fn the_upstream_table_counts_active_and_idle_connections() {
+    let up = upstream::http(upstream::slow(Duration::from_millis(600), "slow")).await;
+    let port = free_port();
+    let srv = Server::start(&config(port, None, &[up.url()], "")).await;
+    let admin_at = admin_addr(port);
+    assert_eq!(first_upstream(admin_at).await["active_connections"], 0);
+
+    // Two requests held by the upstream: two busy connections, none idle.
+    let addr = srv.addr();
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/x").await.status }))
+        .collect();
+    let mut seen = serde_json::Value::Null;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen["active_connections"] != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never 2 busy: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = first_upstream(admin_at).await;
+    }
+    assert_eq!(seen["idle_connections"], 0, "{seen}");
+    assert_eq!(seen["in_flight"], 2, "{seen}");
+
+    // Answered: both connections go back to the pool, idle.
+    for task in held {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let u = first_upstream(admin_at).await;
+        if u["idle_connections"] == 2 && u["active_connections"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not idle: {u}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = admin(admin_at, "GET", "/metrics", None).await.text();
+    let series = format!(
+        "snakeway_upstream_active_connections{{service=\"app\",upstream=\"{}\"}} 0",
+        up.url()
+    );
+    assert!(metrics.contains(&series), "{metrics}");
+}

@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -35,6 +36,25 @@ pub(crate) struct H1Pool {
     /// Response heads larger than `max_response_header_bytes` are refused (a parse error).
     builder: http1::Builder,
     idle: ArrayQueue<http1::SendRequest<Body>>,
+    /// Connections open, idle or busy (upgraded ones included), shared with their tasks.
+    open: Arc<AtomicUsize>,
+}
+
+/// One open upstream connection's place in [`H1Pool::open_connections`]: held by the task
+/// that drives the connection, given back when it ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 // === impl H1Pool ===
@@ -53,7 +73,14 @@ impl H1Pool {
             connector,
             builder,
             idle: ArrayQueue::new(MAX_IDLE),
+            open: Arc::default(),
         }
+    }
+
+    /// How many connections to the upstream are open, idle or busy (a WebSocket tunnel's
+    /// included).
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// How many idle connections wait in the pool (some may have been closed by the peer
@@ -94,8 +121,9 @@ impl H1Pool {
                 },
             }
         }
-        let (mut sender, connection) = self.connect().await?;
+        let (mut sender, connection, open) = self.connect().await?;
         tokio::spawn(async move {
+            let _open = open;
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
@@ -113,8 +141,11 @@ impl H1Pool {
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
         *req.uri_mut() = origin_form(req.uri());
-        let (mut sender, connection) = self.connect().await?;
+        let (mut sender, connection, open) = self.connect().await?;
         tokio::spawn(async move {
+            // An upgraded connection lives on in its tunnel, which keeps the IO: it stays
+            // counted until the handshake's connection task ends.
+            let _open = open;
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream upgrade connection ended with an error");
             }
@@ -122,13 +153,15 @@ impl H1Pool {
         Ok(sender.send_request(req).await?)
     }
 
-    /// A new connection to the upstream, handshaken; the caller drives its connection task.
+    /// A new connection to the upstream, handshaken; the caller drives its connection task,
+    /// which holds the connection's [`Open`] place.
     async fn connect(
         &self,
     ) -> Result<
         (
             http1::SendRequest<Body>,
             http1::Connection<<Connector as tower::Service<Uri>>::Response, Body>,
+            Open,
         ),
         BoxError,
     > {
@@ -137,7 +170,8 @@ impl H1Pool {
             .clone()
             .oneshot(Uri::from_static("/"))
             .await?;
-        Ok(self.builder.handshake(io).await?)
+        let (sender, connection) = self.builder.handshake(io).await?;
+        Ok((sender, connection, Open::new(&self.open)))
     }
 
     /// Wraps the response body so that the connection returns to the pool once the body has

@@ -161,6 +161,10 @@ pub struct UpstreamStatus {
     /// Idle pooled connections; `None` for HTTP/2 upstreams (one multiplexed connection,
     /// pooled by hyper-util, which does not report it).
     pub idle_connections: Option<usize>,
+    /// Busy connections (carrying a request, or a WebSocket tunnel): the open ones less the
+    /// idle ones; `None` for HTTP/2 upstreams. An idle connection the upstream has closed
+    /// counts as idle until it is next taken, so this may read low by those.
+    pub active_connections: Option<usize>,
 }
 
 /// The upstream outcome of a route: picks an upstream, forwards the request over a pooled
@@ -391,6 +395,13 @@ impl ProxyService {
             in_flight: u.health.in_flight.load(Ordering::Relaxed),
             idle_connections: match &u.pool.client {
                 PoolClient::Http1(pool) => Some(pool.idle_connections()),
+                PoolClient::Http2(_) => None,
+            },
+            active_connections: match &u.pool.client {
+                PoolClient::Http1(pool) => Some(
+                    pool.open_connections()
+                        .saturating_sub(pool.idle_connections()),
+                ),
                 PoolClient::Http2(_) => None,
             },
         })
