@@ -576,17 +576,9 @@ impl ProxyService {
         let inner = &*self.inner;
         let (index, permit) = picked;
         let upstream = &inner.upstreams[index];
-        let req = match upstream.prepare(req, downstream) {
+        let req = match inner.prepare(upstream, req, downstream) {
             Ok(req) => req,
-            Err(e) => {
-                let error = Error::new(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "service \"{}\": cannot build the upstream request",
-                        inner.name
-                    ),
-                )
-                .with_source(e);
+            Err(error) => {
                 return Try {
                     result: Err(error),
                     cause: None,
@@ -602,12 +594,7 @@ impl ProxyService {
         let (result, cause) = match sent {
             Ok(response) => {
                 inner.record_head(upstream, response.status(), started.elapsed());
-                if inner.breaker.count_5xx && response.status().is_server_error() {
-                    upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                    permit.failure();
-                } else {
-                    permit.success();
-                }
+                inner.settle_status(upstream, permit, response.status());
                 let cause = RetryOn::of_status(response.status());
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers, Direction::Response);
@@ -618,27 +605,13 @@ impl ProxyService {
             }
             Err(Failure::Send(error, sending)) => {
                 let cause = RetryOn::of_failure(&*error, sending);
-                let (outcome, failure) = recorded::classify(&*error);
-                let (error, upstream_fault) = inner.upstream_error(upstream, error, sending);
-                if upstream_fault {
-                    upstream.recorders.tried(outcome);
-                    if let Some(failure) = failure {
-                        inner.recorders.failed(failure);
-                    }
-                } else {
-                    upstream.recorders.tried(Outcome::ClientError);
-                }
-                if upstream_fault {
-                    upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                    permit.failure();
-                }
-                (Err(error), cause)
+                (
+                    Err(inner.send_failed(upstream, permit, error, sending)),
+                    cause,
+                )
             }
             Err(Failure::Timeout { sent }) => {
-                upstream.recorders.tried(Outcome::ResponseTimeout);
-                inner.recorders.failed(recorded::Failure::ResponseTimeout);
-                upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                permit.failure();
+                inner.response_timed_out(upstream, permit);
                 let after = if sent {
                     "after the request was sent"
                 } else {
@@ -850,6 +823,78 @@ impl Inner {
         } else {
             Outcome::Success
         });
+    }
+
+    /// `req` rewritten for `upstream` (see [`Upstream::prepare`]), or the 400 it cannot be.
+    pub(crate) fn prepare(
+        &self,
+        upstream: &Upstream,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Result<Request<Body>, Error> {
+        upstream.prepare(req, downstream).map_err(|e| {
+            Error::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "service \"{}\": cannot build the upstream request",
+                    self.name
+                ),
+            )
+            .with_source(e)
+        })
+    }
+
+    /// Settles `permit` for a response head with `status`: a failure when 5xx responses count
+    /// and this is one, else a success.
+    pub(crate) fn settle_status(
+        &self,
+        upstream: &Upstream,
+        permit: Permit<'_>,
+        status: http::StatusCode,
+    ) {
+        if self.breaker.count_5xx && status.is_server_error() {
+            Self::failed(upstream, permit);
+        } else {
+            permit.success();
+        }
+    }
+
+    /// Counts a failure of `upstream` and settles `permit` as one.
+    pub(crate) fn failed(upstream: &Upstream, permit: Permit<'_>) {
+        upstream.health.failures.fetch_add(1, Ordering::Relaxed);
+        permit.failure();
+    }
+
+    /// Settles a try whose exchange failed with `error` (the request body at `sending`):
+    /// records its outcome and, when the upstream is to blame, counts the failure. Returns the
+    /// error for the client.
+    pub(crate) fn send_failed(
+        &self,
+        upstream: &Upstream,
+        permit: Permit<'_>,
+        error: BoxError,
+        sending: Option<Sending>,
+    ) -> Error {
+        let (outcome, failure) = recorded::classify(&*error);
+        let (error, upstream_fault) = self.upstream_error(upstream, error, sending);
+        if upstream_fault {
+            upstream.recorders.tried(outcome);
+            if let Some(failure) = failure {
+                self.recorders.failed(failure);
+            }
+            Self::failed(upstream, permit);
+        } else {
+            upstream.recorders.tried(Outcome::ClientError);
+        }
+        error
+    }
+
+    /// Settles a try that got no response head within `response_timeout`: recorded and counted
+    /// against `upstream`.
+    pub(crate) fn response_timed_out(&self, upstream: &Upstream, permit: Permit<'_>) {
+        upstream.recorders.tried(Outcome::ResponseTimeout);
+        self.recorders.failed(recorded::Failure::ResponseTimeout);
+        Self::failed(upstream, permit);
     }
 
     /// Whether upstream `index` may take a request now: it passed its health checks (or the

@@ -23,8 +23,7 @@ use tokio::time::Instant;
 
 use crate::Downstream;
 use crate::headers::{Direction, remove_hop_by_hop};
-use crate::recorded::{self, Outcome};
-use crate::service::{Blame, PoolBody, PoolClient, ProxyService};
+use crate::service::{Blame, Inner, PoolBody, PoolClient, ProxyService};
 
 /// Bytes buffered per direction of a tunnel: what is read from one side and not yet written to
 /// the other. Reading stops while it is full, so a slow reader slows the writer down.
@@ -294,16 +293,7 @@ impl ProxyService {
                 ),
             ));
         };
-        let mut req = upstream.prepare(req, downstream).map_err(|e| {
-            Error::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "service \"{}\": cannot build the upstream request",
-                    inner.name
-                ),
-            )
-            .with_source(e)
-        })?;
+        let mut req = inner.prepare(upstream, req, downstream)?;
         let headers = req.headers_mut();
         // Put back as they came, whether `prepare` removed them or not (never twice).
         for (name, _) in &kept {
@@ -323,28 +313,9 @@ impl ProxyService {
                 inner.record_head(upstream, response.status(), started.elapsed());
                 response
             }
-            Ok(Err(error)) => {
-                let (outcome, failure) = recorded::classify(&*error);
-                let (error, fault) = inner.upstream_error(upstream, error, None);
-                if fault {
-                    upstream.recorders.tried(outcome);
-                    if let Some(failure) = failure {
-                        inner.recorders.failed(failure);
-                    }
-                } else {
-                    upstream.recorders.tried(Outcome::ClientError);
-                }
-                if fault {
-                    upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                    permit.failure();
-                }
-                return Err(error);
-            }
+            Ok(Err(error)) => return Err(inner.send_failed(upstream, permit, error, None)),
             Err(_) => {
-                upstream.recorders.tried(Outcome::ResponseTimeout);
-                inner.recorders.failed(recorded::Failure::ResponseTimeout);
-                upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                permit.failure();
+                inner.response_timed_out(upstream, permit);
                 return Err(Error::new(
                     ErrorKind::UpstreamTimeout,
                     format!(
@@ -359,12 +330,7 @@ impl ProxyService {
         };
 
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            if inner.breaker.count_5xx && response.status().is_server_error() {
-                upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-                permit.failure();
-            } else {
-                permit.success();
-            }
+            inner.settle_status(upstream, permit, response.status());
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers, Direction::Response);
             parts.version = Version::HTTP_11;
@@ -374,8 +340,7 @@ impl ProxyService {
         }
 
         if !lists(response.headers(), &UPGRADE, "websocket") {
-            upstream.health.failures.fetch_add(1, Ordering::Relaxed);
-            permit.failure();
+            Inner::failed(upstream, permit);
             return Err(Error::new(
                 ErrorKind::UpstreamUnavailable,
                 format!(
