@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::client::{get, send_h1};
+use crate::client::{get, raw_exchange, send_h1};
 use crate::harness::Server;
 use crate::upstream::{self, Upstream};
 
@@ -220,4 +220,88 @@ trusted_proxies = ["127.0.0.0/8"]
         let n = placed.values().filter(|u| *u == tag).count();
         assert!(n >= 5, "only {n} of 60 clients on {tag}");
     }
+}
+
+/// A GET of `/` with `cookie` as raw bytes (any bytes a client may put there); returns the
+/// answering upstream.
+async fn upstream_for_raw_cookie(server: &Server, cookie: &[u8]) -> String {
+    let mut request =
+        b"GET / HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\ncookie: ".to_vec();
+    request.extend_from_slice(cookie);
+    request.extend_from_slice(b"\r\n\r\n");
+    let res = raw_exchange(server.addr(), &request).await;
+    assert_eq!(res.status, 200, "{:?}", String::from_utf8_lossy(cookie));
+    res.header("x-upstream").unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sticky_hash_takes_malformed_cookies_without_harm() {
+    let a = upstream::http(upstream::echo("a")).await;
+    let b = upstream::http(upstream::echo("b")).await;
+    let server = Server::start(&config_with(
+        "sticky_hash",
+        &[(&a, 1), (&b, 1)],
+        r#"sticky_key = "cookie:sid""#,
+    ))
+    .await;
+    // Bytes no browser sends: obs-text, pairs without `=`, empty names and values, a flood
+    // of separators, and a 30 KB value. Every one is answered; those that still carry a
+    // `sid` value stick to one upstream, the others go round robin like any keyless request.
+    let long = format!("sid={}", "x".repeat(30_000));
+    let keyed: [&[u8]; 3] = [
+        b"sid=\x80\xff\xfe; sid=again",
+        b"=sid=1; sid==2",
+        long.as_bytes(),
+    ];
+    for cookie in keyed {
+        let first = upstream_for_raw_cookie(&server, cookie).await;
+        for _ in 0..3 {
+            let again = upstream_for_raw_cookie(&server, cookie).await;
+            assert_eq!(first, again, "{:?}", String::from_utf8_lossy(cookie));
+        }
+    }
+    let keyless: [&[u8]; 3] = [b"sid; =; ;;; sid", &[b';'; 8_000], b"SID=1; sid"];
+    for cookie in keyless {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(upstream_for_raw_cookie(&server, cookie).await);
+        }
+        assert_ne!(
+            seen[0],
+            seen[1],
+            "{:?} has no key: round robin",
+            String::from_utf8_lossy(cookie)
+        );
+    }
+    // The server is still whole: an ordinary session still sticks.
+    let session = upstream_for(&server, "cookie", "sid=s1").await;
+    assert_eq!(upstream_for(&server, "cookie", "sid=s1").await, session);
+}
+
+#[tokio::test]
+async fn sticky_hash_on_the_client_ip_ignores_a_forged_forwarded_for() {
+    let a = upstream::http(upstream::echo("a")).await;
+    let b = upstream::http(upstream::echo("b")).await;
+    let c = upstream::http(upstream::echo("c")).await;
+    // The identity device trusts no proxy: a client's x-forwarded-for is a lie it cannot use
+    // to pick (or spread itself over) upstreams.
+    let extra = r#"sticky_key = "client_ip"
+
+[[device]]
+type = "identity"
+trusted_proxies = []
+"#;
+    let server = Server::start(&config_with(
+        "sticky_hash",
+        &[(&a, 1), (&b, 1), (&c, 1)],
+        extra,
+    ))
+    .await;
+    let forged: Vec<String> = (0..30).map(|i| format!("198.51.100.{i}")).collect();
+    let placed = placements(&server, "x-forwarded-for", &forged).await;
+    let first = &placed[&forged[0]];
+    assert!(
+        placed.values().all(|u| u == first),
+        "a forged x-forwarded-for moved the client: {placed:?}"
+    );
 }
