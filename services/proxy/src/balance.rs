@@ -157,23 +157,17 @@ impl Balancer {
                 admit(i).map(|t| (i, t))
             }
             Self::RoundRobin { schedule, next } => {
-                // Upstreams that refused during this pick (exact for the first 64, which is
-                // every realistic service; beyond that the walk is bounded by the schedule).
-                let mut refused: u64 = 0;
-                let mut refused_count = 0;
+                let mut refused = Refused::new(upstreams);
                 for _ in 0..schedule.len() {
                     let slot = next.fetch_add(1, Ordering::Relaxed) % schedule.len();
                     let i = schedule[slot] as usize;
-                    let bit = if i < 64 { 1u64 << i } else { 0 };
-                    if refused & bit != 0 {
+                    if refused.contains(i) {
                         continue;
                     }
                     if let Some(t) = admit(i) {
                         return Some((i, t));
                     }
-                    refused |= bit;
-                    refused_count += 1;
-                    if refused_count == upstreams {
+                    if refused.insert(i) == upstreams {
                         break;
                     }
                 }
@@ -252,6 +246,46 @@ impl Balancer {
     }
 }
 
+/// The upstreams that refused during one pick (round robin's walk, the hash ring's): a bit set
+/// on the stack for up to 64 upstreams, on the heap (that rare pick only) for more.
+pub(crate) enum Refused {
+    Small(u64, usize),
+    Large(Vec<bool>, usize),
+}
+
+impl Refused {
+    pub(crate) fn new(upstreams: usize) -> Self {
+        if upstreams <= 64 {
+            Self::Small(0, 0)
+        } else {
+            Self::Large(vec![false; upstreams], 0)
+        }
+    }
+
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        match self {
+            Self::Small(bits, _) => bits & (1 << i) != 0,
+            Self::Large(set, _) => set[i],
+        }
+    }
+
+    /// Marks `i` refused; returns how many are.
+    pub(crate) fn insert(&mut self, i: usize) -> usize {
+        match self {
+            Self::Small(bits, n) => {
+                *bits |= 1 << i;
+                *n += 1;
+                *n
+            }
+            Self::Large(set, n) => {
+                set[i] = true;
+                *n += 1;
+                *n
+            }
+        }
+    }
+}
+
 /// wyrand (Wang Yi's generator): one multiply per number, good enough to spread requests, and
 /// no dependency. The state lives in a per-thread cell, seeded from std's per-process random
 /// keys, so workers never contend.
@@ -274,6 +308,16 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
+}
+
+/// A random number in `0..n` (`n` at least 1) from this thread's generator.
+pub(crate) fn random_below(n: u64) -> u64 {
+    RNG.with(|state| {
+        let mut rng = Rng(state.get());
+        let r = rng.below(n);
+        state.set(rng.0);
+        r
+    })
 }
 
 thread_local! {

@@ -16,11 +16,9 @@
 //!   and traffic goes to all of them (circuit breakers still apply), as Envoy's panic threshold
 //!   does at 100 %. Entering and leaving it is logged once per transition.
 
-use std::collections::hash_map::RandomState;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -348,10 +346,7 @@ fn next_delay(interval: Duration) -> Duration {
     if spread == 0 {
         return interval;
     }
-    // Each `RandomState` is freshly keyed: a cheap random number, off the hot path.
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(spread);
-    interval + Duration::from_nanos(hasher.finish() % spread)
+    interval + Duration::from_nanos(crate::balance::random_below(spread))
 }
 
 /// One probe: a new connection, one `GET`, the answer's status. No timeout of its own.

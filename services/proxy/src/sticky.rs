@@ -16,6 +16,8 @@ use http::HeaderMap;
 use http::header::{COOKIE, HeaderName};
 use xxhash_rust::xxh64::xxh64;
 
+use crate::balance::Refused;
+
 /// What `sticky_hash` hashes to pick an upstream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum StickyKey {
@@ -151,46 +153,6 @@ impl Ring {
             }
         }
         None
-    }
-}
-
-/// The upstreams that refused during one walk: a bit set on the stack for up to 64 upstreams,
-/// on the heap (this rare pick only) for more.
-enum Refused {
-    Small(u64, usize),
-    Large(Vec<bool>, usize),
-}
-
-impl Refused {
-    fn new(upstreams: usize) -> Self {
-        if upstreams <= 64 {
-            Self::Small(0, 0)
-        } else {
-            Self::Large(vec![false; upstreams], 0)
-        }
-    }
-
-    fn contains(&self, i: usize) -> bool {
-        match self {
-            Self::Small(bits, _) => bits & (1 << i) != 0,
-            Self::Large(set, _) => set[i],
-        }
-    }
-
-    /// Marks `i` refused; returns how many are.
-    fn insert(&mut self, i: usize) -> usize {
-        match self {
-            Self::Small(bits, n) => {
-                *bits |= 1 << i;
-                *n += 1;
-                *n
-            }
-            Self::Large(set, n) => {
-                set[i] = true;
-                *n += 1;
-                *n
-            }
-        }
     }
 }
 
