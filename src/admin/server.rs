@@ -13,6 +13,11 @@ use super::{Ctx, HEADER_READ_TIMEOUT, MAX_CONNECTION_LIFE, MAX_CONNECTIONS, MAX_
 /// Accepts admin connections until aborted, at most [`MAX_CONNECTIONS`] at once.
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return; // never closed
@@ -27,12 +32,8 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
             }
         };
         let ctx = ctx.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
             let service = service_fn(move |req| super::routes::handle(req, ctx.clone()));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, conn).await;
