@@ -198,6 +198,9 @@ pub(crate) struct Inner {
 
 pub(crate) struct Upstream {
     target: Target,
+    /// `target` as written (`http://host:port`, `unix:/path`): its name in the admin API, the
+    /// metrics and the hash ring.
+    url: Box<str>,
     weight: u32,
     /// `host:port` or `unix:/path`, for messages.
     pub(crate) short_name: Box<str>,
@@ -335,9 +338,10 @@ impl ProxyService {
                 _ => Arc::new(ProbeHealth::new()),
             };
             let authority = target.uri_authority().clone();
+            let url = target.to_string().into_boxed_str();
             built.push(Upstream {
-                // The `upstream` label is the URL, as in the admin API's per-upstream families.
-                recorders: UpstreamRecorders::new(name, &target.to_string()),
+                recorders: UpstreamRecorders::new(name, &url),
+                url,
                 short_name: target.short_name().into_boxed_str(),
                 scheme: target.scheme(),
                 default_host: HeaderValue::from_str(authority.as_str()).ok(),
@@ -351,7 +355,6 @@ impl ProxyService {
         }
 
         let weights: Vec<u32> = built.iter().map(|u| u.weight).collect();
-        let ids: Vec<String> = built.iter().map(|u| u.target.to_string()).collect();
         let health_check = options.health_check.map(|checks| {
             let probes = built.iter().map(|u| u.probe.clone()).collect();
             let previous = previous.and_then(|p| p.inner.health_check.as_deref());
@@ -360,11 +363,7 @@ impl ProxyService {
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.into(),
-                balancer: Balancer::new(
-                    &options.strategy,
-                    ids.iter().map(String::as_str),
-                    &weights,
-                ),
+                balancer: Balancer::new(&options.strategy, built.iter().map(|u| &*u.url), &weights),
                 sticky: options.strategy.sticky_key().cloned(),
                 upstreams: built.into_boxed_slice(),
                 response_timeout: options.response_timeout,
@@ -386,7 +385,7 @@ impl ProxyService {
     /// A snapshot of every upstream, in configured order.
     pub fn upstreams(&self) -> impl Iterator<Item = UpstreamStatus> + '_ {
         self.inner.upstreams.iter().map(|u| UpstreamStatus {
-            target: u.target.to_string(),
+            target: u.url.to_string(),
             weight: u.weight,
             state: u.health.breaker.state(&self.inner.breaker),
             healthy: u.probe.is_healthy(),
