@@ -161,6 +161,8 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
             started: std::time::Instant::now(),
             slots: Default::default(),
             device_logs: Default::default(),
+            // Refused before any body was read.
+            received: snakeway_core::BodyBytes::counted(),
         };
         snapshot.pipeline.refuse(RequestCtx::new(info), error)
     };

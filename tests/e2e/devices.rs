@@ -681,10 +681,96 @@ async fn logging_after_a_filter_logs_its_denial_in_configured_order() {
         assert_eq!(line["route"], Value::Null, "{name}: never routed: {line}");
         assert_eq!(line["upstream"], Value::Null, "{name}: {line}");
     }
-    // The device before the filter ran its on_request (it captured bytes_in); the one after it
-    // did not (the early answer skipped the remaining request hooks), but its on_response ran.
-    assert_eq!(lines_for(&before, &id)[0]["bytes_in"], 5);
-    assert_eq!(lines_for(&after, &id)[0]["bytes_in"], Value::Null);
+    // The body was announced but never read: the early answer came first.
+    assert_eq!(lines_for(&before, &id)[0]["bytes_in"], 0);
+    assert_eq!(lines_for(&after, &id)[0]["bytes_in"], 0);
+}
+
+/// The `response` line carries the body bytes that went over the wire, not what the heads
+/// declared: a chunked upload and a chunked download are counted, a `HEAD` answer sends
+/// nothing, and a client that goes away mid-body leaves `complete: false` with what was sent.
+#[tokio::test]
+async fn logging_counts_the_body_bytes_that_went_over_the_wire() {
+    const STREAMED: u64 = 300_000;
+    const ENDLESS: u64 = 1 << 30;
+    let up = upstream::http(upstream::handler(|req: Request<Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let _ = req.into_body().collect().await;
+        // Neither body declares a length: both go out chunked.
+        let total = if path == "/app/endless" {
+            ENDLESS
+        } else {
+            STREAMED
+        };
+        Response::builder()
+            .body(upstream::zeros_body(total))
+            .unwrap()
+    }))
+    .await;
+    let dir = TestDir::new("log-bytes");
+    let log = dir.join("access.log");
+    let devices = logging_device(&log, "");
+    let server = Server::start_in(
+        dir,
+        &config(&[("app", up.url())], &[("/app", "app")], &devices),
+    )
+    .await;
+    let addr = server.addr();
+
+    let res = raw_exchange(
+        addr,
+        b"POST /app/upload HTTP/1.1\r\nhost: test.local\r\nx-request-id: bytes-upload\r\n\
+          transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+          3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body.len() as u64, STREAMED);
+    let line = &wait_lines(&log, "bytes-upload", 1).await[0];
+    assert_eq!(line["bytes_in"], 8, "{line}");
+    assert_eq!(line["bytes_out"], STREAMED, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+
+    let res = raw_exchange(
+        addr,
+        b"HEAD /app/upload HTTP/1.1\r\nhost: test.local\r\nx-request-id: bytes-head\r\n\
+          connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let line = &wait_lines(&log, "bytes-head", 1).await[0];
+    assert_eq!(line["bytes_in"], 0, "{line}");
+    assert_eq!(line["bytes_out"], 0, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+
+    // A client that reads a little of an endless body and hangs up.
+    let mut stream = client::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /app/endless HTTP/1.1\r\nhost: test.local\r\nx-request-id: bytes-gone\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut read = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    while read < 256 * 1024 {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the endless body flows")
+            .unwrap();
+        assert!(n > 0, "the proxy closed an endless body");
+        read += n;
+    }
+    drop(stream);
+    let line = &wait_lines(&log, "bytes-gone", 1).await[0];
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    let out = line["bytes_out"].as_u64().unwrap();
+    assert!(
+        out as usize >= read - 1024 && out < ENDLESS,
+        "bytes_out {out} for {read} bytes read: {line}"
+    );
 }
 
 #[tokio::test]

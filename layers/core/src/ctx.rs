@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use http::{Extensions, HeaderValue, Method, Uri, response};
@@ -26,6 +28,66 @@ pub struct RequestInfo {
     pub slots: DeviceSlots,
     /// Log lines devices recorded for this request, not yet written.
     pub device_logs: DeviceLogs,
+    /// Request body bytes read from the client so far, when something counts them.
+    pub received: BodyBytes,
+}
+
+/// A request's body bytes read from the client so far: counted where the body is polled
+/// when a device needs the figure (a body or `complete` hook), else not counted at all.
+#[derive(Debug)]
+pub struct BodyBytes(AtomicU64);
+
+/// Marks a count nobody keeps.
+const UNCOUNTED: u64 = u64::MAX;
+
+// === impl BodyBytes ===
+
+impl BodyBytes {
+    /// A count starting at zero.
+    pub const fn counted() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// No count: [`BodyBytes::get`] answers `None`.
+    pub const fn uncounted() -> Self {
+        Self(AtomicU64::new(UNCOUNTED))
+    }
+
+    /// Adds `n` bytes read (nothing when uncounted).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // One reader of the body adds; others only read, so no lost update is possible.
+        let now = self.0.load(Relaxed);
+        if now != UNCOUNTED {
+            self.0
+                .store(now.saturating_add(n).min(UNCOUNTED - 1), Relaxed);
+        }
+    }
+
+    /// The bytes read so far, or `None` when nothing counts them.
+    #[inline]
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Relaxed)).filter(|&n| n != UNCOUNTED)
+    }
+}
+
+impl Default for BodyBytes {
+    fn default() -> Self {
+        Self::uncounted()
+    }
+}
+
+/// What went over the wire for one request, as [`Device::on_complete`](crate::Device::on_complete)
+/// sees it: body bytes only (no heads, no framing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes handed to the connection for the client.
+    pub bytes_out: u64,
+    /// Whether the response body was sent to its end; `false` when the exchange stopped early
+    /// (the client went away, or the upstream body failed mid-stream).
+    pub complete: bool,
 }
 
 /// The request context: what devices know about the request beyond its head, and the typed

@@ -10,7 +10,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::{Response, StatusCode, request, response};
 
-use crate::ctx::{BodyCtx, RequestCtx, ResponseCtx};
+use crate::ctx::{BodyCtx, RequestCtx, ResponseCtx, Transfer};
 use crate::{Body, BoxError, Error};
 
 /// What a request-side hook decided.
@@ -94,6 +94,14 @@ pub trait Device: Send + Sync + 'static {
         let _ = (ctx, error);
     }
 
+    /// Runs once per request when its response has left: the body was sent in full, or the
+    /// exchange ended early (the client went away, the upstream body failed). Sees the body
+    /// bytes actually received and sent. Observes only; the last hook of a request.
+    /// Default: nothing.
+    fn on_complete(&self, ctx: &RequestCtx, transfer: &Transfer) {
+        let _ = (ctx, transfer);
+    }
+
     /// Runs when the server shuts down, after connections are drained, off the request path:
     /// a device that buffers output (a log writer) writes it out. Default: nothing.
     fn flush(&self) {}
@@ -114,6 +122,8 @@ pub enum Phase {
     Response,
     /// [`Device::on_error`].
     Error,
+    /// [`Device::on_complete`].
+    Complete,
 }
 
 // === impl Phase ===
@@ -128,6 +138,7 @@ impl Phase {
             Self::AfterProxy => "after_proxy",
             Self::Response => "response",
             Self::Error => "error",
+            Self::Complete => "complete",
         }
     }
 
@@ -152,7 +163,7 @@ impl Phases {
     /// No phase.
     pub const NONE: Self = Self(0);
     /// Every phase.
-    pub const ALL: Self = Self(0x3f);
+    pub const ALL: Self = Self(0x7f);
 
     /// The set holding exactly `phase`.
     pub const fn only(phase: Phase) -> Self {
@@ -173,13 +184,14 @@ impl Phases {
 
 impl fmt::Debug for Phases {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const EVERY: [Phase; 6] = [
+        const EVERY: [Phase; 7] = [
             Phase::Request,
             Phase::RequestBody,
             Phase::BeforeProxy,
             Phase::AfterProxy,
             Phase::Response,
             Phase::Error,
+            Phase::Complete,
         ];
         f.debug_set()
             .entries(EVERY.iter().filter(|p| self.contains(**p)))

@@ -83,6 +83,7 @@ fn ctx() -> RequestCtx {
         started: Instant::now(),
         slots: Default::default(),
         device_logs: Default::default(),
+        received: Default::default(),
     })
 }
 

@@ -68,6 +68,7 @@ fn input(peer: &str, xff: Option<&'static str>) -> (RequestCtx, request::Parts) 
         started: Instant::now(),
         slots: Default::default(),
         device_logs: Default::default(),
+        received: Default::default(),
     });
     (ctx, head)
 }

@@ -63,6 +63,7 @@ fn one(device: &StructuredLogging, head: &http::request::Parts) {
         started: Instant::now(),
         slots: Default::default(),
         device_logs: Default::default(),
+        received: Default::default(),
     });
     ctx.route = Some("/api".into());
     ctx.service = Some("api".into());

@@ -5,10 +5,10 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, request, response};
 use snakeway_core::{
     Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, Phases, RequestCtx, ResponseCtx,
+    Transfer,
 };
 
 use crate::layer::StructuredLoggingLayer;
@@ -34,7 +34,8 @@ pub struct StructuredLogging {
     id: u64,
     /// The events logged.
     events: Phases,
-    /// The phases taken part in: the events plus `Request` (for the capture).
+    /// The phases taken part in: the events plus `Request` (for the capture), and `Complete`
+    /// when `response` lines are logged (they are written once the body has gone).
     phases: Phases,
     include_headers: bool,
     allowed_headers: Box<[HeaderName]>,
@@ -44,12 +45,20 @@ pub struct StructuredLogging {
     writer: LogWriter,
 }
 
-/// What this device captured of the request head at `on_request`, for its later lines.
+/// What this device captured of the request head at `on_request` for its later lines, and of
+/// the response head at `on_response` for the `response` line.
 #[derive(Clone, Debug)]
 struct Capture {
     device: u64,
-    bytes_in: Option<u64>,
     headers: Option<Box<[CapturedHeader]>>,
+    response: Option<Answered>,
+}
+
+/// The response as this device saw it at `on_response`.
+#[derive(Clone, Copy, Debug)]
+struct Answered {
+    status: u16,
+    origin: Origin,
 }
 
 /// The captures of the logging devices of a pipeline (almost always one), in the request's
@@ -64,7 +73,8 @@ struct Captures {
 #[derive(Default)]
 struct Event<'a> {
     status: Option<u16>,
-    bytes_out: Option<Option<u64>>,
+    bytes_out: Option<u64>,
+    complete: Option<bool>,
     origin: Option<Origin>,
     error: Option<&'a Error>,
 }
@@ -78,6 +88,8 @@ impl StructuredLogging {
         let events: Phases = options.phases.iter().map(|p| p.phase()).collect();
         let phases = if events == Phases::NONE {
             Phases::NONE
+        } else if events.contains(Phase::Response) {
+            events.with(Phase::Request).with(Phase::Complete)
         } else {
             events.with(Phase::Request)
         };
@@ -116,7 +128,6 @@ impl StructuredLogging {
     }
 
     fn capture(&self, headers: &HeaderMap) -> Capture {
-        let bytes_in = content_length(headers);
         let headers = self.include_headers.then(|| {
             let mut captured = Vec::new();
             if self.allowed_headers.is_empty() {
@@ -132,8 +143,8 @@ impl StructuredLogging {
         });
         Capture {
             device: self.id,
-            bytes_in,
             headers,
+            response: None,
         }
     }
 
@@ -153,6 +164,13 @@ impl StructuredLogging {
         let captures = ctx.extensions.get::<Captures>()?;
         std::iter::once(&captures.first)
             .chain(&captures.more)
+            .find(|c| c.device == self.id)
+    }
+
+    fn stored_mut<'c>(&self, ctx: &'c mut RequestCtx) -> Option<&'c mut Capture> {
+        let captures = ctx.extensions.get_mut::<Captures>()?;
+        std::iter::once(&mut captures.first)
+            .chain(&mut captures.more)
             .find(|c| c.device == self.id)
     }
 
@@ -196,8 +214,9 @@ impl StructuredLogging {
             upstream: ctx.service.as_deref(),
             origin: event.origin.or(ctx.origin).map(Origin::as_str),
             peer: info.peer,
-            bytes_in: capture.and_then(|c| c.bytes_in),
+            bytes_in: info.received.get(),
             bytes_out: event.bytes_out,
+            complete: event.complete,
             error: event.error.map(|error| ErrorRecord {
                 kind: error.kind().as_str(),
                 message: error,
@@ -277,38 +296,66 @@ impl Device for StructuredLogging {
     fn after_proxy(&self, ctx: &mut RequestCtx, res: &mut response::Parts) -> DeviceResult {
         let event = Event {
             status: Some(res.status.as_u16()),
-            bytes_out: Some(content_length(&res.headers)),
             origin: Some(Origin::Upstream),
-            error: None,
+            ..Event::default()
         };
         self.emit(LogPhase::AfterProxy, ctx, self.stored(ctx), &event);
         Ok(Flow::Continue)
     }
 
+    /// Notes the response as this device sees it (later devices may still change it); the
+    /// `response` line is written at `on_complete`, with the bytes that went out.
     fn on_response(
         &self,
         ctx: &mut RequestCtx,
         res: &mut ResponseCtx<'_>,
     ) -> Result<(), DeviceError> {
-        let event = Event {
-            status: Some(res.head.status.as_u16()),
-            bytes_out: Some(content_length(&res.head.headers)),
-            origin: Some(res.origin),
-            error: None,
+        let answered = Answered {
+            status: res.head.status.as_u16(),
+            origin: res.origin,
         };
-        self.emit(LogPhase::Response, ctx, self.stored(ctx), &event);
+        match self.stored_mut(ctx) {
+            Some(capture) => capture.response = Some(answered),
+            // No `on_request` ran for this request (another device answered first, or the
+            // framing guard refused it).
+            None => self.store(
+                ctx,
+                Capture {
+                    device: self.id,
+                    headers: None,
+                    response: Some(answered),
+                },
+            ),
+        }
         Ok(())
     }
 
     fn on_error(&self, ctx: &mut RequestCtx, error: &Error) {
         let event = Event {
             status: Some(error.status().as_u16()),
-            bytes_out: None,
             // The response that follows is the error's.
             origin: Some(Origin::Error),
             error: Some(error),
+            ..Event::default()
         };
         self.emit(LogPhase::Error, ctx, self.stored(ctx), &event);
+    }
+
+    /// Writes the `response` line: the response as noted at `on_response`, and the body bytes
+    /// that actually went in and out.
+    fn on_complete(&self, ctx: &RequestCtx, transfer: &Transfer) {
+        let capture = self.stored(ctx);
+        let Some(answered) = capture.and_then(|c| c.response) else {
+            return;
+        };
+        let event = Event {
+            status: Some(answered.status),
+            bytes_out: Some(transfer.bytes_out),
+            complete: Some(transfer.complete),
+            origin: Some(answered.origin),
+            error: None,
+        };
+        self.emit(LogPhase::Response, ctx, capture, &event);
     }
 
     /// Waits (up to two seconds) for the queued lines to reach the output.
@@ -330,14 +377,4 @@ impl fmt::Debug for StructuredLogging {
             .field("writer", &self.writer)
             .finish()
     }
-}
-
-/// A well-formed `content-length`, if there is exactly one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    value.to_str().ok()?.parse().ok()
 }

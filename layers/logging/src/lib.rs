@@ -15,7 +15,7 @@
 //! ```json
 //! {"ts":"2026-11-23T10:00:00.123Z","event":"response","request_id":"0b5c…","method":"GET",
 //!  "path":"/api/users","status":200,"duration_ms":1.234,"route":"/api","upstream":"api",
-//!  "origin":"upstream","peer":"10.0.0.7:51234","bytes_in":null,"bytes_out":512}
+//!  "origin":"upstream","peer":"10.0.0.7:51234","bytes_in":0,"bytes_out":512,"complete":true}
 //! ```
 //!
 //! | key | events | value |
@@ -25,20 +25,23 @@
 //! | `request_id` | all | the `x-request-id` of the request |
 //! | `method`, `path` | all | the request method and the normalized path (no query string: it may carry secrets) |
 //! | `status` | `after_proxy`, `response`, `error` | the upstream's status, the final status, the status the error becomes |
-//! | `duration_ms` | all | milliseconds since the request arrived (float, µs precision) |
+//! | `duration_ms` | all | milliseconds since the request arrived (float, µs precision); on `response`, until the body has gone |
 //! | `route`, `upstream` | all | the matched route and upstream service, `null` before routing or when there is none |
 //! | `origin` | all | `upstream`, `static`, `synthetic`, `device` or `error`; `null` until the response is known |
 //! | `peer` | all | the downstream peer's socket address (for the client IP behind proxies, use `identity`) |
-//! | `bytes_in` | all | the request's `content-length`, `null` when it has none (chunked or h2 streams) |
-//! | `bytes_out` | `after_proxy`, `response` | the response's `content-length`, `null` when it has none |
+//! | `bytes_in` | all | request body bytes read from the client so far; `null` when nothing counts them (see below) |
+//! | `bytes_out` | `response` | response body bytes handed to the connection |
+//! | `complete` | `response` | whether the response body was sent to its end (`false`: the client went away, or the upstream body failed) |
 //! | `error` | `error` | `{"kind": …, "message": …}`; the message includes the cause chain |
 //! | `headers` | all, with `include_headers` | the request headers captured at `on_request` (see below) |
 //! | `identity` | all, with `include_identity` | what the [`IdentityExtractor`] returned, or `null` |
 //!
-//! **Byte counts are declared, not measured.** Devices see response heads, not bodies, so
-//! `bytes_out` is the `content-length` header: a streamed response without one (chunked, h2
-//! without length, many synthetic and compressed responses) logs `null`, and the length of a
-//! `HEAD` or `304` response is the representation's, not what was sent. `bytes_in` likewise.
+//! **Byte counts are measured.** The `response` line is written at `on_complete`, once the
+//! response body has gone (or stopped), with the body bytes that went each way: chunked,
+//! HTTP/2 and compressed bodies are counted like any other, and a `HEAD` or `304` answer sends
+//! 0 bytes. Heads and framing are not counted. The pipeline counts request body bytes only when
+//! a device takes part in `on_complete` or the body hook, so `bytes_in` is `null` on the lines
+//! of a device that logs no `response` lines, unless another device counts.
 //!
 //! **Headers.** With `include_headers`, the request headers are captured once, at
 //! `on_request`, and logged as an object `name → value` (repeated headers joined with `", "`,
@@ -56,10 +59,12 @@
 //! # Phases
 //!
 //! The device takes part in the configured phases plus `on_request`, where it captures the
-//! request head (`bytes_in`, `headers`) into the request context for its later lines; it writes
-//! a `request` line only if `request` is configured. An empty `phases` list takes part in
-//! nothing. Where another device answers early or fails in `on_request` before this device ran,
-//! the capture is missing: `bytes_in` and `headers` are `null` on that request's lines.
+//! request headers into the request context for its later lines (it writes a `request` line
+//! only if `request` is configured), and, when `response` lines are configured,
+//! `on_complete`: `on_response` notes the response as this device sees it (devices after it
+//! may still change it) and `on_complete` writes the line. An empty `phases` list takes part
+//! in nothing. Where another device answers early or fails in `on_request` before this device
+//! ran, the capture is missing: `headers` is `null` on that request's lines.
 //!
 //! `before_proxy` and `after_proxy` lines need the proxy-hooks layer around the upstream client
 //! (the server places it); the standalone [`StructuredLoggingLayer`] only sees `request`,

@@ -26,10 +26,14 @@ pub(crate) struct Record<'a> {
     pub(crate) upstream: Option<&'a str>,
     pub(crate) origin: Option<&'static str>,
     pub(crate) peer: SocketAddr,
+    /// `None` (`null`) when nothing counted the request body's bytes.
     pub(crate) bytes_in: Option<u64>,
-    /// Outer `None`: not logged in this event; inner `None`: unknown (`null`).
+    /// Logged on `response` lines only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) bytes_out: Option<Option<u64>>,
+    pub(crate) bytes_out: Option<u64>,
+    /// Logged on `response` lines only: whether the body was sent to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) complete: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<ErrorRecord<'a>>,
     /// Outer `None`: headers not enabled; inner `None`: not captured (`null`).

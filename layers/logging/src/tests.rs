@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use snakeway_core::pipeline::Pipeline;
 use snakeway_core::{
     Body, Device, DeviceResult, Error, ErrorKind, Flow, Origin, PeerAddr, Phase, Phases,
-    RequestCtx, RequestInfo, ResponseCtx,
+    RequestCtx, RequestInfo, ResponseCtx, Transfer,
 };
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
@@ -255,7 +255,7 @@ async fn default_is_one_response_line_per_request() {
     assert_eq!(status, 200);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
-    assert_eq!(keys(line), common_and(&["status", "bytes_out"]));
+    assert_eq!(keys(line), common_and(&["status", "bytes_out", "complete"]));
     assert_eq!(line["event"], "response");
     assert_eq!(line["request_id"], "req-1");
     assert_eq!(line["method"], "POST");
@@ -267,6 +267,7 @@ async fn default_is_one_response_line_per_request() {
     assert_eq!(line["peer"], "192.0.2.1:4567");
     assert_eq!(line["bytes_in"], 4);
     assert_eq!(line["bytes_out"], 5);
+    assert_eq!(line["complete"], true);
     let duration = line["duration_ms"].as_f64().unwrap();
     assert!((0.0..10_000.0).contains(&duration), "{duration}");
     let ts = line["ts"].as_str().unwrap();
@@ -296,18 +297,25 @@ async fn every_configured_phase_logs_one_line_in_lifecycle_order() {
     let [request, before, after, response] = &lines[..] else {
         unreachable!()
     };
-    // At `on_request`, routing has not happened yet (the router device runs first here).
+    // At `on_request`, routing has not happened yet (the router device runs first here), and
+    // no body byte has been read: the counts are what went over the wire so far.
     assert_eq!(keys(request), common_and(&[]));
-    assert_eq!(request["bytes_in"], 4);
+    assert_eq!(request["bytes_in"], 0);
     assert_eq!(request["origin"], Value::Null);
     assert_eq!(keys(before), common_and(&[]));
     assert_eq!(before["upstream"], "api");
-    assert_eq!(before["bytes_in"], 4);
-    assert_eq!(keys(after), common_and(&["status", "bytes_out"]));
+    assert_eq!(before["bytes_in"], 0);
+    // Nothing has been sent yet at `after_proxy`, so there is no `bytes_out`.
+    assert_eq!(keys(after), common_and(&["status"]));
     assert_eq!(after["status"], 200);
-    assert_eq!(after["bytes_out"], 5);
+    assert_eq!(after["bytes_in"], 4, "the upstream read the body");
     assert_eq!(after["origin"], "upstream");
-    assert_eq!(keys(response), common_and(&["status", "bytes_out"]));
+    assert_eq!(
+        keys(response),
+        common_and(&["status", "bytes_out", "complete"])
+    );
+    assert_eq!(response["bytes_in"], 4);
+    assert_eq!(response["bytes_out"], 5);
     for line in &lines {
         assert_eq!(line["request_id"], "req-1");
     }
@@ -326,7 +334,10 @@ async fn errors_log_kind_message_and_status_then_the_error_response() {
     assert_eq!(keys(error), common_and(&["status", "error"]));
     assert_eq!(error["status"], 502);
     assert_eq!(error["origin"], "error");
-    assert_eq!(error["bytes_in"], 4, "the capture survives the failure");
+    assert_eq!(
+        error["bytes_in"], 4,
+        "the upstream read the body before it failed"
+    );
     assert_eq!(
         error["error"],
         json!({"kind": "upstream_unavailable", "message": "upstream refused: connection reset"})
@@ -349,12 +360,13 @@ async fn early_answers_are_logged_with_origin_device() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["status"], 401);
     assert_eq!(lines[0]["origin"], "device");
-    assert_eq!(lines[0]["bytes_in"], 4);
+    assert_eq!(lines[0]["bytes_in"], 0, "nobody read the body");
+    assert_eq!(lines[0]["bytes_out"], "no".len());
     assert_eq!(lines[0]["route"], Value::Null);
 }
 
 #[tokio::test]
-async fn lengths_unknown_to_the_head_are_null() {
+async fn byte_counts_are_measured_without_a_content_length() {
     let (logger, memory) = memory_device(LoggingOptions::default());
     let devices: Vec<Arc<dyn Device>> = vec![logger.clone()];
     // No content-length on either side (chunked request, streamed response).
@@ -365,8 +377,9 @@ async fn lengths_unknown_to_the_head_are_null() {
         content_length: None,
     };
     let (_, lines) = send(devices, &logger, &memory, req, upstream).await;
-    assert_eq!(lines[0]["bytes_in"], Value::Null);
-    assert_eq!(lines[0]["bytes_out"], Value::Null);
+    assert_eq!(lines[0]["bytes_in"], 3);
+    assert_eq!(lines[0]["bytes_out"], 5);
+    assert_eq!(lines[0]["complete"], true);
     assert!(
         lines[0]["request_id"]
             .as_str()
@@ -379,9 +392,12 @@ fn device_phases_are_the_configured_ones_plus_the_capture() {
     let phases = |configured: &[LogPhase]| memory_device(options(configured)).0.phases();
     assert_eq!(phases(&[]), Phases::NONE);
     assert_eq!(phases(&[LogPhase::Request]), Phases::only(Phase::Request));
+    // `response` lines are written at `on_complete`, once the body has gone.
     assert_eq!(
         phases(&[LogPhase::Response]),
-        Phases::only(Phase::Request).with(Phase::Response)
+        Phases::only(Phase::Request)
+            .with(Phase::Response)
+            .with(Phase::Complete)
     );
     assert_eq!(
         phases(&[LogPhase::Error]),
@@ -569,11 +585,19 @@ fn ctx(id: &'static str) -> RequestCtx {
         started: Instant::now(),
         slots: Default::default(),
         device_logs: Default::default(),
+        received: Default::default(),
     })
 }
 
-/// Runs `on_request` and `on_response` directly, as the pipeline does, and returns how long
-/// `on_response` took.
+/// What `on_complete` sees of a whole exchange with no body either way.
+const NOTHING_SENT: Transfer = Transfer {
+    bytes_in: 0,
+    bytes_out: 0,
+    complete: true,
+};
+
+/// Runs `on_request`, `on_response` and `on_complete` directly, as the pipeline does, and
+/// returns how long the last two (which write the line) took.
 fn one_request(device: &StructuredLogging, id: &'static str) -> Duration {
     let mut ctx = ctx(id);
     let (mut req, ()) = Request::get("/q").body(()).unwrap().into_parts();
@@ -585,6 +609,7 @@ fn one_request(device: &StructuredLogging, id: &'static str) -> Duration {
     };
     let start = Instant::now();
     device.on_response(&mut ctx, &mut res).unwrap();
+    device.on_complete(&ctx, &NOTHING_SENT);
     start.elapsed()
 }
 
@@ -607,6 +632,7 @@ fn device_logs_are_written_before_the_next_line_with_the_request_id() {
         origin: Origin::Upstream,
     };
     device.on_response(&mut ctx, &mut res).unwrap();
+    device.on_complete(&ctx, &NOTHING_SENT);
     device.writer().flush(WAIT).unwrap();
     let lines = memory.lines();
     assert_eq!(lines.len(), 3, "{lines:?}");
@@ -874,19 +900,27 @@ async fn the_standalone_layer_logs_around_a_plain_service() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The `response` line is written once the body has gone.
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "ok"
+    );
     let response = service.oneshot(post("/fail", "ping")).await.unwrap();
     assert_eq!(response.status(), 500);
+    drop(response);
 
     writer.flush(WAIT).unwrap();
     let lines = memory.lines();
     let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["response", "error", "response"]);
     // The capture made at `on_request` came back around the plain service.
-    assert_eq!(lines[0]["bytes_in"], 4);
     assert_eq!(lines[0]["headers"], json!({"user-agent": "curl/8"}));
-    assert_eq!(lines[1]["bytes_in"], 4);
+    assert_eq!(lines[0]["bytes_in"], 0, "the handler did not read the body");
+    assert_eq!(lines[0]["bytes_out"], 2);
+    assert_eq!(lines[0]["complete"], true);
     assert_eq!(lines[1]["error"]["kind"], "internal");
     assert_eq!(lines[2]["status"], 500);
+    assert_eq!(lines[2]["complete"], false, "dropped unread");
 }
 
 #[test]

@@ -562,6 +562,7 @@ fn an_instance_is_released_after_the_devices_last_hook() {
             started: Instant::now(),
             slots: Default::default(),
             device_logs: Default::default(),
+            received: Default::default(),
         })
     };
     let head = || Request::get("/").body(()).unwrap().into_parts().0;
@@ -607,6 +608,7 @@ fn a_device_at_max_instances_answers_503_even_when_open() {
             started: Instant::now(),
             slots: Default::default(),
             device_logs: Default::default(),
+            received: Default::default(),
         })
     };
     let head = || Request::get("/").body(()).unwrap().into_parts().0;

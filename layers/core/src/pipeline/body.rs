@@ -27,7 +27,8 @@ pub(crate) enum BodyVerdict {
 pub struct BodyStopped;
 
 pin_project! {
-    /// A request body that runs the pipeline's `on_request_body` hooks on every data frame.
+    /// A request body that runs the pipeline's `on_request_body` hooks on every data frame and
+    /// counts the bytes into the request's [`RequestInfo::received`].
     ///
     /// When a device stops the body, the body ends with [`BodyStopped`] (so whatever reads it,
     /// e.g. the upstream client, never receives the rest) and the device's verdict is left for
@@ -97,6 +98,7 @@ impl http_body::Body for HookedBody {
             Err(error) => Some(BodyVerdict::Fail(error)),
         };
         this.ctx.bytes_before += chunk.len() as u64;
+        this.ctx.info.received.add(chunk.len() as u64);
         if let Some(verdict) = stop {
             *this.stopped = true;
             if let Ok(mut slot) = this.verdict.lock() {

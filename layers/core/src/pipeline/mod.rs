@@ -16,6 +16,7 @@
 //! still runs for every device. A failing or panicking device fails that request alone.
 
 mod body;
+mod complete;
 mod proxy_hooks;
 mod service;
 
@@ -26,22 +27,24 @@ use bytes::Bytes;
 use http::{Response, request, response};
 
 pub use self::body::{BodyStopped, HookedBody};
+pub use self::complete::CompletingBody;
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
 use crate::metrics::{Counters, DEVICE_HOOKS};
 use crate::respond::ErrorFormat;
 use crate::{
     Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
-    ResponseCtx, grpc, respond,
+    ResponseCtx, Transfer, grpc, respond,
 };
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     Phase::Request,
     Phase::RequestBody,
     Phase::BeforeProxy,
     Phase::AfterProxy,
     Phase::Response,
     Phase::Error,
+    Phase::Complete,
 ];
 
 /// An ordered list of devices, compiled per phase. Cheap to clone.
@@ -54,7 +57,7 @@ pub struct Pipeline {
 struct Inner {
     devices: Vec<Arc<dyn Device>>,
     /// For each phase (indexed like `PHASES`), the devices taking part, in configured order.
-    by_phase: [Box<[Entry]>; 6],
+    by_phase: [Box<[Entry]>; 7],
 }
 
 /// A device taking part in one phase, with its outcome counts there.
@@ -128,6 +131,13 @@ impl Pipeline {
     #[inline]
     pub fn has(&self, phase: Phase) -> bool {
         !self.in_phase(phase).is_empty()
+    }
+
+    /// Whether request body bytes are counted (into [`RequestInfo::received`](crate::RequestInfo::received)): some device
+    /// sees the body or the completed transfer.
+    #[inline]
+    pub fn counts_body(&self) -> bool {
+        self.has(Phase::RequestBody) || self.has(Phase::Complete)
     }
 
     /// The outer layer for a stack with [`Pipeline::proxy_hooks`] inside: `on_request`, body
@@ -254,20 +264,28 @@ impl Pipeline {
             }
             response = Response::from_parts(head, body.take().unwrap_or_default());
         }
+        if self.has(Phase::Complete) {
+            let status = response.status();
+            let pipeline = self.clone();
+            response =
+                response.map(|body| Body::new(CompletingBody::new(body, pipeline, ctx, status)));
+        }
         response
+    }
+
+    /// Runs the `on_complete` hooks: the request's body bytes went over the wire.
+    fn on_complete(&self, ctx: &RequestCtx, transfer: &Transfer) {
+        for entry in self.in_phase(Phase::Complete) {
+            observed(entry, Phase::Complete, || {
+                entry.device.on_complete(ctx, transfer);
+            });
+        }
     }
 
     /// Runs `on_error` and builds the error response in `format`.
     fn fail(&self, ctx: &mut RequestCtx, error: &Error, format: ErrorFormat) -> Response<Body> {
         for entry in self.in_phase(Phase::Error) {
-            let device = entry.device.as_ref();
-            // `on_error` only observes; a panic there is logged and otherwise ignored.
-            if catch_unwind(AssertUnwindSafe(|| device.on_error(ctx, error))).is_err() {
-                entry.outcomes.add(HookOutcome::Panic as usize, 1);
-                tracing::error!(device = device.name(), "device panicked in on_error");
-            } else {
-                entry.outcomes.add(HookOutcome::Continue as usize, 1);
-            }
+            observed(entry, Phase::Error, || entry.device.on_error(ctx, error));
         }
         ctx.origin = Some(Origin::Error);
         respond::error_as(error, ctx.request_id(), format)
@@ -284,6 +302,20 @@ impl std::fmt::Debug for Pipeline {
 
 /// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
 /// and phase; counts how it ended.
+/// Runs an observing hook (`on_error`, `on_complete`): a panic there is counted, logged and
+/// otherwise ignored.
+fn observed(entry: &Entry, phase: Phase, hook: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+        entry.outcomes.add(HookOutcome::Panic as usize, 1);
+        tracing::error!(
+            device = entry.device.name(),
+            "device panicked in on_{phase}"
+        );
+    } else {
+        entry.outcomes.add(HookOutcome::Continue as usize, 1);
+    }
+}
+
 #[inline]
 fn guarded(entry: &Entry, phase: Phase, hook: impl FnOnce() -> DeviceResult) -> DeviceResult {
     let device = entry.device.as_ref();

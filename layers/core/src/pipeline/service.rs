@@ -18,8 +18,8 @@ use super::body::{BodyVerdict, HookedBody};
 use crate::request_id;
 use crate::respond::ErrorFormat;
 use crate::{
-    Body, BodyCtx, BoxError, DeviceResult, Error, Flow, Origin, PeerAddr, Phase, RequestCtx,
-    RequestInfo,
+    Body, BodyBytes, BodyCtx, BoxError, DeviceResult, Error, Flow, Origin, PeerAddr, Phase,
+    RequestCtx, RequestInfo,
 };
 
 /// Layer that applies the [`PipelineService`] middleware, which runs a [`Pipeline`]'s
@@ -153,6 +153,11 @@ where
             started: Instant::now(),
             slots: Default::default(),
             device_logs: Default::default(),
+            received: if self.pipeline.counts_body() {
+                BodyBytes::counted()
+            } else {
+                BodyBytes::uncounted()
+            },
         };
         let mut ctx = RequestCtx::new(info);
         let pipeline = self.pipeline.clone();
@@ -180,7 +185,7 @@ where
             };
         }
 
-        let (body, verdict) = if pipeline.has(Phase::RequestBody) && !body.is_end_stream() {
+        let (body, verdict) = if pipeline.counts_body() && !body.is_end_stream() {
             let verdict = Arc::new(Mutex::new(None));
             let hooked = HookedBody::new(
                 Body::new(body),

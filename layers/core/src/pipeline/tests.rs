@@ -548,6 +548,7 @@ async fn a_refused_request_reaches_on_error_and_on_response_only() {
         started: std::time::Instant::now(),
         slots: Default::default(),
         device_logs: Default::default(),
+        received: Default::default(),
     };
     let error = Error::new(ErrorKind::BadRequest, "duplicate host")
         .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
@@ -663,16 +664,110 @@ async fn hook_outcomes_are_counted_by_device_and_phase() {
     let expected = [
         "counted-a.after_proxy 0/0/0/0",
         "counted-a.before_proxy 0/0/0/1",
+        "counted-a.complete 2/0/0/0",
         "counted-a.error 1/0/0/0",
         "counted-a.request 2/0/0/0",
         "counted-a.request_body 0/0/0/0",
         "counted-a.response 2/0/0/0",
         "counted-b.after_proxy 0/0/0/0",
         "counted-b.before_proxy 0/0/0/0",
+        "counted-b.complete 2/0/0/0",
         "counted-b.error 1/0/0/0",
         "counted-b.request 1/1/0/0",
         "counted-b.request_body 0/0/0/0",
         "counted-b.response 2/0/0/0",
     ];
     assert_eq!(counts, expected);
+}
+
+/// Records what `on_complete` saw, and panics there when told to.
+struct Tally {
+    seen: Arc<Mutex<Vec<Transfer>>>,
+    panics: bool,
+}
+
+impl Device for Tally {
+    fn name(&self) -> &str {
+        "tally"
+    }
+    fn phases(&self) -> Phases {
+        Phases::only(Phase::Complete)
+    }
+    fn on_complete(&self, _: &RequestCtx, transfer: &Transfer) {
+        self.seen.lock().unwrap().push(*transfer);
+        assert!(!self.panics, "tally exploded");
+    }
+}
+
+fn tally(panics: bool) -> (Arc<dyn Device>, Arc<Mutex<Vec<Transfer>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let device = Tally {
+        seen: seen.clone(),
+        panics,
+    };
+    (Arc::new(device), seen)
+}
+
+#[tokio::test]
+async fn on_complete_sees_the_body_bytes_that_went_each_way_once() {
+    let (device, seen) = tally(false);
+    let mut h = Harness::new();
+    h.devices.push(device);
+    let chunks =
+        ["ab", "cde", "f"].map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(c))));
+    let body = Body::new(StreamBody::new(futures_util::stream::iter(chunks)));
+    let response = h.send(body, None).await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "not before the body has gone"
+    );
+    let sent = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(sent, "upstream");
+    let expected = Transfer {
+        bytes_in: 6,
+        bytes_out: 8,
+        complete: true,
+    };
+    assert_eq!(*seen.lock().unwrap(), [expected]);
+}
+
+#[tokio::test]
+async fn a_body_dropped_unfinished_completes_as_incomplete_and_a_panic_there_is_contained() {
+    let (panicking, _) = tally(true);
+    let (device, seen) = tally(false);
+    let mut h = Harness::new();
+    h.devices.extend([panicking, device]);
+    let response = h.send(Body::from("hi"), None).await;
+    drop(response);
+    let expected = Transfer {
+        bytes_in: 2,
+        bytes_out: 0,
+        complete: false,
+    };
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [expected],
+        "the next device still ran"
+    );
+}
+
+#[tokio::test]
+async fn a_bodiless_answer_is_complete_without_being_read() {
+    let (device, seen) = tally(false);
+    let pipeline = Pipeline::new(vec![device]);
+    let app = service_fn(|_: Request<Body>| async {
+        // A `HEAD` answer keeps the representation's body, which is never sent.
+        Ok::<_, Infallible>(Response::new(Body::from("the representation")))
+    });
+    let stack = tower::ServiceBuilder::new()
+        .layer(pipeline.layer())
+        .service(app);
+    let req = Request::head("/x").body(Body::empty()).unwrap();
+    drop(stack.oneshot(req).await.unwrap());
+    let expected = Transfer {
+        bytes_in: 0,
+        bytes_out: 0,
+        complete: true,
+    };
+    assert_eq!(*seen.lock().unwrap(), [expected]);
 }
