@@ -23,6 +23,7 @@ use crate::bindings::snakeway::device::types;
 use crate::bindings::{SnakewayDevice, SnakewayDevicePre};
 use crate::engine::WasmEngine;
 use crate::host::{HostState, TimeLimit, arm, watch_deadline};
+use crate::load_error::{self, LoadError, LoadErrorKind};
 use crate::output::{self, Hook, OutputLimits};
 
 /// What a failing WASM device does to the request. A request that finds no instance free
@@ -65,37 +66,6 @@ impl Default for WasmLimits {
             max_instances: None,
         }
     }
-}
-
-/// Why a WASM device could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The engine could not be set up.
-    #[error("wasm engine: {0}")]
-    Engine(String),
-    /// The module file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not a valid component.
-    #[error("not a valid WebAssembly component: {0}")]
-    Compile(String),
-    /// The component imports something the host does not grant.
-    #[error("the module imports {0}, which is not granted (only snakeway:device/host@1.0.0 is)")]
-    Import(String),
-    /// The component does not implement the `snakeway:device` world.
-    #[error("the module does not implement snakeway:device@1.0.0: {0}")]
-    Link(String),
-    /// The limits do not fit the engine.
-    #[error("limits: {0}")]
-    Limits(String),
-    /// `init` failed or trapped.
-    #[error("init failed: {0}")]
-    Init(String),
 }
 
 /// One request's use of a device, kept in the request's `DeviceSlots`.
@@ -289,11 +259,10 @@ impl WasmDevice {
         config_json: &str,
         limits: WasmLimits,
     ) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_bytes(engine, name, &bytes, config_json, limits)
+        std::fs::read(path)
+            .map_err(|e| LoadError::from(LoadErrorKind::Read(e)))
+            .and_then(|bytes| Self::from_bytes(engine, name, &bytes, config_json, limits))
+            .map_err(|e| e.in_file(path))
     }
 
     /// Like [`WasmDevice::load`], from the component's bytes.
@@ -305,40 +274,51 @@ impl WasmDevice {
         limits: WasmLimits,
     ) -> Result<Self, LoadError> {
         if engine.options().pooling && limits.memory_bytes > engine.options().max_memory_bytes {
-            return Err(LoadError::Limits(format!(
+            return Err(LoadErrorKind::Limits(format!(
                 "memory_limit_bytes {} is above the engine's maximum of {}",
                 limits.memory_bytes,
                 engine.options().max_memory_bytes
-            )));
+            ))
+            .into());
         }
         if limits.timeout.is_zero() {
-            return Err(LoadError::Limits("timeout_ms must be at least 1".into()));
+            return Err(LoadErrorKind::Limits("timeout_ms must be at least 1".into()).into());
         }
         if limits.max_instances == Some(0) {
-            return Err(LoadError::Limits("max_instances must be at least 1".into()));
+            return Err(LoadErrorKind::Limits("max_instances must be at least 1".into()).into());
         }
+        load_error::check_header(bytes)?;
         let component = engine.compile(bytes)?;
 
-        let mut refused = Vec::new();
-        for (import, _) in component.component_type().imports(engine.engine()) {
-            if !import_allowed(import) {
-                refused.push(import.to_owned());
-            }
-        }
+        let ty = component.component_type();
+        let refused: Vec<String> = ty
+            .imports(engine.engine())
+            .filter(|(import, _)| !import_allowed(import))
+            .map(|(import, _)| import.to_owned())
+            .collect();
         if !refused.is_empty() {
-            return Err(LoadError::Import(refused.join(", ")));
+            return Err(LoadErrorKind::Import(refused).into());
+        }
+        let exports: Vec<&str> = ty.exports(engine.engine()).map(|(name, _)| name).collect();
+        if !exports.contains(&crate::DEVICE_INTERFACE) {
+            let others = exports
+                .iter()
+                .filter(|name| name.starts_with("snakeway:device/device@"))
+                .map(|name| (*name).to_owned())
+                .collect();
+            return Err(LoadErrorKind::NoExport(others).into());
         }
         let mut linker = Linker::<HostState>::new(engine.engine());
         SnakewayDevice::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(link_error)?;
         // The WASI interfaces a `std` guest imports implicitly trap if called.
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(link_error)?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(SnakewayDevicePre::new)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(link_error)?;
 
         let tick = engine.options().tick;
         let mut device = Self {
@@ -375,7 +355,7 @@ impl WasmDevice {
         let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
         let (_, registration) = device
             .instantiate(Weak::new(), None, load_limit)
-            .map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
+            .map_err(|f| LoadErrorKind::Init(format!("{}: {}", f.what, f.detail)))?;
         device.guest_phases = registration.phases;
         device.phases = phases_of(registration.phases, true);
         Ok(device)
@@ -759,6 +739,11 @@ impl std::fmt::Debug for WasmDevice {
 
 /// Whether a component import is linked (`snakeway:device/*@1.x`) or tolerated as a trapping
 /// stub (the WASI interfaces Rust's `std` imports implicitly). Everything else is refused.
+/// A link failure of a component that exports the device interface: its types differ.
+fn link_error(error: wasmtime::Error) -> LoadError {
+    LoadErrorKind::Link(load_error::one_line(&format!("{error:#}"))).into()
+}
+
 fn import_allowed(name: &str) -> bool {
     const GRANTED: &[&str] = &["snakeway:device/host@1.", "snakeway:device/types@1."];
     const STUBBED: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/"];
