@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, request, response};
+use http::{request, response};
 use snakeway_core::metrics::{
     Counters, Gauge, Value, WASM_FAILURES, WASM_INSTANCES_CAPACITY, WASM_INSTANCES_IN_USE,
 };
@@ -16,12 +16,14 @@ use snakeway_core::{
 };
 use snakeway_identity::ClientIdentity;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store};
 
 use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::types;
 use crate::bindings::{SnakewayDevice, SnakewayDevicePre};
 use crate::engine::WasmEngine;
+use crate::failure::{Failure, FailureKind};
+use crate::guest_limits::GuestLimits;
 use crate::host::{HostState, TimeLimit, arm, watch_deadline};
 use crate::load_error::{self, LoadError, LoadErrorKind};
 use crate::output::{self, Hook, OutputLimits};
@@ -134,93 +136,6 @@ impl Drop for LiveCount {
     fn drop(&mut self) {
         self.0.count.fetch_sub(1, Ordering::Relaxed);
         self.0.in_use.dec();
-    }
-}
-
-/// The kinds of [`WASM_FAILURES`] (the index of their label in
-/// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
-#[derive(Clone, Copy)]
-enum FailureKind {
-    Trap = 0,
-    Timeout = 1,
-    Memory = 2,
-    Output = 3,
-    PoolFull = 4,
-    Other = 5,
-}
-
-/// A failure of one hook call, or of getting an instance for it.
-struct Failure {
-    what: &'static str,
-    detail: String,
-    status: StatusCode,
-    /// No instance was free: 503 whatever the failure policy (see [`FailurePolicy`]).
-    capacity: bool,
-}
-
-impl Failure {
-    fn new(what: &'static str, detail: String, status: StatusCode) -> Self {
-        Self {
-            what,
-            detail,
-            status,
-            capacity: false,
-        }
-    }
-
-    /// Its kind, for `wasm_failures_total`.
-    fn kind(&self) -> FailureKind {
-        match self.what {
-            _ if self.capacity => FailureKind::PoolFull,
-            "trap" => FailureKind::Trap,
-            "timeout" => FailureKind::Timeout,
-            "memory limit" => FailureKind::Memory,
-            "invalid output" => FailureKind::Output,
-            _ => FailureKind::Other,
-        }
-    }
-
-    fn invalid(detail: String) -> Self {
-        Self::new("invalid output", detail, StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    /// No instance free: `what` says which limit.
-    fn capacity(what: &'static str, detail: String) -> Self {
-        Self {
-            capacity: true,
-            ..Self::new(what, detail, StatusCode::SERVICE_UNAVAILABLE)
-        }
-    }
-
-    fn from_wasm(error: &wasmtime::Error) -> Self {
-        if let Some(trap) = error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
-            return match trap {
-                Trap::Interrupt => Self::new(
-                    "timeout",
-                    "the time limit was exceeded".into(),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
-                Trap::StackOverflow => Self::new(
-                    "trap",
-                    "stack overflow".into(),
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                ),
-                other => Self::new("trap", other.to_string(), StatusCode::INTERNAL_SERVER_ERROR),
-            };
-        }
-        let detail = error.root_cause().to_string();
-        if detail.starts_with("unknown import") {
-            // A WASI function a `std` guest links implicitly (e.g. printing a panic message).
-            return Self::new(
-                "trap",
-                format!("called an import that is not granted ({detail})"),
-                StatusCode::INTERNAL_SERVER_ERROR,
-            );
-        }
-        if detail.starts_with("forcing trap when growing memory") {
-            return Self::new("memory limit", detail, StatusCode::INTERNAL_SERVER_ERROR);
-        }
-        Self::new("error", detail, StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -355,7 +270,7 @@ impl WasmDevice {
         let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
         let (_, registration) = device
             .instantiate(Weak::new(), None, load_limit)
-            .map_err(|f| LoadErrorKind::Init(format!("{}: {}", f.what, f.detail)))?;
+            .map_err(|f| LoadErrorKind::Init(format!("{}: {}", f.kind.as_str(), f.detail)))?;
         device.guest_phases = registration.phases;
         device.phases = phases_of(registration.phases, true);
         Ok(device)
@@ -374,14 +289,7 @@ impl WasmDevice {
     }
 
     fn new_store(&self, request: Weak<RequestInfo>) -> Store<HostState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(32)
-            .memories(8)
-            .tables(32)
-            .table_elements(1 << 16)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = GuestLimits::new(self.limits.memory_bytes);
         let mut store = Store::new(
             self.engine.engine(),
             HostState::new(self.name.clone(), limits, request),
@@ -399,8 +307,8 @@ impl WasmDevice {
         limit: TimeLimit,
     ) -> Result<(Live, types::Registration), Failure> {
         let count = LiveCount::try_new(&self.live, self.max_live).ok_or_else(|| {
-            Failure::capacity(
-                "device at max_instances",
+            Failure::new(
+                FailureKind::DeviceFull,
                 format!("all {} of the device's instances are in use", self.max_live),
             )
         })?;
@@ -413,25 +321,19 @@ impl WasmDevice {
             if e.chain()
                 .any(|cause| cause.is::<PoolConcurrencyLimitError>())
             {
-                return Failure::capacity(
-                    "instance pool full",
+                return Failure::new(
+                    FailureKind::PoolFull,
                     format!("no free slot in the engine's instance pool ({e:#})"),
                 );
             }
-            let mut failure = Failure::from_wasm(&e);
-            if failure.what == "error" {
-                // Not a trap in a start function: no memory for it.
-                failure.what = "instantiation";
-                failure.status = StatusCode::SERVICE_UNAVAILABLE;
-            }
-            failure
+            Failure::from_wasm(&e, FailureKind::Instantiation)
         })?;
         arm(&mut store, limit);
         let registration = guest
             .snakeway_device_device()
             .call_init(&mut store, &self.config)
-            .map_err(|e| Failure::from_wasm(&e))?
-            .map_err(|message| Failure::new("init", message, StatusCode::INTERNAL_SERVER_ERROR))?;
+            .map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))?
+            .map_err(|message| Failure::new(FailureKind::Init, message))?;
         let live = Live {
             store,
             guest,
@@ -494,11 +396,11 @@ impl WasmDevice {
     /// after a trap, is dropped), then applies the failure policy: `Err` when it fails closed.
     fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
         info.slots.put(self.key, Box::new(Instance::Failed));
-        self.failures.add(failure.kind() as usize, 1);
+        self.failures.add(failure.kind.metric(), 1);
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
         // A full pool is load, not a guest fault: it fails closed whatever `on_failure` says,
         // or load would switch the device off.
-        let policy = if failure.capacity {
+        let policy = if failure.kind.is_capacity() {
             FailurePolicy::Closed
         } else {
             self.limits.on_failure
@@ -510,19 +412,23 @@ impl WasmDevice {
                     device = &*self.name,
                     hook = hook.as_str(),
                     request_id = &*request_id,
-                    failure = failure.what,
-                    on_failure = if failure.capacity { "closed (pool full, whatever on_failure says)" } else { "closed" },
+                    failure = failure.kind.as_str(),
+                    on_failure = if failure.kind.is_capacity() { "closed (pool full, whatever on_failure says)" } else { "closed" },
                     "{}", failure.detail
                 );
                 // The client sees what kind of failure and where; the details (guest output,
                 // request id) go to the log and the error's source.
                 let message = format!(
                     "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
-                    &*self.name, failure.what, failure.detail
+                    &*self.name,
+                    failure.kind.as_str(),
+                    failure.detail
                 );
-                Err(DeviceError::new(format!("{} in {hook}", failure.what))
-                    .with_status(failure.status)
-                    .with_source(message))
+                Err(
+                    DeviceError::new(format!("{} in {hook}", failure.kind.as_str()))
+                        .with_status(failure.kind.status())
+                        .with_source(message),
+                )
             }
             FailurePolicy::Open => {
                 tracing::warn!(
@@ -530,7 +436,7 @@ impl WasmDevice {
                     device = &*self.name,
                     hook = hook.as_str(),
                     request_id = &*request_id,
-                    failure = failure.what,
+                    failure = failure.kind.as_str(),
                     on_failure = "open",
                     "{}; device skipped", failure.detail
                 );
@@ -597,7 +503,7 @@ impl WasmDevice {
             |state, head, answer| {
                 head.headers = std::mem::take(&mut state.headers);
                 head.uri = state.uri.take().unwrap_or_default();
-                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                     types::Action::Continue => Ok(Flow::Continue),
                     types::Action::Modify(edits) => {
                         output::apply_request_edits(edits, hook, head, limits)
@@ -643,7 +549,7 @@ impl WasmDevice {
             },
             |state, head, answer| {
                 head.headers = std::mem::take(&mut state.headers);
-                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                     types::Action::Continue => Ok(Flow::Continue),
                     types::Action::Modify(edits) => {
                         output::apply_response_edits(edits, hook, head, limits)
@@ -689,7 +595,7 @@ impl Device for WasmDevice {
                     .snakeway_device_device()
                     .call_on_request_body(store, chunk, end_of_stream)
             },
-            |_, _, answer| match answer.map_err(|e| Failure::from_wasm(&e))? {
+            |_, _, answer| match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                 types::Action::Continue => Ok(Flow::Continue),
                 types::Action::Modify(_) => Err(Failure::invalid(
                     "modify is not allowed in on-request-body".into(),

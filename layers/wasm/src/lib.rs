@@ -40,6 +40,8 @@
 mod attributes;
 mod device;
 mod engine;
+mod failure;
+mod guest_limits;
 mod host;
 mod layer;
 mod load_error;
