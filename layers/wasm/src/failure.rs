@@ -110,3 +110,48 @@ impl Failure {
         Self::new(otherwise, error.root_cause().to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use snakeway_core::metrics::WASM_FAILURE_KINDS;
+
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_their_metric_label_and_status() {
+        use FailureKind::*;
+        let cases = [
+            (Trap, "trap", 500),
+            (Timeout, "timeout", 503),
+            (MemoryLimit, "memory", 500),
+            (InvalidOutput, "output", 500),
+            (PoolFull, "pool_full", 503),
+            (DeviceFull, "pool_full", 503),
+            (Init, "other", 500),
+            (Instantiation, "other", 503),
+        ];
+        for (kind, label, status) in cases {
+            assert_eq!(WASM_FAILURE_KINDS[kind.metric()], label, "{kind:?}");
+            assert_eq!(kind.status().as_u16(), status, "{kind:?}");
+            assert_eq!(kind.is_capacity(), label == "pool_full", "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn errors_are_told_by_type() {
+        let memory = wasmtime::Error::from(MemoryLimitExceeded::for_test());
+        assert_eq!(
+            Failure::from_wasm(&memory, FailureKind::Trap).kind,
+            FailureKind::MemoryLimit
+        );
+        let timeout = wasmtime::Error::from(Trap::Interrupt).context("in a hook");
+        assert_eq!(
+            Failure::from_wasm(&timeout, FailureKind::Trap).kind,
+            FailureKind::Timeout
+        );
+        let other = wasmtime::Error::msg("a host import refused");
+        let failure = Failure::from_wasm(&other, FailureKind::Instantiation);
+        assert_eq!(failure.kind, FailureKind::Instantiation);
+        assert_eq!(failure.detail, "a host import refused");
+    }
+}

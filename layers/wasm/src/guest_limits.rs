@@ -10,6 +10,17 @@ pub(crate) struct MemoryLimitExceeded {
     limit: usize,
 }
 
+#[cfg(test)]
+impl MemoryLimitExceeded {
+    /// An example, for tests of the failure kinds.
+    pub(crate) fn for_test() -> Self {
+        Self {
+            desired: 2 << 20,
+            limit: 1 << 20,
+        }
+    }
+}
+
 /// One instance's limits: its memory cap, which fails the call with [`MemoryLimitExceeded`],
 /// and wasmtime's [`StoreLimits`] for instances, tables and memories (exceeding them traps).
 pub(crate) struct GuestLimits {
