@@ -225,15 +225,15 @@ impl WasmDevice {
         }
         let mut linker = Linker::<HostState>::new(engine.engine());
         SnakewayDevice::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(link_error)?;
+            .map_err(|e| link_error(&e))?;
         // The WASI interfaces a `std` guest imports implicitly trap if called.
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(link_error)?;
+            .map_err(|e| link_error(&e))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(SnakewayDevicePre::new)
-            .map_err(link_error)?;
+            .map_err(|e| link_error(&e))?;
 
         let tick = engine.options().tick;
         let mut device = Self {
@@ -646,7 +646,7 @@ impl std::fmt::Debug for WasmDevice {
 /// Whether a component import is linked (`snakeway:device/*@1.x`) or tolerated as a trapping
 /// stub (the WASI interfaces Rust's `std` imports implicitly). Everything else is refused.
 /// A link failure of a component that exports the device interface: its types differ.
-fn link_error(error: wasmtime::Error) -> LoadError {
+fn link_error(error: &wasmtime::Error) -> LoadError {
     LoadErrorKind::Link(load_error::one_line(&format!("{error:#}"))).into()
 }
 
