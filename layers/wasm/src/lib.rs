@@ -25,7 +25,7 @@
 //! # Limits
 //!
 //! Every hook call runs under an epoch deadline (`timeout_ms`; a ticker thread advances the
-//! epoch every millisecond), a memory cap (`StoreLimits`, growing beyond it traps), the
+//! epoch every millisecond), a memory cap (the instance's resource limiter: growing beyond it traps), the
 //! engine's WASM stack limit, and caps on what it may output ([`OutputLimits`]). A trap,
 //! timeout, memory exhaustion or invalid output fails that request's use of the device only:
 //! `on_failure = "closed"` answers 500 (503 for a timeout), `"open"` skips the device for the
