@@ -114,8 +114,8 @@ fn readme(name: &str) -> String {
          `init` says which ones Snakeway calls (`Phases::ON_REQUEST | Phases::ON_RESPONSE`).\n\
          * `wit/device.wit`: the interface, as the Snakeway that wrote this crate implements it\n  \
          (what the host provides, what the device exports, every type).\n\
-         * `build.sh`: `cargo build --release --target wasm32-wasip2`, then copies the component\n  \
-         to `{name}.wasm` here. Needs the target: `rustup target add wasm32-wasip2`.\n\
+         * `build.sh`: `cargo build --release --target wasm32-wasip2`, then copies the\n  \
+         component to `{name}.wasm` here. Needs the target: `rustup target add wasm32-wasip2`.\n\
          * `device.toml`: the `[[device]]` table to add to `snakeway.toml`.\n\
          \n\
          ## Try it\n\

@@ -35,7 +35,8 @@ pub(crate) fn run(command: WasmCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "created the WASM device crate `{name}` in {shown}\n\
                  next:\n  \
-                 {shown}/build.sh    builds {shown}/{name}.wasm (needs the wasm32-wasip2 target)\n  \
+                 {shown}/build.sh    builds {shown}/{name}.wasm (needs the wasm32-wasip2 \
+                 target)\n  \
                  add {shown}/device.toml to your snakeway.toml (its path is relative to the \
                  directory you ran this in), then: snakeway config check"
             );

@@ -29,8 +29,8 @@
 //! traps), the engine's WASM stack limit, and caps on what it may output ([`OutputLimits`]).
 //! A trap, timeout, memory exhaustion or invalid output fails that request's use of the device
 //! only: `on_failure = "closed"` answers 500 (503 for a timeout), `"open"` skips the device
-//! for the rest of the request. Either way the log line and the error carry the device, the hook and
-//! the request id; the next request gets a fresh instance.
+//! for the rest of the request. Either way the log line and the error carry the device, the
+//! hook and the request id; the next request gets a fresh instance.
 //!
 //! A request that finds no instance free, because the engine's pool is full or the device
 //! has [`WasmLimits::max_instances`] alive already, is answered 503 under either policy:

@@ -77,7 +77,11 @@ pub enum LoadErrorKind {
     #[error("{}", no_export(.0))]
     NoExport(Vec<String>),
     /// The component exports the device interface with other types.
-    #[error("does not match the snakeway device interface (`{}`): {cause}", crate::DEVICE_INTERFACE, cause = .0)]
+    #[error(
+        "does not match the snakeway device interface (`{wanted}`): {cause}",
+        wanted = crate::DEVICE_INTERFACE,
+        cause = .0
+    )]
     Link(String),
     /// The limits do not fit the engine.
     #[error("cannot be loaded with these limits: {0}")]
