@@ -38,6 +38,11 @@ enum Command {
         #[arg(short, long, default_value = "snakeway.toml")]
         config: PathBuf,
     },
+    /// Write a new WASM device crate.
+    Wasm {
+        #[command(subcommand)]
+        command: crate::scaffold::WasmCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +83,7 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Wasm { command } => crate::scaffold::run(command),
         Command::Serve { config } => {
             let _log_guard = init_tracing();
             let Some(loaded) = load_or_report(&config) else {

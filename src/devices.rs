@@ -229,12 +229,12 @@ fn build(
             let name = d.name.as_deref().unwrap_or("wasm");
             let device = snakeway_wasm::WasmDevice::load(&engine, name, &d.path, &config, limits)
                 .map_err(|e| {
-                let key = match e {
-                    snakeway_wasm::LoadError::Limits(_) => None,
-                    snakeway_wasm::LoadError::Init(_) => Some("config"),
+                let key = match e.kind() {
+                    snakeway_wasm::LoadErrorKind::Limits(_) => None,
+                    snakeway_wasm::LoadErrorKind::Init(_) => Some("config"),
                     _ => Some("path"),
                 };
-                (key, format!("{}: {e}", d.path.display()))
+                (key, e.to_string())
             })?;
             Arc::new(device)
         }

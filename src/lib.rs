@@ -20,6 +20,7 @@ mod conn;
 mod devices;
 mod handler;
 mod router;
+mod scaffold;
 mod serve;
 mod stack;
 mod state;

@@ -12,7 +12,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 cargo build --release --target wasm32-wasip2 --quiet "$@"
 mkdir -p out
-for crate in add-header deny reroute identity-gate body-inspector testkit forbidden-import; do
+for crate in add-header deny reroute identity-gate body-inspector testkit forbidden-import guide; do
     cp "target/wasm32-wasip2/release/${crate//-/_}.wasm" "out/$crate.wasm"
 done
 ls -l out/*.wasm >&2

@@ -28,4 +28,5 @@ mod static_files;
 mod trailers;
 mod wasm;
 mod wasm_cache;
+mod wasm_new;
 mod websocket;

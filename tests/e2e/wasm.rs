@@ -1178,3 +1178,71 @@ async fn bad_modules_are_config_errors_at_startup() {
         "{err}"
     );
 }
+
+/// A module that is not a loadable device is one line in `config check`'s report, naming the
+/// file and what it is: a text file, a cut-off copy, a core module, a component without the
+/// device interface (issue 15: these were multi-line parser dumps).
+#[tokio::test]
+async fn load_errors_are_one_line_naming_the_file_and_the_cause() {
+    let _serial = SERIAL.lock().await;
+    let dir = TestDir::new("wasm-load-errors");
+    let full = std::fs::read(guest("add-header")).unwrap();
+    let cases = [
+        (
+            "text.wasm",
+            b"<html>404 Not Found</html>\n".to_vec(),
+            "is not a WebAssembly component (bad magic number; it is a text file)",
+        ),
+        (
+            "truncated.wasm",
+            full[..full.len() / 2].to_vec(),
+            "is truncated",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "is a core WebAssembly module, not a component (build it for wasm32-wasip2",
+        ),
+        (
+            "empty-component.wasm",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "does not export the snakeway device interface (`snakeway:device/device@1.0.0`)",
+        ),
+        (
+            "forbidden.wasm",
+            std::fs::read(guest("forbidden-import")).unwrap(),
+            "imports `wasi:filesystem/",
+        ),
+    ];
+    let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\n\
+                respond = { status = 200, body = \"ok\" }\n\n";
+    for (file, bytes, cause) in cases {
+        let module = dir.write(file, bytes);
+        let config = dir.write(
+            "snakeway.toml",
+            format!("{base}{}", wasm_at("dev", file, "", "")),
+        );
+        let out = run_cli(
+            &["config", "check", "-c", config.to_str().unwrap()],
+            &dir.path,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "config check accepted {file}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "{file}: not one problem line after the count:\n{err}"
+        );
+        let expected = format!(
+            "{}: device[0].path: {} {cause}",
+            config.display(),
+            module.display()
+        );
+        assert!(
+            lines[1].starts_with(&expected),
+            "{file}:\n  got:  {}\n  want: {expected}…",
+            lines[1]
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, request, response};
+use http::{request, response};
 use snakeway_core::metrics::{
     Counters, Gauge, Value, WASM_FAILURES, WASM_INSTANCES_CAPACITY, WASM_INSTANCES_IN_USE,
 };
@@ -16,13 +16,16 @@ use snakeway_core::{
 };
 use snakeway_identity::ClientIdentity;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store};
 
 use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::types;
 use crate::bindings::{SnakewayDevice, SnakewayDevicePre};
 use crate::engine::WasmEngine;
+use crate::failure::{Failure, FailureKind};
+use crate::guest_limits::GuestLimits;
 use crate::host::{HostState, TimeLimit, arm, watch_deadline};
+use crate::load_error::{self, LoadError, LoadErrorKind};
 use crate::output::{self, Hook, OutputLimits};
 
 /// What a failing WASM device does to the request. A request that finds no instance free
@@ -65,37 +68,6 @@ impl Default for WasmLimits {
             max_instances: None,
         }
     }
-}
-
-/// Why a WASM device could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The engine could not be set up.
-    #[error("wasm engine: {0}")]
-    Engine(String),
-    /// The module file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not a valid component.
-    #[error("not a valid WebAssembly component: {0}")]
-    Compile(String),
-    /// The component imports something the host does not grant.
-    #[error("the module imports {0}, which is not granted (only snakeway:device/host@1.0.0 is)")]
-    Import(String),
-    /// The component does not implement the `snakeway:device` world.
-    #[error("the module does not implement snakeway:device@1.0.0: {0}")]
-    Link(String),
-    /// The limits do not fit the engine.
-    #[error("limits: {0}")]
-    Limits(String),
-    /// `init` failed or trapped.
-    #[error("init failed: {0}")]
-    Init(String),
 }
 
 /// One request's use of a device, kept in the request's `DeviceSlots`.
@@ -167,93 +139,6 @@ impl Drop for LiveCount {
     }
 }
 
-/// The kinds of [`WASM_FAILURES`] (the index of their label in
-/// [`WASM_FAILURE_KINDS`](snakeway_core::metrics::WASM_FAILURE_KINDS)).
-#[derive(Clone, Copy)]
-enum FailureKind {
-    Trap = 0,
-    Timeout = 1,
-    Memory = 2,
-    Output = 3,
-    PoolFull = 4,
-    Other = 5,
-}
-
-/// A failure of one hook call, or of getting an instance for it.
-struct Failure {
-    what: &'static str,
-    detail: String,
-    status: StatusCode,
-    /// No instance was free: 503 whatever the failure policy (see [`FailurePolicy`]).
-    capacity: bool,
-}
-
-impl Failure {
-    fn new(what: &'static str, detail: String, status: StatusCode) -> Self {
-        Self {
-            what,
-            detail,
-            status,
-            capacity: false,
-        }
-    }
-
-    /// Its kind, for `wasm_failures_total`.
-    fn kind(&self) -> FailureKind {
-        match self.what {
-            _ if self.capacity => FailureKind::PoolFull,
-            "trap" => FailureKind::Trap,
-            "timeout" => FailureKind::Timeout,
-            "memory limit" => FailureKind::Memory,
-            "invalid output" => FailureKind::Output,
-            _ => FailureKind::Other,
-        }
-    }
-
-    fn invalid(detail: String) -> Self {
-        Self::new("invalid output", detail, StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    /// No instance free: `what` says which limit.
-    fn capacity(what: &'static str, detail: String) -> Self {
-        Self {
-            capacity: true,
-            ..Self::new(what, detail, StatusCode::SERVICE_UNAVAILABLE)
-        }
-    }
-
-    fn from_wasm(error: &wasmtime::Error) -> Self {
-        if let Some(trap) = error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
-            return match trap {
-                Trap::Interrupt => Self::new(
-                    "timeout",
-                    "the time limit was exceeded".into(),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
-                Trap::StackOverflow => Self::new(
-                    "trap",
-                    "stack overflow".into(),
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                ),
-                other => Self::new("trap", other.to_string(), StatusCode::INTERNAL_SERVER_ERROR),
-            };
-        }
-        let detail = error.root_cause().to_string();
-        if detail.starts_with("unknown import") {
-            // A WASI function a `std` guest links implicitly (e.g. printing a panic message).
-            return Self::new(
-                "trap",
-                format!("called an import that is not granted ({detail})"),
-                StatusCode::INTERNAL_SERVER_ERROR,
-            );
-        }
-        if detail.starts_with("forcing trap when growing memory") {
-            return Self::new("memory limit", detail, StatusCode::INTERNAL_SERVER_ERROR);
-        }
-        Self::new("error", detail, StatusCode::INTERNAL_SERVER_ERROR)
-    }
-}
-
 /// A device running a WebAssembly component (the `snakeway:device@1.0.0` world).
 pub struct WasmDevice {
     name: Arc<str>,
@@ -289,11 +174,10 @@ impl WasmDevice {
         config_json: &str,
         limits: WasmLimits,
     ) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_bytes(engine, name, &bytes, config_json, limits)
+        std::fs::read(path)
+            .map_err(|e| LoadError::from(LoadErrorKind::Read(e)))
+            .and_then(|bytes| Self::from_bytes(engine, name, &bytes, config_json, limits))
+            .map_err(|e| e.in_file(path))
     }
 
     /// Like [`WasmDevice::load`], from the component's bytes.
@@ -305,40 +189,51 @@ impl WasmDevice {
         limits: WasmLimits,
     ) -> Result<Self, LoadError> {
         if engine.options().pooling && limits.memory_bytes > engine.options().max_memory_bytes {
-            return Err(LoadError::Limits(format!(
+            return Err(LoadErrorKind::Limits(format!(
                 "memory_limit_bytes {} is above the engine's maximum of {}",
                 limits.memory_bytes,
                 engine.options().max_memory_bytes
-            )));
+            ))
+            .into());
         }
         if limits.timeout.is_zero() {
-            return Err(LoadError::Limits("timeout_ms must be at least 1".into()));
+            return Err(LoadErrorKind::Limits("timeout_ms must be at least 1".into()).into());
         }
         if limits.max_instances == Some(0) {
-            return Err(LoadError::Limits("max_instances must be at least 1".into()));
+            return Err(LoadErrorKind::Limits("max_instances must be at least 1".into()).into());
         }
+        load_error::check_header(bytes)?;
         let component = engine.compile(bytes)?;
 
-        let mut refused = Vec::new();
-        for (import, _) in component.component_type().imports(engine.engine()) {
-            if !import_allowed(import) {
-                refused.push(import.to_owned());
-            }
-        }
+        let ty = component.component_type();
+        let refused: Vec<String> = ty
+            .imports(engine.engine())
+            .filter(|(import, _)| !import_allowed(import))
+            .map(|(import, _)| import.to_owned())
+            .collect();
         if !refused.is_empty() {
-            return Err(LoadError::Import(refused.join(", ")));
+            return Err(LoadErrorKind::Import(refused).into());
+        }
+        let exports: Vec<&str> = ty.exports(engine.engine()).map(|(name, _)| name).collect();
+        if !exports.contains(&crate::DEVICE_INTERFACE) {
+            let others = exports
+                .iter()
+                .filter(|name| name.starts_with("snakeway:device/device@"))
+                .map(|name| (*name).to_owned())
+                .collect();
+            return Err(LoadErrorKind::NoExport(others).into());
         }
         let mut linker = Linker::<HostState>::new(engine.engine());
         SnakewayDevice::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| link_error(&e))?;
         // The WASI interfaces a `std` guest imports implicitly trap if called.
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| link_error(&e))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(SnakewayDevicePre::new)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| link_error(&e))?;
 
         let tick = engine.options().tick;
         let mut device = Self {
@@ -375,7 +270,7 @@ impl WasmDevice {
         let load_limit = TimeLimit::new(limits.timeout.max(Duration::from_secs(1)), tick);
         let (_, registration) = device
             .instantiate(Weak::new(), None, load_limit)
-            .map_err(|f| LoadError::Init(format!("{}: {}", f.what, f.detail)))?;
+            .map_err(|f| LoadErrorKind::Init(format!("{}: {}", f.kind.as_str(), f.detail)))?;
         device.guest_phases = registration.phases;
         device.phases = phases_of(registration.phases, true);
         Ok(device)
@@ -394,14 +289,7 @@ impl WasmDevice {
     }
 
     fn new_store(&self, request: Weak<RequestInfo>) -> Store<HostState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(32)
-            .memories(8)
-            .tables(32)
-            .table_elements(1 << 16)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = GuestLimits::new(self.limits.memory_bytes);
         let mut store = Store::new(
             self.engine.engine(),
             HostState::new(self.name.clone(), limits, request),
@@ -419,8 +307,8 @@ impl WasmDevice {
         limit: TimeLimit,
     ) -> Result<(Live, types::Registration), Failure> {
         let count = LiveCount::try_new(&self.live, self.max_live).ok_or_else(|| {
-            Failure::capacity(
-                "device at max_instances",
+            Failure::new(
+                FailureKind::DeviceFull,
                 format!("all {} of the device's instances are in use", self.max_live),
             )
         })?;
@@ -433,25 +321,19 @@ impl WasmDevice {
             if e.chain()
                 .any(|cause| cause.is::<PoolConcurrencyLimitError>())
             {
-                return Failure::capacity(
-                    "instance pool full",
+                return Failure::new(
+                    FailureKind::PoolFull,
                     format!("no free slot in the engine's instance pool ({e:#})"),
                 );
             }
-            let mut failure = Failure::from_wasm(&e);
-            if failure.what == "error" {
-                // Not a trap in a start function: no memory for it.
-                failure.what = "instantiation";
-                failure.status = StatusCode::SERVICE_UNAVAILABLE;
-            }
-            failure
+            Failure::from_wasm(&e, FailureKind::Instantiation)
         })?;
         arm(&mut store, limit);
         let registration = guest
             .snakeway_device_device()
             .call_init(&mut store, &self.config)
-            .map_err(|e| Failure::from_wasm(&e))?
-            .map_err(|message| Failure::new("init", message, StatusCode::INTERNAL_SERVER_ERROR))?;
+            .map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))?
+            .map_err(|message| Failure::new(FailureKind::Init, message))?;
         let live = Live {
             store,
             guest,
@@ -514,11 +396,11 @@ impl WasmDevice {
     /// after a trap, is dropped), then applies the failure policy: `Err` when it fails closed.
     fn failed(&self, info: &RequestInfo, hook: Hook, failure: &Failure) -> Result<(), DeviceError> {
         info.slots.put(self.key, Box::new(Instance::Failed));
-        self.failures.add(failure.kind() as usize, 1);
+        self.failures.add(failure.kind.metric(), 1);
         let request_id = String::from_utf8_lossy(info.request_id.as_bytes());
         // A full pool is load, not a guest fault: it fails closed whatever `on_failure` says,
         // or load would switch the device off.
-        let policy = if failure.capacity {
+        let policy = if failure.kind.is_capacity() {
             FailurePolicy::Closed
         } else {
             self.limits.on_failure
@@ -530,19 +412,23 @@ impl WasmDevice {
                     device = &*self.name,
                     hook = hook.as_str(),
                     request_id = &*request_id,
-                    failure = failure.what,
-                    on_failure = if failure.capacity { "closed (pool full, whatever on_failure says)" } else { "closed" },
+                    failure = failure.kind.as_str(),
+                    on_failure = if failure.kind.is_capacity() { "closed (pool full, whatever on_failure says)" } else { "closed" },
                     "{}", failure.detail
                 );
                 // The client sees what kind of failure and where; the details (guest output,
                 // request id) go to the log and the error's source.
                 let message = format!(
                     "wasm device {:?}, hook {hook}, request {request_id}: {}: {}",
-                    &*self.name, failure.what, failure.detail
+                    &*self.name,
+                    failure.kind.as_str(),
+                    failure.detail
                 );
-                Err(DeviceError::new(format!("{} in {hook}", failure.what))
-                    .with_status(failure.status)
-                    .with_source(message))
+                Err(
+                    DeviceError::new(format!("{} in {hook}", failure.kind.as_str()))
+                        .with_status(failure.kind.status())
+                        .with_source(message),
+                )
             }
             FailurePolicy::Open => {
                 tracing::warn!(
@@ -550,7 +436,7 @@ impl WasmDevice {
                     device = &*self.name,
                     hook = hook.as_str(),
                     request_id = &*request_id,
-                    failure = failure.what,
+                    failure = failure.kind.as_str(),
                     on_failure = "open",
                     "{}; device skipped", failure.detail
                 );
@@ -617,7 +503,7 @@ impl WasmDevice {
             |state, head, answer| {
                 head.headers = std::mem::take(&mut state.headers);
                 head.uri = state.uri.take().unwrap_or_default();
-                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                     types::Action::Continue => Ok(Flow::Continue),
                     types::Action::Modify(edits) => {
                         output::apply_request_edits(edits, hook, head, limits)
@@ -663,7 +549,7 @@ impl WasmDevice {
             },
             |state, head, answer| {
                 head.headers = std::mem::take(&mut state.headers);
-                match answer.map_err(|e| Failure::from_wasm(&e))? {
+                match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                     types::Action::Continue => Ok(Flow::Continue),
                     types::Action::Modify(edits) => {
                         output::apply_response_edits(edits, hook, head, limits)
@@ -709,7 +595,7 @@ impl Device for WasmDevice {
                     .snakeway_device_device()
                     .call_on_request_body(store, chunk, end_of_stream)
             },
-            |_, _, answer| match answer.map_err(|e| Failure::from_wasm(&e))? {
+            |_, _, answer| match answer.map_err(|e| Failure::from_wasm(&e, FailureKind::Trap))? {
                 types::Action::Continue => Ok(Flow::Continue),
                 types::Action::Modify(_) => Err(Failure::invalid(
                     "modify is not allowed in on-request-body".into(),
@@ -759,6 +645,11 @@ impl std::fmt::Debug for WasmDevice {
 
 /// Whether a component import is linked (`snakeway:device/*@1.x`) or tolerated as a trapping
 /// stub (the WASI interfaces Rust's `std` imports implicitly). Everything else is refused.
+/// A link failure of a component that exports the device interface: its types differ.
+fn link_error(error: &wasmtime::Error) -> LoadError {
+    LoadErrorKind::Link(load_error::one_line(&format!("{error:#}"))).into()
+}
+
 fn import_allowed(name: &str) -> bool {
     const GRANTED: &[&str] = &["snakeway:device/host@1.", "snakeway:device/types@1."];
     const STUBBED: &[&str] = &["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/"];

@@ -14,7 +14,7 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
-use crate::LoadError;
+use crate::load_error::{self, LoadError, LoadErrorKind};
 
 /// How the shared engine is set up.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,7 +137,8 @@ impl WasmEngine {
                 (None, Some(error))
             }
         };
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| LoadError::from(LoadErrorKind::Engine(format!("{e:#}"))))?;
         let weak = engine.weak();
         let tick = options.tick;
         std::thread::Builder::new()
@@ -149,7 +150,7 @@ impl WasmEngine {
                     std::thread::sleep(tick);
                 }
             })
-            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+            .map_err(|e| LoadErrorKind::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -174,7 +175,7 @@ impl WasmEngine {
         SHARED
             .get_or_init(|| Self::new(options).map_err(|e| e.to_string()))
             .clone()
-            .map_err(LoadError::Engine)
+            .map_err(|e| LoadErrorKind::Engine(e).into())
     }
 
     /// The wasmtime engine.
@@ -224,7 +225,7 @@ impl WasmEngine {
         let hits = self.disk_cache_stats().map(|s| s.hits);
         let started = Instant::now();
         let component = Component::from_binary(&self.inner.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+            .map_err(|e| load_error::invalid(&e))?;
         // Exact when components are loaded one at a time, as configurations are.
         let disk_cache = match (hits, self.disk_cache_stats()) {
             (Some(before), Some(after)) if after.hits > before => "hit",

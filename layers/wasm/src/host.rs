@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Uri};
 use snakeway_core::{DeviceLog, RequestInfo};
 use snakeway_identity::ClientIdentity;
-use wasmtime::{Store, StoreLimits, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::attributes::Attributes;
 use crate::bindings::snakeway::device::{host, types};
+use crate::guest_limits::GuestLimits;
 
 /// Attribute map caps, per request.
 const MAX_ATTRIBUTE_NAME: usize = 256;
@@ -21,7 +22,7 @@ const MAX_LOG_BYTES: usize = 4 << 10;
 
 /// The store's data: what the host imports of one instance read and write.
 pub(crate) struct HostState {
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: GuestLimits,
     pub(crate) device: Arc<str>,
     /// The request this instance serves (dangling while `init` runs at load). Weak: the
     /// instance lives in the request's slots, so a strong reference would be a cycle.
@@ -41,7 +42,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     /// The state of an instance serving `request`.
-    pub(crate) fn new(device: Arc<str>, limits: StoreLimits, request: Weak<RequestInfo>) -> Self {
+    pub(crate) fn new(device: Arc<str>, limits: GuestLimits, request: Weak<RequestInfo>) -> Self {
         Self {
             limits,
             device,

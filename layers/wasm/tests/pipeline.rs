@@ -11,7 +11,7 @@ use http::Request;
 use serde_json::json;
 use snakeway_core::{Body, Device, DeviceResult, Flow, Phase, Phases, RequestCtx};
 use snakeway_identity::{Identity, IdentityOptions};
-use snakeway_wasm::{Attributes, FailurePolicy, LoadError, WasmDevice, WasmLimits};
+use snakeway_wasm::{Attributes, FailurePolicy, LoadErrorKind, WasmDevice, WasmLimits};
 use support::*;
 
 #[tokio::test]
@@ -460,7 +460,7 @@ fn bad_modules_fail_to_load_with_a_clear_message() {
         WasmLimits::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, LoadError::Import(_)), "{err}");
+    assert!(matches!(err.kind(), LoadErrorKind::Import(_)), "{err}");
     assert!(err.to_string().contains("wasi:filesystem"), "{err}");
 
     let err = WasmDevice::from_bytes(
@@ -471,7 +471,10 @@ fn bad_modules_fail_to_load_with_a_clear_message() {
         WasmLimits::default(),
     )
     .unwrap_err();
-    assert_eq!(err.to_string(), "init failed: init: bad config");
+    assert_eq!(
+        err.to_string(),
+        "the module failed in init: init: bad config"
+    );
 
     let err = WasmDevice::from_bytes(
         &engine,
@@ -481,22 +484,56 @@ fn bad_modules_fail_to_load_with_a_clear_message() {
         WasmLimits::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, LoadError::Init(_)), "{err}");
+    assert!(matches!(err.kind(), LoadErrorKind::Init(_)), "{err}");
 
     let err = WasmDevice::from_bytes(&engine, "x", b"\0asm garbage", "{}", WasmLimits::default())
         .unwrap_err();
-    assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    assert!(
+        matches!(err.kind(), LoadErrorKind::UnknownVersion { .. }),
+        "{err}"
+    );
+    // A component header, then a section that does not parse.
+    let bad = b"\0asm\x0d\0\x01\0\x7f\x01\x00";
+    let err = WasmDevice::from_bytes(&engine, "x", bad, "{}", WasmLimits::default()).unwrap_err();
+    assert!(matches!(err.kind(), LoadErrorKind::Invalid(_)), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
 
     // A core module is not a component.
     let core = wat::parse_str("(module)").unwrap();
     let err = WasmDevice::from_bytes(&engine, "x", &core, "{}", WasmLimits::default()).unwrap_err();
-    assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    assert!(matches!(err.kind(), LoadErrorKind::CoreModule), "{err}");
 
     // A component exporting something else.
     let other = wat::parse_str("(component)").unwrap();
     let err =
         WasmDevice::from_bytes(&engine, "x", &other, "{}", WasmLimits::default()).unwrap_err();
-    assert!(matches!(err, LoadError::Link(_)), "{err}");
+    assert!(
+        matches!(err.kind(), LoadErrorKind::NoExport(v) if v.is_empty()),
+        "{err}"
+    );
+
+    // A component exporting another version of the device interface.
+    let older = wat::parse_str(
+        r#"(component (instance $i) (export "snakeway:device/device@0.9.0" (instance $i)))"#,
+    )
+    .unwrap();
+    let err =
+        WasmDevice::from_bytes(&engine, "x", &older, "{}", WasmLimits::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the module exports `snakeway:device/device@0.9.0`, not the version"),
+        "{err}"
+    );
+
+    // The device interface with other types.
+    let wrong = wat::parse_str(
+        r#"(component (instance $i) (export "snakeway:device/device@1.0.0" (instance $i)))"#,
+    )
+    .unwrap();
+    let err =
+        WasmDevice::from_bytes(&engine, "x", &wrong, "{}", WasmLimits::default()).unwrap_err();
+    assert!(matches!(err.kind(), LoadErrorKind::Link(_)), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
 
     // A component importing an unknown interface.
     let importer =
@@ -516,7 +553,7 @@ fn bad_modules_fail_to_load_with_a_clear_message() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, LoadError::Limits(_)), "{err}");
+    assert!(matches!(err.kind(), LoadErrorKind::Limits(_)), "{err}");
 
     // Trapping in init fails the load too.
     let err = WasmDevice::from_bytes(
