@@ -18,7 +18,11 @@ pub(crate) fn closest<'a>(
         .into_iter()
         .map(|c| (strsim::jaro_winkler(&input, &c.to_ascii_lowercase()), c))
         .filter(|(score, _)| *score >= SIMILAR)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        // The first of equally close choices, so the answer follows the choices' order.
+        .fold(None, |best: Option<(f64, &str)>, (score, c)| match best {
+            Some((top, _)) if top >= score => best,
+            _ => Some((score, c)),
+        })
         .map(|(_, c)| c)
 }
 
@@ -40,5 +44,6 @@ mod tests {
         assert_eq!(closest("colour", keys), None);
         assert_eq!(closest("500", ["502", "503", "504"]), None);
         assert_eq!(closest("anything", []), None);
+        assert_eq!(closest("ap", ["api", "app"]), Some("api"));
     }
 }
