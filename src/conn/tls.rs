@@ -9,6 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use snakeway_proxy::{PemContents, pem_problem};
 use tokio_rustls::TlsAcceptor;
 
 /// The crypto provider every TLS config uses (aws-lc-rs, with post-quantum key exchange).
@@ -64,17 +65,28 @@ fn load_key(
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("{}: {}", cert.display(), pem_problem(&e, Pem::Certificate)))?;
+        .map_err(|e| {
+            format!(
+                "{}: {}",
+                cert.display(),
+                pem_problem(&e, PemContents::Certificate)
+            )
+        })?;
     if chain.is_empty() {
         let e = pem::Error::NoItemsFound;
         return Err(format!(
             "{}: {}",
             cert.display(),
-            pem_problem(&e, Pem::Certificate)
+            pem_problem(&e, PemContents::Certificate)
         ));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: {}", key.display(), pem_problem(&e, Pem::PrivateKey)))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "{}: {}",
+            key.display(),
+            pem_problem(&e, PemContents::PrivateKey)
+        )
+    })?;
     let signing = provider.key_provider.load_private_key(der).map_err(|_| {
         format!(
             "{}: the private key is not a usable RSA, ECDSA or Ed25519 key",
@@ -97,36 +109,6 @@ fn load_key(
         format!("the key {} {why} {}", key.display(), cert.display())
     })?;
     Ok(Arc::new(certified))
-}
-
-/// What a PEM file was expected to hold.
-#[derive(Clone, Copy)]
-enum Pem {
-    Certificate,
-    PrivateKey,
-}
-
-/// A PEM reading error as a sentence for an operator.
-fn pem_problem(e: &pem::Error, expected: Pem) -> String {
-    match e {
-        pem::Error::Io(io) => format!("cannot read it: {io}"),
-        pem::Error::NoItemsFound => match expected {
-            Pem::Certificate => {
-                "the file holds no PEM certificate (a -----BEGIN CERTIFICATE----- block)".to_owned()
-            }
-            Pem::PrivateKey => "the file holds no PEM private key (a -----BEGIN PRIVATE KEY-----, \
-                                RSA PRIVATE KEY or EC PRIVATE KEY block)"
-                .to_owned(),
-        },
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "a PEM block is not closed (no {} line)",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { .. } => "a PEM -----BEGIN line is malformed".to_owned(),
-        pem::Error::Base64Decode(_) => "a PEM block's content is not valid base64".to_owned(),
-        pem::Error::SectionTooLarge => "a PEM block is larger than 256 MiB".to_owned(),
-        other => format!("it is not a valid PEM file: {other}"),
-    }
 }
 
 /// Picks a certificate by SNI: exact host, then the longest matching `*.suffix`, then the

@@ -183,6 +183,18 @@ fn tls_failures_are_sentences() {
             assert!(!l.contains(internal), "{name}: {l}");
         }
     }
+    // A CA file for https upstreams is read the same way.
+    let (ok, err) = check(
+        &dir,
+        "ca.toml",
+        &format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\n{ROUTE}\n[[service]]\nname = \"s\"\n\
+             ca_file = \"a.key\"\nupstreams = [{{ url = \"https://a.test\" }}]\n"
+        ),
+    );
+    assert!(!ok, "a CA file without certificates passed the check");
+    let l = line(&err, "service[0]");
+    assert!(l.contains("the file holds no PEM certificate"), "{l}");
     // The mismatch names both files.
     let (_, err) = check(&dir, "mismatch.toml", &tls("a.pem", "b.key"));
     let l = line(&err, "listener[0].tls");
