@@ -84,9 +84,9 @@ impl Schema {
             "wasm" => self.trace::<RawWasm>(&path),
             "structured_logging" => self.trace::<RawLogging>(&path),
             // A type `parse` accepts must be traced here; the schema tests fail until it is.
-            _ => self
-                .untraced
-                .push(format!("{path}: no struct for this device type")),
+            _ => self.untraced.push(format!(
+                "{path}: no struct for this device type (add it to Schema::trace_device)"
+            )),
         }
     }
 
