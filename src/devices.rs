@@ -22,20 +22,24 @@ pub(crate) enum Purpose {
     Check,
 }
 
-/// Checks, without creating it, that a log file could be opened: its directory exists and the
-/// path is not a directory.
-fn check_output(output: &snakeway_logging::Output) -> std::io::Result<()> {
-    use std::io::{Error, ErrorKind};
+/// Checks, without creating anything, that a log file could be opened: the path is not a
+/// directory and its directory exists. A missing directory is not created (as nginx does, and
+/// unlike Caddy): `config check` stays free of side effects and agrees with `serve`, and the
+/// operator chooses the log directory's owner and mode. The message says what to do.
+fn check_output(output: &snakeway_logging::Output) -> Result<(), String> {
     let snakeway_logging::Output::File(path) = output else {
         return Ok(());
     };
     if path.is_dir() {
-        return Err(Error::new(ErrorKind::IsADirectory, "it is a directory"));
+        return Err(format!(
+            "cannot open {output}: it is a directory; name a file inside it"
+        ));
     }
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::new(
-            ErrorKind::NotFound,
-            format!("no directory {}", dir.display()),
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(format!(
+            "cannot open {output}: the directory {dir} does not exist; create it (mkdir -p {dir}) \
+             or log to \"stdout\"",
+            dir = dir.display()
         )),
         _ => Ok(()),
     }
@@ -204,11 +208,10 @@ fn build(
                 // Validated to at most 1 GiB.
                 queue_bytes: usize::try_from(d.queue_bytes).unwrap_or(usize::MAX),
             };
+            check_output(&output).map_err(|why| (Some("output"), why))?;
             let writer = match purpose {
                 Purpose::Serve => LogWriter::open(&output, options.queue_bytes),
-                Purpose::Check => {
-                    check_output(&output).and_then(|()| LogWriter::with_sink(std::io::sink(), 0))
-                }
+                Purpose::Check => LogWriter::with_sink(std::io::sink(), 0),
             }
             .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;
             Arc::new(StructuredLogging::new(options, writer))

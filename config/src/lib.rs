@@ -24,9 +24,13 @@ mod model;
 mod parse;
 mod raw;
 mod report;
+mod schema;
 mod starter;
+mod suggest;
 mod validate;
 
+#[cfg(test)]
+mod docs_tests;
 #[cfg(test)]
 mod tests;
 

@@ -13,6 +13,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::raw::{DEVICE_TYPES, FileId, Item, RawConfig, RawDevice, RawServer};
 use crate::report::Problems;
+use crate::schema::{SECTIONS, Schema};
+use crate::suggest::did_you_mean;
 
 /// Whether a file is the main one or an include (which may not hold `[server]`, `[admin]` or
 /// `[wasm]`).
@@ -64,26 +66,26 @@ pub(crate) fn parse_file(
         let key_span = key.span();
         match (key.get_ref().as_ref(), role) {
             ("server", Role::Main) => p.server(value),
-            ("admin", Role::Main) => p.out.admin = p.de(value, "admin".to_owned()),
-            ("wasm", Role::Main) => p.out.wasm = p.de(value, "wasm".to_owned()),
+            ("admin", Role::Main) => p.out.admin = p.de(value, "admin".to_owned(), "admin"),
+            ("wasm", Role::Main) => p.out.wasm = p.de(value, "wasm".to_owned(), "wasm"),
             (k @ ("server" | "admin" | "wasm"), Role::Include) => {
                 p.problem_at(k, key_span, "only allowed in the main file");
             }
             ("listener", _) => {
                 for (value, key) in p.elements(value, "listener", |o| o.listeners.len()) {
-                    let item = p.item(value, key);
+                    let item = p.item(value, key, "listener");
                     p.out.listeners.push(item);
                 }
             }
             ("service", _) => {
                 for (value, key) in p.elements(value, "service", |o| o.services.len()) {
-                    let item = p.item(value, key);
+                    let item = p.item(value, key, "service");
                     p.out.services.push(item);
                 }
             }
             ("route", _) => {
                 for (value, key) in p.elements(value, "route", |o| o.routes.len()) {
-                    let item = p.item(value, key);
+                    let item = p.item(value, key, "route");
                     p.out.routes.push(item);
                 }
             }
@@ -104,8 +106,11 @@ pub(crate) fn parse_file(
                 p.problem_at("include", key_span, "included files cannot include others");
             }
             (other, _) => {
-                let message = "unknown key (expected one of server, admin, listener, service, \
-                               route, device, wasm)";
+                let hint = did_you_mean(other, SECTIONS);
+                let message = format!(
+                    "unknown key{hint} (expected one of {})",
+                    SECTIONS.join(", ")
+                );
                 p.problem_at(other, key_span, message);
             }
         }
@@ -127,7 +132,7 @@ impl<'i> Parser<'_> {
     /// `[server]`; if it does not deserialize, its `include` list is still honoured.
     fn server(&mut self, value: Spanned<DeValue<'i>>) {
         let include = peek_strings(&value, "include");
-        let server = self.de(value, "server".to_owned());
+        let server = self.de(value, "server".to_owned(), "server");
         self.out.server = Some(server.unwrap_or(RawServer {
             include,
             ..RawServer::default()
@@ -162,9 +167,14 @@ impl<'i> Parser<'_> {
         }
     }
 
-    fn item<T: DeserializeOwned>(&mut self, value: Spanned<DeValue<'i>>, key: String) -> Item<T> {
+    fn item<T: DeserializeOwned>(
+        &mut self,
+        value: Spanned<DeValue<'i>>,
+        key: String,
+        section: &str,
+    ) -> Item<T> {
         let name = peek_string(&value, "name");
-        let raw = self.de(value, key);
+        let raw = self.de(value, key, section);
         Item {
             file: self.file,
             raw,
@@ -209,21 +219,40 @@ impl<'i> Parser<'_> {
             }
         };
         let rest = Spanned::new(span, DeValue::Table(table));
+        let section = format!("device.{}", kind.get_ref());
         match kind.get_ref().as_str() {
-            "identity" => self.de(rest, key).map(RawDevice::Identity),
-            "request_filter" => self.de(rest, key).map(RawDevice::RequestFilter),
-            "wasm" => self.de(rest, key).map(RawDevice::Wasm),
-            "structured_logging" => self.de(rest, key).map(RawDevice::StructuredLogging),
+            "identity" => self.de(rest, key, &section).map(RawDevice::Identity),
+            "request_filter" => self.de(rest, key, &section).map(RawDevice::RequestFilter),
+            "wasm" => self.de(rest, key, &section).map(RawDevice::Wasm),
+            "structured_logging" => self
+                .de(rest, key, &section)
+                .map(RawDevice::StructuredLogging),
             other => {
-                let message = format!("unknown device type {other:?} (expected one of {expected})");
+                let hint = did_you_mean(other, DEVICE_TYPES);
+                let message =
+                    format!("unknown device type {other:?}{hint} (expected one of {expected})");
                 self.problem_at(&format!("{key}.type"), kind.span(), message);
                 None
             }
         }
     }
 
-    /// Deserializes `value` (found at `key`), reporting the failing key path on error.
-    fn de<T: DeserializeOwned>(&mut self, value: Spanned<DeValue<'i>>, key: String) -> Option<T> {
+    /// Deserializes `value` (found at `key`, schema path `section`), reporting the failing
+    /// key path on error. Unknown keys are looked for first, at every depth, so that each is
+    /// reported (with the closest known key) and not only the first serde meets.
+    fn de<T: DeserializeOwned>(
+        &mut self,
+        value: Spanned<DeValue<'i>>,
+        key: String,
+        section: &str,
+    ) -> Option<T> {
+        let unknown = Schema::get().unknown_keys(section, &value);
+        if !unknown.is_empty() {
+            for u in unknown {
+                self.problem_at(&format!("{key}.{}", u.path), u.span, u.message);
+            }
+            return None;
+        }
         match serde_path_to_error::deserialize(ValueDeserializer::from(value)) {
             Ok(v) => Some(v),
             Err(err) => {

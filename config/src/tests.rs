@@ -7,6 +7,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::*;
 
+/// [`crate::load_str`] with a listener appended when `text` has none: most tests here are about
+/// other sections, and a config without any listener is refused (see
+/// `a_config_without_listeners_is_refused_with_what_to_do`). Appended last, it moves no line.
+fn load_str(text: &str, path: &Path) -> Result<Config, Report> {
+    if text.contains("[[listener]]") {
+        crate::load_str(text, path)
+    } else {
+        crate::load_str(
+            &format!("{text}\n[[listener]]\nlisten = \"127.0.0.1:0\"\n"),
+            path,
+        )
+    }
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
 
@@ -1192,7 +1206,7 @@ cache = false
         (
             main_name,
             "route[0].service",
-            r#"no service named "apx" (services: api, inc, web)"#,
+            r#"no service named "apx"; did you mean `api`? (services: api, inc, web)"#,
         ),
         (main_name, "route[1]", "has service and respond"),
         (
@@ -1308,12 +1322,18 @@ fn unknown_keys_and_syntax_errors_name_where() {
             .map(|(_, m)| *m)
             .unwrap_or_else(|| panic!("no {key} in {report}"))
     };
-    assert!(find("server.thread").starts_with("unknown field `thread`, expected one of `threads`"));
+    assert!(
+        find("server.thread").starts_with(
+            "unknown field `thread`; did you mean `threads`? (expected one of `threads`"
+        )
+    );
     assert!(find("server.thread").ends_with("(line 2, column 1)"));
     assert!(find("service[1].upstreams[0].wieght").contains("unknown field `wieght`"));
     assert!(find("service[0].circuit_breaker.treshold").ends_with("(line 8, column 1)"));
     assert!(find("device[0].nam").contains("unknown field `nam`"));
-    assert!(find("listeners").starts_with("unknown key (expected one of server, admin, listener"));
+    assert!(find("listeners").starts_with(
+        "unknown key; did you mean `listener`? (expected one of server, admin, listener"
+    ));
     assert!(report.problems.iter().all(|p| p.file == path));
 
     let report = load_str("[server]\nthreads = 2\nthreads = 3\n", path).unwrap_err();
@@ -1986,4 +2006,84 @@ fn service_retry() {
     let text = toml::to_string(&plain).unwrap();
     assert!(!text.contains("retry"), "{text}");
     assert_eq!(load_str(&text, &path).unwrap(), plain);
+}
+
+#[test]
+fn a_config_without_listeners_is_refused_with_what_to_do() {
+    let path = Path::new("/nonexistent/snakeway.toml");
+    for text in [
+        "",
+        "[server]\nthreads = 1\n",
+        "[[route]]\npath = \"/\"\nrespond = { status = 200 }\n",
+    ] {
+        let report = crate::load_str(text, path).unwrap_err();
+        assert!(
+            report.problems.iter().any(|p| p.key == "listener"
+                && p.message
+                    .starts_with("no [[listener]]: the server would accept no connection")
+                && p.message.contains("listen = \"127.0.0.1:8080\"")),
+            "{report}"
+        );
+    }
+    // A file that did not parse is not also said to lack listeners.
+    let report = crate::load_str("[[listener]\n", path).unwrap_err();
+    assert_eq!(report.problems.len(), 1, "{report}");
+}
+
+#[test]
+fn misspelt_names_get_a_suggestion() {
+    let path = Path::new("/nonexistent/snakeway.toml");
+    let report = load_str(
+        "[[listeners]]\n\
+         [[service]]\nname = \"api\"\nstratgy = \"round_robin\"\nupstreams = [{ url = \"http://a\" }]\n\
+         [[service]]\nname = \"web\"\nupstreams = [{ url = \"http://a\", wieght = 2 }, { url = \"http://b\", colour = 1 }]\n\
+         [[service]]\nname = \"db\"\nstrategy = \"least_request\"\nupstreams = [{ url = \"http://a\" }]\n\
+         [[route]]\npath = \"/\"\nservice = \"apl\"\n\
+         [[route]]\npath = \"/s\"\nstatic_dir = \"/\"\ncompression = { gzp = true }\n\
+         [[device]]\ntype = \"identiy\"\n\
+         [[device]]\ntype = \"wasm\"\nname = \"w\"\npath = \"/\"\non_failure = \"opne\"\n",
+        path,
+    )
+    .unwrap_err();
+    let find = |key: &str| {
+        report
+            .problems
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.message.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+    };
+    assert!(find("listeners").starts_with("unknown key; did you mean `listener`?"));
+    assert!(
+        find("service[0].stratgy").starts_with("unknown field `stratgy`; did you mean `strategy`?")
+    );
+    assert!(find("service[2].strategy").starts_with(
+        "unknown value \"least_request\"; did you mean `least_requests`? (expected one of failover,"
+    ));
+    // Every unknown key of an element, at any depth, not only the first.
+    assert!(
+        find("service[1].upstreams[0].wieght")
+            .starts_with("unknown field `wieght`; did you mean `weight`?")
+    );
+    assert!(
+        find("service[1].upstreams[1].colour")
+            .starts_with("unknown field `colour` (expected one of `url`, `weight`)")
+    );
+    assert!(find("route[0].service").starts_with("no service named \"apl\"; did you mean `api`?"));
+    assert!(
+        find("route[1].compression.gzp").starts_with("unknown field `gzp`; did you mean `gzip`?")
+    );
+    assert!(
+        find("device[0].type")
+            .starts_with("unknown device type \"identiy\"; did you mean `identity`?")
+    );
+    assert!(
+        find("device[1].on_failure").starts_with("unknown value \"opne\"; did you mean `open`?")
+    );
+    // Values are spelt as in the config, never as Rust names.
+    for problem in &report.problems {
+        for internal in ["LeastRequests", "RoundRobin", "StickyHash", "KeyMismatch"] {
+            assert!(!problem.message.contains(internal), "{problem}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::model::*;
 use crate::raw::*;
 use crate::report::Problems;
+use crate::suggest::did_you_mean;
 
 const TARGETS: &str = "exactly one of service, static_dir or respond";
 
@@ -78,6 +79,20 @@ pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         server.unwrap_or_default(),
     );
 
+    // A file that did not parse (syntax error, unreadable) may hold the listeners.
+    let unread = problems
+        .list
+        .iter()
+        .any(|p| p.key.is_empty() || p.key.starts_with("line "));
+    if listeners.is_empty() && !unread {
+        // Nothing would ever be served; nginx and Caddy refuse such a config too.
+        problems.push(
+            main.name.clone(),
+            "listener",
+            "no [[listener]]: the server would accept no connection. Add one, e.g. \
+             [[listener]] with listen = \"127.0.0.1:8080\"",
+        );
+    }
     let mut listen_addrs: Vec<(SocketAddr, String)> = Vec::new();
     let mut out_listeners = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -695,7 +710,11 @@ fn service_target(
         } else {
             format!("services: {}", names.join(", "))
         };
-        s.bad("service", format!("no service named {service:?} ({list})"));
+        let hint = did_you_mean(&service, names.iter().map(String::as_str));
+        s.bad(
+            "service",
+            format!("no service named {service:?}{hint} ({list})"),
+        );
     }
     Some(RouteTarget::Service(ServiceRoute {
         service,
@@ -894,8 +913,9 @@ fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
             let identity_fields = raw.identity_fields.unwrap_or_else(default_fields);
             for (j, field) in identity_fields.iter().enumerate() {
                 if !IDENTITY_FIELDS.contains(&field.as_str()) {
+                    let hint = did_you_mean(field, IDENTITY_FIELDS);
                     let message = format!(
-                        "unknown identity field {field:?} (expected one of {})",
+                        "unknown identity field {field:?}{hint} (expected one of {})",
                         IDENTITY_FIELDS.join(", ")
                     );
                     s.bad(&format!("identity_fields[{j}]"), message);
@@ -1019,10 +1039,11 @@ impl<'a> Scope<'a> {
             .map(|(_, v)| *v);
         if found.is_none() {
             let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            let hint = did_you_mean(text, names.iter().copied());
             self.bad(
                 key,
                 format!(
-                    "unknown value {text:?} (expected one of {})",
+                    "unknown value {text:?}{hint} (expected one of {})",
                     names.join(", ")
                 ),
             );

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use snakeway_proxy::{PemContents, pem_problem};
 use tokio_rustls::TlsAcceptor;
 
 /// The crypto provider every TLS config uses (aws-lc-rs, with post-quantum key exchange).
@@ -66,23 +67,47 @@ fn load_key(
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| {
             format!(
-                "{}: cannot read a PEM certificate chain: {e}",
-                cert.display()
+                "{}: {}",
+                cert.display(),
+                pem_problem(&e, PemContents::Certificate)
             )
         })?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
+        let e = pem::Error::NoItemsFound;
+        return Err(format!(
+            "{}: {}",
+            cert.display(),
+            pem_problem(&e, PemContents::Certificate)
+        ));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: cannot read a PEM private key: {e}", key.display()))?;
-    let signing = provider
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "{}: {}",
+            key.display(),
+            pem_problem(&e, PemContents::PrivateKey)
+        )
+    })?;
+    let signing = provider.key_provider.load_private_key(der).map_err(|_| {
+        format!(
+            "{}: the private key is not a usable RSA, ECDSA or Ed25519 key",
+            key.display()
+        )
+    })?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    certified.keys_match().map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "does not match the certificate"
+            }
+            rustls::Error::InconsistentKeys(_) => {
+                "cannot be compared with the certificate (its public key cannot be derived)"
+            }
+            _ => {
+                "cannot be checked against the certificate, which is not a valid X.509 certificate"
+            }
+        };
+        format!("the key {} {why} {}", key.display(), cert.display())
+    })?;
     Ok(Arc::new(certified))
 }
 

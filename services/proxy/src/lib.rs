@@ -122,5 +122,5 @@ pub use service::{
 };
 pub use sticky::StickyKey;
 pub use target::{Target, TargetError};
-pub use tls::TlsConfigError;
+pub use tls::{PemContents, TlsConfigError, pem_problem};
 pub use upgrade::{Tunnel, TunnelError, TunnelStats, is_websocket_upgrade};

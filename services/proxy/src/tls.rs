@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 
 /// Why the TLS client configuration of a service could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsConfigError {
     /// The `ca_file` could not be read or is not PEM.
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("CA file {path}: {}", pem_problem(source, PemContents::Certificate))]
     CaFile {
         /// The file named by `ca_file`.
         path: std::path::PathBuf,
@@ -21,13 +21,13 @@ pub enum TlsConfigError {
         source: rustls_pki_types::pem::Error,
     },
     /// The `ca_file` holds no certificate.
-    #[error("CA file {path} holds no certificate")]
+    #[error("CA file {path}: {}", pem_problem(&pem::Error::NoItemsFound, PemContents::Certificate))]
     EmptyCaFile {
         /// The file named by `ca_file`.
         path: std::path::PathBuf,
     },
     /// A certificate in the `ca_file` is not a valid trust anchor.
-    #[error("CA file {path}: {source}")]
+    #[error("CA file {path}: a certificate in it is not a usable X.509 trust anchor")]
     BadCertificate {
         /// The file named by `ca_file`.
         path: std::path::PathBuf,
@@ -47,6 +47,40 @@ pub enum TlsConfigError {
     /// rustls rejected the configuration.
     #[error(transparent)]
     Rustls(#[from] rustls::Error),
+}
+
+/// What a PEM file was expected to hold (for [`pem_problem`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PemContents {
+    /// Certificates (`-----BEGIN CERTIFICATE-----`).
+    Certificate,
+    /// A private key (PKCS#8, PKCS#1 or SEC1).
+    PrivateKey,
+}
+
+/// A PEM reading error as a sentence for an operator (no Rust names, no byte dumps), e.g.
+/// "the file holds no PEM certificate (…)". Used for CA files here and for listener
+/// certificates and keys by the server.
+pub fn pem_problem(e: &pem::Error, expected: PemContents) -> String {
+    match e {
+        pem::Error::Io(io) => format!("cannot read it: {io}"),
+        pem::Error::NoItemsFound => match expected {
+            PemContents::Certificate => {
+                "the file holds no PEM certificate (a -----BEGIN CERTIFICATE----- block)".to_owned()
+            }
+            PemContents::PrivateKey => "the file holds no PEM private key (a -----BEGIN PRIVATE \
+                                        KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY block)"
+                .to_owned(),
+        },
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM block is not closed (no {} line)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { .. } => "a PEM -----BEGIN line is malformed".to_owned(),
+        pem::Error::Base64Decode(_) => "a PEM block's content is not valid base64".to_owned(),
+        pem::Error::SectionTooLarge => "a PEM block is larger than 256 MiB".to_owned(),
+        other => format!("it is not a valid PEM file: {other}"),
+    }
 }
 
 /// The ALPN protocol ids we offer.

@@ -56,7 +56,10 @@ impl Drop for Sentinel {
 /// signal nothing (the sentinel and this test process, which SIGHUP would kill, live on).
 fn reload_refuses(contents: &str, why: &str) {
     let dir = TestDir::new("pid-refused");
-    let config = dir.write("snakeway.toml", "[server]\npid_file = \"snakeway.pid\"\n");
+    let config = dir.write(
+        "snakeway.toml",
+        "[server]\npid_file = \"snakeway.pid\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n",
+    );
     dir.write("snakeway.pid", contents);
     let mut sentinel = Sentinel::start();
     let out = run_cli(&["reload", "-c", config.to_str().unwrap()], &dir.path);
