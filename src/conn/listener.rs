@@ -338,7 +338,7 @@ impl Connection {
                 self.state.clone(),
                 Downstream { peer, tls, trusted },
                 rejections.clone(),
-                self.runtime.body_read_timeout,
+                &self.runtime,
                 TunnelHost::new(
                     self.tunnels.clone(),
                     self.runtime.idle_timeout,
