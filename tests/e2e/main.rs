@@ -14,6 +14,8 @@ mod axum_example;
 mod balancing;
 mod config_cli;
 mod devices;
+mod error_detail;
+mod everyday;
 mod framing;
 mod grpc;
 mod health_check;
