@@ -213,8 +213,12 @@ fn redirect_to_https(
 /// The request error for a configured response whose header cannot hold what the request
 /// brought (a byte of its host or path that is not valid in a header).
 fn synthetic_failed(e: snakeway_synthetic::InvalidExpansion) -> Error {
-    Error::new(ErrorKind::BadRequest, e.to_string())
-        .with_reason("the request's host or path cannot be used in this response")
+    Error::new(
+        ErrorKind::BadRequest,
+        "a configured response cannot be made",
+    )
+    .with_source(e)
+    .with_reason("the request's host or path cannot be used in this response")
 }
 
 /// Runs one request through the snapshot and always produces a response; records it for
@@ -240,9 +244,12 @@ pub(crate) async fn handle(
         let picked = Picked::default();
         let mut response = match route_and_call(&snapshot, &downstream, &picked, req).await {
             Ok(response) => response,
-            Err(error) => {
-                respond::error_as(&error, &request_id, format, snapshot.pipeline.error_detail())
-            }
+            Err(error) => respond::error_as(
+                &error,
+                &request_id,
+                format,
+                snapshot.pipeline.error_detail(),
+            ),
         };
         response
             .headers_mut()
@@ -259,10 +266,9 @@ pub(crate) async fn handle(
             downstream,
             picked: picked.clone(),
         };
-        let Ok(mut response) =
-            PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
-                .oneshot(req)
-                .await;
+        let Ok(mut response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
+            .oneshot(req)
+            .await;
         picked.finish(&snapshot, listener, &mut response, started);
         response
     }
@@ -298,7 +304,10 @@ impl Picked {
     ) {
         let recorders = match snapshot.router.get(self.0.load(Ordering::Relaxed)) {
             Some(route) => {
-                route.target.headers.apply_to_response(response.headers_mut());
+                route
+                    .target
+                    .headers
+                    .apply_to_response(response.headers_mut());
                 &route.target.recorders
             }
             None => &snapshot.unrouted,
@@ -371,10 +380,7 @@ async fn route_and_call(
                     strip_prefix,
                     websockets,
                 } => {
-                    route
-                        .target
-                        .headers
-                        .apply_to_request(req.headers_mut());
+                    route.target.headers.apply_to_request(req.headers_mut());
                     if *strip_prefix {
                         let stripped = strip(req.uri().path(), &route.prefix);
                         if let Some(uri) = rewrite_uri(req.uri(), &stripped) {

@@ -6,13 +6,19 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// Header fields to set, in configured order.
+type Fields = Box<[(HeaderName, HeaderValue)]>;
+
+/// The key (under the route) and message of a field that cannot be converted.
+type Problem = (String, String);
+
 /// The header changes of one route.
 #[derive(Debug, Default)]
 pub(crate) struct RouteHeaders {
     /// Set on the response, replacing the upstream's (or the device's) field of the same name.
-    response: Box<[(HeaderName, HeaderValue)]>,
+    response: Fields,
     /// Set on the request before it is forwarded.
-    request_set: Box<[(HeaderName, HeaderValue)]>,
+    request_set: Fields,
     /// Removed from the request before it is forwarded.
     request_remove: Box<[HeaderName]>,
 }
@@ -22,11 +28,11 @@ pub(crate) struct RouteHeaders {
 impl RouteHeaders {
     /// The changes configured on `route`, or the key and message of the first field that is
     /// not valid (validation has refused those already; this only keeps conversion honest).
-    pub(crate) fn build(route: &snakeway_config::Route) -> Result<Self, (String, String)> {
+    pub(crate) fn build(route: &snakeway_config::Route) -> Result<Self, Problem> {
         fn fields<'a>(
             key: &str,
             table: impl IntoIterator<Item = (&'a String, &'a String)>,
-        ) -> Result<Box<[(HeaderName, HeaderValue)]>, (String, String)> {
+        ) -> Result<Fields, Problem> {
             table
                 .into_iter()
                 .map(|(name, value)| {

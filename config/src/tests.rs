@@ -2050,7 +2050,10 @@ fn everyday_headers_redirects_and_error_detail() {
     assert_eq!(respond.headers["location"], "https://{host}{path}{query}");
     // The dump writes the keys back as they are read.
     let text = toml::to_string(&config).unwrap();
-    assert_eq!(load_str(&text, &path).unwrap_or_else(|r| panic!("{r}")), config);
+    assert_eq!(
+        load_str(&text, &path).unwrap_or_else(|r| panic!("{r}")),
+        config
+    );
     assert!(text.contains("redirect_http_to = \"https:8443\""), "{text}");
     assert_eq!(load("").unwrap().server.error_detail, ErrorDetail::Minimal);
 

@@ -310,7 +310,10 @@ fn https_redirect(s: &mut Scope<'_>, text: &str, tls: bool) -> Option<HttpsRedir
         Some(("https", port)) => match port.parse::<u16>() {
             Ok(port) if port != 0 => Some(HttpsRedirect { port: Some(port) }),
             _ => {
-                s.bad(KEY, format!("{text:?} has an invalid port {port:?} (1-65535)"));
+                s.bad(
+                    KEY,
+                    format!("{text:?} has an invalid port {port:?} (1-65535)"),
+                );
                 return None;
             }
         },

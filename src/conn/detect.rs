@@ -267,7 +267,10 @@ mod tests {
     async fn plain_http_on_a_tls_port_is_told_so_and_a_client_hello_is_not() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        for (sent, plain) in [(&b"GET / HTTP/1.1\r\n"[..], true), (&[0x16, 3, 1][..], false)] {
+        for (sent, plain) in [
+            (&b"GET / HTTP/1.1\r\n"[..], true),
+            (&[0x16, 3, 1][..], false),
+        ] {
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(sent).await.unwrap();
             let (mut server, _) = listener.accept().await.unwrap();

@@ -48,13 +48,7 @@ const ACCESS_LOG: &str = "[[device]]\ntype = \"structured_logging\"\n\
 #[tokio::test]
 async fn by_default_clients_get_status_reason_and_request_id_and_the_logs_get_the_rest() {
     let dead = upstream::refused_addr();
-    let server = Server::start(&config(
-        "",
-        &format!("http://{dead}"),
-        "",
-        ACCESS_LOG,
-    ))
-    .await;
+    let server = Server::start(&config("", &format!("http://{dead}"), "", ACCESS_LOG)).await;
     let res = get(server.addr(), "/x").await;
     assert_eq!(res.status, 502);
     let id = res.request_id().to_owned();
@@ -67,7 +61,11 @@ async fn by_default_clients_get_status_reason_and_request_id_and_the_logs_get_th
 
     // The server log and the access log's error line name the service, the upstream and the
     // cause, with the request id.
-    assert!(server.wait_for_log(&id, WAIT).await, "{}", server.log_text());
+    assert!(
+        server.wait_for_log(&id, WAIT).await,
+        "{}",
+        server.log_text()
+    );
     assert!(
         server.wait_for_log_count(&id, 3, WAIT).await,
         "the request id in the server log and two access-log lines:\n{}",
@@ -141,8 +139,7 @@ async fn grpc_messages_follow_the_same_rule() {
         ("", "the upstream failed".to_owned()),
         ("error_detail = \"full\"", dead.to_string()),
     ] {
-        let server =
-            Server::start(&config(detail, &format!("http://{dead}"), "", "")).await;
+        let server = Server::start(&config(detail, &format!("http://{dead}"), "", "")).await;
         let res = send_h2(server.addr(), grpc("http://t.test/pkg.Svc/Call"))
             .await
             .unwrap();

@@ -67,7 +67,10 @@ async fn respond_builds_redirects_from_the_request() {
     let res = get_host(addr, "a.test", "/json").await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("application/json"));
-    assert_eq!(res.json(), serde_json::json!({"ok": true, "scheme": "http"}));
+    assert_eq!(
+        res.json(),
+        serde_json::json!({"ok": true, "scheme": "http"})
+    );
 }
 
 #[tokio::test]
@@ -231,7 +234,10 @@ service = "app"
     assert_eq!(seen["x-env"], "prod");
     assert_eq!(seen["x-added"], "yes");
     assert_eq!(seen["x-kept"], "1");
-    assert!(seen.get("x-debug").is_none() && seen.get("cookie").is_none(), "{seen}");
+    assert!(
+        seen.get("x-debug").is_none() && seen.get("cookie").is_none(),
+        "{seen}"
+    );
     assert_eq!(seen["host"], "site.test");
 
     // Errors of the route carry them too, and so do synthetic answers.
@@ -280,8 +286,14 @@ respond = {{ status = 200, body = "never over plain HTTP" }}
 "#
     ))
     .await;
-    let plain = format!("127.0.0.1:{a}").parse().unwrap();
-    let ported = format!("127.0.0.1:{b}").parse().unwrap();
+    let on = |port: u16| {
+        *server
+            .addrs
+            .iter()
+            .find(|addr| addr.port() == port)
+            .unwrap()
+    };
+    let (plain, ported) = (on(a), on(b));
 
     let res = get_host(plain, "site.test:8080", "/a/b?c=d").await;
     assert_eq!(res.status, 308, "{}", res.text());

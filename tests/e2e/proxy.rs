@@ -46,7 +46,11 @@ service = "{name}"
 
 /// The error page tells the client the status and the request id, not the service; the
 /// server log names the service with that request id.
-async fn assert_names_service_in_log_only(server: &Server, res: &crate::client::Resp, service: &str) {
+async fn assert_names_service_in_log_only(
+    server: &Server,
+    res: &crate::client::Resp,
+    service: &str,
+) {
     let id = res.request_id();
     assert!(
         res.text().contains(id) && !res.text().contains(service),

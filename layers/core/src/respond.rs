@@ -151,7 +151,11 @@ mod tests {
             "service \"api\": upstream 127.0.0.1:3001 refused the connection",
         )
         .with_source(io);
-        let response = error(&err, &HeaderValue::from_static("rid-9"), ErrorDetail::Minimal);
+        let response = error(
+            &err,
+            &HeaderValue::from_static("rid-9"),
+            ErrorDetail::Minimal,
+        );
         assert_eq!(response.status(), 502);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
@@ -160,9 +164,16 @@ mod tests {
         );
 
         let framing = Error::new(ErrorKind::BadRequest, "framing").with_reason("duplicate host");
-        let response = error(&framing, &HeaderValue::from_static("r"), ErrorDetail::Minimal);
+        let response = error(
+            &framing,
+            &HeaderValue::from_static("r"),
+            ErrorDetail::Minimal,
+        );
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"400 Bad Request: duplicate host (request id r)\n");
+        assert_eq!(
+            &body[..],
+            b"400 Bad Request: duplicate host (request id r)\n"
+        );
     }
 
     #[tokio::test]

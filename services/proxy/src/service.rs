@@ -581,7 +581,9 @@ impl ProxyService {
             .then(|| req.headers().get(&snakeway_core::request_id::X_REQUEST_ID))
             .flatten()
             .cloned();
-        let try_ = self.attempt_on(upstream, index, permit, req, downstream).await;
+        let try_ = self
+            .attempt_on(upstream, index, permit, req, downstream)
+            .await;
         if let Some(request_id) = request_id {
             let request_id = request_id.to_str().unwrap_or("-");
             match &try_.result {

@@ -147,10 +147,10 @@ impl Synthetic {
         for (name, part) in &inner.headers {
             let value = match part {
                 Part::Fixed(value) => value.clone(),
-                Part::Template(template) => HeaderValue::from_maybe_shared(Bytes::from(
-                    template.expand(vars),
-                ))
-                .map_err(|_| InvalidExpansion { name: name.clone() })?,
+                Part::Template(template) => {
+                    HeaderValue::from_maybe_shared(Bytes::from(template.expand(vars)))
+                        .map_err(|_| InvalidExpansion { name: name.clone() })?
+                }
             };
             headers.append(name.clone(), value);
         }

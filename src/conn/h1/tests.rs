@@ -40,10 +40,9 @@ fn full(s: String) -> Body {
 fn refused(rejections: &Rejections) -> Option<Response<snakeway_core::Body>> {
     let violation = rejections.get()?.violation;
     let status = StatusCode::from_u16(violation.status).unwrap();
-    let error =
-        snakeway_core::Error::new(ErrorKind::BadRequest, violation.reason)
-            .with_status(status)
-            .with_reason(violation.reason);
+    let error = snakeway_core::Error::new(ErrorKind::BadRequest, violation.reason)
+        .with_status(status)
+        .with_reason(violation.reason);
     let mut response = respond::error(
         &error,
         &request_id::generate(),

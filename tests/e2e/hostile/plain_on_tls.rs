@@ -67,7 +67,11 @@ respond = { status = 200, body = "over tls" }
 
     // A client that says nothing is closed at the handshake timeout, unanswered.
     let silent = raw(addr, b"", Duration::from_secs(5)).await;
-    assert!(silent.closed && silent.bytes.is_empty(), "{}", silent.text());
+    assert!(
+        silent.closed && silent.bytes.is_empty(),
+        "{}",
+        silent.text()
+    );
 
     // TLS clients still get through.
     let tls = tls_connect(addr, "proxy.test", ca.client_config(&[b"http/1.1"]))
