@@ -24,12 +24,13 @@ use snakeway_core::{
     Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, RequestInfo, path, respond,
 };
 use snakeway_proxy::{Downstream, ProxyService, is_websocket_upgrade};
+use snakeway_synthetic::Synthetic;
 use tower::ServiceExt;
 
 use crate::conn::h1::{Rejection, Rejections, host};
 use crate::conn::tunnel::{TunnelHost, WebSockets};
 use crate::router::request_host;
-use crate::stack::{Outcome, Routed, Snapshot};
+use crate::stack::{ListenerRuntime, Outcome, Routed, Snapshot};
 use crate::state::State;
 
 /// The hyper service for one downstream connection.
@@ -47,6 +48,8 @@ pub(crate) struct ConnService {
     listener: ListenerTag,
     /// The connection's handle on its listener's received-bytes counter.
     received: Arc<CounterHandle>,
+    /// `redirect_http_to`: the answer to every request on this connection.
+    redirect: Option<Synthetic>,
 }
 
 /// The listener a connection was accepted on, as the snapshot of its accept knew it.
@@ -81,13 +84,13 @@ impl ListenerTag {
 // === impl ConnService ===
 
 impl ConnService {
-    /// The service for one connection; `rejections` is shared with the connection's framing
-    /// guard (HTTP/1), or never filled (HTTP/2).
+    /// The service for one connection accepted on the listener `runtime`; `rejections` is
+    /// shared with the connection's framing guard (HTTP/1), or never filled (HTTP/2).
     pub(crate) fn new(
         state: Arc<State>,
         downstream: Downstream,
         rejections: Rejections,
-        body_read_timeout: Duration,
+        runtime: &ListenerRuntime,
         tunnels: TunnelHost,
         listener: ListenerTag,
         received: Arc<Counter>,
@@ -96,10 +99,11 @@ impl ConnService {
             state,
             downstream,
             rejections,
-            body_read_timeout,
+            body_read_timeout: runtime.body_read_timeout,
             tunnels,
             listener,
             received: Arc::new(CounterHandle::new(received)),
+            redirect: runtime.redirect.clone(),
         }
     }
 }
@@ -116,6 +120,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if let Some(rejection) = self.rejections.get() {
             // The guard's synthetic request, in place of the refused one.
             let response = refuse(&snapshot, downstream, rejection);
+            snapshot.unrouted.count(listener, response.status());
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        if let Some(redirect) = &self.redirect {
+            let response = redirect_to_https(&snapshot, redirect, &mut req);
             snapshot.unrouted.count(listener, response.status());
             return Box::pin(std::future::ready(Ok(response)));
         }
@@ -147,8 +156,9 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
         %error,
         "request refused: invalid HTTP/1 framing"
     );
+    let error = error.with_reason(violation.reason);
     let mut response = if snapshot.pipeline.is_empty() {
-        respond::error(&error, &request_id)
+        respond::error(&error, &request_id, snapshot.pipeline.error_detail())
     } else {
         let info = RequestInfo {
             request_id,
@@ -170,6 +180,47 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Answers a request on a listener with `redirect_http_to`: a 308 to the same host, path and
+/// query on HTTPS, with the request's id. The devices and routes are not consulted: nothing is
+/// served over plain HTTP. A request without a host cannot be redirected: 400.
+fn redirect_to_https(
+    snapshot: &Snapshot,
+    redirect: &Synthetic,
+    req: &mut Request<Incoming>,
+) -> Response<Body> {
+    let request_id = request_id::ensure(req.headers_mut());
+    let vars = snakeway_synthetic::vars(req, "http");
+    let answer = if vars.host.is_empty() {
+        Err(Error::new(ErrorKind::BadRequest, "no host to redirect to")
+            .with_reason("the request names no host"))
+    } else {
+        redirect.respond(&vars).map_err(synthetic_failed)
+    };
+    let mut response = answer.unwrap_or_else(|error| {
+        tracing::debug!(
+            request_id = request_id.to_str().unwrap_or("-"),
+            %error,
+            "request refused"
+        );
+        respond::error(&error, &request_id, snapshot.pipeline.error_detail())
+    });
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
+/// The request error for a configured response whose header cannot hold what the request
+/// brought (a byte of its host or path that is not valid in a header).
+fn synthetic_failed(e: snakeway_synthetic::InvalidExpansion) -> Error {
+    Error::new(
+        ErrorKind::BadRequest,
+        "a configured response cannot be made",
+    )
+    .with_source(e)
+    .with_reason("the request's host or path cannot be used in this response")
 }
 
 /// Runs one request through the snapshot and always produces a response; records it for
@@ -195,12 +246,17 @@ pub(crate) async fn handle(
         let picked = Picked::default();
         let mut response = match route_and_call(&snapshot, &downstream, &picked, req).await {
             Ok(response) => response,
-            Err(error) => respond::error_as(&error, &request_id, format),
+            Err(error) => respond::error_as(
+                &error,
+                &request_id,
+                format,
+                snapshot.pipeline.error_detail(),
+            ),
         };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
-        picked.record(&snapshot, listener, response.status(), started);
+        picked.finish(&snapshot, listener, &mut response, started);
         response
     } else {
         // The pipeline returns the request id on every response it produces.
@@ -212,10 +268,10 @@ pub(crate) async fn handle(
             downstream,
             picked: picked.clone(),
         };
-        let Ok(response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
+        let Ok(mut response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
             .oneshot(req)
             .await;
-        picked.record(&snapshot, listener, response.status(), started);
+        picked.finish(&snapshot, listener, &mut response, started);
         response
     }
 }
@@ -237,15 +293,28 @@ impl Picked {
         self.0.store(index, Ordering::Relaxed);
     }
 
-    /// Records the request answered with `status` into its route's recorders (those of
+    /// Sets the route's `response_headers` on `response` (every response of a routed
+    /// request, errors included), and records it into its route's recorders (those of
     /// requests without a route when it has none).
     #[inline]
-    fn record(&self, snapshot: &Snapshot, listener: usize, status: StatusCode, started: Instant) {
+    fn finish(
+        &self,
+        snapshot: &Snapshot,
+        listener: usize,
+        response: &mut Response<Body>,
+        started: Instant,
+    ) {
         let recorders = match snapshot.router.get(self.0.load(Ordering::Relaxed)) {
-            Some(route) => &route.target.recorders,
+            Some(route) => {
+                route
+                    .target
+                    .headers
+                    .apply_to_response(response.headers_mut());
+                &route.target.recorders
+            }
             None => &snapshot.unrouted,
         };
-        recorders.record(listener, status, started.elapsed());
+        recorders.record(listener, response.status(), started.elapsed());
     }
 }
 
@@ -290,11 +359,22 @@ async fn route_and_call(
         Err(error) => Err(error),
         Ok((index, route)) => {
             picked.set(index);
+            tracing::debug!(
+                request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
+                route = %route.name,
+                "request routed"
+            );
             if let Some(ctx) = &mut ctx {
                 ctx.route = Some(route.name.clone());
             }
             match &route.target.outcome {
-                Outcome::Respond(synthetic) => Ok((synthetic.respond(), Origin::Synthetic)),
+                Outcome::Respond(synthetic) => {
+                    let scheme = if downstream.tls { "https" } else { "http" };
+                    synthetic
+                        .respond(&snakeway_synthetic::vars(&req, scheme))
+                        .map(|response| (response, Origin::Synthetic))
+                        .map_err(synthetic_failed)
+                }
                 Outcome::Static(files) => Ok((files.serve(req).await, Origin::Static)),
                 Outcome::Service {
                     service,
@@ -302,6 +382,7 @@ async fn route_and_call(
                     strip_prefix,
                     websockets,
                 } => {
+                    route.target.headers.apply_to_request(req.headers_mut());
                     if *strip_prefix {
                         let stripped = strip(req.uri().path(), &route.prefix);
                         if let Some(uri) = rewrite_uri(req.uri(), &stripped) {
@@ -406,7 +487,7 @@ fn check_h2_host(req: &Request<Body>) -> Result<(), Error> {
     if valid {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::BadRequest, "invalid host"))
+        Err(Error::new(ErrorKind::BadRequest, "invalid host").with_reason("invalid host"))
     }
 }
 

@@ -19,6 +19,7 @@ pub mod cli;
 mod conn;
 mod devices;
 mod handler;
+mod route_headers;
 mod router;
 mod scaffold;
 mod serve;

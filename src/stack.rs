@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use snakeway_config::{Config, Problem, Report, RouteTarget};
 use snakeway_core::TrustedProxies;
 use snakeway_core::pipeline::Pipeline;
+use snakeway_core::respond::ErrorDetail;
 use snakeway_proxy::{
     CircuitBreakerOptions, HealthCheckOptions, ProxyService, RetryOn, RetryPolicy, ServiceOptions,
     StickyKey, Strategy, Target, UpstreamSpec,
@@ -27,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::conn::tls;
 use crate::conn::tunnel::{WebSocketCount, WebSockets};
 use crate::devices::Purpose;
+use crate::route_headers::RouteHeaders;
 use crate::router::{HostMatch, Route, Router};
 use crate::telemetry::recorded::{ListenerRecorders, RouteRecorders};
 
@@ -49,10 +51,11 @@ pub(crate) struct Snapshot {
     pub(crate) pipeline: Pipeline,
 }
 
-/// A route's outcome and what its requests record into.
+/// A route's outcome, its header changes and what its requests record into.
 #[derive(Debug)]
 pub(crate) struct Routed {
     pub(crate) outcome: Outcome,
+    pub(crate) headers: RouteHeaders,
     pub(crate) recorders: RouteRecorders,
 }
 
@@ -116,6 +119,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) index: usize,
     /// Its connection counts and body bytes.
     pub(crate) recorders: ListenerRecorders,
+    /// `redirect_http_to`: the 308 every request on this (plain) listener is answered with.
+    pub(crate) redirect: Option<Synthetic>,
 }
 
 // === impl Snapshot ===
@@ -175,19 +180,13 @@ impl Snapshot {
                     // Unknown services are reported by validation; a failed build was reported above.
                     None => continue,
                 },
-                RouteTarget::Respond(r) => {
-                    match Synthetic::new(r.status, &r.content_type, r.body.clone()) {
-                        Ok(s) => Outcome::Respond(s),
-                        Err(e) => {
-                            problems.push(problem(
-                                &source,
-                                format!("route[{i}].respond"),
-                                e.to_string(),
-                            ));
-                            continue;
-                        }
+                RouteTarget::Respond(r) => match synthetic(r) {
+                    Ok(s) => Outcome::Respond(s),
+                    Err((key, message)) => {
+                        problems.push(problem(&source, format!("route[{i}].{key}"), message));
+                        continue;
                     }
-                }
+                },
                 RouteTarget::Static(s) => Outcome::Static(snakeway_static::StaticFiles::new(
                     snakeway_static::StaticOptions::new(&s.static_dir)
                         .with_prefix(&route.path)
@@ -211,12 +210,23 @@ impl Snapshot {
                 RouteTarget::Service(s) => s.service.as_str(),
                 _ => "",
             };
+            let headers = match RouteHeaders::build(route) {
+                Ok(headers) => headers,
+                Err((key, message)) => {
+                    problems.push(problem(&source, format!("route[{i}].{key}"), message));
+                    continue;
+                }
+            };
             let recorders = RouteRecorders::new(&name, service, listener_names.iter().copied());
             routes.push(Route {
                 name: name.into(),
                 host: HostMatch::parse(route.host.as_deref()),
                 prefix: route.path.clone(),
-                target: Routed { outcome, recorders },
+                target: Routed {
+                    outcome,
+                    headers,
+                    recorders,
+                },
             });
         }
 
@@ -232,7 +242,20 @@ impl Snapshot {
                 },
                 None => None,
             };
-            listeners.insert(l.listen, Arc::new(ListenerRuntime::new(l, tls, epoch, i)));
+            let redirect = match l.redirect_http_to.as_ref().map(https_redirect).transpose() {
+                Ok(redirect) => redirect,
+                Err(e) => {
+                    problems.push(problem(
+                        &source,
+                        format!("listener[{i}].redirect_http_to"),
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            };
+            let mut runtime = ListenerRuntime::new(l, tls, epoch, i);
+            runtime.redirect = redirect;
+            listeners.insert(l.listen, Arc::new(runtime));
         }
 
         let pipeline = match crate::devices::pipeline(&config.devices, &config.wasm, purpose) {
@@ -248,6 +271,10 @@ impl Snapshot {
                 Pipeline::default()
             }
         };
+        let pipeline = pipeline.with_error_detail(match config.server.error_detail {
+            snakeway_config::ErrorDetail::Minimal => ErrorDetail::Minimal,
+            snakeway_config::ErrorDetail::Full => ErrorDetail::Full,
+        });
 
         let unrouted = RouteRecorders::new("", "", listener_names);
         if !problems.is_empty() {
@@ -289,6 +316,36 @@ fn speaks_http2(config: &Config, name: &str) -> bool {
         .services
         .iter()
         .any(|svc| svc.name == name && svc.http2)
+}
+
+/// The synthetic response of a `respond` route, or the key (under the route) and message of
+/// what is wrong with it.
+fn synthetic(r: &snakeway_config::Respond) -> Result<Synthetic, (String, String)> {
+    let mut synthetic = Synthetic::new(r.status, &r.content_type, &r.body).map_err(|e| {
+        let key = match e {
+            snakeway_synthetic::SyntheticError::BodyPlaceholder(_) => "respond.body",
+            _ => "respond",
+        };
+        (key.to_owned(), e.to_string())
+    })?;
+    for (name, value) in &r.headers {
+        synthetic = synthetic
+            .with_header(name, value)
+            .map_err(|e| (format!("respond.headers.{name}"), e.to_string()))?;
+    }
+    Ok(synthetic)
+}
+
+/// The answer of a listener with `redirect_http_to`: 308 to the same host, path and query on
+/// HTTPS (on `redirect.port` when given).
+fn https_redirect(
+    redirect: &snakeway_config::HttpsRedirect,
+) -> Result<Synthetic, snakeway_synthetic::SyntheticError> {
+    let location = match redirect.port {
+        None => "https://{host}{path}{query}".to_owned(),
+        Some(port) => format!("https://{{host}}:{port}{{path}}{{query}}"),
+    };
+    Synthetic::new(308, "text/plain; charset=utf-8", "")?.with_header("location", &location)
 }
 
 fn problem(source: &Path, key: String, message: String) -> Problem {
@@ -441,6 +498,7 @@ impl ListenerRuntime {
             epoch,
             index,
             recorders: ListenerRecorders::new(&l.name),
+            redirect: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! These types are built only by [`crate::load`]; they serialize (for `snakeway config dump`)
 //! under the same key names as `snakeway.toml`.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,25 @@ pub struct Server {
     pub shutdown_grace_ms: u64,
     /// The include globs, as written.
     pub include: Vec<String>,
+    /// How much clients are told about failures Snakeway answers itself (default minimal).
+    pub error_detail: ErrorDetail,
+}
+
+/// `server.error_detail`: what an error page (or a gRPC `grpc-message`) tells the client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorDetail {
+    /// The status, a short reason and the request id; upstreams, devices and causes go to
+    /// the logs only.
+    #[default]
+    Minimal,
+    /// The whole message, naming services, upstreams and devices (for development).
+    Full,
+}
+
+impl ErrorDetail {
+    /// Every value with its config name.
+    pub const ALL: [(&'static str, Self); 2] = [("minimal", Self::Minimal), ("full", Self::Full)];
 }
 
 /// `[admin]`: the admin API listener.
@@ -88,6 +108,26 @@ pub struct Listener {
     /// TLS settings; plain TCP without them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// `redirect_http_to`: every request on this plain listener is answered with a 308 to the
+    /// same URL on HTTPS (never on a TLS listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_http_to: Option<HttpsRedirect>,
+}
+
+/// `redirect_http_to = "https"` or `"https:PORT"`: where a plain listener sends its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpsRedirect {
+    /// The HTTPS port written into `location`; `None`: no port (443).
+    pub port: Option<u16>,
+}
+
+impl Serialize for HttpsRedirect {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.port {
+            None => s.serialize_str("https"),
+            Some(port) => s.collect_str(&format_args!("https:{port}")),
+        }
+    }
 }
 
 /// `[listener.tls]`: the default certificate plus SNI-selected ones.
@@ -323,6 +363,16 @@ pub struct Route {
     /// What serves matching requests.
     #[serde(flatten)]
     pub target: RouteTarget,
+    /// Set on every response of the route (replacing a field of the same name), errors
+    /// included; lower-cased names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub response_headers: BTreeMap<String, String>,
+    /// Set on the request before it is forwarded (service routes); lower-cased names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub request_headers: BTreeMap<String, String>,
+    /// Removed from the request before it is forwarded (service routes); lower-cased.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove_request_headers: Vec<String>,
 }
 
 /// The one outcome of a route.
@@ -410,6 +460,10 @@ pub struct Respond {
     pub body: String,
     /// `content-type` (default `text/plain; charset=utf-8`).
     pub content_type: String,
+    /// Further response fields (lower-cased names); values and `body` may hold the
+    /// placeholders `{scheme}`, `{host}`, `{path}` and `{query}`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[[device]]`: one step of the pipeline, by `type`.

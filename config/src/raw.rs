@@ -4,6 +4,7 @@
 //! cross-checks are applied in `validate`, so that one element can report many problems.
 //! Enum-like values stay strings until then, for the same reason.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -16,6 +17,7 @@ pub(crate) struct RawServer {
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) shutdown_grace_ms: Option<u64>,
     pub(crate) include: Option<Vec<String>>,
+    pub(crate) error_detail: Option<String>,
 }
 
 /// `[admin]`.
@@ -51,6 +53,7 @@ pub(crate) struct RawListener {
     pub(crate) body_read_timeout_ms: Option<u64>,
     pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) tls: Option<RawTls>,
+    pub(crate) redirect_http_to: Option<String>,
 }
 
 /// `[listener.tls]`.
@@ -152,6 +155,10 @@ pub(crate) struct RawRoute {
     pub(crate) serve_hidden: Option<bool>,
     // respond target
     pub(crate) respond: Option<RawRespond>,
+    // headers, any target
+    pub(crate) response_headers: Option<BTreeMap<String, String>>,
+    pub(crate) request_headers: Option<BTreeMap<String, String>>,
+    pub(crate) remove_request_headers: Option<Vec<String>>,
 }
 
 /// `compression = { .. }` of a static route.
@@ -170,6 +177,7 @@ pub(crate) struct RawRespond {
     pub(crate) status: Option<u64>,
     pub(crate) body: Option<String>,
     pub(crate) content_type: Option<String>,
+    pub(crate) headers: Option<BTreeMap<String, String>>,
 }
 
 /// A `[[device]]`, dispatched on its `type` key by `parse`.

@@ -223,6 +223,7 @@ fn full_example_loads_with_its_values() {
             pid_file: Some(tmp.path("snakeway.pid")),
             shutdown_grace_ms: 10_000,
             include: vec![],
+            error_detail: ErrorDetail::Minimal,
         }
     );
     assert_eq!(
@@ -255,6 +256,7 @@ fn full_example_loads_with_its_values() {
                     key: tmp.path("certs/a.key"),
                 }],
             }),
+            redirect_http_to: None,
         }]
     );
     assert_eq!(
@@ -300,6 +302,9 @@ fn full_example_loads_with_its_values() {
                     websocket: true,
                     max_websockets: 1000,
                 }),
+                response_headers: Default::default(),
+                request_headers: Default::default(),
+                remove_request_headers: vec![],
             },
             Route {
                 path: "/".into(),
@@ -313,6 +318,9 @@ fn full_example_loads_with_its_values() {
                     compression: Compression::default(),
                     serve_hidden: false,
                 }),
+                response_headers: Default::default(),
+                request_headers: Default::default(),
+                remove_request_headers: vec![],
             },
             Route {
                 path: "/healthz".into(),
@@ -321,7 +329,11 @@ fn full_example_loads_with_its_values() {
                     status: 200,
                     body: "ok".into(),
                     content_type: "text/plain".into(),
+                    headers: Default::default(),
                 }),
+                response_headers: Default::default(),
+                request_headers: Default::default(),
+                remove_request_headers: vec![],
             },
         ]
     );
@@ -451,6 +463,7 @@ type = "structured_logging"
             body_read_timeout_ms: 60_000,
             trusted_proxies: vec![],
             tls: None,
+            redirect_http_to: None,
         }
     );
     assert_eq!(
@@ -515,6 +528,7 @@ type = "structured_logging"
                 status: 204,
                 body: String::new(),
                 content_type: "text/plain; charset=utf-8".into(),
+                headers: Default::default(),
             }),
         ]
     );
@@ -2086,4 +2100,110 @@ fn misspelt_names_get_a_suggestion() {
             assert!(!problem.message.contains(internal), "{problem}");
         }
     }
+}
+
+#[test]
+fn everyday_headers_redirects_and_error_detail() {
+    let tmp = TempDir::new("everyday");
+    let path = tmp.path("snakeway.toml");
+    let base = "[[service]]\nname = \"s\"\nupstreams = [{ url = \"http://a\" }]\n";
+    let load = |extra: &str| load_str(&format!("{base}{extra}"), &path);
+    let problems = |extra: &str| -> Vec<(String, String)> {
+        load(extra)
+            .expect_err("refused")
+            .problems
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect()
+    };
+
+    let config = load(
+        "[server]\nerror_detail = \"full\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:8080\"\nredirect_http_to = \"https:8443\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:8081\"\nredirect_http_to = \"https\"\n\
+         [[route]]\npath = \"/\"\nservice = \"s\"\n\
+         response_headers = { Strict-Transport-Security = \"max-age=63072000\" }\n\
+         request_headers = { x-env = \"prod\" }\nremove_request_headers = [\"X-Debug\"]\n\
+         [[route]]\npath = \"/old\"\n\
+         respond = { status = 308, headers = { location = \"https://{host}{path}{query}\" } }\n",
+    )
+    .unwrap_or_else(|r| panic!("{r}"));
+    assert_eq!(config.server.error_detail, ErrorDetail::Full);
+    assert_eq!(
+        config.listeners[0].redirect_http_to,
+        Some(HttpsRedirect { port: Some(8443) })
+    );
+    assert_eq!(
+        config.listeners[1].redirect_http_to,
+        Some(HttpsRedirect { port: None })
+    );
+    let route = &config.routes[0];
+    assert_eq!(
+        route.response_headers["strict-transport-security"],
+        "max-age=63072000"
+    );
+    assert_eq!(route.request_headers["x-env"], "prod");
+    assert_eq!(route.remove_request_headers, ["x-debug"]);
+    let RouteTarget::Respond(respond) = &config.routes[1].target else {
+        panic!("a respond route")
+    };
+    assert_eq!(respond.headers["location"], "https://{host}{path}{query}");
+    // The dump writes the keys back as they are read.
+    let text = toml::to_string(&config).unwrap();
+    assert_eq!(
+        load_str(&text, &path).unwrap_or_else(|r| panic!("{r}")),
+        config
+    );
+    assert!(text.contains("redirect_http_to = \"https:8443\""), "{text}");
+    assert_eq!(load("").unwrap().server.error_detail, ErrorDetail::Minimal);
+
+    // Bad values, each named at its key.
+    let got = problems(
+        "[server]\nerror_detail = \"verbose\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:8080\"\nredirect_http_to = \"http\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:8081\"\nredirect_http_to = \"https:0\"\n\
+         [[route]]\npath = \"/\"\nservice = \"s\"\n\
+         response_headers = { content-length = \"1\", \"bad name\" = \"x\", x-ok = \"a\\nb\" }\n\
+         request_headers = { host = \"evil\", transfer-encoding = \"chunked\" }\n\
+         remove_request_headers = [\"connection\"]\n\
+         [[route]]\npath = \"/r\"\nrespond = { status = 200, headers = { content-type = \"x\" } }\n\
+         [[route]]\npath = \"/s\"\nrespond = { status = 200 }\nrequest_headers = { x-a = \"b\" }\n",
+    );
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    for key in [
+        "server.error_detail",
+        "listener[0].redirect_http_to",
+        "listener[1].redirect_http_to",
+        "route[0].response_headers.content-length",
+        "route[0].response_headers.bad name",
+        "route[0].response_headers.x-ok",
+        "route[0].request_headers.host",
+        "route[0].request_headers.transfer-encoding",
+        "route[0].remove_request_headers[0]",
+        "route[1].respond.headers.content-type",
+        "route[2].request_headers",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {got:#?}");
+    }
+    assert_eq!(got.len(), 11, "{got:#?}");
+    let message = |key: &str| &got.iter().find(|(k, _)| k == key).unwrap().1;
+    assert!(
+        message("server.error_detail").contains("minimal, full"),
+        "{got:?}"
+    );
+    assert!(
+        message("route[0].request_headers.host").contains("routed"),
+        "{got:?}"
+    );
+
+    // On a TLS listener the redirect is refused.
+    tmp.file("c.pem", "pem");
+    tmp.file("k.pem", "pem");
+    let got = problems(
+        "[[listener]]\nlisten = \"127.0.0.1:8443\"\nredirect_http_to = \"https\"\n\
+         [listener.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "listener[0].redirect_http_to");
+    assert!(got[0].1.contains("plain listener"), "{got:?}");
 }

@@ -209,6 +209,10 @@ fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
         pid_file: raw.pid_file.and_then(|p| s.path("pid_file", &p)),
         shutdown_grace_ms: s.range("shutdown_grace_ms", raw.shutdown_grace_ms, 10_000, GRACE_MS),
         include: raw.include.unwrap_or_default(),
+        error_detail: raw
+            .error_detail
+            .and_then(|text| s.one_of("error_detail", &text, &ErrorDetail::ALL))
+            .unwrap_or_default(),
     }
 }
 
@@ -269,6 +273,9 @@ fn build_listener(
         }
         seen.push((addr, s.prefix.clone()));
     }
+    let redirect_http_to = raw
+        .redirect_http_to
+        .and_then(|text| https_redirect(s, &text, raw.tls.is_some()));
     let tls = match raw.tls {
         None => Some(None),
         Some(tls) => build_tls(s, tls).map(Some),
@@ -306,7 +313,41 @@ fn build_listener(
         ),
         trusted_proxies: ip_nets(s, "trusted_proxies", raw.trusted_proxies),
         tls: tls?,
+        redirect_http_to,
     })
+}
+
+/// `redirect_http_to`: `"https"` or `"https:PORT"`, on a plain listener only.
+fn https_redirect(s: &mut Scope<'_>, text: &str, tls: bool) -> Option<HttpsRedirect> {
+    const KEY: &str = "redirect_http_to";
+    let redirect = match text.split_once(':') {
+        None if text == "https" => Some(HttpsRedirect { port: None }),
+        Some(("https", port)) => match port.parse::<u16>() {
+            Ok(port) if port != 0 => Some(HttpsRedirect { port: Some(port) }),
+            _ => {
+                s.bad(
+                    KEY,
+                    format!("{text:?} has an invalid port {port:?} (1-65535)"),
+                );
+                return None;
+            }
+        },
+        _ => {
+            s.bad(
+                KEY,
+                format!("unknown value {text:?} (expected \"https\" or \"https:PORT\")"),
+            );
+            return None;
+        }
+    };
+    if tls {
+        s.bad(
+            KEY,
+            "only allowed on a plain listener (this one has [listener.tls])",
+        );
+        return None;
+    }
+    redirect
 }
 
 /// Two listen addresses that cannot both be bound. Port 0 (any free port) never conflicts.
@@ -637,10 +678,21 @@ fn build_route(s: &mut Scope<'_>, mut raw: RawRoute, services: Option<&[String]>
     }
     let host = raw.host.take().and_then(|h| s.host("host", &h));
 
+    let response_headers = s.header_map("response_headers", raw.response_headers.take(), false);
+    let request_headers = s.header_map("request_headers", raw.request_headers.take(), true);
+    let remove_request_headers =
+        s.header_names("remove_request_headers", raw.remove_request_headers.take());
+    for (j, name) in remove_request_headers.iter().enumerate() {
+        if let Some(why) = refused_header(name, true) {
+            s.bad(&format!("remove_request_headers[{j}]"), why);
+        }
+    }
     let service_keys = [
         ("strip_prefix", raw.strip_prefix.is_some()),
         ("websocket", raw.websocket.is_some()),
         ("max_websockets", raw.max_websockets.is_some()),
+        ("request_headers", !request_headers.is_empty()),
+        ("remove_request_headers", !remove_request_headers.is_empty()),
     ];
     let static_keys = [
         ("index", raw.index.is_some()),
@@ -693,7 +745,35 @@ fn build_route(s: &mut Scope<'_>, mut raw: RawRoute, services: Option<&[String]>
         path: path?,
         host,
         target: target?,
+        response_headers,
+        request_headers,
+        remove_request_headers,
     })
+}
+
+/// Why a header named `name` may not be set or removed by configuration: it would break the
+/// message's framing (`content-length`, hop-by-hop fields), or, for requests, its routing
+/// (`host`). `None` when it may.
+fn refused_header(name: &str, request: bool) -> Option<String> {
+    const FRAMING: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    if FRAMING.contains(&name) {
+        Some(format!(
+            "{name:?} cannot be set or removed here: Snakeway manages the message framing \
+             (content-length and hop-by-hop fields)"
+        ))
+    } else if request && name == "host" {
+        Some("\"host\" cannot be set or removed here: it is what the request was routed on".into())
+    } else {
+        None
+    }
 }
 
 fn service_target(
@@ -777,10 +857,18 @@ fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<Rout
         .content_type
         .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
     s.header_value("respond.content_type", &content_type);
+    let headers = s.header_map("respond.headers", respond.headers, false);
+    if headers.contains_key("content-type") {
+        s.bad(
+            "respond.headers.content-type",
+            "set it with respond.content_type",
+        );
+    }
     Some(RouteTarget::Respond(Respond {
         status: status?,
         body: respond.body.unwrap_or_default(),
         content_type,
+        headers,
     }))
 }
 
@@ -1161,6 +1249,34 @@ impl<'a> Scope<'a> {
                     &format!("{key}[{j}]"),
                     format!("{h:?} is not a header name"),
                 );
+            }
+        }
+        out
+    }
+
+    /// A table of header fields to set: names lower-cased tokens, none that
+    /// [`refused_header`] refuses (`request`: for requests), values valid header values.
+    fn header_map(
+        &mut self,
+        key: &str,
+        table: Option<std::collections::BTreeMap<String, String>>,
+        request: bool,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, value) in table.unwrap_or_default() {
+            let entry = format!("{key}.{name}");
+            if !is_token(&name) {
+                self.bad(&entry, format!("{name:?} is not a header name"));
+                continue;
+            }
+            let name = name.to_ascii_lowercase();
+            if let Some(why) = refused_header(&name, request) {
+                self.bad(&entry, why);
+                continue;
+            }
+            self.header_value(&entry, &value);
+            if out.insert(name, value).is_some() {
+                self.bad(&entry, "is set twice (header names are case-insensitive)");
             }
         }
         out

@@ -1,4 +1,5 @@
-//! Choosing the protocol of a plain TCP connection once, from its first bytes.
+//! Choosing the protocol of a plain TCP connection once, from its first bytes; and telling a
+//! plain HTTP request that it reached a TLS listener.
 //!
 //! A connection whose first 24 bytes are the HTTP/2 prior-knowledge preface (RFC 9113 §3.4) is
 //! HTTP/2; one whose bytes part from the preface is HTTP/1. The decision is bounded by the
@@ -11,10 +12,58 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The HTTP/2 connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The answer to plain HTTP on a TLS listener, as nginx gives it: the client (often a URL
+/// typed with `http://` and a TLS port) learns what went wrong instead of reading TLS bytes as
+/// "HTTP/0.9".
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 63\r\n\
+connection: close\r\n\
+\r\n\
+400 Bad Request: The plain HTTP request was sent to HTTPS port\n";
+
+/// At most this much of the plain request is read (and dropped) after the answer, so that
+/// closing with unread bytes does not reset the connection before the client reads it.
+const PLAIN_HTTP_DRAIN: usize = 16 * 1024;
+
+/// Whether a connection to a TLS listener starts with a plain HTTP request rather than a TLS
+/// record: its first byte is an upper-case ASCII letter (a method: `GET`, `POST`, …) where a
+/// TLS ClientHello starts with 0x16. Peeks; nothing is consumed. Waits for the first byte (the
+/// caller bounds the wait by the handshake timeout).
+pub(crate) async fn is_plain_http(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    Ok(n == 1 && first[0].is_ascii_uppercase())
+}
+
+/// Answers a plain HTTP request on a TLS listener with [`PLAIN_HTTP_ANSWER`], then reads at
+/// most [`PLAIN_HTTP_DRAIN`] bytes of the request until the client closes (bounded in time
+/// by the caller), and shuts the connection down. Errors end it early; the connection is
+/// closed either way.
+pub(crate) async fn answer_plain_http<S>(stream: &mut S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if stream.write_all(PLAIN_HTTP_ANSWER).await.is_err() {
+        return;
+    }
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let mut drained = 0;
+    while drained < PLAIN_HTTP_DRAIN {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
 
 /// The protocol a connection speaks, decided once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +261,31 @@ mod tests {
         let mut buf = [0u8; 1024];
         let n = io.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], head);
+    }
+
+    #[tokio::test]
+    async fn plain_http_on_a_tls_port_is_told_so_and_a_client_hello_is_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, plain) in [
+            (&b"GET / HTTP/1.1\r\n"[..], true),
+            (&[0x16, 3, 1][..], false),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(sent).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            assert_eq!(is_plain_http(&server).await.unwrap(), plain);
+            if plain {
+                client.shutdown().await.unwrap();
+                answer_plain_http(&mut server).await;
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).await.unwrap();
+                assert_eq!(answer, PLAIN_HTTP_ANSWER);
+                let text = String::from_utf8(answer).unwrap();
+                let (_, body) = text.split_once("\r\n\r\n").unwrap();
+                assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+            }
+        }
     }
 
     #[tokio::test]

@@ -338,7 +338,7 @@ impl Connection {
                 self.state.clone(),
                 Downstream { peer, tls, trusted },
                 rejections.clone(),
-                self.runtime.body_read_timeout,
+                &self.runtime,
                 TunnelHost::new(
                     self.tunnels.clone(),
                     self.runtime.idle_timeout,
@@ -374,7 +374,18 @@ impl Connection {
                     .await
             }
             Some(acceptor) => {
-                let handshake = tokio::time::timeout(header_read_timeout, acceptor.accept(stream));
+                let accept = async {
+                    let mut stream = stream;
+                    if detect::is_plain_http(stream.get_ref()).await? {
+                        detect::answer_plain_http(&mut stream).await;
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "plain HTTP sent to a TLS listener (answered 400)",
+                        ));
+                    }
+                    acceptor.accept(stream).await
+                };
+                let handshake = tokio::time::timeout(header_read_timeout, accept);
                 let handshake =
                     watch::under_pressure(handshake, self.accepted, reduced, &self.pressure);
                 let tls = match handshake.await {

@@ -402,6 +402,11 @@ impl<S> Active<S> {
     pub(crate) fn new(inner: S, meter: Arc<Meter>) -> Self {
         Self { inner, meter }
     }
+
+    /// The wrapped stream.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead> AsyncRead for Active<S> {

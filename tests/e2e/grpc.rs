@@ -147,6 +147,8 @@ fn config(upstream: &str, service_keys: &str, route_path: &str, extra: &str) -> 
         r#"
 [server]
 threads = 2
+# These tests check what each failure tells a gRPC client; error_detail.rs checks the default.
+error_detail = "full"
 
 [[listener]]
 listen = "127.0.0.1:0"

@@ -134,13 +134,31 @@ impl Server {
 
     /// Serves the config file `config`, waiting for `listeners` `listening` lines (≤ 10 s).
     pub async fn start_file(dir: TestDir, config: PathBuf, listeners: usize) -> Server {
+        Self::start_file_logging(dir, config, listeners, "info").await
+    }
+
+    /// [`Server::start`] with `SNAKEWAY_LOG=level`.
+    pub async fn start_logging(toml: &str, level: &str) -> Server {
+        let dir = TestDir::new("srv");
+        let config = dir.write("snakeway.toml", toml);
+        let n = count_listeners(toml);
+        Self::start_file_logging(dir, config, n, level).await
+    }
+
+    /// [`Server::start_file`] with `SNAKEWAY_LOG=level`.
+    pub async fn start_file_logging(
+        dir: TestDir,
+        config: PathBuf,
+        listeners: usize,
+        level: &str,
+    ) -> Server {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg("-c")
             .arg(&config)
             .current_dir(&dir.path)
             .env("XDG_CACHE_HOME", CACHE_HOME)
-            .env("SNAKEWAY_LOG", "info")
+            .env("SNAKEWAY_LOG", level)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

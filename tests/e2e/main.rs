@@ -16,6 +16,8 @@ mod config_cli;
 mod config_messages;
 mod devices;
 mod docs_examples;
+mod error_detail;
+mod everyday;
 mod framing;
 mod grpc;
 mod health_check;

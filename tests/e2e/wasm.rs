@@ -97,7 +97,7 @@ fn logging(path: &Path, extra: &str) -> String {
 /// Two services, `up` (routes `/`) and `v2` (routes `/v2`), then `devices`.
 fn config(upstream: &str, v2: &str, devices: &str) -> String {
     format!(
-        "[server]\nthreads = 2\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[server]\nthreads = 2\nerror_detail = \"full\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
          [[service]]\nname = \"up\"\nupstreams = [{{ url = \"{upstream}\" }}]\n\n\
          [[service]]\nname = \"v2\"\nupstreams = [{{ url = \"{v2}\" }}]\n\n\
          [[route]]\npath = \"/\"\nservice = \"up\"\n\n\

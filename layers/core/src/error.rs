@@ -47,6 +47,22 @@ impl ErrorKind {
         }
     }
 
+    /// A short reason for clients that names nothing internal (no upstream, device or cause):
+    /// what [`ErrorDetail::Minimal`](crate::respond::ErrorDetail::Minimal) error pages say.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest => "the request is malformed",
+            Self::RequestTimeout => "the request body was not sent in time",
+            Self::NoRoute => "no route matches the request",
+            Self::UpstreamUnavailable => "the upstream failed",
+            Self::UpstreamTimeout => "the upstream did not respond in time",
+            Self::NoHealthyUpstream => "no upstream is available",
+            Self::Overloaded => "a limit on concurrent work is reached",
+            Self::Device => "the request could not be processed",
+            Self::Internal => "internal error",
+        }
+    }
+
     /// A short, stable name for logs and metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -76,21 +92,32 @@ pub struct Error {
     status: Option<StatusCode>,
     ctx: Option<Box<crate::RequestCtx>>,
     message: std::borrow::Cow<'static, str>,
+    reason: Option<&'static str>,
     source: Option<BoxError>,
 }
 
 // === impl Error ===
 
 impl Error {
-    /// An error of `kind` with a message that is safe to show to clients.
+    /// An error of `kind` with a message for the operator (the log, and clients only with
+    /// [`ErrorDetail::Full`](crate::respond::ErrorDetail::Full)).
     pub fn new(kind: ErrorKind, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Self {
             kind,
             status: None,
             ctx: None,
             message: message.into(),
+            reason: None,
             source: None,
         }
+    }
+
+    /// Sets the short reason clients are told instead of the kind's (see [`Error::reason`]):
+    /// it must name nothing internal (e.g. which framing rule a request broke).
+    #[must_use]
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// Attaches the underlying cause (logged, never shown to clients).
@@ -125,9 +152,18 @@ impl Error {
         self.kind
     }
 
-    /// The client-safe message.
+    /// The operator's message: it may name services, upstreams and devices.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The short, client-safe reason: the one given by [`Error::with_reason`], else the
+    /// kind's [`ErrorKind::reason`].
+    pub fn reason(&self) -> &'static str {
+        match self.reason {
+            Some(reason) => reason,
+            None => self.kind.reason(),
+        }
     }
 
     /// The status code the client receives.
@@ -145,6 +181,7 @@ impl fmt::Debug for Error {
             .field("kind", &self.kind)
             .field("status", &self.status)
             .field("message", &self.message)
+            .field("reason", &self.reason)
             .field("source", &self.source)
             .finish()
     }

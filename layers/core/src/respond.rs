@@ -46,23 +46,59 @@ impl ErrorFormat {
     }
 }
 
+/// How much of a failure its client is told.
+///
+/// Whatever the choice, the whole story (upstream address, device name, cause chain) goes to
+/// the server log and to `on_error` devices (the access log).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorDetail {
+    /// The status, a short reason for the kind of failure ([`ErrorKind::reason`]) and the
+    /// request id; nothing about upstreams, devices or causes. For production.
+    ///
+    /// [`ErrorKind::reason`]: crate::ErrorKind::reason
+    #[default]
+    Minimal,
+    /// The error's full message, naming services, upstreams and devices. For development.
+    Full,
+}
+
+// === impl ErrorDetail ===
+
+impl ErrorDetail {
+    /// What the client is told about `error` at this level of detail.
+    #[inline]
+    pub fn message(self, error: &Error) -> &str {
+        match self {
+            Self::Minimal => error.reason(),
+            Self::Full => error.message(),
+        }
+    }
+}
+
 /// The response a client receives for `error`: its status, a one-line plain-text body naming
-/// the problem and the request id, and the `x-request-id` header.
+/// the problem (at `detail`) and the request id, and the `x-request-id` header.
 ///
 /// Bad requests also carry `connection: close`: after a malformed request nothing else on the
 /// connection can be trusted. So do request timeouts: the rest of the stalled body is unread.
-pub fn error(error: &Error, request_id: &HeaderValue) -> Response<Body> {
-    error_as(error, request_id, ErrorFormat::Page)
+pub fn error(error: &Error, request_id: &HeaderValue, detail: ErrorDetail) -> Response<Body> {
+    error_as(error, request_id, ErrorFormat::Page, detail)
 }
 
 /// The response for `error` in `format`: [`error`]'s page, or for gRPC HTTP 200 with the
-/// `grpc-status` its status maps to and its message as `grpc-message` (see [`crate::grpc`]).
-/// Either carries `x-request-id`, and `connection: close` where [`error`] says.
-pub fn error_as(error: &Error, request_id: &HeaderValue, format: ErrorFormat) -> Response<Body> {
+/// `grpc-status` its status maps to and its message (at `detail`) as `grpc-message` (see
+/// [`crate::grpc`]). Either carries `x-request-id`, and `connection: close` where [`error`]
+/// says.
+pub fn error_as(
+    error: &Error,
+    request_id: &HeaderValue,
+    format: ErrorFormat,
+    detail: ErrorDetail,
+) -> Response<Body> {
     let status = error.status();
+    let message = detail.message(error);
     let mut response = match format {
-        ErrorFormat::Page => page(error, request_id),
-        ErrorFormat::Grpc => grpc::trailers_only(status, error.message(), request_id),
+        ErrorFormat::Page => page(status, message, request_id),
+        ErrorFormat::Grpc => grpc::trailers_only(status, message, request_id),
     };
     if status == StatusCode::BAD_REQUEST || error.kind() == crate::ErrorKind::RequestTimeout {
         response
@@ -72,14 +108,13 @@ pub fn error_as(error: &Error, request_id: &HeaderValue, format: ErrorFormat) ->
     response
 }
 
-/// The plain-text error page for `error`.
-fn page(error: &Error, request_id: &HeaderValue) -> Response<Body> {
-    let status = error.status();
+/// The plain-text error page: `504 Gateway Timeout: <message> (request id <id>)`.
+fn page(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<Body> {
     let body = format!(
         "{} {}: {} (request id {})\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        error.message(),
+        message,
         String::from_utf8_lossy(request_id.as_bytes()),
     );
     let mut response = fixed(status, TEXT_PLAIN.clone(), body.into());
@@ -98,7 +133,7 @@ mod tests {
     #[tokio::test]
     async fn error_pages_name_the_request_id() {
         let err = Error::new(ErrorKind::UpstreamTimeout, "upstream timed out");
-        let response = error(&err, &HeaderValue::from_static("rid-1"));
+        let response = error(&err, &HeaderValue::from_static("rid-1"), ErrorDetail::Full);
         assert_eq!(response.status(), 504);
         assert_eq!(response.headers()[&X_REQUEST_ID], "rid-1");
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -109,9 +144,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn minimal_pages_name_no_upstream_and_no_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::new(
+            ErrorKind::UpstreamUnavailable,
+            "service \"api\": upstream 127.0.0.1:3001 refused the connection",
+        )
+        .with_source(io);
+        let response = error(
+            &err,
+            &HeaderValue::from_static("rid-9"),
+            ErrorDetail::Minimal,
+        );
+        assert_eq!(response.status(), 502);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"502 Bad Gateway: the upstream failed (request id rid-9)\n"
+        );
+
+        let framing = Error::new(ErrorKind::BadRequest, "framing").with_reason("duplicate host");
+        let response = error(
+            &framing,
+            &HeaderValue::from_static("r"),
+            ErrorDetail::Minimal,
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"400 Bad Request: duplicate host (request id r)\n"
+        );
+    }
+
+    #[tokio::test]
     async fn grpc_errors_are_headers_only_grpc_statuses() {
         let err = Error::new(ErrorKind::UpstreamTimeout, "upstream timed out");
-        let response = error_as(&err, &HeaderValue::from_static("rid-2"), ErrorFormat::Grpc);
+        let response = error_as(
+            &err,
+            &HeaderValue::from_static("rid-2"),
+            ErrorFormat::Grpc,
+            ErrorDetail::Full,
+        );
         assert_eq!(response.status(), 200);
         let headers = response.headers();
         assert_eq!(headers[CONTENT_TYPE], "application/grpc");
@@ -123,8 +196,17 @@ mod tests {
         assert!(body.is_empty());
 
         let bad = Error::new(ErrorKind::BadRequest, "invalid host");
-        let response = error_as(&bad, &HeaderValue::from_static("rid-3"), ErrorFormat::Grpc);
+        let response = error_as(
+            &bad,
+            &HeaderValue::from_static("rid-3"),
+            ErrorFormat::Grpc,
+            ErrorDetail::Minimal,
+        );
         assert_eq!(response.headers()[&grpc::GRPC_STATUS], "13");
+        assert_eq!(
+            response.headers()[&grpc::GRPC_MESSAGE],
+            "the request is malformed"
+        );
         assert_eq!(response.headers()[CONNECTION], "close");
     }
 

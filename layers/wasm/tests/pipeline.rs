@@ -308,7 +308,17 @@ fn failing(mode: &str, hook: &str, policy: FailurePolicy) -> Arc<WasmDevice> {
 async fn failures_fail_closed_and_the_next_request_works() {
     for mode in MODES {
         let dev = failing(mode, "on-request", FailurePolicy::Closed);
-        let stack = Stack::new(vec![dev.clone()]);
+        // By default the client is told the status and the request id, nothing of the device.
+        let res = Stack::new(vec![dev.clone()])
+            .get("/", &[("x-testkit-fail", "1"), ("x-request-id", "req-41")])
+            .await;
+        let body = String::from_utf8_lossy(res.body());
+        assert!(
+            body.ends_with(": the request could not be processed (request id req-41)\n")
+                && !body.contains("on-request"),
+            "{mode}: {body}"
+        );
+        let stack = Stack::new(vec![dev.clone()]).full_detail();
         let started = Instant::now();
         let res = stack
             .get("/", &[("x-testkit-fail", "1"), ("x-request-id", "req-42")])

@@ -9,6 +9,9 @@
 //!   again.
 //!
 //! A disabled breaker is always closed and costs nothing.
+//!
+//! Every transition (opened, half-open, closed) is logged at info with the service and the
+//! upstream's URL, by the one caller whose compare-and-swap made it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,15 +168,46 @@ pub(crate) enum Admission {
 pub(crate) struct Breaker {
     word: AtomicU64,
     epoch: Instant,
+    /// The service and the upstream URL, for the transition log lines.
+    service: Box<str>,
+    upstream: Box<str>,
 }
 
 // === impl Breaker ===
 
 impl Breaker {
-    pub(crate) fn new() -> Self {
+    /// The closed circuit of the upstream at `upstream` (its URL) of service `service`.
+    pub(crate) fn new(service: &str, upstream: &str) -> Self {
         Self {
             word: AtomicU64::new(Word::closed(0, 0).0),
             epoch: Instant::now(),
+            service: service.into(),
+            upstream: upstream.into(),
+        }
+    }
+
+    /// Logs a transition this caller made (cold: at most once per transition).
+    #[cold]
+    fn log_transition(&self, to: CircuitState, opts: &CircuitBreakerOptions) {
+        let (service, upstream) = (&*self.service, &*self.upstream);
+        match to {
+            CircuitState::Open => tracing::info!(
+                service,
+                upstream,
+                open_ms = u64::try_from(opts.open.as_millis()).unwrap_or(u64::MAX),
+                "circuit opened: the upstream gets no requests until the open period ends"
+            ),
+            CircuitState::HalfOpen => tracing::info!(
+                service,
+                upstream,
+                trials = opts.half_open_max_requests.max(1),
+                "circuit half-open: trial requests admitted"
+            ),
+            CircuitState::Closed => tracing::info!(
+                service,
+                upstream,
+                "circuit closed: the upstream gets requests again"
+            ),
         }
     }
 
@@ -216,6 +250,9 @@ impl Breaker {
                 _ => Word::half_open(word.generation(), word.in_flight() + 1, word.successes()),
             };
             if self.cas(word, next) {
+                if word.state() == OPEN {
+                    self.log_transition(CircuitState::HalfOpen, opts);
+                }
                 return Some(Admission::Trial {
                     generation: word.generation(),
                 });
@@ -251,6 +288,9 @@ impl Breaker {
                 _ => return,
             };
             if self.cas(word, next) {
+                if word.state() == HALF_OPEN && next.state() == CLOSED {
+                    self.log_transition(CircuitState::Closed, opts);
+                }
                 return;
             }
         }
@@ -278,7 +318,7 @@ impl Breaker {
             };
             if self.cas(word, next) {
                 if next.state() == OPEN {
-                    tracing::debug!("circuit opened");
+                    self.log_transition(CircuitState::Open, opts);
                 }
                 return;
             }
@@ -412,7 +452,7 @@ mod tests {
     #[test]
     fn consecutive_failures_open_and_successes_reset() {
         let o = opts(60_000);
-        let b = Breaker::new();
+        let b = Breaker::new("svc", "http://127.0.0.1:1");
         fail(&b, &o);
         fail(&b, &o);
         succeed(&b, &o); // resets the count
@@ -427,7 +467,7 @@ mod tests {
     #[test]
     fn half_open_admits_limited_trials_then_closes() {
         let o = opts(30);
-        let b = Breaker::new();
+        let b = Breaker::new("svc", "http://127.0.0.1:1");
         for _ in 0..3 {
             fail(&b, &o);
         }
@@ -449,7 +489,7 @@ mod tests {
     #[test]
     fn a_failed_trial_reopens() {
         let o = opts(30);
-        let b = Breaker::new();
+        let b = Breaker::new("svc", "http://127.0.0.1:1");
         for _ in 0..3 {
             fail(&b, &o);
         }
@@ -475,7 +515,7 @@ mod tests {
             failure_threshold: 1,
             ..opts(60_000)
         };
-        let b = Breaker::new();
+        let b = Breaker::new("svc", "http://127.0.0.1:1");
         for _ in 0..10 {
             fail(&b, &o);
         }

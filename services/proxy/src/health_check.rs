@@ -110,7 +110,7 @@ pub(crate) struct ServiceHealth {
 
 /// What the checker needs to probe one upstream.
 pub(crate) struct ProbeTarget {
-    /// `host:port` or `unix:/path`, for logs.
+    /// The upstream's URL, for logs.
     pub(crate) name: Box<str>,
     pub(crate) connector: Connector,
     pub(crate) scheme: Scheme,

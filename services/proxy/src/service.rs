@@ -327,7 +327,7 @@ impl ProxyService {
             let health = match reused {
                 Some(u) => u.health.clone(),
                 None => Arc::new(Health {
-                    breaker: Breaker::new(),
+                    breaker: Breaker::new(name, &target.to_string()),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     in_flight: AtomicUsize::new(0),
@@ -421,7 +421,7 @@ impl ProxyService {
             .upstreams
             .iter()
             .map(|u| ProbeTarget {
-                name: u.short_name.clone(),
+                name: u.url.clone(),
                 connector: u.pool.connector.clone(),
                 scheme: u.scheme.clone(),
                 authority: u.authority.clone(),
@@ -492,7 +492,7 @@ impl ProxyService {
         let Some(picked) = self.inner.pick(key, 0) else {
             return Err(self.inner.no_healthy_upstream());
         };
-        self.attempt(picked, req, downstream).await.result
+        self.attempt(picked, req, downstream, 1).await.result
     }
 
     /// [`ProxyService::forward`] for a request that `policy` lets be sent again: its body is
@@ -521,7 +521,7 @@ impl ProxyService {
         loop {
             let index = picked.0;
             let req = copy_request(&head, replay.body());
-            let Try { result, cause } = self.attempt(picked, req, downstream).await;
+            let Try { result, cause } = self.attempt(picked, req, downstream, attempt).await;
             let Some(cause) = cause.filter(|cause| policy.retries_on(*cause)) else {
                 return result;
             };
@@ -563,18 +563,61 @@ impl ProxyService {
         }
     }
 
-    /// One try on the `picked` upstream (admitted by its circuit): rewrites `req` for it, sends
-    /// it and waits for the response head. Settles the upstream's circuit and counters, and
-    /// says which [`RetryOn`] the outcome meets, if any.
+    /// One try (number `attempt`, from 1) on the `picked` upstream (admitted by its circuit):
+    /// rewrites `req` for it, sends it and waits for the response head. Settles the upstream's
+    /// circuit and counters, and says which [`RetryOn`] the outcome meets, if any. Logs the
+    /// outcome at debug (nothing is formatted or copied when debug is off).
     async fn attempt(
         &self,
         picked: (usize, Permit<'_>),
         req: Request<Body>,
         downstream: &Downstream,
+        attempt: u32,
     ) -> Try {
         let inner = &*self.inner;
         let (index, permit) = picked;
         let upstream = &inner.upstreams[index];
+        let request_id = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| req.headers().get(&snakeway_core::request_id::X_REQUEST_ID))
+            .flatten()
+            .cloned();
+        let try_ = self
+            .attempt_on(upstream, index, permit, req, downstream)
+            .await;
+        if let Some(request_id) = request_id {
+            let request_id = request_id.to_str().unwrap_or("-");
+            match &try_.result {
+                Ok(response) => tracing::debug!(
+                    request_id,
+                    service = &*inner.name,
+                    upstream = &*upstream.url,
+                    attempt,
+                    status = response.status().as_u16(),
+                    "upstream answered"
+                ),
+                Err(error) => tracing::debug!(
+                    request_id,
+                    service = &*inner.name,
+                    upstream = &*upstream.url,
+                    attempt,
+                    %error,
+                    "upstream try failed"
+                ),
+            }
+        }
+        try_
+    }
+
+    /// [`ProxyService::attempt`] on `upstream` (at `index`), without its log line.
+    async fn attempt_on(
+        &self,
+        upstream: &Upstream,
+        index: usize,
+        permit: Permit<'_>,
+        req: Request<Body>,
+        downstream: &Downstream,
+    ) -> Try {
+        let inner = &*self.inner;
         let req = match inner.prepare(upstream, req, downstream) {
             Ok(req) => req,
             Err(error) => {

@@ -40,9 +40,14 @@ fn full(s: String) -> Body {
 fn refused(rejections: &Rejections) -> Option<Response<snakeway_core::Body>> {
     let violation = rejections.get()?.violation;
     let status = StatusCode::from_u16(violation.status).unwrap();
-    let error =
-        snakeway_core::Error::new(ErrorKind::BadRequest, violation.reason).with_status(status);
-    let mut response = respond::error(&error, &request_id::generate());
+    let error = snakeway_core::Error::new(ErrorKind::BadRequest, violation.reason)
+        .with_status(status)
+        .with_reason(violation.reason);
+    let mut response = respond::error(
+        &error,
+        &request_id::generate(),
+        respond::ErrorDetail::default(),
+    );
     response
         .headers_mut()
         .insert("connection", "close".parse().unwrap());

@@ -4,6 +4,7 @@
 mod forwarding;
 mod framing;
 mod h2;
+mod plain_on_tls;
 mod process;
 mod slow_clients;
 mod static_files;

@@ -24,7 +24,7 @@ const FILL: Duration = Duration::from_secs(5);
 /// `[wasm] max_instances = pool`, one service (an echo upstream) on `/`, then `devices`.
 fn config(pool: u32, upstream: &Upstream, devices: &str) -> String {
     format!(
-        "[server]\nthreads = 2\n\n[wasm]\nmax_instances = {pool}\n\n\
+        "[server]\nthreads = 2\nerror_detail = \"full\"\n\n[wasm]\nmax_instances = {pool}\n\n\
          [[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
          [[service]]\nname = \"up\"\nupstreams = [{{ url = \"{}\" }}]\n\n\
          [[route]]\npath = \"/\"\nservice = \"up\"\n\n{devices}",

@@ -31,7 +31,7 @@ pub use self::complete::CompletingBody;
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
 use crate::metrics::{Counters, DEVICE_HOOKS};
-use crate::respond::ErrorFormat;
+use crate::respond::{ErrorDetail, ErrorFormat};
 use crate::{
     Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
     ResponseCtx, Transfer, grpc, respond,
@@ -53,14 +53,17 @@ pub struct Pipeline {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Inner {
     devices: Vec<Arc<dyn Device>>,
     /// For each phase (indexed like `PHASES`), the devices taking part, in configured order.
     by_phase: [Box<[Entry]>; 7],
+    /// How much clients are told about failures.
+    error_detail: ErrorDetail,
 }
 
 /// A device taking part in one phase, with its outcome counts there.
+#[derive(Clone)]
 struct Entry {
     device: Arc<dyn Device>,
     /// Indexed by [`HookOutcome`].
@@ -106,8 +109,25 @@ impl Pipeline {
                 .collect::<Box<[_]>>()
         });
         Self {
-            inner: Arc::new(Inner { devices, by_phase }),
+            inner: Arc::new(Inner {
+                devices,
+                by_phase,
+                error_detail: ErrorDetail::default(),
+            }),
         }
+    }
+
+    /// Tells clients `detail` about failures (default [`ErrorDetail::Minimal`]).
+    #[must_use]
+    pub fn with_error_detail(mut self, detail: ErrorDetail) -> Self {
+        Arc::make_mut(&mut self.inner).error_detail = detail;
+        self
+    }
+
+    /// How much clients are told about failures.
+    #[inline]
+    pub fn error_detail(&self) -> ErrorDetail {
+        self.inner.error_detail
     }
 
     /// The devices, in configured order.
@@ -288,7 +308,7 @@ impl Pipeline {
             observed(entry, Phase::Error, || entry.device.on_error(ctx, error));
         }
         ctx.origin = Some(Origin::Error);
-        respond::error_as(error, ctx.request_id(), format)
+        respond::error_as(error, ctx.request_id(), format, self.inner.error_detail)
     }
 }
 

@@ -121,6 +121,7 @@ struct Harness {
     log: Arc<Mutex<Vec<String>>>,
     upstream_calls: Arc<AtomicUsize>,
     devices: Vec<Arc<dyn Device>>,
+    detail: crate::respond::ErrorDetail,
 }
 
 impl Harness {
@@ -129,7 +130,14 @@ impl Harness {
             log: Arc::default(),
             upstream_calls: Arc::default(),
             devices: Vec::new(),
+            detail: crate::respond::ErrorDetail::Minimal,
         }
+    }
+
+    /// Tells clients the whole error message.
+    fn full_detail(mut self) -> Self {
+        self.detail = crate::respond::ErrorDetail::Full;
+        self
     }
 
     fn device(mut self, name: &'static str, acts: &[(Phase, Act)]) -> Self {
@@ -165,7 +173,7 @@ impl Harness {
         body: Body,
         upstream_error: Option<ErrorKind>,
     ) -> Response<Body> {
-        let pipeline = Pipeline::new(self.devices.clone());
+        let pipeline = Pipeline::new(self.devices.clone()).with_error_detail(self.detail);
         let calls = self.upstream_calls.clone();
         let log = self.log.clone();
         let upstream = service_fn(move |req: Request<Body>| {
@@ -309,7 +317,27 @@ async fn after_proxy_may_replace_the_response() {
 #[tokio::test]
 async fn a_failing_device_fails_the_request_with_its_status_and_on_error_sees_it() {
     for phase in [Phase::Request, Phase::BeforeProxy, Phase::AfterProxy] {
+        // By default the client learns the status and a short reason, not the device.
         let h = Harness::new()
+            .device("a", &[])
+            .device("b", &[(phase, Act::Fail)]);
+        let response = h.send(Body::empty(), None).await;
+        assert_eq!(response.status(), 503, "{phase}");
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.starts_with("503 Service Unavailable: the request could not be processed"),
+            "{text}"
+        );
+        assert!(!text.contains("\"b\""), "{text}");
+        assert!(
+            h.log().contains(&"a.error(device,b)".to_owned()),
+            "on_error sees the device: {:?}",
+            h.log()
+        );
+
+        let h = Harness::new()
+            .full_detail()
             .device("a", &[])
             .device("b", &[(phase, Act::Fail)]);
         let response = h.send(Body::empty(), None).await;
@@ -341,6 +369,7 @@ async fn a_panicking_device_is_a_500_for_that_request_alone() {
         Phase::Response,
     ] {
         let h = Harness::new()
+            .full_detail()
             .device("a", &[(phase, Act::Panic)])
             .device("b", &[]);
         let response = h.send(Body::empty(), None).await;
@@ -584,7 +613,10 @@ async fn a_grpc_requests_failures_and_refusals_are_grpc_statuses() {
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(grpc_status(&response), Some("4"));
-    assert_eq!(response.headers()["grpc-message"], "upstream failed");
+    assert_eq!(
+        response.headers()["grpc-message"],
+        "the upstream did not respond in time"
+    );
     assert!(response.headers().contains_key("x-request-id"));
     let log = h.log();
     assert!(

@@ -109,6 +109,14 @@ impl Stack {
         }
     }
 
+    /// Error pages tell the whole message (`error_detail = "full"`), as a developer sees them.
+    pub fn full_detail(mut self) -> Self {
+        self.pipeline = self
+            .pipeline
+            .with_error_detail(snakeway_core::respond::ErrorDetail::Full);
+        self
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Response<Bytes> {
         let calls = self.calls.clone();
         let seen = self.seen.clone();
