@@ -49,7 +49,7 @@ pub(crate) struct ConnService {
     /// The connection's handle on its listener's received-bytes counter.
     received: Arc<CounterHandle>,
     /// `redirect_http_to`: the answer to every request on this connection.
-    redirect: Option<Synthetic>,
+    redirect: Option<Arc<Synthetic>>,
 }
 
 /// The listener a connection was accepted on, as the snapshot of its accept knew it.
@@ -123,11 +123,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             snapshot.unrouted.count(listener, response.status());
             return Box::pin(std::future::ready(Ok(response)));
         }
-        if let Some(redirect) = &self.redirect {
-            let response = redirect_to_https(&snapshot, redirect, &mut req);
-            snapshot.unrouted.count(listener, response.status());
-            return Box::pin(std::future::ready(Ok(response)));
-        }
         let gap = self.body_read_timeout;
         if req.extensions().get::<OnUpgrade>().is_some() {
             // hyper could upgrade this one: a websocket route will need the tunnel host.
@@ -135,8 +130,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let received = &self.received;
         let req = req.map(|body| Body::incoming_counted(body, gap, received));
+        let redirect = self.redirect.clone();
         Box::pin(async move {
-            let response = handle(snapshot, downstream, listener, req).await;
+            let response = handle(snapshot, downstream, listener, redirect, req).await;
             Ok(response)
         })
     }
@@ -183,33 +179,16 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
 }
 
 /// Answers a request on a listener with `redirect_http_to`: a 308 to the same host, path and
-/// query on HTTPS, with the request's id. The devices and routes are not consulted: nothing is
-/// served over plain HTTP. A request without a host cannot be redirected: 400.
-fn redirect_to_https(
-    snapshot: &Snapshot,
-    redirect: &Synthetic,
-    req: &mut Request<Incoming>,
-) -> Response<Body> {
-    let request_id = request_id::ensure(req.headers_mut());
+/// query on HTTPS, in place of routing (nothing is served over plain HTTP); the devices run
+/// around it as around any synthetic answer. A request without a host cannot be redirected:
+/// 400.
+fn redirect_to_https(redirect: &Synthetic, req: &Request<Body>) -> Result<Response<Body>, Error> {
     let vars = snakeway_synthetic::vars(req, "http");
-    let answer = if vars.host.is_empty() {
-        Err(Error::new(ErrorKind::BadRequest, "no host to redirect to")
-            .with_reason("the request names no host"))
-    } else {
-        redirect.respond(&vars).map_err(synthetic_failed)
-    };
-    let mut response = answer.unwrap_or_else(|error| {
-        tracing::debug!(
-            request_id = request_id.to_str().unwrap_or("-"),
-            %error,
-            "request refused"
-        );
-        respond::error(&error, &request_id, snapshot.pipeline.error_detail())
-    });
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
-    response
+    if vars.host.is_empty() {
+        return Err(Error::new(ErrorKind::BadRequest, "no host to redirect to")
+            .with_reason("the request names no host"));
+    }
+    redirect.respond(&vars).map_err(synthetic_failed)
 }
 
 /// The request error for a configured response whose header cannot hold what the request
@@ -229,6 +208,7 @@ pub(crate) async fn handle(
     snapshot: Arc<Snapshot>,
     downstream: Downstream,
     listener: usize,
+    redirect: Option<Arc<Synthetic>>,
     mut req: Request<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -244,15 +224,17 @@ pub(crate) async fn handle(
     if snapshot.pipeline.is_empty() {
         let format = ErrorFormat::of(req.headers());
         let picked = Picked::default();
-        let mut response = match route_and_call(&snapshot, &downstream, &picked, req).await {
-            Ok(response) => response,
-            Err(error) => respond::error_as(
-                &error,
-                &request_id,
-                format,
-                snapshot.pipeline.error_detail(),
-            ),
-        };
+        let redirect = redirect.as_deref();
+        let mut response =
+            match route_and_call(&snapshot, &downstream, &picked, redirect, req).await {
+                Ok(response) => response,
+                Err(error) => respond::error_as(
+                    &error,
+                    &request_id,
+                    format,
+                    snapshot.pipeline.error_detail(),
+                ),
+            };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id);
@@ -267,6 +249,7 @@ pub(crate) async fn handle(
             snapshot: snapshot.clone(),
             downstream,
             picked: picked.clone(),
+            redirect,
         };
         let Ok(mut response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
             .oneshot(req)
@@ -324,6 +307,8 @@ struct Router {
     snapshot: Arc<Snapshot>,
     downstream: Downstream,
     picked: Arc<Picked>,
+    /// The listener's `redirect_http_to` answer, in place of routing.
+    redirect: Option<Arc<Synthetic>>,
 }
 
 impl tower::Service<Request<Body>> for Router {
@@ -340,23 +325,32 @@ impl tower::Service<Request<Body>> for Router {
         let snapshot = self.snapshot.clone();
         let downstream = self.downstream;
         let picked = self.picked.clone();
-        Box::pin(async move { route_and_call(&snapshot, &downstream, &picked, req).await })
+        let redirect = self.redirect.clone();
+        Box::pin(async move {
+            route_and_call(&snapshot, &downstream, &picked, redirect.as_deref(), req).await
+        })
     }
 }
 
-/// Routes a request (noting the route in `picked`) and calls its outcome. A [`RequestCtx`] in
-/// the request's extensions (put there by the pipeline) comes back in the response's
-/// extensions, or in the error.
+/// Routes a request (noting the route in `picked`) and calls its outcome, or answers with the
+/// listener's `redirect`. A [`RequestCtx`] in the request's extensions (put there by the
+/// pipeline) comes back in the response's extensions, or in the error.
 async fn route_and_call(
     snapshot: &Snapshot,
     downstream: &Downstream,
     picked: &Picked,
+    redirect: Option<&Synthetic>,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Error> {
     let mut ctx = req.extensions_mut().remove::<RequestCtx>();
     let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-    let result = match select(snapshot, &req) {
-        Err(error) => Err(error),
+    // `Err` is an answer without a route: the listener's redirect, or why no route matched.
+    let routed = match redirect {
+        Some(redirect) => Err(redirect_to_https(redirect, &req)),
+        None => select(snapshot, &req).map_err(Err),
+    };
+    let result = match routed {
+        Err(answer) => answer.map(|response| (response, Origin::Synthetic)),
         Ok((index, route)) => {
             picked.set(index);
             tracing::debug!(

@@ -120,7 +120,7 @@ pub(crate) struct ListenerRuntime {
     /// Its connection counts and body bytes.
     pub(crate) recorders: ListenerRecorders,
     /// `redirect_http_to`: the 308 every request on this (plain) listener is answered with.
-    pub(crate) redirect: Option<Synthetic>,
+    pub(crate) redirect: Option<Arc<Synthetic>>,
 }
 
 // === impl Snapshot ===
@@ -254,7 +254,7 @@ impl Snapshot {
                 }
             };
             let mut runtime = ListenerRuntime::new(l, tls, epoch, i);
-            runtime.redirect = redirect;
+            runtime.redirect = redirect.map(Arc::new);
             listeners.insert(l.listen, Arc::new(runtime));
         }
 

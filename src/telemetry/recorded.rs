@@ -404,7 +404,7 @@ mod tests {
             tls: false,
             trusted: false,
         };
-        crate::handler::handle(snapshot.clone(), downstream, 0, req)
+        crate::handler::handle(snapshot.clone(), downstream, 0, None, req)
             .await
             .status()
     }

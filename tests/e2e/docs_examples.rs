@@ -196,7 +196,11 @@ fn make_files(dir: &TestDir, config: &toml::Table) -> Result<(), String> {
                     let stem = Path::new(&path).file_stem().unwrap().to_string_lossy();
                     // The five-minute guide's `hello` is what `snakeway wasm new hello` writes,
                     // whose code is the `guide` example's.
-                    let stem = if stem == "hello" { "guide".into() } else { stem };
+                    let stem = if stem == "hello" {
+                        "guide".into()
+                    } else {
+                        stem
+                    };
                     let guest = crate::wasm::guest(&stem);
                     let bytes = std::fs::read(&guest)
                         .map_err(|e| format!("{path}: no example guest {guest}: {e}"))?;

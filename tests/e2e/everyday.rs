@@ -9,7 +9,7 @@ use http::{Request, Response};
 use http_body_util::Empty;
 
 use crate::client::{get_host, raw, raw_exchange, send_h1, send_h2};
-use crate::harness::{Server, TestDir, free_port, run_cli};
+use crate::harness::{Server, TestDir, eventually, free_port, run_cli};
 use crate::upstream::{self, full_body};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -267,8 +267,12 @@ service = "app"
 async fn a_plain_listener_redirects_everything_to_https() {
     // Distinct ports: listeners are keyed by their configured address.
     let (a, b) = (free_port(), free_port());
-    let server = Server::start(&format!(
-        r#"
+    let dir = TestDir::new("redirect-log");
+    let log = dir.join("access.log");
+    let server = Server::start_in(
+        dir,
+        &format!(
+            r#"
 [server]
 threads = 2
 
@@ -283,8 +287,14 @@ redirect_http_to = "https:8443"
 [[route]]
 path = "/"
 respond = {{ status = 200, body = "never over plain HTTP" }}
-"#
-    ))
+
+[[device]]
+type = "structured_logging"
+output = "{log}"
+"#,
+            log = log.display()
+        ),
+    )
     .await;
     let on = |port: u16| {
         *server
@@ -300,6 +310,23 @@ respond = {{ status = 200, body = "never over plain HTTP" }}
     assert_eq!(res.header("location"), Some("https://site.test/a/b?c=d"));
     assert!(!res.request_id().is_empty());
     assert!(!res.text().contains("never"));
+    // The devices run around the redirect: the access log has it.
+    let id = res.request_id().to_owned();
+    let logged = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["request_id"] == id.as_str())
+    };
+    assert!(
+        eventually(WAIT, || logged().is_some()).await,
+        "no access log line"
+    );
+    let line = logged().unwrap();
+    assert_eq!(line["status"], 308, "{line}");
+    assert_eq!(line["origin"], "synthetic", "{line}");
+    assert_eq!(line["route"], serde_json::Value::Null, "{line}");
 
     let res = get_host(ported, "site.test:8080", "/a").await;
     assert_eq!(res.header("location"), Some("https://site.test:8443/a"));
