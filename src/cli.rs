@@ -182,13 +182,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config, wait } => {
-            let Some(loaded) = load_or_report(&config) else {
-                return Ok(ExitCode::FAILURE);
-            };
-            reload::run(&config, loaded, std::time::Duration::from_secs(wait))
+            reload::run(&config, std::time::Duration::from_secs(wait))
         }
         Command::Completions { shell } => {
-            generate::completions(shell);
+            generate::completions(shell)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {

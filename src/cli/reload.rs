@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use snakeway_config::Config;
 
 use crate::admin::status::{self, ReloadAnswer};
 use crate::serve::state_file::{self, Outcome, RunState};
@@ -26,12 +25,20 @@ use crate::serve::state_file::{self, Outcome, RunState};
 /// How often the state file is looked at while waiting.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Runs `snakeway reload` for the configuration `loaded` from `config_path`.
-pub(super) fn run(config_path: &Path, loaded: Config, wait: Duration) -> anyhow::Result<ExitCode> {
+/// What `snakeway reload` says after reporting an invalid configuration.
+const NOTHING_SENT: &str = "nothing was sent to the server; it keeps its configuration";
+
+/// Runs `snakeway reload` for the configuration at `config_path`, waiting at most `wait` for
+/// the server's answer.
+pub(super) fn run(config_path: &Path, wait: Duration) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = super::load_or_report(config_path) else {
+        eprintln!("{NOTHING_SENT}");
+        return Ok(ExitCode::FAILURE);
+    };
     let admin = loaded.admin.clone();
     let pid_file = loaded.server.pid_file.clone();
     if !super::check_or_report(config_path, loaded) {
-        eprintln!("nothing was sent to the server; it keeps its configuration");
+        eprintln!("{NOTHING_SENT}");
         return Ok(ExitCode::FAILURE);
     }
     if let Some(admin) = &admin {
