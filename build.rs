@@ -1,7 +1,7 @@
 //! Stamps the binary with the commit it was built from and the build date, for `--version`:
-//! `SNAKEWAY_COMMIT` (`git rev-parse --short HEAD`, or `unknown` outside a git checkout) and
-//! `SNAKEWAY_BUILD_DATE` (UTC `YYYY-MM-DD`; `SOURCE_DATE_EPOCH` when set, for reproducible
-//! builds). It reruns only when HEAD moves (the HEAD file, the branch it points to, or
+//! `SNAKEWAY_COMMIT` (the variable of that name if set, else `git rev-parse --short HEAD`, else
+//! `unknown`) and `SNAKEWAY_BUILD_DATE` (UTC `YYYY-MM-DD`; `SOURCE_DATE_EPOCH` when set, for
+//! reproducible builds). It reruns only when HEAD moves (the HEAD file, the branch it points to, or
 //! packed refs), not on every source edit.
 
 use std::process::Command;
@@ -10,7 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rerun-if-env-changed=SNAKEWAY_COMMIT");
+    // Set by builds without a checkout (the Dockerfile passes it as a build argument).
+    let given = std::env::var("SNAKEWAY_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let commit = given
+        .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
     // `--git-path` finds these in a linked worktree too (where `.git` is a file).
     let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {

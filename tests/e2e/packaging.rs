@@ -174,3 +174,40 @@ fn the_systemd_unit_verifies() {
         out.status
     );
 }
+
+/// The container image's configuration (`contrib/docker/snakeway.toml`, checked by the
+/// Dockerfile at build time) checks here too, laid out as in the image.
+#[test]
+fn the_container_config_checks() {
+    let dir = TestDir::new("docker-config");
+    let toml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/docker/snakeway.toml"
+    ))
+    .expect("read contrib/docker/snakeway.toml");
+    let config = dir.write("snakeway.toml", &toml);
+    dir.write("public/index.html", "<h1>hello</h1>\n");
+    let out = run_cli(
+        &["config", "check", "-c", config.to_str().unwrap()],
+        &dir.path,
+    );
+    assert!(
+        out.status.success(),
+        "contrib/docker/snakeway.toml does not check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("read the Dockerfile");
+    for needle in [
+        "COPY contrib/docker/snakeway.toml /etc/snakeway/snakeway.toml",
+        "RUN snakeway config check -c /etc/snakeway/snakeway.toml",
+        "USER snakeway",
+        "STOPSIGNAL SIGTERM",
+        "EXPOSE 8080",
+    ] {
+        assert!(
+            dockerfile.contains(needle),
+            "the Dockerfile lacks {needle:?}"
+        );
+    }
+}
