@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         wait: u64,
     },
-    /// Print a shell completion script (e.g. `snakeway completions bash > /etc/bash_completion.d/snakeway`).
+    /// Print a shell completion script (e.g. `snakeway completions bash > snakeway.bash`).
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
