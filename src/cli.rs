@@ -79,8 +79,13 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page, in roff (e.g. `snakeway man > snakeway.1`).
-    Man,
+    /// Print the man page, in roff (e.g. `snakeway man > snakeway.1`), or write one page per
+    /// command into a directory.
+    Man {
+        /// Write `snakeway.1` and a page per subcommand (`snakeway-reload.1`, …) into DIR.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,8 +193,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             generate::completions(shell)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            generate::man()?;
+        Command::Man { out_dir } => {
+            match out_dir {
+                Some(dir) => generate::man_pages(&dir)?,
+                None => generate::man()?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

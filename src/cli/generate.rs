@@ -2,6 +2,9 @@
 //! they always match the commands and flags of this binary.
 
 use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
 
 use clap::CommandFactory;
 
@@ -20,6 +23,23 @@ pub(super) fn man() -> std::io::Result<()> {
     let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut page)?;
     print(&page)
+}
+
+/// Writes the page of every command (`snakeway.1`, `snakeway-serve.1`, `snakeway-config-check.1`,
+/// …) into `dir`, creating it if needed, and lists them on stdout.
+pub(super) fn man_pages(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+    let mut pages: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "1"))
+        .collect();
+    pages.sort();
+    for page in pages {
+        println!("{}", page.display());
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to stdout; a reader that stopped early (`snakeway man | head`) is no error.

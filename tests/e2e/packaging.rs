@@ -129,6 +129,30 @@ fn the_man_page_is_roff_listing_the_subcommands() {
     assert!(page.contains("SNAKEWAY_LOG") && page.contains("SIGHUP"));
 }
 
+#[test]
+fn man_out_dir_writes_a_page_per_command() {
+    let dir = TestDir::new("man-pages");
+    let out = run_cli(&["man", "--out-dir", "pages"], &dir.path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for page in ["snakeway.1", "snakeway-reload.1", "snakeway-config-init.1"] {
+        let path = dir.join("pages").join(page);
+        assert!(path.is_file(), "no {page}; listed:\n{listed}");
+        assert!(listed.contains(page), "{page} not listed:\n{listed}");
+    }
+    let reload = std::fs::read_to_string(dir.join("pages/snakeway-reload.1")).unwrap();
+    assert!(
+        reload.contains(".TH snakeway-reload 1") && reload.contains("wait"),
+        "{reload}"
+    );
+    let init = std::fs::read_to_string(dir.join("pages/snakeway-config-init.1")).unwrap();
+    assert!(init.contains("force"), "{init}");
+}
+
 /// `systemd-analyze verify` on `contrib/systemd/snakeway.service`, with `ExecStart` pointing at
 /// the binary under test (verify requires the executables to exist). It must pass with no
 /// warning at all (unknown keys and bad values are only warnings to systemd).
