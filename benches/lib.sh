@@ -144,13 +144,13 @@ fill() { # TEMPLATE OUTPUT KEY=VALUE...: replace @KEY@ placeholders
 
 # ---------------------------------------------------------------------------------------------
 # The Snakeway binary and the record of the machine.
-snakeway_binary() { # sets SNAKEWAY: $SNAKEWAY_BIN, or `cargo build --release --bin snakeway`
+snakeway_binary() { # sets SNAKEWAY: $SNAKEWAY_BIN, or `cargo build --profile profiling --bin snakeway`
     if [[ -n ${SNAKEWAY_BIN:-} ]]; then
         SNAKEWAY=$SNAKEWAY_BIN
     else
-        log "building snakeway (cargo build --release --bin snakeway)"
-        (cd "$ROOT" && cargo build --release --bin snakeway) >&2
-        SNAKEWAY=${CARGO_TARGET_DIR:-$ROOT/target}/release/snakeway
+        log "building snakeway (cargo build --profile profiling --bin snakeway)"
+        (cd "$ROOT" && cargo build --profile profiling --bin snakeway) >&2
+        SNAKEWAY=${CARGO_TARGET_DIR:-$ROOT/target}/profiling/snakeway
         [[ $SNAKEWAY == /* ]] || SNAKEWAY=$ROOT/$SNAKEWAY
     fi
     [[ -x $SNAKEWAY ]] || die "snakeway binary '$SNAKEWAY' is not executable"

@@ -1,13 +1,41 @@
 //! The `snakeway` command line.
 
+mod generate;
+mod process;
+mod reload;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: the package version, the commit and the build date (see `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SNAKEWAY_COMMIT"),
+    ", built ",
+    env!("SNAKEWAY_BUILD_DATE"),
+    ")"
+);
+
+/// The end of `--help`: the environment, the signals and the config check.
+const AFTER_HELP: &str = "\
+Environment:
+  SNAKEWAY_LOG     the server's log filter (tracing env-filter syntax), e.g. `debug` or
+                   `info,snakeway_proxy=debug`; default `info`
+
+Signals (to `snakeway serve`):
+  SIGHUP           reload the configuration (`snakeway reload` sends it and waits for the outcome)
+  SIGTERM, SIGINT  stop accepting, let in-flight requests finish within
+                   `server.shutdown_grace_ms`, then exit
+
+`snakeway config check` is the `nginx -t` of Snakeway: it validates a configuration fully
+(certificates, strategies, WASM modules) without starting anything.";
+
 /// Snakeway: a programmable L7 edge proxy.
 #[derive(Debug, Parser)]
-#[command(name = "snakeway", version, about)]
+#[command(name = "snakeway", version = VERSION, about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,11 +60,31 @@ enum Command {
         #[arg(short, long, default_value = "snakeway.toml")]
         config: PathBuf,
     },
-    /// Ask the running server (the pid in `server.pid_file`) to reload its configuration.
+    /// Check the configuration, then have the running server reload it and print the outcome.
+    ///
+    /// Through `POST /admin/reload` when `[admin]` is configured; otherwise by SIGHUP to the
+    /// pid in `server.pid_file` (only if that process is a running `snakeway serve`), then
+    /// waiting for the server to record the new epoch or why it refused the configuration.
+    /// Exits non-zero when the configuration is invalid or the server refused it.
     Reload {
-        /// The configuration file naming the pid file.
+        /// The configuration file naming the admin listener or the pid file.
         #[arg(short, long, default_value = "snakeway.toml")]
         config: PathBuf,
+        /// How long to wait for the server's answer, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        wait: u64,
+    },
+    /// Print a shell completion script (e.g. `snakeway completions bash > snakeway.bash`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, in roff (e.g. `snakeway man > snakeway.1`), or write one page per
+    /// command into a directory.
+    Man {
+        /// Write `snakeway.1` and a page per subcommand (`snakeway-reload.1`, …) into DIR.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
     /// Write a new WASM device crate.
     Wasm {
@@ -64,8 +112,11 @@ enum ConfigCommand {
     },
     /// Write a starter configuration (and a page to serve) into DIR.
     Init {
-        /// Where to write `snakeway.toml`.
+        /// Where to write `snakeway.toml` (and `public/index.html`).
         dir: PathBuf,
+        /// Overwrite `snakeway.toml` and `public/index.html` if they exist.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -98,19 +149,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let Some(loaded) = load_or_report(&config) else {
                 return Ok(ExitCode::FAILURE);
             };
-            Ok(match crate::serve::check(&config, loaded) {
-                Ok(warnings) => {
-                    for warning in warnings {
-                        eprintln!("{}: warning: {warning}", config.display());
-                    }
-                    println!("{}: configuration is valid", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(report) => {
-                    print_report(&report);
-                    ExitCode::FAILURE
-                }
-            })
+            if !check_or_report(&config, loaded) {
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}: configuration is valid", config.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Dump { config, json },
@@ -126,9 +169,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
-            command: ConfigCommand::Init { dir },
+            command: ConfigCommand::Init { dir, force },
         } => {
-            let written = snakeway_config::write_starter(&dir)?;
+            let written = snakeway_config::write_starter(&dir, force)?;
             println!(
                 "wrote {}; run it with: snakeway serve -c {}",
                 written.display(),
@@ -149,18 +192,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", crate::admin::status::report(&admin)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reload { config } => {
-            let Some(loaded) = load_or_report(&config) else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let Some(pid_file) = loaded.server.pid_file else {
-                anyhow::bail!(
-                    "{}: server.pid_file is not set, so the server cannot be found",
-                    config.display()
-                );
-            };
-            signal_reload(&pid_file)?;
-            println!("sent SIGHUP to the server in {}", pid_file.display());
+        Command::Reload { config, wait } => {
+            reload::run(&config, std::time::Duration::from_secs(wait))
+        }
+        Command::Completions { shell } => {
+            generate::completions(shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            match out_dir {
+                Some(dir) => generate::man_pages(&dir)?,
+                None => generate::man()?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -177,48 +220,29 @@ fn load_or_report(path: &Path) -> Option<snakeway_config::Config> {
     }
 }
 
+/// Runs the whole of `config check` on a loaded configuration (certificates, strategies, WASM
+/// modules: everything `serve` builds before it binds), printing warnings and the problem
+/// report to stderr. True when the configuration is valid.
+fn check_or_report(path: &Path, config: snakeway_config::Config) -> bool {
+    match crate::serve::check(path, config) {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            true
+        }
+        Err(report) => {
+            print_report(&report);
+            false
+        }
+    }
+}
+
 fn print_report(report: &snakeway_config::Report) {
     eprintln!(
         "{} problem(s) in the configuration:\n{report}",
         report.problems.len()
     );
-}
-
-/// Sends SIGHUP to the pid in `pid_file`, which must name one process: a pid of 0, 1 or a
-/// negative number would signal a process group, init or every process of the user.
-fn signal_reload(pid_file: &Path) -> anyhow::Result<()> {
-    let pid = read_pid(pid_file)?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot signal process {pid}: {e}"))
-}
-
-/// The pid a pid file holds: one decimal number greater than 1 (surrounding whitespace
-/// allowed). Reads at most a few bytes, so a huge or endless file is refused, not read.
-fn read_pid(pid_file: &Path) -> anyhow::Result<i32> {
-    use std::io::Read;
-    const MAX: u64 = 64;
-    let shown = pid_file.display();
-    let mut bytes = Vec::new();
-    std::fs::File::open(pid_file)
-        .and_then(|f| f.take(MAX + 1).read_to_end(&mut bytes))
-        .map_err(|e| anyhow::anyhow!("cannot read {shown}: {e} (is the server running?)"))?;
-    let text = String::from_utf8_lossy(&bytes);
-    if bytes.len() as u64 > MAX {
-        anyhow::bail!("{shown} does not hold a process id: it is longer than {MAX} bytes");
-    }
-    let trimmed = text.trim();
-    match trimmed.parse::<i64>() {
-        Ok(pid) if pid > 1 => i32::try_from(pid)
-            .map_err(|_| anyhow::anyhow!("{shown} holds {pid}, which is not a process id")),
-        Ok(pid) => anyhow::bail!(
-            "{shown} holds {pid}, which is not a server's process id (it must be greater than 1): \
-             refusing to signal it"
-        ),
-        Err(_) => anyhow::bail!("{shown} does not hold a process id: {trimmed:?}"),
-    }
 }
 
 /// Sends the server's own log lines to stderr through a dedicated writer thread (bounded and

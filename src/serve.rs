@@ -15,6 +15,8 @@ use crate::devices::Purpose;
 use crate::stack::Snapshot;
 use crate::state::State;
 
+pub(crate) mod state_file;
+
 /// A request to reload the configuration, with an optional reply (the new epoch or the report).
 pub(crate) type ReloadRequest = Option<oneshot::Sender<Result<u64, Report>>>;
 
@@ -64,6 +66,12 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         write_pid_file(pid_file)
             .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", pid_file.display()))?;
     }
+    // What `snakeway reload` reads to learn how the reload it asked for went.
+    let state_path = pid_file.as_deref().map(state_file::path);
+    let mut run_state = state_file::RunState::started(&path);
+    if let Some(state_path) = &state_path {
+        write_state(state_path, &run_state);
+    }
     tracing::info!(epoch = 1, "snakeway started");
     loop {
         let reply: ReloadRequest = tokio::select! {
@@ -76,6 +84,10 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         // takes seconds): the half-built snapshot is dropped and nothing was changed yet.
         tokio::select! {
             result = reload(&path, &state, &mut listeners, &mut admin, &mut checkers) => {
+                if let Some(state_path) = &state_path {
+                    run_state.record(&result);
+                    write_state(state_path, &run_state);
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -105,6 +117,9 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(pid_file) = &pid_file {
         remove_pid_file(pid_file);
     }
+    if let Some(state_path) = &state_path {
+        state_file::remove(state_path);
+    }
     Ok(())
 }
 
@@ -118,11 +133,24 @@ fn start_health_checks(snapshot: &Snapshot) -> Vec<HealthChecker> {
         .collect()
 }
 
-/// Writes our pid to `path` without following symlinks: the pid goes into a new file in the
+/// Writes our pid to `path` (see [`write_file_atomically`]).
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    write_file_atomically(path, format!("{}\n", std::process::id()).as_bytes())
+}
+
+/// Writes the run state, logging (not failing) when it cannot: serving goes on, only
+/// `snakeway reload` loses its answer.
+fn write_state(path: &Path, state: &state_file::RunState) {
+    if let Err(e) = state_file::write(path, state) {
+        tracing::warn!(path = %path.display(), "cannot write the run-state file: {e}");
+    }
+}
+
+/// Writes `contents` to `path` without following symlinks: they go into a new file in the
 /// same directory (`O_CREAT | O_EXCL | O_NOFOLLOW`), which is renamed over `path` (a rename
 /// replaces a directory entry, it never writes through one). A symlink at `path` is refused,
 /// so the server does not silently take over a path someone pointed elsewhere.
-fn write_pid_file(path: &Path) -> std::io::Result<()> {
+fn write_file_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::symlink_metadata(path) {
@@ -160,7 +188,7 @@ fn write_pid_file(path: &Path) -> std::io::Result<()> {
         other => other?,
     };
     let written = file
-        .write_all(format!("{}\n", std::process::id()).as_bytes())
+        .write_all(contents)
         .and_then(|()| std::fs::rename(&temp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);

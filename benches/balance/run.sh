@@ -29,7 +29,7 @@
 #   SLOW_MS         the slow upstream's extra delay in Part 1 (default 50)
 #   STRATEGIES      strategies of Part 1
 #   CG_STRATEGIES   strategies of Part 2
-#   UPSTREAM_BIN    a built delay_upstream (default: cargo build --release --example delay_upstream)
+#   UPSTREAM_BIN    a built delay_upstream (default: cargo build --profile profiling --example delay_upstream)
 #
 # Installs nothing; on Debian: apt-get install -y wrk nghttp2-client valgrind.
 set -euo pipefail
@@ -77,9 +77,9 @@ snakeway_binary
 if [[ -n ${UPSTREAM_BIN:-} ]]; then
     UPSTREAM=$UPSTREAM_BIN
 else
-    log "building the upstream (cargo build --release --example delay_upstream)"
-    (cd "$ROOT" && cargo build --release --example delay_upstream) >&2
-    UPSTREAM=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/delay_upstream
+    log "building the upstream (cargo build --profile profiling --example delay_upstream)"
+    (cd "$ROOT" && cargo build --profile profiling --example delay_upstream) >&2
+    UPSTREAM=${CARGO_TARGET_DIR:-$ROOT/target}/profiling/examples/delay_upstream
     [[ $UPSTREAM == /* ]] || UPSTREAM=$ROOT/$UPSTREAM
 fi
 [[ -x $UPSTREAM ]] || die "upstream binary '$UPSTREAM' is not executable"

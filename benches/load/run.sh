@@ -56,7 +56,7 @@
 #   ROUNDS          measured rounds per proxy (default 3)
 #   N               requests of the small callgrind run; the large one serves 5N (default 2000)
 #   SKIP_CALLGRIND  1: skip the callgrind part
-#   SNAKEWAY_BIN    use this binary instead of `cargo build --release --bin snakeway`
+#   SNAKEWAY_BIN    use this binary instead of `cargo build --profile profiling --bin snakeway`
 #   PROXIES         which proxies to run (default "nginx snakeway"; with PIPELINE=1
 #                   "nginx nginx-log snakeway snakeway-pipeline"; WASM=1 adds snakeway-wasm)
 #   PIPELINE        1: the default PROXIES include the pipeline and access-log variants

@@ -32,7 +32,7 @@
 #   DURATION           seconds of attack and probing (default 30)
 #   MAX_CONNECTIONS    the listener's max_connections (default 1000)
 #   HEADER_TIMEOUT_MS  the listener's header_read_timeout_ms (default 2000)
-#   SNAKEWAY_BIN       use this binary instead of `cargo build --release --bin snakeway`
+#   SNAKEWAY_BIN       use this binary instead of `cargo build --profile profiling --bin snakeway`
 #   OUT_DIR            where raw outputs go (default bench-out/slowloris-<timestamp>)
 #
 # File descriptors: SLOW + a few hundred are needed by the attacker and MAX_CONNECTIONS + a few

@@ -35,7 +35,7 @@
 #   ROUNDS          measured rounds per server and scenario (default 3)
 #   N               requests of the small callgrind run; the large one serves 5N (default 1000)
 #   SKIP_CALLGRIND  1: skip the callgrind part
-#   SNAKEWAY_BIN    use this binary instead of `cargo build --release --bin snakeway`
+#   SNAKEWAY_BIN    use this binary instead of `cargo build --profile profiling --bin snakeway`
 #   SERVERS         which servers to run (default "nginx snakeway")
 #   SCENARIOS       which scenarios (default "1k 100k 1k-gzip 100k-gzip 1k-gzip-static 100k-gzip-static")
 #   WARMUP          seconds of the wrk warm-up before each measured run (default 2)

@@ -10,11 +10,9 @@ const STARTER_TOML: &str = r#"# snakeway.toml, written by `snakeway config init`
 # `snakeway config check` lists every problem, `snakeway config dump` shows all defaults.
 
 [server]
+pid_file = "snakeway.pid"          # lets `snakeway reload` find and check this server
 shutdown_grace_ms = 10000          # drain time on SIGTERM / SIGINT
 # include = ["conf.d/*.toml"]      # more [[listener]] [[service]] [[route]] [[device]]
-
-# [admin]                          # the admin API: /admin/health, /admin/reload, /metrics
-# listen = "127.0.0.1:9901"
 
 [[listener]]
 name = "public"
@@ -57,26 +55,53 @@ const STARTER_INDEX: &str = "<!doctype html>
 /// Writes `dir/snakeway.toml` and `dir/public/index.html` (creating `dir` if needed) and returns
 /// the path of the toml.
 ///
-/// Refuses with [`io::ErrorKind::AlreadyExists`] when `dir/snakeway.toml` exists; an existing
-/// `public/index.html` is left as it is.
-pub fn write_starter(dir: &Path) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+/// Writing into an existing directory is fine as long as neither file exists there. When one
+/// does, nothing is written and the error ([`io::ErrorKind::AlreadyExists`]) names it and
+/// suggests `--force`; with `overwrite`, both files are replaced (the old directory entry is
+/// removed first, so a symbolic link there is replaced, never written through).
+pub fn write_starter(dir: &Path, overwrite: bool) -> io::Result<PathBuf> {
     let toml_path = dir.join("snakeway.toml");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&toml_path)?;
-    file.write_all(STARTER_TOML.as_bytes())?;
-    let public = dir.join("public");
-    fs::create_dir_all(&public)?;
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(public.join("index.html"))
-    {
-        Ok(mut index) => index.write_all(STARTER_INDEX.as_bytes())?,
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(err),
+    let index_path = dir.join("public").join("index.html");
+    let files = [(&toml_path, STARTER_TOML), (&index_path, STARTER_INDEX)];
+    if !overwrite {
+        for (path, _) in &files {
+            if fs::symlink_metadata(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is in the way: it already exists (pass --force to overwrite it)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    for (path, contents) in files {
+        write_new(path, contents, overwrite).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+        })?;
     }
     Ok(toml_path)
+}
+
+/// Creates `path` (and its parent directories) holding `contents`; with `overwrite`, a file or
+/// symbolic link already there is removed first. A directory in the way is an error.
+fn write_new(path: &Path, contents: &str, overwrite: bool) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if overwrite {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(io::Error::other("it is a directory"));
+            }
+            Ok(_) => fs::remove_file(path)?,
+            Err(_) => {}
+        }
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(contents.as_bytes())
 }

@@ -1465,7 +1465,7 @@ fn values_are_checked() {
 fn starter_loads_and_is_not_overwritten() {
     let tmp = TempDir::new("starter");
     let dir = tmp.path("new/site");
-    let path = write_starter(&dir).unwrap();
+    let path = write_starter(&dir, false).unwrap();
     assert_eq!(path, dir.join("snakeway.toml"));
     assert!(dir.join("public/index.html").is_file());
     let config = load(&path).unwrap_or_else(|r| panic!("{r}"));
@@ -1478,9 +1478,15 @@ fn starter_loads_and_is_not_overwritten() {
     );
 
     fs::write(&path, "# mine").unwrap();
-    let err = write_starter(&dir).unwrap_err();
+    let err = write_starter(&dir, false).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert!(err.to_string().contains("snakeway.toml"), "{err}");
     assert_eq!(fs::read_to_string(&path).unwrap(), "# mine");
+    write_starter(&dir, true).unwrap();
+    assert!(
+        load(&path).is_ok(),
+        "--force did not write the starter back"
+    );
 }
 
 #[test]

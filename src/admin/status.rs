@@ -1,5 +1,5 @@
 //! `snakeway status`: asks the running server's admin API for its health and upstreams and
-//! prints them for a person.
+//! prints them for a person. Also the client `snakeway reload` uses for `POST /admin/reload`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -34,6 +34,67 @@ pub(crate) fn report(admin: &Admin) -> anyhow::Result<String> {
     })
 }
 
+/// The server's answer to `POST /admin/reload`.
+#[derive(Debug)]
+pub(crate) enum ReloadAnswer {
+    /// Applied: the new epoch.
+    Reloaded(u64),
+    /// Refused (422): the problems, one per line; the running configuration stays.
+    Refused(String),
+}
+
+/// Asks the admin listener of `admin` to reload, waiting at most `wait` for the answer.
+///
+/// An error whose root cause is an [`std::io::Error`] means the admin API could not be reached
+/// at all.
+pub(crate) fn reload(admin: &Admin, wait: Duration) -> anyhow::Result<ReloadAnswer> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let addr = connect_addr(admin.listen);
+        let path = "/admin/reload";
+        let (status, body) =
+            exchange(addr, Method::POST, path, admin.token.as_deref(), wait).await?;
+        let json = || -> anyhow::Result<Value> {
+            serde_json::from_slice(&body).with_context(|| format!("{path} did not answer JSON"))
+        };
+        match status {
+            StatusCode::OK => json()?["epoch"]
+                .as_u64()
+                .map(ReloadAnswer::Reloaded)
+                .ok_or_else(|| anyhow!("{path} answered 200 without an epoch")),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                Ok(ReloadAnswer::Refused(render_problems(&json()?)))
+            }
+            status => bail!(
+                "the admin API at {addr} answered {path} with {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+        }
+    })
+}
+
+/// The problems of a 422 answer (`{"problems": [{file, key, message}]}`), one per line, as
+/// `snakeway config check` prints them.
+fn render_problems(answer: &Value) -> String {
+    let empty = Vec::new();
+    let lines: Vec<String> = answer["problems"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|p| {
+            let file = p["file"].as_str().unwrap_or("?");
+            let message = p["message"].as_str().unwrap_or("?");
+            match p["key"].as_str() {
+                Some(key) if !key.is_empty() => format!("{file}: {key}: {message}"),
+                _ => format!("{file}: {message}"),
+            }
+        })
+        .collect();
+    lines.join("\n")
+}
+
 /// Where to connect for a listener bound to `listen`: its own address, or loopback of the
 /// same family for an unspecified one (`0.0.0.0`, `[::]`).
 fn connect_addr(listen: SocketAddr) -> SocketAddr {
@@ -47,6 +108,22 @@ fn connect_addr(listen: SocketAddr) -> SocketAddr {
 
 /// `GET path` on the admin listener at `addr`, parsed as JSON.
 async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<Value> {
+    let (status, body) = exchange(addr, Method::GET, path, token, TIMEOUT).await?;
+    if status != StatusCode::OK {
+        bail!("the admin API at {addr} answered {path} with {status}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{path} did not answer JSON"))
+}
+
+/// One bodiless request to the admin listener at `addr`, within `timeout`: the status and the
+/// body (at most [`MAX_BODY`]). A 401 is an error naming the token.
+async fn exchange(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -56,7 +133,10 @@ async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Res
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut req = Request::get(path).header(HOST, addr.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr.to_string());
         if let Some(token) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -72,14 +152,11 @@ async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Res
         if status == StatusCode::UNAUTHORIZED {
             bail!("the admin API at {addr} refused the token (admin.token)");
         }
-        if status != StatusCode::OK {
-            bail!("the admin API at {addr} answered {path} with {status}");
-        }
-        serde_json::from_slice(&body).with_context(|| format!("{path} did not answer JSON"))
+        Ok((status, body))
     };
-    tokio::time::timeout(TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| anyhow!("the admin API at {addr} did not answer {path} within {TIMEOUT:?}"))?
+        .map_err(|_| anyhow!("the admin API at {addr} did not answer {path} within {timeout:?}"))?
 }
 
 /// The text `snakeway status` prints.

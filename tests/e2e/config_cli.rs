@@ -269,9 +269,15 @@ async fn config_init_writes_a_starter_that_checks_and_serves() {
             format!("127.0.0.1:{}", crate::harness::free_port()).into(),
         );
     }
-    if let Some(server) = table.get_mut("server").and_then(|s| s.as_table_mut()) {
-        server.remove("pid_file");
-    }
+    assert!(
+        table.get("admin").is_none() && !original.contains("[admin]"),
+        "the starter mentions an admin API it does not configure:\n{original}"
+    );
+    assert!(
+        original.contains("type = \"structured_logging\"")
+            && original.contains("output = \"stdout\""),
+        "the starter does not log requests to stdout:\n{original}"
+    );
     std::fs::write(&file, toml::to_string(&table).unwrap()).unwrap();
 
     // Every synthetic route answers as configured; any static route answers 200 at its path.
@@ -314,6 +320,86 @@ async fn config_init_writes_a_starter_that_checks_and_serves() {
     assert!(
         checked > 0,
         "the starter config has no synthetic or static route to try: {original}"
+    );
+    // It logs each request as JSON on stdout.
+    assert!(
+        server
+            .wait_for_log("\"status\":200", std::time::Duration::from_secs(5))
+            .await,
+        "no access log line:\n{}",
+        server.log_text()
+    );
+
+    // Its pid_file lets `snakeway reload` find it and confirm the reload.
+    let out = run_cli(
+        &["reload", "-c", server.config.to_str().unwrap()],
+        &std::env::temp_dir(),
+    );
+    assert!(
+        out.status.success(),
+        "reload of the starter failed:\n{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("epoch 2"), "{}", stdout(&out));
+}
+
+#[test]
+fn config_init_names_the_file_in_the_way_and_force_overwrites_it() {
+    let dir = TestDir::new("init-existing");
+    let mine = dir.write("site/snakeway.toml", "# my own config\n");
+    let target = dir.join("site");
+    let out = run_cli(&["config", "init", target.to_str().unwrap()], &dir.path);
+    assert!(
+        !out.status.success(),
+        "init overwrote an existing snakeway.toml"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&mine.display().to_string()) && err.contains("--force"),
+        "the refusal does not name the file or offer --force: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "# my own config\n");
+    assert!(
+        !target.join("public").exists(),
+        "a refused init wrote part of the starter"
+    );
+
+    // Only public/index.html in the way: named the same way.
+    let dir2 = TestDir::new("init-index");
+    let index = dir2.write("public/index.html", "mine");
+    let out = run_cli(&["config", "init", "."], &dir2.path);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("index.html"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&index).unwrap(), "mine");
+
+    // Unrelated files in the directory are not in the way.
+    let dir3 = TestDir::new("init-other");
+    dir3.write("README", "hello");
+    let out = run_cli(&["config", "init", "."], &dir3.path);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = run_cli(
+        &["config", "init", "--force", target.to_str().unwrap()],
+        &dir.path,
+    );
+    assert!(
+        out.status.success(),
+        "init --force failed: {}",
+        stderr(&out)
+    );
+    let written = std::fs::read_to_string(&mine).unwrap();
+    assert!(
+        written.contains("[[listener]]"),
+        "--force did not overwrite: {written}"
+    );
+    let out = run_cli(
+        &["config", "check", "-c", mine.to_str().unwrap()],
+        &dir.path,
+    );
+    assert!(
+        out.status.success(),
+        "the forced starter does not check: {}",
+        stderr(&out)
     );
 }
 
