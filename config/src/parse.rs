@@ -214,6 +214,7 @@ impl<'i> Parser<'_> {
             "request_filter" => self.de(rest, key).map(RawDevice::RequestFilter),
             "wasm" => self.de(rest, key).map(RawDevice::Wasm),
             "structured_logging" => self.de(rest, key).map(RawDevice::StructuredLogging),
+            "rate_limit" => self.de(rest, key).map(RawDevice::RateLimit),
             other => {
                 let message = format!("unknown device type {other:?} (expected one of {expected})");
                 self.problem_at(&format!("{key}.type"), kind.span(), message);
