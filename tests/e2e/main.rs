@@ -21,6 +21,7 @@ mod hostile;
 mod listeners;
 mod prometheus;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod retry;
 mod routing;
