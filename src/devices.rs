@@ -307,7 +307,9 @@ fn open_store(d: &RateLimitDevice) -> Result<Store, Failure> {
         (RateLimitStore::Local, _) => {
             let max_keys = usize::try_from(d.max_keys).unwrap_or(usize::MAX);
             let gauge = snakeway_ratelimit::metrics::RATE_LIMIT_KEYS.get(&[&d.name]);
-            Store::Local(Arc::new(LocalStore::new(quota, max_keys).with_key_gauge(gauge)))
+            Store::Local(Arc::new(
+                LocalStore::new(quota, max_keys).with_key_gauge(gauge),
+            ))
         }
     })
 }
