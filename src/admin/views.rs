@@ -198,7 +198,10 @@ mod tests {
             format!("redis://{REDACTED}@h:6379/0")
         );
         assert_eq!(redact_userinfo("redis://h:6379/0"), "redis://h:6379/0");
-        assert_eq!(redact_userinfo("redis+unix:///run/r.sock"), "redis+unix:///run/r.sock");
+        assert_eq!(
+            redact_userinfo("redis+unix:///run/r.sock"),
+            "redis+unix:///run/r.sock"
+        );
     }
 
     #[test]
