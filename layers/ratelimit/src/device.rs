@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::RETRY_AFTER;
+use http::header::{Entry, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Response, StatusCode, request};
 use snakeway_core::metrics::Counters;
 use snakeway_core::request_id::X_REQUEST_ID;
@@ -103,7 +103,7 @@ impl RateLimitOptions {
 pub struct RateLimit {
     options: RateLimitOptions,
     store: Store,
-    /// Tells this device's entry in a request's [`Allowances`] apart from other devices'.
+    /// This device's slot in a request's `DeviceSlots`: what it allowed, for `on_response`.
     id: SlotKey,
     /// `"name";q=limit;w=seconds`.
     policy: HeaderValue,
@@ -113,10 +113,13 @@ pub struct RateLimit {
     log: LogThrottle,
 }
 
-/// What the throttling devices that allowed a request tell it in `RateLimit`: per device,
-/// the remaining requests and the seconds until the bucket is full.
-#[derive(Clone, Debug, Default)]
-struct Allowances(Vec<(SlotKey, u64, u64)>);
+/// What a device that allowed a request tells it in `RateLimit`: the remaining requests and
+/// the seconds until the bucket is full (kept in the request's `DeviceSlots`).
+#[derive(Clone, Copy, Debug)]
+struct Allowance {
+    remaining: u64,
+    reset: u64,
+}
 
 // === impl RateLimit ===
 
@@ -208,6 +211,18 @@ impl RateLimit {
             .map(String::as_str)
     }
 
+    /// `before` followed by this device's `RateLimit` item, formatted without `fmt`.
+    fn ratelimit(&self, before: &[u8], allowance: Allowance) -> Option<HeaderValue> {
+        let mut value = Vec::with_capacity(before.len() + self.quoted.len() + 48);
+        value.extend_from_slice(before);
+        value.extend_from_slice(self.quoted.as_bytes());
+        value.extend_from_slice(b";r=");
+        push_decimal(&mut value, allowance.remaining);
+        value.extend_from_slice(b";t=");
+        push_decimal(&mut value, allowance.reset);
+        HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+    }
+
     #[inline]
     fn count(&self, outcome: Outcome) {
         self.outcomes.add(outcome as usize, 1);
@@ -234,13 +249,11 @@ impl Device for RateLimit {
             }
             Some(Ok(decision)) if decision.allowed => {
                 self.count(Outcome::Allowed);
-                let entry = (self.id, decision.remaining, seconds(decision.reset));
-                match ctx.extensions.get_mut::<Allowances>() {
-                    Some(allowances) => allowances.0.push(entry),
-                    None => {
-                        ctx.extensions.insert(Allowances(vec![entry]));
-                    }
-                }
+                let allowance = Allowance {
+                    remaining: decision.remaining,
+                    reset: seconds(decision.reset),
+                };
+                ctx.info().slots.put(self.id, Box::new(allowance));
                 Ok(Flow::Continue)
             }
             Some(Ok(decision)) => {
@@ -270,26 +283,22 @@ impl Device for RateLimit {
         ctx: &mut RequestCtx,
         res: &mut ResponseCtx<'_>,
     ) -> Result<(), snakeway_core::DeviceError> {
-        let Some(allowances) = ctx.extensions.get::<Allowances>() else {
+        let Some(allowance) = ctx.info().slots.take::<Allowance>(self.id) else {
             return Ok(());
         };
-        let Some(&(_, remaining, reset)) = allowances.0.iter().find(|(id, ..)| *id == self.id)
-        else {
-            return Ok(());
-        };
-        let mut value = String::with_capacity(self.quoted.len() + 24);
-        if let Some(earlier) = res
-            .head
-            .headers
-            .get(&RATELIMIT)
-            .and_then(|v| v.to_str().ok())
-        {
-            value.push_str(earlier);
-            value.push_str(", ");
-        }
-        let _ = write!(value, "{};r={remaining};t={reset}", self.quoted);
-        if let Ok(value) = HeaderValue::try_from(value) {
-            res.head.headers.insert(RATELIMIT.clone(), value);
+        match res.head.headers.entry(&RATELIMIT) {
+            Entry::Vacant(entry) => {
+                if let Some(value) = self.ratelimit(&[], *allowance) {
+                    entry.insert(value);
+                }
+            }
+            Entry::Occupied(mut entry) => {
+                let mut earlier = entry.get().as_bytes().to_vec();
+                earlier.extend_from_slice(b", ");
+                if let Some(value) = self.ratelimit(&earlier, *allowance) {
+                    entry.insert(value);
+                }
+            }
         }
         Ok(())
     }
@@ -302,6 +311,21 @@ impl std::fmt::Debug for RateLimit {
             .field("store", &self.store)
             .finish()
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whole seconds, rounded up.
@@ -331,6 +355,15 @@ fn quoted(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn seconds_round_up() {
