@@ -1,16 +1,24 @@
 //! Builds the `[[device]]` pipeline from the configuration: the one place that knows both the
 //! TOML schema and the device crates' typed constructors.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
-use snakeway_config::{Config, Device as DeviceConfig, WasmSettings};
+use snakeway_config::{
+    Config, Device as DeviceConfig, RateLimitDevice, RateLimitKey, RateLimitStore,
+    StoreErrorPolicy, WasmSettings,
+};
 use snakeway_core::Device;
 use snakeway_core::pipeline::Pipeline;
 use snakeway_filter::{FilterOptions, RequestFilter};
 use snakeway_identity::{ClientIdentity, GeoIp, Identity, IdentityOptions};
 use snakeway_logging::{IdentityExtractor, LogWriter, LoggingOptions, StructuredLogging};
+use snakeway_ratelimit::{
+    LocalStore, OnStoreError, Quota, RateKey, RateLimit, RateLimitOptions, RedisStore, Store,
+};
 
 /// What a pipeline is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +224,7 @@ fn build(
             .map_err(|e| (Some("output"), format!("cannot open {output}: {e}")))?;
             Arc::new(StructuredLogging::new(options, writer))
         }
+        DeviceConfig::RateLimit(d) => Arc::new(rate_limit(d, purpose)?),
         DeviceConfig::Wasm(d) => {
             let engine = engine.get().map_err(|e| (None, e))?;
             let limits = snakeway_wasm::WasmLimits {
@@ -242,6 +251,124 @@ fn build(
             Arc::new(device)
         }
     })
+}
+
+/// A `rate_limit` device. Its store is the one an earlier build made for the same settings
+/// when that one is still alive (see [`STORES`]): a reload that leaves the device unchanged
+/// keeps its buckets, and its Redis connection.
+fn rate_limit(d: &RateLimitDevice, purpose: Purpose) -> Result<RateLimit, Failure> {
+    let key = match &d.key {
+        RateLimitKey::ClientIp => RateKey::ClientIp,
+        RateLimitKey::Header(name) => RateKey::Header(
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| (Some("key"), format!("{name:?} is not a header name")))?,
+        ),
+        RateLimitKey::Cookie(name) => RateKey::Cookie(name.clone()),
+        RateLimitKey::Route => RateKey::Route,
+        // The attribute map WASM devices (and builtin ones, through `Attributes::of`) write.
+        RateLimitKey::Attribute(name) => {
+            let name = name.clone();
+            RateKey::Custom(Arc::new(move |ctx, _| {
+                snakeway_wasm::Attributes::get_from(ctx)?.get(&name)
+            }))
+        }
+    };
+    let status = StatusCode::from_u16(d.status)
+        .map_err(|_| (Some("status"), format!("{} is not a status", d.status)))?;
+    let mut options = RateLimitOptions::new(d.name.clone(), key);
+    options.routes = d.routes.clone();
+    options.status = status;
+    options.on_store_error = match d.on_store_error {
+        StoreErrorPolicy::Open => OnStoreError::Open,
+        StoreErrorPolicy::Closed => OnStoreError::Closed,
+    };
+    let store = match purpose {
+        Purpose::Serve => STORES.get_or_open(d)?,
+        Purpose::Check => open_store(d)?,
+    };
+    Ok(RateLimit::new(options, store))
+}
+
+/// A new store for a `rate_limit` device.
+fn open_store(d: &RateLimitDevice) -> Result<Store, Failure> {
+    let quota = Quota::new(d.limit, Duration::from_millis(d.period_ms), d.burst)
+        .ok_or_else(|| (Some("limit"), "the quota is empty".to_owned()))?;
+    Ok(match (d.store, &d.redis_url) {
+        (RateLimitStore::Redis, Some(url)) => {
+            let store = RedisStore::open(
+                quota,
+                url,
+                format!("snakeway:rl:{}:", d.name),
+                Duration::from_millis(d.redis_timeout_ms),
+            )
+            .map_err(|e| (Some("redis_url"), e.to_string()))?;
+            Store::Redis(Arc::new(store))
+        }
+        (RateLimitStore::Redis, None) => {
+            return Err((Some("redis_url"), "missing".to_owned()));
+        }
+        (RateLimitStore::Local, _) => {
+            let max_keys = usize::try_from(d.max_keys).unwrap_or(usize::MAX);
+            let gauge = snakeway_ratelimit::metrics::RATE_LIMIT_KEYS.get(&[&d.name]);
+            Store::Local(Arc::new(
+                LocalStore::new(quota, max_keys).with_key_gauge(gauge),
+            ))
+        }
+    })
+}
+
+/// The stores of the `rate_limit` devices being served, by the settings they depend on. Only
+/// weak references: a store lives as long as a snapshot's device holds it, so a reload finds
+/// the running one, and a device removed for good frees its buckets with the old snapshot.
+static STORES: StoreRegistry = StoreRegistry(Mutex::new(BTreeMap::new()));
+
+/// See [`STORES`].
+struct StoreRegistry(Mutex<BTreeMap<String, WeakStore>>);
+
+/// A store, not kept alive by the registry.
+enum WeakStore {
+    Local(Weak<LocalStore>),
+    Redis(Weak<RedisStore>),
+}
+
+impl WeakStore {
+    fn upgrade(&self) -> Option<Store> {
+        match self {
+            Self::Local(s) => s.upgrade().map(Store::Local),
+            Self::Redis(s) => s.upgrade().map(Store::Redis),
+        }
+    }
+}
+
+impl StoreRegistry {
+    /// The live store for `d`'s settings, or a new one (remembered).
+    fn get_or_open(&self, d: &RateLimitDevice) -> Result<Store, Failure> {
+        // Everything the buckets depend on; `routes`, `status` and `on_store_error` do not.
+        let id = format!(
+            "{}\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{}\0{}",
+            d.name,
+            d.key,
+            d.limit,
+            d.period_ms,
+            d.burst,
+            d.store,
+            d.redis_url,
+            d.redis_timeout_ms,
+            d.max_keys
+        );
+        let mut stores = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        stores.retain(|_, s| s.upgrade().is_some());
+        if let Some(store) = stores.get(&id).and_then(WeakStore::upgrade) {
+            return Ok(store);
+        }
+        let store = open_store(d)?;
+        let weak = match &store {
+            Store::Local(s) => WeakStore::Local(Arc::downgrade(s)),
+            Store::Redis(s) => WeakStore::Redis(Arc::downgrade(s)),
+        };
+        stores.insert(id, weak);
+        Ok(store)
+    }
 }
 
 fn methods(names: &[String]) -> Result<Vec<Method>, String> {

@@ -5,6 +5,7 @@
 #   DURATION=5 ROUNDS=1 SKIP_CALLGRIND=1 benches/load/run.sh
 #   PIPELINE=1 benches/load/run.sh           # + the device pipeline and nginx's access log
 #   WASM=1 benches/load/run.sh               # + Snakeway with one WASM device (snakeway-wasm)
+#   RATELIMIT=1 benches/load/run.sh          # + Snakeway with one rate_limit device (snakeway-ratelimit)
 #
 # Proxies (PROXIES):
 #   nginx               nginx, `access_log off` (proxy.nginx.conf.in)
@@ -37,6 +38,12 @@
 #                       `valgrind --tool=none`) comes first: when it fails, snakeway-wasm gets
 #                       no instructions/req (said in the log and the summary) rather than
 #                       failing the run.
+#   snakeway-ratelimit  the same Snakeway with exactly one rate_limit device
+#                       (ratelimit-device.toml.in): local store, key client_ip, a limit the
+#                       benchmark never reaches. Before measuring, one request checks that the
+#                       answer carries the device's `RateLimit` header. The summary adds
+#                       `snakeway-ratelimit / snakeway` and `snakeway-ratelimit − snakeway`
+#                       (issue 12 target: at most 1,500 instructions per request added).
 #
 # Everything runs on 127.0.0.1 on free ports found at run time. CPU 0 runs the proxy under
 # test (one worker each), CPU 1 runs the upstream (nginx, one worker) and the load generator.
@@ -61,6 +68,7 @@
 #                   "nginx nginx-log snakeway snakeway-pipeline"; WASM=1 adds snakeway-wasm)
 #   PIPELINE        1: the default PROXIES include the pipeline and access-log variants
 #   WASM            1: the default PROXIES include snakeway-wasm
+#   RATELIMIT       1: the default PROXIES include snakeway-ratelimit
 #   WARMUP          seconds of the wrk warm-up before each measured run (default 2)
 #   CONNECTIONS     wrk connections (default 64)
 #   OUT_DIR         where raw outputs go (default bench-out/load-<timestamp> in the repo)
@@ -83,11 +91,13 @@ N=${N:-2000}
 SKIP_CALLGRIND=${SKIP_CALLGRIND:-0}
 PIPELINE=${PIPELINE:-0}
 WASM=${WASM:-0}
+RATELIMIT=${RATELIMIT:-0}
 default_proxies=nginx
 if [[ $PIPELINE == 1 ]]; then default_proxies+=" nginx-log"; fi
 default_proxies+=" snakeway"
 if [[ $PIPELINE == 1 ]]; then default_proxies+=" snakeway-pipeline"; fi
 if [[ $WASM == 1 ]]; then default_proxies+=" snakeway-wasm"; fi
+if [[ $RATELIMIT == 1 ]]; then default_proxies+=" snakeway-ratelimit"; fi
 PROXIES=${PROXIES:-$default_proxies}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -103,13 +113,13 @@ CALLGRIND_WASM_MAX_INSTANCES=7 # ... and under valgrind (see wasm-device.toml.in
 
 for p in $PROXIES; do
     case $p in
-    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm) ;;
-    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm)" ;;
+    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit) ;;
+    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm, snakeway-ratelimit)" ;;
     esac
 done
 require_positive DURATION ROUNDS N WARMUP CONNECTIONS
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
-wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm; }
+wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm || wants snakeway-ratelimit; }
 # h2load connections of the callgrind runs, the same for every proxy of a run: 8, or with
 # snakeway-wasm CALLGRIND_WASM_MAX_INSTANCES (7), as each request in flight holds an instance.
 if wants snakeway-wasm; then
@@ -152,6 +162,13 @@ check_wasm_header() { # PORT CURL-TIMEOUT: the upstream must receive `x-snakeway
     [[ $got == $'x-snakeway-wasm: 1\n 200' ]] ||
         die "port $port: the upstream did not get x-snakeway-wasm: 1 (it echoed '$got')"
 }
+check_ratelimit_header() { # PORT CURL-TIMEOUT: the answer must carry the device's `RateLimit`
+    local port=$1 got
+    got=$(curl -sS -m "$2" -o /dev/null -D - "http://127.0.0.1:$port/") ||
+        die "curl to port $port/ failed"
+    grep -qi '^ratelimit: "bench";r=' <<<"$got" ||
+        die "port $port: no RateLimit header from the rate_limit device (headers: $got)"
+}
 
 # nginx_start NAME TEMPLATE PORT CPU GLOBALS [VALGRIND...]: runs nginx in the foreground
 # (daemon off) in the background of this script; sets STARTED_PID and STARTED_DIR. The
@@ -183,6 +200,7 @@ snakeway_config() {
     fill "$HERE/snakeway.toml.in" "$dir/snakeway.toml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
     case $proxy in
     snakeway-pipeline) fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir" ;;
+    snakeway-ratelimit) fill "$HERE/ratelimit-device.toml.in" "$dir/devices.toml" NAME=bench ;;
     snakeway-wasm)
         fill "$HERE/wasm-device.toml.in" "$dir/devices.toml" WASM="$WASM_GUEST" TIMEOUT_MS="$WASM_TIMEOUT_MS" \
             MAX_INSTANCES="$WASM_MAX_INSTANCES"
@@ -218,7 +236,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Record the machine and versions.
-record_machine "DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PIPELINE=$PIPELINE WASM=$WASM PROXIES='$PROXIES'"
+record_machine "DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PIPELINE=$PIPELINE WASM=$WASM RATELIMIT=$RATELIMIT PROXIES='$PROXIES'"
 if wants snakeway-wasm; then
     echo "wasm guest: $WASM_GUEST ($(wc -c <"$WASM_GUEST") bytes, sha256 $(sha256sum "$WASM_GUEST" | awk '{ print $1 }'), built $(date -u -r "$WASM_GUEST" +%Y-%m-%dT%H:%M:%SZ))" >>"$OUT_DIR/machine.txt"
 fi
@@ -249,7 +267,7 @@ for p in $PROXIES; do
         WORKER[$p]=$(nginx_worker "$master")
         MAIN[$p]=$master
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit)
         snakeway_start "proxy-$p" "$p" "${PORT[$p]}" "$PROXY_CPU"
         wait_port "${PORT[$p]}" "$STARTED_PID" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
         WORKER[$p]=$STARTED_PID
@@ -263,6 +281,11 @@ for p in $PROXIES; do
         check_wasm_header "${PORT[$p]}" 10
         SENT[$p]=2
         log "$p: the upstream receives x-snakeway-wasm: 1"
+    fi
+    if [[ $p == snakeway-ratelimit ]]; then
+        check_ratelimit_header "${PORT[$p]}" 10
+        SENT[$p]=2
+        log "$p: answers carry the RateLimit header"
     fi
     log "$p on 127.0.0.1:${PORT[$p]} (CPU $PROXY_CPU, measured pid ${WORKER[$p]})"
 done
@@ -328,7 +351,7 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
         ACCESS_LOG=$(access_log_of "$p") nginx_start "$name" "$HERE/proxy.nginx.conf.in" "$port" "$PROXY_CPU" \
             'daemon off; master_process off;' "${vg[@]}"
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit)
         WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS WASM_MAX_INSTANCES=$CALLGRIND_WASM_MAX_INSTANCES \
             snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}"
         ;;
@@ -337,6 +360,7 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
     wait_port "$port" "$pid" "$VALGRIND_START_TIMEOUT" "$dir/stdout.log"
     # One extra request in both the N and the 5N run: it cancels out of (Ir(5N)-Ir(N))/4N.
     if [[ $p == snakeway-wasm ]]; then check_wasm_header "$port" 120; fi
+    if [[ $p == snakeway-ratelimit ]]; then check_ratelimit_header "$port" 120; fi
     callgrind_count "$p" "$pid" "$dir" "$port" "$out" "$n" "http://127.0.0.1:$port/"
 }
 
@@ -427,6 +451,14 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     ratio_row nginx-log nginx
     ratio_row snakeway-pipeline nginx-log
     ratio_row snakeway-wasm snakeway
+    ratio_row snakeway-ratelimit snakeway
+    if wants snakeway && wants snakeway-ratelimit; then
+        printf '| snakeway-ratelimit − snakeway | %s | %s | %s | %s |\n' \
+            "$(difference "${M_RPS[snakeway-ratelimit]}" "${M_RPS[snakeway]}" '%+.0f')" \
+            "$(difference "${M_P99[snakeway-ratelimit]}" "${M_P99[snakeway]}" '%+.2f')" \
+            "$(difference "${M_CPU[snakeway-ratelimit]}" "${M_CPU[snakeway]}" '%+.2f')" \
+            "$(difference "${IPR[snakeway-ratelimit]:-}" "${IPR[snakeway]:-}" '%+.0f')"
+    fi
     if wants snakeway && wants snakeway-wasm; then
         printf '| snakeway-wasm − snakeway | %s | %s | %s | %s |\n' \
             "$(difference "${M_RPS[snakeway-wasm]}" "${M_RPS[snakeway]}" '%+.0f')" \

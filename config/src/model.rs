@@ -478,6 +478,8 @@ pub enum Device {
     Wasm(WasmDevice),
     /// `type = "structured_logging"`.
     StructuredLogging(LoggingDevice),
+    /// `type = "rate_limit"`.
+    RateLimit(RateLimitDevice),
 }
 
 impl Device {
@@ -488,6 +490,7 @@ impl Device {
             Self::RequestFilter(d) => d.enabled,
             Self::Wasm(d) => d.enabled,
             Self::StructuredLogging(d) => d.enabled,
+            Self::RateLimit(d) => d.enabled,
         }
     }
 
@@ -498,6 +501,7 @@ impl Device {
             Self::RequestFilter(d) => d.name.as_deref(),
             Self::Wasm(d) => d.name.as_deref(),
             Self::StructuredLogging(d) => d.name.as_deref(),
+            Self::RateLimit(d) => Some(&d.name),
         }
     }
 }
@@ -609,6 +613,94 @@ impl WasmSettings {
             .or_else(|| absolute(home).map(|home| home.join(".cache")))
             .map(|cache| cache.join("snakeway/wasm"))
     }
+}
+
+/// `type = "rate_limit"`: GCRA throttling per key, local or shared through Redis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimitDevice {
+    /// In the pipeline (default true).
+    pub enabled: bool,
+    /// Required, unique name (metrics, logs, the policy name in the `RateLimit` headers, and
+    /// the Redis key prefix `snakeway:rl:NAME:`).
+    pub name: String,
+    /// What requests are counted by.
+    pub key: RateLimitKey,
+    /// Requests per period per key, sustained (1 to 1000000).
+    pub limit: u32,
+    /// The period (default 1000 ms; 1 ms to 1 day).
+    pub period_ms: u64,
+    /// Requests allowed at once on top of `limit` (default 0; at most 1000000).
+    pub burst: u32,
+    /// Non-empty: only requests whose path is under one of these prefixes count.
+    pub routes: Vec<String>,
+    /// Where the buckets are kept (default local).
+    pub store: RateLimitStore,
+    /// The Redis (`redis://` or `redis+unix://`), with `store = "redis"` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// The longest a request waits for Redis, connecting included (default 5 ms).
+    pub redis_timeout_ms: u64,
+    /// What a store failure does (default open).
+    pub on_store_error: StoreErrorPolicy,
+    /// The status of a refusal (default 429; 400–599).
+    pub status: u16,
+    /// Keys the local store keeps at most, the oldest evicted first (default 1000000).
+    pub max_keys: u64,
+}
+
+/// What a `rate_limit` device counts requests by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// `client_ip`: the identity device's client address when it ran earlier, else the peer.
+    ClientIp,
+    /// `header:NAME` (lower-cased).
+    Header(String),
+    /// `cookie:NAME`.
+    Cookie(String),
+    /// `route`: the device's `routes` prefix the path is under (one budget for all without).
+    Route,
+    /// `attribute:NAME`: a request attribute an earlier device set.
+    Attribute(String),
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClientIp => f.write_str("client_ip"),
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::Cookie(name) => write!(f, "cookie:{name}"),
+            Self::Route => f.write_str("route"),
+            Self::Attribute(name) => write!(f, "attribute:{name}"),
+        }
+    }
+}
+
+impl Serialize for RateLimitKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Where a `rate_limit` device keeps its buckets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStore {
+    /// In the process, shared by its workers.
+    #[default]
+    Local,
+    /// In Redis, shared by every instance using it.
+    Redis,
+}
+
+/// What a `rate_limit` device does when its store fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorPolicy {
+    /// Let the request through.
+    #[default]
+    Open,
+    /// Answer 503.
+    Closed,
 }
 
 /// What a failing WASM device does to the request.

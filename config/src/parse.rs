@@ -227,6 +227,7 @@ impl<'i> Parser<'_> {
             "structured_logging" => self
                 .de(rest, key, &section)
                 .map(RawDevice::StructuredLogging),
+            "rate_limit" => self.de(rest, key, &section).map(RawDevice::RateLimit),
             other => {
                 let hint = did_you_mean(other, DEVICE_TYPES);
                 let message =

@@ -187,11 +187,17 @@ pub(crate) enum RawDevice {
     RequestFilter(RawRequestFilter),
     Wasm(RawWasm),
     StructuredLogging(RawLogging),
+    RateLimit(RawRateLimit),
 }
 
 /// The `type` values, in the order error messages list them.
-pub(crate) const DEVICE_TYPES: [&str; 4] =
-    ["identity", "request_filter", "wasm", "structured_logging"];
+pub(crate) const DEVICE_TYPES: [&str; 5] = [
+    "identity",
+    "request_filter",
+    "wasm",
+    "structured_logging",
+    "rate_limit",
+];
 
 /// `type = "identity"`.
 #[derive(Debug, Deserialize)]
@@ -248,6 +254,25 @@ pub(crate) struct RawLogging {
     pub(crate) include_identity: Option<bool>,
     pub(crate) identity_fields: Option<Vec<String>>,
     pub(crate) queue_bytes: Option<u64>,
+}
+
+/// `type = "rate_limit"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) name: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) limit: Option<u64>,
+    pub(crate) period_ms: Option<u64>,
+    pub(crate) burst: Option<u64>,
+    pub(crate) routes: Option<Vec<String>>,
+    pub(crate) store: Option<String>,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) redis_timeout_ms: Option<u64>,
+    pub(crate) on_store_error: Option<String>,
+    pub(crate) status: Option<u64>,
+    pub(crate) max_keys: Option<u64>,
 }
 
 /// Where an element came from: index into [`RawConfig::files`].

@@ -83,6 +83,7 @@ impl Schema {
             "request_filter" => self.trace::<RawRequestFilter>(&path),
             "wasm" => self.trace::<RawWasm>(&path),
             "structured_logging" => self.trace::<RawLogging>(&path),
+            "rate_limit" => self.trace::<RawRateLimit>(&path),
             // A type `parse` accepts must be traced here; the schema tests fail until it is.
             _ => self.untraced.push(format!(
                 "{path}: no struct for this device type (add it to Schema::trace_device)"

@@ -1248,7 +1248,7 @@ cache = false
         (
             main_name,
             "device[1].type",
-            r#"unknown device type "firewall" (expected one of identity, request_filter, wasm, structured_logging)"#,
+            r#"unknown device type "firewall" (expected one of identity, request_filter, wasm, structured_logging, rate_limit)"#,
         ),
         (main_name, "device[2].phases[1]", r#"unknown value "later""#),
         (
@@ -1757,6 +1757,42 @@ const INTEGER_KEYS: &[(&str, &str, u64, u64)] = &[
         4096,
         1_073_741_824,
     ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = VALUE\n",
+        "device[0].limit",
+        1,
+        1_000_000,
+    ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = 5\nperiod_ms = VALUE\n",
+        "device[0].period_ms",
+        1,
+        86_400_000,
+    ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = 5\nburst = VALUE\n",
+        "device[0].burst",
+        0,
+        1_000_000,
+    ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = 5\nstatus = VALUE\n",
+        "device[0].status",
+        400,
+        599,
+    ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = 5\nmax_keys = VALUE\n",
+        "device[0].max_keys",
+        1,
+        100_000_000,
+    ),
+    (
+        "[[device]]\ntype = \"rate_limit\"\nname = \"r\"\nkey = \"client_ip\"\nlimit = 5\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_timeout_ms = VALUE\n",
+        "device[0].redis_timeout_ms",
+        1,
+        10_000,
+    ),
 ];
 
 #[test]
@@ -1841,6 +1877,90 @@ fn a_huge_max_connections_is_a_problem_not_a_panic() {
             "{}: listener[0].max_connections: 4611686018427387904 is out of range (1-1000000)",
             path.display()
         )
+    );
+}
+
+#[test]
+fn rate_limit_device() {
+    let tmp = TempDir::new("rate-limit");
+    let path = tmp.path("snakeway.toml");
+    let device = |text: &str| match &load_str(text, &path).unwrap().devices[0] {
+        Device::RateLimit(d) => d.clone(),
+        other => panic!("{other:?}"),
+    };
+    let rl = "[[device]]\ntype = \"rate_limit\"\n";
+    let d = device(&format!(
+        "{rl}name = \"r\"\nkey = \"client_ip\"\nlimit = 5\n"
+    ));
+    assert_eq!(
+        (d.key, d.period_ms, d.burst, d.store, d.redis_timeout_ms),
+        (RateLimitKey::ClientIp, 1000, 0, RateLimitStore::Local, 5)
+    );
+    assert_eq!(
+        (d.on_store_error, d.status, d.max_keys),
+        (StoreErrorPolicy::Open, 429, 1_000_000)
+    );
+    let d = device(&format!(
+        "{rl}name = \"r\"\nkey = \"header:X-Api-Key\"\nlimit = 5\nroutes = [\"/api\"]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\non_store_error = \"closed\"\n"
+    ));
+    assert_eq!(d.key, RateLimitKey::Header("x-api-key".into()));
+    assert_eq!(d.key.to_string(), "header:x-api-key");
+    assert_eq!(
+        (d.store, d.on_store_error),
+        (RateLimitStore::Redis, StoreErrorPolicy::Closed)
+    );
+    assert_eq!(d.routes, ["/api"]);
+    for key in ["attribute:tier", "cookie:session", "route", "client_ip"] {
+        let d = device(&format!("{rl}name = \"r\"\nkey = {key:?}\nlimit = 1\n"));
+        assert_eq!(d.key.to_string(), key);
+    }
+
+    let problems = |text: &str| -> Vec<String> {
+        load_str(text, &path)
+            .expect_err(text)
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    };
+    assert_eq!(
+        problems(rl),
+        [
+            "device[0].name: missing (required)",
+            "device[0].key: missing (required)",
+            "device[0].limit: missing (required)",
+        ]
+    );
+    let bad = format!(
+        "{rl}name = \"r\"\nkey = \"header:a b\"\nlimit = 0\nroutes = [\"api\"]\nstore = \"memcached\"\non_store_error = \"maybe\"\nstatus = 200\n"
+    );
+    assert_eq!(
+        problems(&bad),
+        [
+            "device[0].key: \"header:a b\" is not a key (client_ip, header:NAME, cookie:NAME, route or attribute:NAME)",
+            "device[0].limit: 0 is out of range (1-1000000)",
+            "device[0].routes[0]: \"api\" must start with '/'",
+            "device[0].store: unknown value \"memcached\" (expected one of local, redis)",
+            "device[0].on_store_error: unknown value \"maybe\" (expected one of open, closed)",
+            "device[0].status: 200 is not an error status (400-599)",
+        ]
+    );
+    let base = format!("{rl}name = \"r\"\nkey = \"route\"\nlimit = 1\n");
+    assert_eq!(
+        problems(&format!("{base}store = \"redis\"\n")),
+        ["device[0].redis_url: missing (required with store = \"redis\")"]
+    );
+    assert_eq!(
+        problems(&format!("{base}redis_url = \"redis://x\"\n")),
+        ["device[0].redis_url: only with store = \"redis\""]
+    );
+    assert_eq!(
+        problems(&format!(
+            "{base}store = \"redis\"\nredis_url = \"http://x\"\n"
+        )),
+        [
+            "device[0].redis_url: \"http://x\" is not a Redis URL (redis://host[:port][/db] or redis+unix:///path)"
+        ]
     );
 }
 

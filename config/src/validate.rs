@@ -59,6 +59,15 @@ const WASM_MEMORY: RangeInclusive<u64> = 65_536..=268_435_456;
 const WASM_INSTANCES: RangeInclusive<u64> = 1..=100_000;
 /// A logging device's `queue_bytes`: 4 KiB to 1 GiB.
 const LOG_QUEUE_BYTES: RangeInclusive<u64> = 4096..=1_073_741_824;
+/// `device[].limit` and `device[].burst` of a rate limit.
+const RATE_LIMIT: RangeInclusive<u64> = 1..=1_000_000;
+const RATE_BURST: RangeInclusive<u64> = 0..=1_000_000;
+/// `device[].period_ms` of a rate limit: 1 ms to a day.
+const RATE_PERIOD_MS: RangeInclusive<u64> = 1..=86_400_000;
+/// `device[].redis_timeout_ms`.
+const REDIS_TIMEOUT_MS: RangeInclusive<u64> = 1..=10_000;
+/// `device[].max_keys` of a rate limit.
+const RATE_MAX_KEYS: RangeInclusive<u64> = 1..=100_000_000;
 
 /// Checks everything and fills defaults; problems go to `problems`.
 pub(crate) fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
@@ -876,6 +885,7 @@ fn respond_target(s: &mut Scope<'_>, respond: Option<RawRespond>) -> Option<Rout
 
 fn build_device(s: &mut Scope<'_>, raw: RawDevice) -> Option<Device> {
     match raw {
+        RawDevice::RateLimit(raw) => build_rate_limit(s, raw).map(Device::RateLimit),
         RawDevice::Identity(raw) => {
             let trusted_proxies = ip_nets(s, "trusted_proxies", raw.trusted_proxies);
             let geoip_db = raw
@@ -1292,6 +1302,143 @@ impl<'a> Scope<'a> {
                 format!("{value:?} is not a valid header value (visible ASCII only)"),
             );
         }
+    }
+}
+
+fn build_rate_limit(s: &mut Scope<'_>, raw: RawRateLimit) -> Option<RateLimitDevice> {
+    let name = s.required("name", raw.name);
+    if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        s.bad("name", "is empty");
+    }
+    let key = s.required("key", raw.key).and_then(|text| {
+        let key = parse_rate_limit_key(&text);
+        if key.is_none() {
+            s.bad(
+                "key",
+                format!(
+                    "{text:?} is not a key (client_ip, header:NAME, cookie:NAME, route or attribute:NAME)"
+                ),
+            );
+        }
+        key
+    });
+    let limit = s
+        .required("limit", raw.limit)
+        .and_then(|l| s.within("limit", Some(l), RATE_LIMIT));
+    let mut routes = Vec::new();
+    for (j, route) in raw.routes.unwrap_or_default().into_iter().enumerate() {
+        if route.starts_with('/') {
+            routes.push(route);
+        } else {
+            s.bad(
+                &format!("routes[{j}]"),
+                format!("{route:?} must start with '/'"),
+            );
+        }
+    }
+    let store = match raw.store.as_deref() {
+        None => Some(RateLimitStore::Local),
+        Some(text) => s.one_of(
+            "store",
+            text,
+            &[
+                ("local", RateLimitStore::Local),
+                ("redis", RateLimitStore::Redis),
+            ],
+        ),
+    };
+    let redis_url = match (store, raw.redis_url) {
+        (Some(RateLimitStore::Redis), None) => {
+            s.bad("redis_url", "missing (required with store = \"redis\")");
+            None
+        }
+        (Some(RateLimitStore::Local), Some(_)) => {
+            s.bad("redis_url", "only with store = \"redis\"");
+            None
+        }
+        (_, Some(url)) => {
+            let schemes = ["redis://", "redis+unix://", "unix://"];
+            let host = schemes.iter().find_map(|p| url.strip_prefix(p));
+            match host {
+                Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Some(url),
+                _ => {
+                    s.bad(
+                        "redis_url",
+                        format!("{url:?} is not a Redis URL (redis://host[:port][/db] or redis+unix:///path)"),
+                    );
+                    None
+                }
+            }
+        }
+        (_, None) => None,
+    };
+    let on_store_error = match raw.on_store_error.as_deref() {
+        None => Some(StoreErrorPolicy::Open),
+        Some(text) => s.one_of(
+            "on_store_error",
+            text,
+            &[
+                ("open", StoreErrorPolicy::Open),
+                ("closed", StoreErrorPolicy::Closed),
+            ],
+        ),
+    };
+    let status = match raw.status {
+        None => Some(429),
+        Some(st) if ERROR_STATUS.contains(&st) => u16::try_from(st).ok(),
+        Some(st) => {
+            s.bad(
+                "status",
+                format!(
+                    "{st} is not an error status ({}-{})",
+                    ERROR_STATUS.start(),
+                    ERROR_STATUS.end()
+                ),
+            );
+            None
+        }
+    };
+    let period_ms = s.range("period_ms", raw.period_ms, 1000, RATE_PERIOD_MS);
+    let burst = s.range("burst", raw.burst, 0, RATE_BURST);
+    let redis_timeout_ms = s.range(
+        "redis_timeout_ms",
+        raw.redis_timeout_ms,
+        5,
+        REDIS_TIMEOUT_MS,
+    );
+    let max_keys = s.range("max_keys", raw.max_keys, 1_000_000, RATE_MAX_KEYS);
+    Some(RateLimitDevice {
+        enabled: raw.enabled.unwrap_or(true),
+        name: name?,
+        key: key?,
+        limit: u32::try_from(limit?).ok()?,
+        period_ms,
+        burst: u32::try_from(burst).ok()?,
+        routes,
+        store: store?,
+        redis_url,
+        redis_timeout_ms,
+        on_store_error: on_store_error?,
+        status: status?,
+        max_keys,
+    })
+}
+
+/// A `rate_limit` key: `client_ip`, `header:NAME`, `cookie:NAME`, `route` or
+/// `attribute:NAME`.
+fn parse_rate_limit_key(text: &str) -> Option<RateLimitKey> {
+    match text {
+        "client_ip" => return Some(RateLimitKey::ClientIp),
+        "route" => return Some(RateLimitKey::Route),
+        _ => {}
+    }
+    let (kind, name) = text.split_once(':')?;
+    match kind {
+        "header" => is_token(name).then(|| RateLimitKey::Header(name.to_ascii_lowercase())),
+        "cookie" => is_token(name).then(|| RateLimitKey::Cookie(name.to_owned())),
+        "attribute" => (!name.is_empty() && name.len() <= 256 && !name.contains(char::is_control))
+            .then(|| RateLimitKey::Attribute(name.to_owned())),
+        _ => None,
     }
 }
 

@@ -139,9 +139,24 @@ pub(super) fn config(config: &Config) -> Value {
             if let Some(table) = device.get_mut("config") {
                 redact_secrets(table);
             }
+            if let Some(Value::String(url)) = device.get_mut("redis_url") {
+                *url = redact_userinfo(url);
+            }
         }
     }
     value
+}
+
+/// A URL with its credentials (`user:password@`) redacted: a rate_limit device's `redis_url`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Replaces every entry of `value` (recursively) whose key names a secret.
@@ -175,6 +190,19 @@ pub(super) fn report(report: &Report) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_credentials_are_redacted() {
+        assert_eq!(
+            redact_userinfo("redis://:pw@h:6379/0"),
+            format!("redis://{REDACTED}@h:6379/0")
+        );
+        assert_eq!(redact_userinfo("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redact_userinfo("redis+unix:///run/r.sock"),
+            "redis+unix:///run/r.sock"
+        );
+    }
 
     #[test]
     fn secret_looking_entries_are_redacted_at_any_depth() {

@@ -22,6 +22,7 @@ use snakeway_core::metrics::{
     UPSTREAM_RESPONSE_DURATION, Value, WASM_FAILURE_KINDS, WASM_FAILURES, WASM_INSTANCES_CAPACITY,
     WASM_INSTANCES_IN_USE, status_class,
 };
+use snakeway_ratelimit::metrics::{RATE_LIMIT_KEYS, RATE_LIMIT_OUTCOMES, RATE_LIMIT_REQUESTS};
 
 /// Registers the collector of every recorded family in `registry` (whose prefix, `snakeway`,
 /// the names get).
@@ -155,6 +156,8 @@ impl Collector for Recorded {
         values(e, &WASM_INSTANCES_CAPACITY)?;
         counters(e, &WASM_FAILURES, "kind", &WASM_FAILURE_KINDS)?;
         counter(e, &LOG_LINES_DROPPED)?;
+        counters(e, &RATE_LIMIT_REQUESTS, "outcome", &RATE_LIMIT_OUTCOMES)?;
+        values(e, &RATE_LIMIT_KEYS)?;
         Ok(())
     }
 }

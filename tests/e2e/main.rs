@@ -26,6 +26,7 @@ mod listeners;
 mod packaging;
 mod prometheus;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod reload_cli;
 mod retry;

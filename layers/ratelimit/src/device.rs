@@ -1,0 +1,382 @@
+//! [`RateLimit`]: the throttling device.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{Entry, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Response, StatusCode, request};
+use snakeway_core::metrics::Counters;
+use snakeway_core::request_id::X_REQUEST_ID;
+use snakeway_core::respond::{self, TEXT_PLAIN};
+use snakeway_core::{
+    Body, Device, DeviceResult, Flow, Phase, Phases, RequestCtx, ResponseCtx, SlotKey,
+};
+
+use crate::gcra::{Decision, Quota};
+use crate::key::{RateKey, under};
+use crate::local::LocalStore;
+use crate::metrics::{Outcome, RATE_LIMIT_REQUESTS};
+use crate::redis::{LogThrottle, RedisStore};
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the quota policy.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers): what is left of the quota.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Where a device keeps its buckets.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// In this process, shared by its workers.
+    Local(Arc<LocalStore>),
+    /// In Redis, shared by every Snakeway using it.
+    Redis(Arc<RedisStore>),
+}
+
+// === impl Store ===
+
+impl Store {
+    /// The quota the store counts against.
+    pub fn quota(&self) -> &Quota {
+        match self {
+            Self::Local(s) => s.quota(),
+            Self::Redis(s) => s.quota(),
+        }
+    }
+}
+
+/// What a request gets when the store cannot decide (Redis down or slow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Let the request through (unlimited), and count the error.
+    #[default]
+    Open,
+    /// Answer 503 Service Unavailable, and count the error.
+    Closed,
+}
+
+/// A throttling device's settings (besides its store).
+#[derive(Clone, Debug)]
+pub struct RateLimitOptions {
+    /// The device's name: in logs, metrics and the policy name of the `RateLimit` headers.
+    pub name: String,
+    /// What requests are counted by.
+    pub key: RateKey,
+    /// Non-empty: only requests whose (normalized) path is under one of these prefixes count.
+    pub routes: Vec<String>,
+    /// The status of a refusal (default 429).
+    pub status: StatusCode,
+    /// What a store failure does.
+    pub on_store_error: OnStoreError,
+}
+
+impl RateLimitOptions {
+    /// Options for a device named `name` counting by `key`, with the defaults: every route,
+    /// 429, open on store errors.
+    pub fn new(name: impl Into<String>, key: RateKey) -> Self {
+        Self {
+            name: name.into(),
+            key,
+            routes: Vec::new(),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            on_store_error: OnStoreError::Open,
+        }
+    }
+}
+
+/// The throttling device: counts each request against its key's GCRA bucket in its [`Store`]
+/// and answers early with `status` (429) once the key is over its quota.
+///
+/// In `on_request` (before routing, so `routes` match the normalized path by prefix, as
+/// routes do, without the host):
+///
+/// 1. a path under none of `routes` (when given) is not counted;
+/// 2. a request without its key is not limited (counted as `no_key`);
+/// 3. over the quota: `status` with `Retry-After` (whole seconds, rounded up),
+///    `RateLimit-Policy` and `RateLimit`; the upstream is not called;
+/// 4. a store failure: `on_store_error` lets the request through or answers 503 with
+///    `Retry-After: 1`; each failure is counted, and logged at most once a second.
+///
+/// In `on_response`, a request it allowed gets the `RateLimit` header (appended to one an
+/// earlier throttling device set, as a list).
+pub struct RateLimit {
+    options: RateLimitOptions,
+    store: Store,
+    /// This device's slot in a request's `DeviceSlots`: what it allowed, for `on_response`.
+    id: SlotKey,
+    /// `"name";q=limit;w=seconds`.
+    policy: HeaderValue,
+    /// The policy name as a structured-field string, quotes included.
+    quoted: String,
+    outcomes: Arc<Counters<4>>,
+    log: LogThrottle,
+}
+
+/// What a device that allowed a request tells it in `RateLimit`: the remaining requests and
+/// the seconds until the bucket is full (kept in the request's `DeviceSlots`).
+#[derive(Clone, Copy, Debug)]
+struct Allowance {
+    remaining: u64,
+    reset: u64,
+}
+
+// === impl RateLimit ===
+
+impl RateLimit {
+    /// A device with `options`, counting in `store`.
+    pub fn new(options: RateLimitOptions, store: Store) -> Self {
+        let quoted = quoted(&options.name);
+        let quota = store.quota();
+        let window = seconds(quota.period());
+        let policy = format!("{quoted};q={};w={window}", quota.limit());
+        Self {
+            outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
+            policy: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("\"\"")),
+            quoted,
+            options,
+            store,
+            id: SlotKey::unique(),
+            log: LogThrottle::new(),
+        }
+    }
+
+    /// The store the device counts in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Counts the request in the store; `None` when the request has no key.
+    fn decide(
+        &self,
+        ctx: &RequestCtx,
+        req: &request::Parts,
+        route: Option<&str>,
+    ) -> Option<Result<Decision, crate::redis::StoreError>> {
+        self.options
+            .key
+            .with_bytes(ctx, req, route, |key| match &self.store {
+                Store::Local(store) => Ok(store.check(key)),
+                Store::Redis(store) => store.check(key),
+            })
+    }
+
+    /// The early answer for a refused request.
+    fn refuse(&self, decision: &Decision, ctx: &RequestCtx) -> Response<Body> {
+        let status = self.options.status;
+        let retry = seconds(decision.retry_after);
+        let mut text = String::with_capacity(64);
+        let _ = write!(text, "{}", status.as_u16());
+        if let Some(reason) = status.canonical_reason() {
+            text.push(' ');
+            text.push_str(reason);
+        }
+        let _ = writeln!(text, ": rate limit exceeded, retry in {retry} s");
+        let mut response = respond::fixed(status, TEXT_PLAIN.clone(), Bytes::from(text));
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id().clone());
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry));
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        if let Ok(value) = HeaderValue::try_from(format!("{};r=0;t={retry}", self.quoted)) {
+            headers.insert(RATELIMIT.clone(), value);
+        }
+        response
+    }
+
+    /// The answer when the store failed and `on_store_error` is closed.
+    fn unavailable(&self, ctx: &RequestCtx) -> Response<Body> {
+        let text = "503 Service Unavailable: the rate limit store is unavailable\n";
+        let mut response = respond::fixed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT_PLAIN.clone(),
+            Bytes::from_static(text.as_bytes()),
+        );
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id().clone());
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+
+    /// The device's route prefix the path is under (the longest), `Some("")` when the device
+    /// has no routes, `None` when the request is not counted.
+    fn route<'a>(&'a self, path: &str) -> Option<&'a str> {
+        if self.options.routes.is_empty() {
+            return Some("");
+        }
+        self.options
+            .routes
+            .iter()
+            .filter(|prefix| under(path, prefix))
+            .max_by_key(|prefix| prefix.len())
+            .map(String::as_str)
+    }
+
+    /// `before` followed by this device's `RateLimit` item, formatted without `fmt`.
+    fn ratelimit(&self, before: &[u8], allowance: Allowance) -> Option<HeaderValue> {
+        let mut value = Vec::with_capacity(before.len() + self.quoted.len() + 48);
+        value.extend_from_slice(before);
+        value.extend_from_slice(self.quoted.as_bytes());
+        value.extend_from_slice(b";r=");
+        push_decimal(&mut value, allowance.remaining);
+        value.extend_from_slice(b";t=");
+        push_decimal(&mut value, allowance.reset);
+        HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+    }
+
+    #[inline]
+    fn count(&self, outcome: Outcome) {
+        self.outcomes.add(outcome as usize, 1);
+    }
+}
+
+impl Device for RateLimit {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::only(Phase::Request).with(Phase::Response)
+    }
+
+    fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
+        let Some(route) = self.route(ctx.path()) else {
+            return Ok(Flow::Continue);
+        };
+        match self.decide(ctx, req, Some(route)) {
+            None => {
+                self.count(Outcome::NoKey);
+                Ok(Flow::Continue)
+            }
+            Some(Ok(decision)) if decision.allowed => {
+                self.count(Outcome::Allowed);
+                let allowance = Allowance {
+                    remaining: decision.remaining,
+                    reset: seconds(decision.reset),
+                };
+                ctx.info().slots.put(self.id, Box::new(allowance));
+                Ok(Flow::Continue)
+            }
+            Some(Ok(decision)) => {
+                self.count(Outcome::Limited);
+                Ok(Flow::Respond(self.refuse(&decision, ctx)))
+            }
+            Some(Err(error)) => {
+                self.count(Outcome::StoreError);
+                if self.log.allow() {
+                    tracing::warn!(
+                        device = %self.options.name,
+                        %error,
+                        on_store_error = ?self.options.on_store_error,
+                        "rate limit store failed (logged at most once a second; all are counted)"
+                    );
+                }
+                Ok(match self.options.on_store_error {
+                    OnStoreError::Open => Flow::Continue,
+                    OnStoreError::Closed => Flow::Respond(self.unavailable(ctx)),
+                })
+            }
+        }
+    }
+
+    fn on_response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), snakeway_core::DeviceError> {
+        let Some(allowance) = ctx.info().slots.take::<Allowance>(self.id) else {
+            return Ok(());
+        };
+        match res.head.headers.entry(&RATELIMIT) {
+            Entry::Vacant(entry) => {
+                if let Some(value) = self.ratelimit(&[], *allowance) {
+                    entry.insert(value);
+                }
+            }
+            Entry::Occupied(mut entry) => {
+                let mut earlier = entry.get().as_bytes().to_vec();
+                earlier.extend_from_slice(b", ");
+                if let Some(value) = self.ratelimit(&earlier, *allowance) {
+                    entry.insert(value);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("options", &self.options)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Whole seconds, rounded up.
+fn seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `name` as a structured-field string (RFC 9651): quoted, `"` and `\` escaped, anything
+/// outside printable ASCII replaced by `?`.
+fn quoted(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(seconds(Duration::from_millis(200)), 1);
+        assert_eq!(seconds(Duration::from_secs(2)), 2);
+        assert_eq!(seconds(Duration::from_millis(2001)), 3);
+        assert_eq!(seconds(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn policy_names_are_structured_field_strings() {
+        assert_eq!(quoted("per-client"), "\"per-client\"");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(quoted("é"), "\"?\"");
+    }
+}
