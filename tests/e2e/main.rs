@@ -25,6 +25,7 @@ mod reload;
 mod retry;
 mod routing;
 mod static_files;
+mod tls_resumption;
 mod trailers;
 mod wasm;
 mod wasm_cache;
