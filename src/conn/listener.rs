@@ -299,7 +299,10 @@ impl AcceptLoop {
                 tunnels: self.connections.clone(),
                 slot: Arc::new(slot),
             };
-            self.connections.spawn(conn.serve(stream, peer));
+            let task = conn.serve(stream, peer);
+            // The connection's future, held inline in its task (docs/benchmarks.md § connections).
+            tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
+            self.connections.spawn(task);
         }
     }
 }
