@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Connection-scale benchmark: what an idle keep-alive connection costs, Snakeway beside nginx.
 #
-#   benches/connections/run.sh                    # N=10000 ROUNDS=3 CHURN=2000
+#   benches/connections/run.sh                    # N=10000 ROUNDS=3 CHURN=5000
 #   N=2000 ROUNDS=1 CHURN=500 benches/connections/run.sh
 #
 # Both servers run one worker on CPU 0 (nginx `worker_processes 1`, Snakeway `threads = 1`)
@@ -12,7 +12,8 @@
 #   * RSS per idle connection, for h1 (HTTP/1.1 plain), h1s (HTTP/1.1 over TLS), h2c
 #     (prior-knowledge HTTP/2) and h2s (HTTP/2 over TLS, ALPN): `client.py hold` opens N
 #     connections, sends one GET / on each and reads its answer, then holds them idle.
-#     (VmRSS with them held − VmRSS before, after one warm-up request) / N, from
+#     (VmRSS with them held − VmRSS before, after 16 warm-up connections of the same protocol
+#     opened and closed) / N, from
 #     /proc/PID/status of the worker (nginx's worker process, Snakeway's only process).
 #   * p99 of normal requests (`wrk -t1 -c16 --latency`, DURATION seconds, new connections)
 #     with no idle load and while the N idle connections of each protocol are held.
@@ -20,7 +21,8 @@
 #     CHURN requests, 4 client threads, `connection: close`): plain (h1), TLS with a full
 #     handshake each time (h1s), TLS resuming the thread's previous session (h1s-resume; the
 #     number of handshakes that did resume is logged and written to the summary).
-#     utime+stime of the worker over the run / requests; median of ROUNDS rounds, the two
+#     CPU time of the worker's threads over the run (/proc/PID/task/*/schedstat, in ns: the
+#     100 Hz ticks of /proc/PID/stat are too coarse here) / requests; median of ROUNDS rounds, the two
 #     servers alternating (ABBA); the ratio to nginx is of the same run.
 #
 # Both use an ECDSA P-256 certificate made here with openssl, TLS 1.2 and 1.3; nginx keeps its
@@ -31,7 +33,7 @@
 #
 # Environment:
 #   N            idle connections per protocol (default 10000)
-#   CHURN        requests of each new-connection CPU run (default 2000)
+#   CHURN        requests of each new-connection CPU run (default 5000)
 #   ROUNDS       rounds of the CPU runs (default 3)
 #   DURATION     seconds of each wrk p99 run (default 5)
 #   PROTOS       idle protocols to measure (default "h1 h1s h2c h2s")
@@ -48,7 +50,7 @@ BENCH=connections
 source "$HERE/../lib.sh"
 
 N=${N:-10000}
-CHURN=${CHURN:-2000}
+CHURN=${CHURN:-5000}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PROTOS=${PROTOS:-h1 h1s h2c h2s}
@@ -123,6 +125,10 @@ start() {
 
 stop() { stop_pid "$STARTED_PID" TERM 10; }
 
+cpu_ns() { # PID: CPU time of PID's live threads in ns (/proc/PID/task/*/schedstat, field 1)
+    cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'
+}
+
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 port_of() { # PROTO
@@ -148,10 +154,16 @@ for s in "${SERVERS[@]}"; do
     stop
     for p in $PROTOS; do
         start "$s"
+        # Warm-up: a few connections of the protocol measured, opened and closed, so that its
+        # one-time costs (TLS library tables, the HTTP/2 machinery) are not counted per connection.
+        python3 "$CLIENT" hold "$p" "$(port_of "$p")" 16 </dev/null >"$OUT_DIR/warmup-$s-$p.txt" 2>&1 ||
+            die "$s $p: the warm-up failed (see $OUT_DIR/warmup-$s-$p.txt)"
+        sleep 1
         BASE[$s.$p]=$(rss_kib "$SERVER_PID")
         fifo="$TMP/hold-$s-$p"
         mkfifo "$fifo"
         out="$OUT_DIR/hold-$s-$p.txt"
+        : >"$out"
         taskset -c "$LOAD_CPU" python3 "$CLIENT" hold "$p" "$(port_of "$p")" "$N" <"$fifo" >"$out" 2>&1 &
         holder=$!
         exec 7>"$fifo"
@@ -185,12 +197,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
             out="$OUT_DIR/churn-$s-$p-$r.txt"
             port=$PLAIN_PORT
             [[ $p == h1 ]] || port=$TLS_PORT
-            t0=$(cpu_ticks "$SERVER_PID")
+            t0=$(cpu_ns "$SERVER_PID")
             taskset -c "$LOAD_CPU" python3 "$CLIENT" churn "$p" "$port" "$CHURN" 4 >"$out" 2>&1 ||
                 die "$s $p: the churn client failed (see $out)"
-            t1=$(cpu_ticks "$SERVER_PID")
+            t1=$(cpu_ns "$SERVER_PID")
             grep -q "^done $CHURN " "$out" || die "$s $p: the churn client did not finish (see $out)"
-            us=$(cpu_us_per_req $((t1 - t0)) "$CHURN")
+            us=$(awk -v ns=$((t1 - t0)) -v n="$CHURN" 'BEGIN { printf "%.2f", ns / 1000 / n }')
             CPU_RUNS[$s.$p]+="$us "
             RESUMED[$s.$p]=$(awk '{ print $4 }' "$out")
             log "round $r $s $p: $us µs CPU/request (resumed handshakes: ${RESUMED[$s.$p]})"
