@@ -125,8 +125,9 @@ start() {
 
 stop() { stop_pid "$STARTED_PID" TERM 10; }
 
-cpu_ns() { # PID: CPU time of PID's live threads in ns (/proc/PID/task/*/schedstat, field 1)
-    cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'
+cpu_ns() { # PID: CPU time of PID's live threads in ns (/proc/PID/task/*/schedstat, field 1;
+    # printed with %.0f: awk's %d stops at 2^31 ns)
+    cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f", s }'
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
