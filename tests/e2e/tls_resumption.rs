@@ -33,7 +33,10 @@ async fn start(ca: &Ca, tag: &str) -> Server {
 
 /// A client config trusting `ca`, limited to one TLS version, offering http/1.1. Its default
 /// resumption store (in memory) keeps the sessions the server hands out.
-fn client(ca: &Ca, version: &'static rustls::SupportedProtocolVersion) -> Arc<rustls::ClientConfig> {
+fn client(
+    ca: &Ca,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[version])
         .unwrap()
