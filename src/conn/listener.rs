@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
 use super::tunnel::TunnelHost;
-use super::watch::{self, Active, Drain, Meter, Metered, Pressure, Reduced, Watch};
+use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::{Rejections, StrictH1};
 use crate::handler::{ConnService, ListenerTag};
 use crate::stack::{ListenerRuntime, Snapshot};
@@ -299,7 +299,10 @@ impl AcceptLoop {
                 tunnels: self.connections.clone(),
                 slot: Arc::new(slot),
             };
-            self.connections.spawn(conn.serve(stream, peer));
+            let task = conn.serve(stream, peer);
+            // The connection's future, held inline in its task (docs/benchmarks.md § connections).
+            tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
+            self.connections.spawn(task);
         }
     }
 }
@@ -360,10 +363,12 @@ impl Connection {
             None if self.runtime.http2 => {
                 let sniff = detect::sniff(stream, header_read_timeout);
                 match watch::under_pressure(sniff, self.accepted, reduced, &self.pressure).await {
-                    Ok(Ok((Protocol::Http2, io))) => self.serve_h2(io, service, meter).await,
+                    Ok(Ok((Protocol::Http2, io))) => {
+                        self.serve_h2(io, service, meter).await;
+                    }
                     Ok(Ok((Protocol::Http1, io))) => {
                         self.serve_h1(StrictH1::new(io, max_head, rejections), service, meter)
-                            .await
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed"),
                     Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
@@ -371,7 +376,7 @@ impl Connection {
             }
             None => {
                 self.serve_h1(StrictH1::new(stream, max_head, rejections), service, meter)
-                    .await
+                    .await;
             }
             Some(acceptor) => {
                 let accept = async {
@@ -385,7 +390,9 @@ impl Connection {
                     }
                     acceptor.accept(stream).await
                 };
-                let handshake = tokio::time::timeout(header_read_timeout, accept);
+                // Boxed: held inline, the handshake's state (a whole TLS stream) would size
+                // every connection's task for its whole life.
+                let handshake = Box::pin(tokio::time::timeout(header_read_timeout, accept));
                 let handshake =
                     watch::under_pressure(handshake, self.accepted, reduced, &self.pressure);
                 let tls = match handshake.await {
@@ -434,7 +441,16 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 on `io` (already behind the framing guard).
-    async fn serve_h1<I>(&self, io: I, service: Service, meter: Arc<Meter>)
+    ///
+    /// The hyper connection (with `io` in it) is boxed, at its own size: held inline, every
+    /// connection's task would be as large as the largest kind (HTTP/2 over TLS), several times
+    /// over (docs/benchmarks.md § connection scale).
+    fn serve_h1<I>(
+        &self,
+        io: I,
+        service: Service,
+        meter: Arc<Meter>,
+    ) -> impl Future<Output = Ended> + use<I>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -443,16 +459,21 @@ impl Connection {
             .http1
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        self.watch(meter, false).drive(conn).await;
+        self.watch(meter, false).drive(Box::pin(conn))
     }
 
-    /// Serves HTTP/2 on `io`.
-    async fn serve_h2<I>(&self, io: I, service: Service, meter: Arc<Meter>)
+    /// Serves HTTP/2 on `io`; the hyper connection is boxed (see [`Connection::serve_h1`]).
+    fn serve_h2<I>(
+        &self,
+        io: I,
+        service: Service,
+        meter: Arc<Meter>,
+    ) -> impl Future<Output = Ended> + use<I>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn = self.runtime.h2.serve_connection(TokioIo::new(io), service);
-        self.watch(meter, true).drive(conn).await;
+        self.watch(meter, true).drive(Box::pin(conn))
     }
 }
 

@@ -10,6 +10,8 @@
 pub(crate) mod detect;
 pub(crate) mod h1;
 pub(crate) mod listener;
+#[cfg(test)]
+mod sizes;
 pub(crate) mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod watch;

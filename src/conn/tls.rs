@@ -1,4 +1,9 @@
 //! TLS for listeners: rustls with ALPN (`h2`, `http/1.1`) and SNI certificates.
+//!
+//! Returning clients resume instead of repeating the full handshake ([`resumption`]): TLS 1.3
+//! and TLS 1.2 session tickets, sealed with a key that rotates every 6 hours, and a bounded
+//! session cache for TLS 1.2 clients without tickets. Both are shared by every listener and
+//! survive reloads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,12 +55,40 @@ pub(crate) fn acceptor(tls: &snakeway_config::Tls, http2: bool) -> Result<TlsAcc
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    resumption(&mut config);
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Session IDs the server remembers for TLS 1.2 clients that do not take tickets (about 200
+/// bytes each, the oldest forgotten first).
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+/// Sets up session resumption on `config`: one process-wide rotating ticketer (stateless, so
+/// resumption costs no server memory per client) and one bounded session cache. If the
+/// ticketer cannot be made (its key comes from the system's random source), the session cache
+/// still resumes TLS 1.3 sessions statefully.
+fn resumption(config: &mut rustls::ServerConfig) {
+    type Shared = (
+        Option<Arc<dyn rustls::server::ProducesTickets>>,
+        Arc<dyn rustls::server::StoresServerSessions>,
+    );
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let (ticketer, cache) = SHARED.get_or_init(|| {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .inspect_err(|e| tracing::warn!(error = %e, "no TLS session tickets"))
+            .ok();
+        let cache = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        (ticketer, cache)
+    });
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer.clone();
+    }
+    config.session_storage = cache.clone();
 }
 
 fn load_key(

@@ -269,6 +269,13 @@ pub(crate) trait Drain {
     fn drain(self: Pin<&mut Self>);
 }
 
+/// A boxed connection drains like the connection in it.
+impl<C: Drain + ?Sized> Drain for Pin<Box<C>> {
+    fn drain(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().drain();
+    }
+}
+
 /// Why [`Watch::drive`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ended {

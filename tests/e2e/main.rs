@@ -32,6 +32,7 @@ mod reload_cli;
 mod retry;
 mod routing;
 mod static_files;
+mod tls_resumption;
 mod trailers;
 mod wasm;
 mod wasm_cache;

@@ -1,6 +1,7 @@
 //! Hostile peers through real sockets (docs/security.md): clients and upstreams that stall,
 //! flood, lie or send malformed bytes. One module per concern; one test per attack.
 
+mod accept_flood;
 mod forwarding;
 mod framing;
 mod h2;

@@ -1,0 +1,53 @@
+//! What one connection holds inline, by type: the budgets of the per-connection state that
+//! `docs/benchmarks.md` (§ connections) breaks down, each with some headroom. Heap buffers (hyper's 8 KiB read and
+//! write buffers, rustls's, h2's) are not in these sizes; they are measured by
+//! `benches/connections/run.sh`. Run with `--nocapture` to see the figures.
+
+use std::mem::size_of;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::detect::Rewind;
+use super::h1::StrictH1;
+use super::watch::{Active, Meter, Metered, Watch};
+use crate::handler::ConnService;
+
+type Tcp = Active<TcpStream>;
+type Tls = tokio_rustls::server::TlsStream<Tcp>;
+type Service = Metered<ConnService>;
+type H1<I> = http1::UpgradeableConnection<TokioIo<StrictH1<I>>, Service>;
+type H2<I> = http2::Connection<TokioIo<I>, Service, TokioExecutor>;
+
+/// (what, its size, the budget it must stay within).
+fn sizes() -> Vec<(&'static str, usize, usize)> {
+    vec![
+        ("Meter (one Arc per connection)", size_of::<Meter>(), 96),
+        ("Watch", size_of::<Watch>(), 128),
+        ("ConnService", size_of::<ConnService>(), 160),
+        ("StrictH1<TCP>", size_of::<StrictH1<Tcp>>(), 320),
+        ("TlsStream<TCP>", size_of::<Tls>(), 1408),
+        ("hyper http1 connection, plain", size_of::<H1<Tcp>>(), 1152),
+        ("hyper http1 connection, TLS", size_of::<H1<Tls>>(), 2560),
+        (
+            "hyper http2 connection, h2c",
+            size_of::<H2<Rewind<Tcp>>>(),
+            1920,
+        ),
+        ("hyper http2 connection, TLS", size_of::<H2<Tls>>(), 3264),
+    ]
+}
+
+#[test]
+fn per_connection_state_stays_within_its_budget() {
+    let sizes = sizes();
+    for (what, size, budget) in &sizes {
+        eprintln!("{what}: {size} bytes (budget {budget})");
+    }
+    let over: Vec<_> = sizes
+        .iter()
+        .filter(|(_, size, budget)| size > budget)
+        .collect();
+    assert!(over.is_empty(), "over budget: {over:?}");
+}
