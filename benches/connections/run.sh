@@ -37,7 +37,7 @@
 #   ROUNDS       rounds of the CPU runs (default 3)
 #   DURATION     seconds of each wrk p99 run (default 5)
 #   PROTOS       idle protocols to measure (default "h1 h1s h2c h2s")
-#   SNAKEWAY_BIN use this binary instead of `cargo build --release --bin snakeway`
+#   SNAKEWAY_BIN use this binary instead of `cargo build --profile profiling --bin snakeway`
 #   OUT_DIR      raw outputs (default bench-out/connections-<timestamp> in the repository)
 #
 # The script installs nothing; on Debian: apt-get install -y nginx-light wrk python3 openssl.
