@@ -23,14 +23,21 @@ pub(super) fn health(state: &State) -> Value {
     })
 }
 
-/// `GET /admin/upstreams`: every service, in config order, with its upstreams.
-pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
-    let services: Vec<Value> = snapshot
+/// The snapshot's services in config order, each with its configuration.
+fn services_in_order(
+    snapshot: &Snapshot,
+) -> impl Iterator<Item = (&snakeway_config::Service, &snakeway_proxy::ProxyService)> {
+    snapshot
         .config
         .services
         .iter()
-        .filter_map(|svc| {
-            let service = snapshot.services.get(&svc.name)?;
+        .filter_map(|svc| Some((svc, snapshot.services.get(&svc.name)?)))
+}
+
+/// `GET /admin/upstreams`: every service, in config order, with its upstreams.
+pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
+    let services: Vec<Value> = services_in_order(snapshot)
+        .map(|(svc, service)| {
             let checked = svc.health_check.enabled;
             let upstreams: Vec<Value> = service
                 .upstreams()
@@ -52,11 +59,11 @@ pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
                     })
                 })
                 .collect();
-            Some(json!({
+            json!({
                 "name": svc.name,
                 "strategy": svc.strategy,
                 "upstreams": upstreams,
-            }))
+            })
         })
         .collect();
     json!({ "epoch": snapshot.epoch, "services": services })
@@ -66,12 +73,8 @@ pub(super) fn upstreams(snapshot: &Snapshot) -> Value {
 /// first, as they are matched), where it leads, its requests by status class over every
 /// listener and their mean duration.
 pub(super) fn stats(snapshot: &Snapshot) -> Value {
-    let services: Vec<Value> = snapshot
-        .config
-        .services
-        .iter()
-        .filter_map(|svc| {
-            let service = snapshot.services.get(&svc.name)?;
+    let services: Vec<Value> = services_in_order(snapshot)
+        .map(|(svc, service)| {
             let (mut requests, mut failures, mut in_flight, mut open) = (0u64, 0u64, 0usize, 0);
             for u in service.upstreams() {
                 requests += u.requests;
@@ -79,14 +82,14 @@ pub(super) fn stats(snapshot: &Snapshot) -> Value {
                 in_flight += u.in_flight;
                 open += usize::from(u.state != snakeway_proxy::CircuitState::Closed);
             }
-            Some(json!({
+            json!({
                 "name": svc.name,
                 "requests": requests,
                 "failures": failures,
                 "in_flight": in_flight,
                 "upstreams": svc.upstreams.len(),
                 "circuits_not_closed": open,
-            }))
+            })
         })
         .collect();
     let routes: Vec<Value> = snapshot

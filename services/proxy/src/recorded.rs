@@ -122,50 +122,28 @@ mod tests {
 
     #[test]
     fn labels_match_the_indices() {
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::Success as usize], "success");
-        assert_eq!(UPSTREAM_OUTCOMES[Outcome::Http5xx as usize], "http_5xx");
-        assert_eq!(
-            UPSTREAM_OUTCOMES[Outcome::ConnectError as usize],
-            "connect_error"
-        );
-        assert_eq!(
-            UPSTREAM_OUTCOMES[Outcome::ConnectTimeout as usize],
-            "connect_timeout"
-        );
-        assert_eq!(
-            UPSTREAM_OUTCOMES[Outcome::ResponseTimeout as usize],
-            "response_timeout"
-        );
-        assert_eq!(
-            UPSTREAM_OUTCOMES[Outcome::UpstreamError as usize],
-            "upstream_error"
-        );
-        assert_eq!(
-            UPSTREAM_OUTCOMES[Outcome::ClientError as usize],
-            "client_error"
-        );
-        assert_eq!(
-            UPSTREAM_ERROR_KINDS[Failure::ConnectRefused as usize],
-            "connect_refused"
-        );
-        assert_eq!(
-            UPSTREAM_ERROR_KINDS[Failure::ConnectUnreachable as usize],
-            "connect_unreachable"
-        );
-        assert_eq!(
-            UPSTREAM_ERROR_KINDS[Failure::ConnectTimeout as usize],
-            "connect_timeout"
-        );
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::Tls as usize], "tls");
-        assert_eq!(
-            UPSTREAM_ERROR_KINDS[Failure::ResponseTimeout as usize],
-            "response_timeout"
-        );
-        assert_eq!(
-            UPSTREAM_ERROR_KINDS[Failure::ReadTimeout as usize],
-            "read_timeout"
-        );
-        assert_eq!(UPSTREAM_ERROR_KINDS[Failure::Reset as usize], "reset");
+        for (outcome, label) in [
+            (Outcome::Success, "success"),
+            (Outcome::Http5xx, "http_5xx"),
+            (Outcome::ConnectError, "connect_error"),
+            (Outcome::ConnectTimeout, "connect_timeout"),
+            (Outcome::ResponseTimeout, "response_timeout"),
+            (Outcome::UpstreamError, "upstream_error"),
+            (Outcome::ClientError, "client_error"),
+        ] {
+            assert_eq!(UPSTREAM_OUTCOMES[outcome as usize], label);
+        }
+        for (failure, label) in [
+            (Failure::ConnectRefused, "connect_refused"),
+            (Failure::ConnectUnreachable, "connect_unreachable"),
+            (Failure::ConnectTimeout, "connect_timeout"),
+            (Failure::Tls, "tls"),
+            (Failure::ResponseTimeout, "response_timeout"),
+            (Failure::ReadTimeout, "read_timeout"),
+            (Failure::Reset, "reset"),
+        ] {
+            assert_eq!(UPSTREAM_ERROR_KINDS[failure as usize], label);
+        }
     }
 
     #[test]
