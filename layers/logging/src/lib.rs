@@ -5,7 +5,8 @@
 //!   each configured [`LogPhase`] a request passes through (by default one line per request,
 //!   at `response`).
 //! * [`LogWriter`] owns the writer thread and the queue in front of it, bounded in bytes.
-//!   Workers format a line and queue it without blocking; when the line does not fit in the
+//!   Workers write a line's JSON straight into a buffer recycled through the queue (no
+//!   intermediate `serde_json::Value`, no copy) and queue it without blocking; when the line does not fit in the
 //!   queue's bytes it is dropped and counted ([`LogWriter::dropped`], plus a warning at most
 //!   once a second), the request is never held up nor failed.
 //! * [`StructuredLoggingLayer`] is the device alone as a Tower layer, for axum apps.
@@ -58,12 +59,13 @@
 //!
 //! # Phases
 //!
-//! The device takes part in the configured phases plus `on_request`, where it captures the
-//! request headers into the request context for its later lines (it writes a `request` line
-//! only if `request` is configured), and, when `response` lines are configured,
-//! `on_complete`: `on_response` notes the response as this device sees it (devices after it
-//! may still change it) and `on_complete` writes the line. An empty `phases` list takes part
-//! in nothing. Where another device answers early or fails in `on_request` before this device
+//! The device takes part in the configured phases; in `on_request` also when `include_headers`
+//! is on, to capture the request headers into the request context for its later lines (it
+//! writes a `request` line only if `request` is configured); and, when `response` lines are
+//! configured, in `on_complete`: `on_response` notes the response as this device sees it
+//! (devices after it may still change it) and `on_complete` writes the line. An empty `phases`
+//! list takes part in nothing. A phase the device does not take part in costs nothing: the
+//! pipeline never calls it there. Where another device answers early or fails in `on_request` before this device
 //! ran, the capture is missing: `headers` is `null` on that request's lines.
 //!
 //! `before_proxy` and `after_proxy` lines need the proxy-hooks layer around the upstream client
@@ -107,6 +109,7 @@
 //! ```
 
 mod device;
+mod json;
 mod layer;
 mod record;
 mod writer;
