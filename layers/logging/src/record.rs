@@ -66,7 +66,7 @@ impl Record<'_> {
         out.extend_from_slice(b",\"origin\":");
         optional_string(out, self.origin);
         out.extend_from_slice(b",\"peer\":");
-        json::display(out, &self.peer);
+        json::socket_addr(out, &self.peer);
         out.extend_from_slice(b",\"bytes_in\":");
         match self.bytes_in {
             Some(n) => json::u64(out, n),
