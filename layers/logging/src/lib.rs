@@ -299,4 +299,6 @@ impl fmt::Debug for LoggingOptions {
 }
 
 #[cfg(test)]
+mod line_props;
+#[cfg(test)]
 mod tests;

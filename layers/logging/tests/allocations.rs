@@ -104,7 +104,11 @@ fn per_request(device: &StructuredLogging, with_other_extension: bool) -> f64 {
         total += one(device, with_other_extension);
         flush();
     }
-    assert_eq!(device.writer().written() - written, REQUESTS, "one line each");
+    assert_eq!(
+        device.writer().written() - written,
+        REQUESTS,
+        "one line each"
+    );
     total as f64 / REQUESTS as f64
 }
 
