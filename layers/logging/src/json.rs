@@ -57,6 +57,10 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
 /// Appends `bytes` escaped for the inside of a JSON string, each invalid UTF-8 sequence replaced
 /// by U+FFFD as `String::from_utf8_lossy` replaces it (without its copy).
 pub(crate) fn escape_lossy(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Valid UTF-8 (almost every request id and header value) skips the chunking.
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return escape(out, s);
+    }
     for chunk in bytes.utf8_chunks() {
         escape(out, chunk.valid());
         if !chunk.invalid().is_empty() {
