@@ -80,9 +80,10 @@
 //! writes under heavy load.
 //!
 //! The queue is bounded in bytes ([`LoggingOptions::queue_bytes`], default
-//! [`DEFAULT_QUEUE_BYTES`]): a sender reserves a line's length before queueing it, and the
-//! thread gives it back once the line is written, so a stalled output holds at most that many
-//! bytes of lines (plus the thread's 64 KiB buffer) whatever their number or size. A line
+//! [`DEFAULT_QUEUE_BYTES`]): a sender reserves the size of a line's buffer before queueing it,
+//! and the thread gives it back once the line is written, so a stalled output holds at most
+//! that many bytes of lines (plus the thread's 64 KiB buffer, and at most 2 MiB of emptied
+//! buffers kept for reuse) whatever their number or size. A line
 //! that does not fit is dropped and counted ([`LogWriter::dropped`]; [`LogWriter::queued_bytes`]
 //! shows the fill), and a `tracing` warning reports the drops at most once a second. [`LogWriter::flush`] waits until everything queued before it is
 //! written (for shutdown and tests; never call it on the request path).

@@ -685,10 +685,16 @@ fn stalled_writer(queue_bytes: usize) -> (LogWriter, mpsc::SyncSender<()>, Memor
 }
 
 /// A JSON line of exactly `len` bytes, newline included.
+/// (In a buffer of exactly that capacity: the queue counts buffers' capacities.)
 fn line(id: &str, len: usize) -> Vec<u8> {
     let head = format!("{{\"request_id\":\"{id}\",\"pad\":\"");
     let pad = len - head.len() - "\"}\n".len();
-    format!("{head}{}\"}}\n", "x".repeat(pad)).into_bytes()
+    let mut line = Vec::with_capacity(len);
+    line.extend_from_slice(head.as_bytes());
+    line.resize(head.len() + pad, b'x');
+    line.extend_from_slice(b"\"}\n");
+    assert_eq!((line.len(), line.capacity()), (len, len));
+    line
 }
 
 #[test]

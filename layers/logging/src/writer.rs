@@ -72,8 +72,9 @@ struct Stats {
     written: AtomicU64,
     dropped: AtomicU64,
     errors: AtomicU64,
-    /// Bytes of the lines in the queue: added before a line is sent, taken off by the thread
-    /// once the line is written.
+    /// Bytes of the lines in the queue, as the capacities of their buffers (what they hold in
+    /// memory): added before a line is sent, taken off by the thread once the line is
+    /// written.
     queued: AtomicUsize,
 }
 
@@ -155,10 +156,12 @@ impl LogWriter {
     }
 
     /// Queues one line (which must end with `\n`) without blocking. Returns false, and counts
-    /// the line as dropped, when it does not fit in the queue's bytes or the thread is gone.
+    /// the line as dropped, when its buffer does not fit in the queue's bytes or the thread is
+    /// gone.
     pub(crate) fn send(&self, line: Vec<u8>) -> bool {
         let shared = &*self.shared;
-        let len = line.len();
+        // A buffer's capacity is what it holds in memory while queued.
+        let len = line.capacity();
         // Reserve the line's bytes first: concurrent senders never take the queue past its
         // bound together.
         let before = shared.stats.queued.fetch_add(len, Ordering::Relaxed);
@@ -208,7 +211,8 @@ impl LogWriter {
         self.shared.stats.dropped.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the lines queued and not yet written; at most the queue's `queue_bytes`.
+    /// Bytes of the lines queued and not yet written (the capacities of their buffers); at
+    /// most the queue's `queue_bytes`.
     pub fn queued_bytes(&self) -> usize {
         self.shared.stats.queued.load(Ordering::Relaxed)
     }
@@ -307,7 +311,7 @@ fn run(
         match msg {
             Msg::Line(line) => {
                 let result = out.write_all(&line);
-                stats.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                stats.queued.fetch_sub(line.capacity(), Ordering::Relaxed);
                 match result {
                     Ok(()) => {
                         stats.written.fetch_add(1, Ordering::Relaxed);
