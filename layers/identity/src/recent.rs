@@ -93,25 +93,24 @@ impl Inputs<'_> {
 
     /// The headers as kept in an entry, or `None` when they are too long to keep.
     fn kept(&self) -> Option<KeptHeaders> {
-        let mut bytes = self.agent.flatten().map_or(0, <[u8]>::len);
-        let forwarded = match self.forwarded {
-            None => None,
-            Some(headers) => {
-                let mut joined = Vec::new();
-                for line in headers.get_all(&X_FORWARDED_FOR) {
-                    bytes += line.len() + 1;
-                    if bytes > MAX_KEY_BYTES {
-                        return None;
-                    }
-                    joined.extend_from_slice(line.as_bytes());
-                    joined.push(b'\n');
-                }
-                Some(joined.into_boxed_slice())
-            }
+        let lines = || {
+            self.forwarded
+                .into_iter()
+                .flat_map(|h| h.get_all(&X_FORWARDED_FOR))
         };
-        if bytes > MAX_KEY_BYTES {
+        let forwarded_bytes: usize = lines().map(|line| line.len() + 1).sum();
+        let agent_bytes = self.agent.flatten().map_or(0, <[u8]>::len);
+        if forwarded_bytes + agent_bytes > MAX_KEY_BYTES {
             return None;
         }
+        let forwarded = self.forwarded.map(|_| {
+            let mut joined = Vec::with_capacity(forwarded_bytes);
+            for line in lines() {
+                joined.extend_from_slice(line.as_bytes());
+                joined.push(b'\n');
+            }
+            joined.into_boxed_slice()
+        });
         Some(KeptHeaders {
             forwarded,
             agent: self.agent.map(|a| a.map(Box::from)),
