@@ -45,7 +45,8 @@
 //! user-agent strings. What a request always costs is handing the identity on: the three
 //! extension inserts (the client address and the identity in the request, the identity in the
 //! context), and no other allocation. A new client costs the walk (a `Vec` only when there
-//! are trusted hops), the lookups and one `Arc`.
+//! are trusted hops), the lookups, one `Arc`, and its entry (copies of the `x-forwarded-for`
+//! lines and the `user-agent` it was built from).
 
 mod client_ip;
 mod geoip;

@@ -4,9 +4,10 @@
 //!
 //! An identity is a pure function of the device's configuration and three inputs: the peer
 //! address, the `x-forwarded-for` lines (read only from a trusted peer) and the `user-agent`
-//! (read only when classified, at most [`MAX_USER_AGENT_BYTES`]). An entry holds those inputs
-//! and is used only when all three are equal, byte for byte, and the device is the same (a
-//! reload builds a new device, with a new id, so its identities are looked up afresh).
+//! (read only when classified, at most [`MAX_USER_AGENT_BYTES`](crate::MAX_USER_AGENT_BYTES)).
+//! An entry holds those inputs and is used only when all three are equal, byte for byte, and
+//! the device is the same (a reload builds a new device, with a new id, so its identities are
+//! looked up afresh).
 //!
 //! Bounded: [`SLOTS`] entries per thread, direct-mapped by a hash of the inputs (a collision
 //! replaces the entry), and inputs over [`MAX_KEY_BYTES`] are not kept.
@@ -20,8 +21,6 @@ use http::HeaderMap;
 use crate::client_ip::X_FORWARDED_FOR;
 use crate::identity::ClientIdentity;
 use crate::user_agent;
-#[cfg(doc)]
-use crate::user_agent::MAX_USER_AGENT_BYTES;
 
 /// Entries per thread.
 const SLOTS: usize = 64;
@@ -36,8 +35,9 @@ pub(crate) struct Inputs<'r> {
     pub(crate) peer: IpAddr,
     /// The request's headers, when the `x-forwarded-for` lines are read (a trusted peer).
     pub(crate) forwarded: Option<&'r HeaderMap>,
-    /// The `user-agent` header, capped at [`MAX_USER_AGENT_BYTES`], when user agents are
-    /// classified (`Some(None)`: there is none).
+    /// The `user-agent` header, capped at
+    /// [`MAX_USER_AGENT_BYTES`](crate::MAX_USER_AGENT_BYTES), when user agents are classified
+    /// (`Some(None)`: there is none).
     pub(crate) agent: Option<Option<&'r [u8]>>,
 }
 

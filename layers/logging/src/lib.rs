@@ -6,9 +6,9 @@
 //!   at `response`).
 //! * [`LogWriter`] owns the writer thread and the queue in front of it, bounded in bytes.
 //!   Workers write a line's JSON straight into a buffer recycled through the queue (no
-//!   intermediate `serde_json::Value`, no copy) and queue it without blocking; when the line does not fit in the
-//!   queue's bytes it is dropped and counted ([`LogWriter::dropped`], plus a warning at most
-//!   once a second), the request is never held up nor failed.
+//!   intermediate `serde_json::Value`, no copy) and queue it without blocking; when the line
+//!   does not fit in the queue's bytes it is dropped and counted ([`LogWriter::dropped`],
+//!   plus a warning at most once a second), the request is never held up nor failed.
 //! * [`StructuredLoggingLayer`] is the device alone as a Tower layer, for axum apps.
 //!
 //! # A line
@@ -65,8 +65,9 @@
 //! configured, in `on_complete`: `on_response` notes the response as this device sees it
 //! (devices after it may still change it) and `on_complete` writes the line. An empty `phases`
 //! list takes part in nothing. A phase the device does not take part in costs nothing: the
-//! pipeline never calls it there. Where another device answers early or fails in `on_request` before this device
-//! ran, the capture is missing: `headers` is `null` on that request's lines.
+//! pipeline never calls it there. Where another device answers early or fails in `on_request`
+//! before this device ran, the capture is missing: `headers` is `null` on that request's
+//! lines.
 //!
 //! `before_proxy` and `after_proxy` lines need the proxy-hooks layer around the upstream client
 //! (the server places it); the standalone [`StructuredLoggingLayer`] only sees `request`,
