@@ -325,7 +325,12 @@ proptest! {
         prop_assert_eq!(obj.get("status").cloned(), f.status.map(Value::from));
         let duration = obj["duration_ms"].as_f64().expect("a number");
         let micros = f.micros as f64;
-        prop_assert!((duration * 1000.0 - micros).abs() <= micros * 1e-12, "{} {}", duration, micros);
+        prop_assert!(
+            (duration * 1000.0 - micros).abs() <= micros * 1e-12,
+            "{} {}",
+            duration,
+            micros
+        );
         prop_assert_eq!(&obj["route"], &text_or_null(f.route.as_deref()));
         prop_assert_eq!(&obj["upstream"], &text_or_null(f.upstream.as_deref()));
         prop_assert_eq!(&obj["origin"], &text_or_null(f.origin.as_deref()));
