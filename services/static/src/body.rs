@@ -4,8 +4,15 @@
 //! `preadv2(RWF_NOWAIT)`, which copies what is in the page cache and never waits for the disk
 //! (`EAGAIN` when the first page is not cached; a short read when only the first pages are).
 //! A hot file then costs one syscall per chunk and no thread hop. Only what would block goes
-//! to the blocking pool, which reads into uninitialized capacity (no zeroing). Compressed
-//! bodies always run their step on the blocking pool: compressing a chunk is CPU work.
+//! to the blocking pool. Compressed bodies always run their step on the blocking pool:
+//! compressing a chunk is CPU work.
+//!
+//! **Buffers.** A body keeps a handle on the last chunk it sent. When hyper has written and
+//! dropped that chunk, the next read reuses its memory (`Bytes::try_into_mut`): a streamed
+//! file is then read into one buffer, with no allocation and no zeroing per chunk. Only the
+//! first chunk, and a chunk hyper still holds, take a new zeroed buffer (the safe
+//! `preadv2` needs initialized memory); the blocking pool reads fresh chunks into unzeroed
+//! capacity.
 //!
 //! hyper writes a response body from memory (there is no `sendfile` path), so the kernel
 //! copies each chunk from the page cache into the buffer and from the buffer into the socket;
@@ -45,6 +52,8 @@ pub(crate) struct FileBody {
     compressed: bool,
     /// Try `preadv2(RWF_NOWAIT)` on the worker first; cleared when the file system refuses it.
     nowait: bool,
+    /// The last chunk sent (identity bodies): its memory is reused once hyper dropped it.
+    sent: Option<Bytes>,
     pending: Option<JoinHandle<Step>>,
     done: bool,
 }
@@ -59,6 +68,7 @@ impl FileBody {
             remaining: len,
             compressed,
             nowait: !compressed,
+            sent: None,
             encoder,
             pending: None,
             // An empty compressed body still carries the coding's header and trailer.
@@ -71,6 +81,18 @@ impl FileBody {
     pub(crate) fn with_nowait(mut self, nowait: bool) -> Self {
         self.nowait = nowait && !self.compressed;
         self
+    }
+
+    /// The memory of the last chunk sent, as `want` initialized bytes, if hyper is done
+    /// with it.
+    fn reusable(&mut self, want: usize) -> Option<BytesMut> {
+        let mut buf = self.sent.take()?.try_into_mut().ok()?;
+        if buf.len() >= want {
+            buf.truncate(want);
+        } else {
+            buf.resize(want, 0);
+        }
+        Some(buf)
     }
 
     /// Counts `n` bytes as read.
@@ -110,6 +132,9 @@ impl http_body::Body for FileBody {
                 if this.encoder.is_none() && (this.compressed || this.remaining == 0) {
                     this.done = true;
                 }
+                if !this.compressed && !this.done {
+                    this.sent = Some(data.clone());
+                }
                 if !data.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -120,12 +145,16 @@ impl http_body::Body for FileBody {
                 return Poll::Ready(None);
             }
             let want = usize::try_from(this.remaining.min(CHUNK as u64)).unwrap_or(CHUNK);
-            let mut buf = None;
+            let mut buf = this.reusable(want);
             if this.nowait {
-                match read_cached(&this.file, this.offset, want) {
+                let zeroed = buf.take().unwrap_or_else(|| BytesMut::zeroed(want));
+                match read_cached(&this.file, this.offset, zeroed) {
                     Cached::Read(data) => {
                         this.advance(data.len());
                         this.done = this.remaining == 0;
+                        if !this.done {
+                            this.sent = Some(data.clone());
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Cached::Failed(e) => {
@@ -133,7 +162,10 @@ impl http_body::Body for FileBody {
                         return Poll::Ready(Some(Err(e)));
                     }
                     Cached::WouldBlock(zeroed) => buf = Some(zeroed),
-                    Cached::Unsupported => this.nowait = false,
+                    Cached::Unsupported(zeroed) => {
+                        this.nowait = false;
+                        buf = Some(zeroed);
+                    }
                 }
             }
             let file = Arc::clone(&this.file);
@@ -167,14 +199,13 @@ enum Cached {
     Read(Bytes),
     /// Reading would wait for the disk; the buffer is handed on to the blocking read.
     WouldBlock(BytesMut),
-    /// The file system does not support `RWF_NOWAIT` reads.
-    Unsupported,
+    /// The file system does not support `RWF_NOWAIT` reads; the buffer is handed on.
+    Unsupported(BytesMut),
     Failed(io::Error),
 }
 
-/// Up to `want` bytes at `offset` from the page cache, without waiting for the disk.
-fn read_cached(file: &File, offset: u64, want: usize) -> Cached {
-    let mut buf = BytesMut::zeroed(want);
+/// Up to `buf.len()` bytes at `offset` from the page cache, without waiting for the disk.
+fn read_cached(file: &File, offset: u64, mut buf: BytesMut) -> Cached {
     loop {
         let mut slices = [IoSliceMut::new(&mut buf)];
         match rustix::io::preadv2(file, &mut slices, offset, ReadWriteFlags::NOWAIT) {
@@ -185,7 +216,7 @@ fn read_cached(file: &File, offset: u64, want: usize) -> Cached {
             }
             Err(Errno::AGAIN) => return Cached::WouldBlock(buf),
             Err(Errno::INTR) => {}
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Cached::Unsupported,
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => return Cached::Unsupported(buf),
             Err(e) => return Cached::Failed(e.into()),
         }
     }
@@ -200,7 +231,7 @@ fn shrank() -> io::Error {
 
 /// Reads `want` bytes at `offset` (all of them: a file that shrank under us is an error, the
 /// response promised a length; a compressed stream just ends) and runs them through the
-/// encoder. Reads into `buf` when given (a zeroed buffer of `want` bytes), else into fresh
+/// encoder. Reads into `buf` when given (`want` initialized bytes), else into fresh
 /// uninitialized capacity.
 fn read_step(
     file: &File,

@@ -957,21 +957,27 @@ async fn large_files_arrive_whole_through_a_socket() {
     assert_eq!(files_cached(&files), 1, "only the 1 MiB file is cached");
 }
 
-/// Reads every frame of a `FileBody`; the sizes of the frames, and the bytes or the error.
-async fn frames(mut body: crate::body::FileBody) -> (Vec<usize>, Result<Vec<u8>, std::io::Error>) {
-    let mut sizes = Vec::new();
+/// A frame of a `FileBody`: its size and where its bytes were.
+type FrameAt = (usize, *const u8);
+
+/// Reads every frame of a `FileBody`, dropping each before asking for the next (as hyper does
+/// once it wrote a frame); the frames, and the bytes or the error.
+async fn frames(
+    mut body: crate::body::FileBody,
+) -> (Vec<FrameAt>, Result<Vec<u8>, std::io::Error>) {
+    let mut seen = Vec::new();
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 let data = f.into_data().unwrap();
-                sizes.push(data.len());
+                seen.push((data.len(), data.as_ptr()));
                 out.extend_from_slice(&data);
             }
-            Err(e) => return (sizes, Err(e)),
+            Err(e) => return (seen, Err(e)),
         }
     }
-    (sizes, Ok(out))
+    (seen, Ok(out))
 }
 
 #[tokio::test]
@@ -981,12 +987,16 @@ async fn file_bodies_go_out_in_whole_chunks_by_either_read() {
     let p = d.write("f.bin", &data);
     for nowait in [true, false] {
         let open = || std::fs::File::open(&p).unwrap();
-        let body = crate::body::FileBody::new(open(), 0, data.len() as u64, None).with_nowait(nowait);
-        let (sizes, got) = frames(body).await;
+        let body =
+            crate::body::FileBody::new(open(), 0, data.len() as u64, None).with_nowait(nowait);
+        let (seen, got) = frames(body).await;
         assert!(got.unwrap() == data, "nowait {nowait}");
-        // A hot file comes out of the page cache in whole chunks.
+        // A hot file comes out of the page cache in whole chunks...
         let chunk = crate::body::CHUNK;
+        let sizes: Vec<usize> = seen.iter().map(|f| f.0).collect();
         assert_eq!(sizes, [chunk, chunk, chunk, 99], "nowait {nowait}");
+        // ... all read into one buffer, reused once the previous chunk was dropped.
+        assert!(seen.iter().all(|f| f.1 == seen[0].1), "nowait {nowait}");
         // A range in the middle.
         let body = crate::body::FileBody::new(open(), 1000, 300_000, None).with_nowait(nowait);
         let (_, got) = frames(body).await;
@@ -1001,7 +1011,8 @@ async fn a_file_that_shrinks_while_sent_fails_the_body() {
     for nowait in [true, false] {
         let p = d.write("shrinks.bin", &data);
         let file = std::fs::File::open(&p).unwrap();
-        let mut body = crate::body::FileBody::new(file, 0, data.len() as u64, None).with_nowait(nowait);
+        let mut body =
+            crate::body::FileBody::new(file, 0, data.len() as u64, None).with_nowait(nowait);
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert!(first == data[..crate::body::CHUNK]);
         // Truncated to the middle of the second chunk: its bytes, then an error, never a
@@ -1010,7 +1021,11 @@ async fn a_file_that_shrinks_while_sent_fails_the_body() {
         f.set_len(crate::body::CHUNK as u64 + 10).unwrap();
         let (_, rest) = frames(body).await;
         let e = rest.unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "nowait {nowait}: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "nowait {nowait}: {e}"
+        );
     }
 }
 
@@ -1045,13 +1060,28 @@ async fn cached_files_share_one_buffer_and_one_header_block() {
     assert_eq!(h1.get("content-length").unwrap(), &b1.len().to_string()[..]);
     assert_eq!(h1.get("content-encoding").unwrap(), "gzip");
     for h in [h0, h1] {
-        for name in ["etag", "last-modified", "content-type", "vary", "accept-ranges"] {
+        for name in [
+            "etag",
+            "last-modified",
+            "content-type",
+            "vary",
+            "accept-ranges",
+        ] {
             assert!(h.contains_key(name), "{name}");
         }
     }
     // A second identity request shares the first one's bytes too.
-    let again = files.serve(Request::get("/a.css").body(Body::empty()).unwrap()).await;
-    let data = again.into_body().frame().await.unwrap().unwrap().into_data().unwrap();
+    let again = files
+        .serve(Request::get("/a.css").body(Body::empty()).unwrap())
+        .await;
+    let data = again
+        .into_body()
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
     assert_eq!(data.as_ptr(), b0.as_ptr());
 }
 
@@ -1075,7 +1105,10 @@ async fn the_cache_bounds_entries_and_bytes() {
         assert_eq!((res.status().as_u16(), body.len()), (200, 0));
         let (used, len) = files.inner_cache_usage();
         assert!(used <= max_bytes, "{used} bytes after {i} empty files");
-        assert!(len as u64 <= max_bytes / crate::entry::ENTRY_OVERHEAD, "{len} entries");
+        assert!(
+            len as u64 <= max_bytes / crate::entry::ENTRY_OVERHEAD,
+            "{len} entries"
+        );
     }
     for round in 0..2 {
         for i in 0..40 {
@@ -1109,4 +1142,30 @@ async fn a_changed_file_is_served_fresh_after_the_revalidation_interval() {
     assert_eq!(body, b"version two");
     assert_ne!(h(&res, "etag").unwrap(), old_etag);
     assert_eq!(h(&res, "content-length"), Some("11"));
+}
+
+#[tokio::test]
+async fn chunks_still_held_are_never_reused() {
+    let d = Dir::new();
+    let data = noise(4 * crate::body::CHUNK + 7);
+    let p = d.write("held.bin", &data);
+    for nowait in [true, false] {
+        let file = std::fs::File::open(&p).unwrap();
+        let mut body =
+            crate::body::FileBody::new(file, 0, data.len() as u64, None).with_nowait(nowait);
+        // Every frame kept, as when hyper has not written one yet when it asks for the next.
+        let mut held = Vec::new();
+        while let Some(frame) = body.frame().await {
+            held.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(held.len(), 5, "nowait {nowait}");
+        let mut ptrs: Vec<_> = held.iter().map(|b| b.as_ptr()).collect();
+        ptrs.dedup();
+        assert_eq!(
+            ptrs.len(),
+            5,
+            "nowait {nowait}: a held chunk's memory was read into"
+        );
+        assert!(held.concat() == data, "nowait {nowait}");
+    }
 }
