@@ -9,10 +9,10 @@
 //!
 //! **Buffers.** A body keeps a handle on the last chunk it sent. When hyper has written and
 //! dropped that chunk, the next read reuses its memory (`Bytes::try_into_mut`): a streamed
-//! file is then read into one buffer, with no allocation and no zeroing per chunk. Only the
-//! first chunk, and a chunk hyper still holds, take a new zeroed buffer (the safe
-//! `preadv2` needs initialized memory); the blocking pool reads fresh chunks into unzeroed
-//! capacity.
+//! file is then read into one buffer, with no new buffer and no zeroing per chunk (only the
+//! small reference-count block `Bytes` makes for a shared chunk). The first chunk, and one
+//! that hyper still holds, take a new zeroed buffer (the safe `preadv2` needs initialized
+//! memory); the blocking pool reads fresh chunks into unzeroed capacity.
 //!
 //! hyper writes a response body from memory (there is no `sendfile` path), so the kernel
 //! copies each chunk from the page cache into the buffer and from the buffer into the socket;
