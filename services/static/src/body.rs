@@ -33,7 +33,8 @@ use tokio::task::JoinHandle;
 use crate::encoding::StreamEncoder;
 
 /// Bytes read from disk per step, and so the largest frame. One step is in flight at a time,
-/// so a response holds at most two chunks (the one hyper is writing and the next one) plus
+/// so a response holds at most the chunk being read plus what hyper has queued for the socket
+/// (the handle kept on the last chunk sent points at memory hyper holds, or reuses it), plus
 /// the encoder's state.
 pub(crate) const CHUNK: usize = 256 << 10;
 
