@@ -17,7 +17,7 @@
 #   1k, 100k                       GET /d/<file>, no Accept-Encoding: identity
 #   1m, 4m                         the same for large files: 1 MiB is the largest Snakeway
 #                                  caches (one 1 MiB frame from memory), 4 MiB streams from
-#                                  disk in 256 KiB reads. Not in the default set: under
+#                                  disk in 1 MiB reads. Not in the default set: under
 #                                  callgrind, prefer a smaller N (N=200).
 #   1k-gzip, 100k-gzip             GET /d/<file> with `Accept-Encoding: gzip`: nginx
 #                                  compresses every response (`gzip on`, its default level

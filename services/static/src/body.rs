@@ -36,7 +36,7 @@ use crate::encoding::StreamEncoder;
 /// so a response holds at most the chunk being read plus what hyper has queued for the socket
 /// (the handle kept on the last chunk sent points at memory hyper holds, or reuses it), plus
 /// the encoder's state.
-pub(crate) const CHUNK: usize = 256 << 10;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// What a blocking read step hands back.
 type Step = io::Result<(Bytes, Option<StreamEncoder>)>;
