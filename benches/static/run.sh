@@ -9,11 +9,16 @@
 # CPU 0 runs the server under test (one worker each: nginx `worker_processes 1`, Snakeway
 # `threads = 1`), CPU 1 runs the load generator.
 #
-# Files: `1k.html` (1024 bytes) and `100k.html` (102400 bytes) of compressible HTML, in two
-# directories: `d/` (plain files) and `s/` (plus `file.gz` siblings, made with gzip -9).
+# Files: `1k.html` (1024 bytes), `100k.html` (102400 bytes), `1m.html` (1 MiB) and `4m.html`
+# (4 MiB) of compressible HTML, in two directories: `d/` (plain files) and `s/` (plus
+# `file.gz` siblings, made with gzip -9).
 #
-# Scenarios (SCENARIOS, default all six):
+# Scenarios (SCENARIOS, default the first six):
 #   1k, 100k                       GET /d/<file>, no Accept-Encoding: identity
+#   1m, 4m                         the same for large files: 1 MiB is the largest Snakeway
+#                                  caches (one 1 MiB frame from memory), 4 MiB streams from
+#                                  disk in 1 MiB reads. Not in the default set: under
+#                                  callgrind, prefer a smaller N (N=200).
 #   1k-gzip, 100k-gzip             GET /d/<file> with `Accept-Encoding: gzip`: nginx
 #                                  compresses every response (`gzip on`, its default level
 #                                  1); Snakeway compresses once (level 9) and caches
@@ -71,7 +76,7 @@ for s in $SERVERS; do
     case $s in nginx | snakeway) ;; *) die "unknown server '$s' in SERVERS (nginx, snakeway)" ;; esac
 done
 for sc in $SCENARIOS; do
-    case $sc in 1k | 100k | 1k-gzip | 100k-gzip | 1k-gzip-static | 100k-gzip-static) ;;
+    case $sc in 1k | 100k | 1m | 4m | 1k-gzip | 100k-gzip | 1k-gzip-static | 100k-gzip-static) ;;
     *) die "unknown scenario '$sc'" ;;
     esac
 done
@@ -109,19 +114,21 @@ WWW=$TMP/www
 mkdir -p "$WWW/d" "$WWW/s"
 chmod -R a+rX "$WWW"
 make_html() { # BYTES FILE: deterministic, compressible HTML (about 3:1 with gzip -1)
+    # Written line by line (linear time; the first BYTES of the same text whatever BYTES is).
     awk -v n="$1" 'BEGIN {
         split("static file server request response header body cache range etag gzip brotli \
                keep alive socket kernel page memory worker thread proxy route edge", w, " ")
-        s = "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n"; x = 12345
-        while (length(s) < n) {
+        line = "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n"; x = 12345; out = 0
+        while (out + length(line) < n) {
+            printf "%s", line; out += length(line)
             line = "<p>"
             for (i = 0; i < 12; i++) { x = (x * 1103515245 + 12345) % 2147483648; line = line w[1 + int(x / 65536) % 24] " " }
-            s = s line (x % 100000) "</p>\n"
+            line = line (x % 100000) "</p>\n"
         }
-        printf "%s", substr(s, 1, n)
+        printf "%s", substr(line, 1, n - out)
     }' >"$2"
 }
-for f in 1k:1024 100k:102400; do
+for f in 1k:1024 100k:102400 1m:1048576 4m:4194304; do
     make_html "${f#*:}" "$WWW/d/${f%%:*}.html"
     cp -p "$WWW/d/${f%%:*}.html" "$WWW/s/${f%%:*}.html"
     gzip -9 -n -k "$WWW/s/${f%%:*}.html"

@@ -875,3 +875,297 @@ async fn changed_siblings_are_picked_up() {
     assert_eq!(h(&res, "content-encoding"), Some("gzip"));
     assert_eq!(gunzip(&body), text(3000));
 }
+
+// --- issue 13: large bodies, shared cached bytes, bounded cache ------------------------------
+
+/// Serves `files` with hyper's HTTP/1 server on a loopback socket, one task per connection.
+async fn serve_on_loopback(files: StaticFiles) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let files = files.clone();
+                    async move {
+                        let (parts, _) = req.into_parts();
+                        let res = files
+                            .respond(&parts.method, &parts.uri, &parts.headers)
+                            .await;
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One `GET` over a fresh connection, read to the end: the head and the raw body bytes.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tcp.read_to_end(&mut all).await.unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = all.split_off(end);
+    (String::from_utf8(all).unwrap(), body)
+}
+
+/// Bytes that repeat nowhere (xorshift), so that a misplaced or repeated chunk shows.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_arrive_whole_through_a_socket() {
+    let d = Dir::new();
+    // Streamed: several full chunks and a partial one; cached: the largest file the cache takes.
+    let streamed = noise(5 * crate::body::CHUNK + 4321);
+    let cached = noise(1 << 20);
+    d.write("streamed.bin", &streamed);
+    d.write("cached.bin", &cached);
+    let files = StaticFiles::new(StaticOptions::new(&d.0));
+    let addr = serve_on_loopback(files.clone()).await;
+    for round in 0..2 {
+        let (head, body) = raw_get(addr, "/streamed.bin").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len = format!("content-length: {}\r\n", streamed.len());
+        assert!(head.to_ascii_lowercase().contains(&len), "{head}");
+        assert_eq!(body.len(), streamed.len(), "round {round}");
+        assert!(body == streamed, "round {round}: the streamed body differs");
+        let (head, body) = raw_get(addr, "/cached.bin").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body == cached, "round {round}: the cached body differs");
+    }
+    assert_eq!(files_cached(&files), 1, "only the 1 MiB file is cached");
+}
+
+/// A frame of a `FileBody`: its size and where its bytes were.
+type FrameAt = (usize, *const u8);
+
+/// Reads every frame of a `FileBody`, dropping each before asking for the next (as hyper does
+/// once it wrote a frame); the frames, and the bytes or the error.
+async fn frames(
+    mut body: crate::body::FileBody,
+) -> (Vec<FrameAt>, Result<Vec<u8>, std::io::Error>) {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                let data = f.into_data().unwrap();
+                seen.push((data.len(), data.as_ptr()));
+                out.extend_from_slice(&data);
+            }
+            Err(e) => return (seen, Err(e)),
+        }
+    }
+    (seen, Ok(out))
+}
+
+#[tokio::test]
+async fn file_bodies_go_out_in_whole_chunks_by_either_read() {
+    let d = Dir::new();
+    let data = noise(3 * crate::body::CHUNK + 99);
+    let p = d.write("f.bin", &data);
+    for nowait in [true, false] {
+        let open = || std::fs::File::open(&p).unwrap();
+        let body =
+            crate::body::FileBody::new(open(), 0, data.len() as u64, None).with_nowait(nowait);
+        let (seen, got) = frames(body).await;
+        assert!(got.unwrap() == data, "nowait {nowait}");
+        // A hot file comes out of the page cache in whole chunks...
+        let chunk = crate::body::CHUNK;
+        let sizes: Vec<usize> = seen.iter().map(|f| f.0).collect();
+        assert_eq!(sizes, [chunk, chunk, chunk, 99], "nowait {nowait}");
+        // ... all read into one buffer, reused once the previous chunk was dropped.
+        assert!(seen.iter().all(|f| f.1 == seen[0].1), "nowait {nowait}");
+        // A range in the middle.
+        let body = crate::body::FileBody::new(open(), 1000, 300_000, None).with_nowait(nowait);
+        let (_, got) = frames(body).await;
+        assert!(got.unwrap() == data[1000..301_000], "nowait {nowait}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_shrinks_while_sent_fails_the_body() {
+    let d = Dir::new();
+    let data = noise(3 * crate::body::CHUNK);
+    for nowait in [true, false] {
+        let p = d.write("shrinks.bin", &data);
+        let file = std::fs::File::open(&p).unwrap();
+        let mut body =
+            crate::body::FileBody::new(file, 0, data.len() as u64, None).with_nowait(nowait);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(first == data[..crate::body::CHUNK]);
+        // Truncated to the middle of the second chunk: its bytes, then an error, never a
+        // short body that ends cleanly.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(crate::body::CHUNK as u64 + 10).unwrap();
+        let (_, rest) = frames(body).await;
+        let e = rest.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "nowait {nowait}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cached_files_share_one_buffer_and_one_header_block() {
+    let d = Dir::new();
+    d.write("a.css", text(4000));
+    let files = StaticFiles::new(StaticOptions::new(&d.0));
+    let mut seen = Vec::new();
+    for ae in ["", "gzip", "gzip"] {
+        let mut req = Request::get("/a.css");
+        if !ae.is_empty() {
+            req = req.header("accept-encoding", ae);
+        }
+        let res = files.serve(req.body(Body::empty()).unwrap()).await;
+        let (parts, mut body) = res.into_parts();
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(body.frame().await.is_none(), "one frame");
+        seen.push((parts.headers, data));
+    }
+    let (h0, b0) = &seen[0];
+    let (h1, b1) = &seen[1];
+    let (h2, b2) = &seen[2];
+    assert_eq!(&b0[..], &text(4000)[..]);
+    assert_eq!(gunzip(b1), text(4000));
+    // The same bytes, not a copy: a hit clones the cached `Bytes`.
+    assert_eq!(b1.as_ptr(), b2.as_ptr());
+    assert_ne!(b0.as_ptr(), b1.as_ptr());
+    // With their prepared headers.
+    assert_eq!(h1, h2);
+    assert_eq!(h0.get("content-length").unwrap(), "4000");
+    assert_eq!(h1.get("content-length").unwrap(), &b1.len().to_string()[..]);
+    assert_eq!(h1.get("content-encoding").unwrap(), "gzip");
+    for h in [h0, h1] {
+        for name in [
+            "etag",
+            "last-modified",
+            "content-type",
+            "vary",
+            "accept-ranges",
+        ] {
+            assert!(h.contains_key(name), "{name}");
+        }
+    }
+    // A second identity request shares the first one's bytes too.
+    let again = files
+        .serve(Request::get("/a.css").body(Body::empty()).unwrap())
+        .await;
+    let data = again
+        .into_body()
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(data.as_ptr(), b0.as_ptr());
+}
+
+#[tokio::test]
+async fn the_cache_bounds_entries_and_bytes() {
+    let d = Dir::new();
+    // Empty files weigh only their bookkeeping: the entry count is bounded too.
+    for i in 0..600 {
+        d.write(&format!("e/{i}.txt"), "");
+    }
+    for i in 0..40 {
+        d.write(&format!("b/{i}.bin"), noise(10_000 + i));
+    }
+    let max_bytes = 128 << 10;
+    let files = StaticFiles::new(StaticOptions::new(&d.0).with_cache(CacheOptions {
+        max_bytes,
+        ..CacheOptions::default()
+    }));
+    for i in 0..600 {
+        let (res, body) = get(&files, &format!("/e/{i}.txt"), &[]).await;
+        assert_eq!((res.status().as_u16(), body.len()), (200, 0));
+        let (used, len) = files.inner_cache_usage();
+        assert!(used <= max_bytes, "{used} bytes after {i} empty files");
+        assert!(
+            len as u64 <= max_bytes / crate::entry::ENTRY_OVERHEAD,
+            "{len} entries"
+        );
+    }
+    for round in 0..2 {
+        for i in 0..40 {
+            let (res, body) = get(&files, &format!("/b/{i}.bin"), &[]).await;
+            assert_eq!(res.status(), 200);
+            assert!(body == noise(10_000 + i), "round {round} file {i}");
+            let (used, _) = files.inner_cache_usage();
+            assert!(used <= max_bytes, "{used} bytes");
+        }
+    }
+    let (_, len) = files.inner_cache_usage();
+    assert!(len > 0, "the cache still holds something");
+}
+
+#[tokio::test]
+async fn a_changed_file_is_served_fresh_after_the_revalidation_interval() {
+    let d = Dir::new();
+    let p = d.write("v.txt", "version one");
+    let files = StaticFiles::new(StaticOptions::new(&d.0).with_cache(CacheOptions {
+        revalidate_after: Duration::from_millis(50),
+        ..CacheOptions::default()
+    }));
+    let (res, body) = get(&files, "/v.txt", &[]).await;
+    assert_eq!(body, b"version one");
+    let old_etag = h(&res, "etag").unwrap().to_owned();
+    // Same length: only the mtime (and the bytes) tell.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&p, "version two").unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (res, body) = get(&files, "/v.txt", &[]).await;
+    assert_eq!(body, b"version two");
+    assert_ne!(h(&res, "etag").unwrap(), old_etag);
+    assert_eq!(h(&res, "content-length"), Some("11"));
+}
+
+#[tokio::test]
+async fn chunks_still_held_are_never_reused() {
+    let d = Dir::new();
+    let data = noise(4 * crate::body::CHUNK + 7);
+    let p = d.write("held.bin", &data);
+    for nowait in [true, false] {
+        let file = std::fs::File::open(&p).unwrap();
+        let mut body =
+            crate::body::FileBody::new(file, 0, data.len() as u64, None).with_nowait(nowait);
+        // Every frame kept, as when hyper has not written one yet when it asks for the next.
+        let mut held = Vec::new();
+        while let Some(frame) = body.frame().await {
+            held.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(held.len(), 5, "nowait {nowait}");
+        let mut ptrs: Vec<_> = held.iter().map(|b| b.as_ptr()).collect();
+        ptrs.dedup();
+        assert_eq!(
+            ptrs.len(),
+            5,
+            "nowait {nowait}: a held chunk's memory was read into"
+        );
+        assert!(held.concat() == data, "nowait {nowait}");
+    }
+}
