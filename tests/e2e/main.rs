@@ -4,6 +4,10 @@
 
 #![allow(missing_docs, unreachable_pub)]
 
+/// The `server.runtime` the harness gives every server: the configured default here;
+/// `tests/e2e_per_core` runs the same tests under `per_core`.
+const RUNTIME: Option<&str> = None;
+
 mod client;
 mod harness;
 mod pki;
