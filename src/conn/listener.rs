@@ -651,6 +651,32 @@ mod tests {
         assert!(!limit.pressure.is_set(), "cleared once the slot is taken");
     }
 
+    /// Two accept loops (two workers) wait on one limit: the pressure stays set until both
+    /// have their slot.
+    #[tokio::test]
+    async fn the_pressure_holds_while_any_loop_waits() {
+        let limit = Arc::new(Limit::new(1));
+        let held = limit.acquire().await;
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let limit = limit.clone();
+                tokio::spawn(async move { limit.acquire().await })
+            })
+            .collect();
+        // The test runtime is single-threaded: a few yields let both loops start waiting.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(limit.pressure.is_set());
+        drop(held);
+        let mut waiters = waiters.into_iter();
+        let first = waiters.next().unwrap().await.unwrap();
+        assert!(limit.pressure.is_set(), "another loop still waits");
+        drop(first);
+        let _second = waiters.next().unwrap().await.unwrap();
+        assert!(!limit.pressure.is_set());
+    }
+
     #[test]
     fn any_limit_is_clamped_not_a_panic() {
         for max in [

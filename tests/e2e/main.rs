@@ -35,6 +35,7 @@ mod reload;
 mod reload_cli;
 mod retry;
 mod routing;
+mod runtime;
 mod static_files;
 mod tls_resumption;
 mod trailers;

@@ -58,6 +58,8 @@ mod reload_cli;
 mod retry;
 #[path = "../e2e/routing.rs"]
 mod routing;
+#[path = "../e2e/runtime.rs"]
+mod runtime;
 #[path = "../e2e/static_files.rs"]
 mod static_files;
 #[path = "../e2e/tls_resumption.rs"]
