@@ -36,7 +36,7 @@ use super::detect::{self, Protocol};
 use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::{Rejections, StrictH1};
-use crate::handler::{ConnService, ListenerTag};
+use crate::session::{ConnService, ListenerTag};
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
 use crate::telemetry::recorded::TlsFailure;

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::detect::Rewind;
 use super::h1::StrictH1;
 use super::watch::{Active, Meter, Metered, Watch};
-use crate::handler::ConnService;
+use crate::session::ConnService;
 
 type Tcp = Active<TcpStream>;
 type Tls = tokio_rustls::server::TlsStream<Tcp>;

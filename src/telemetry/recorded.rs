@@ -407,7 +407,7 @@ mod tests {
             tls: false,
             trusted: false,
         };
-        crate::handler::handle(snapshot.clone(), downstream, 0, None, req)
+        crate::session::handle(snapshot.clone(), downstream, 0, None, req)
             .await
             .status()
     }

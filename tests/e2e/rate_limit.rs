@@ -434,3 +434,57 @@ async fn redis_down_is_answered_as_on_store_error_says_and_recovery_is_automatic
         assert_eq!(get_as(srv.addr(), Some(&key)).await.status, 429, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_request_waiting_on_a_stalled_redis_does_not_hold_its_worker() {
+    // A "Redis" that accepts and reads but never answers: every check waits out the timeout.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redis_addr = stalled.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = stalled.accept().await {
+            open.push(conn); // held open, never read from or answered
+        }
+    });
+    let up = upstream::http(upstream::echo("up")).await;
+    let dev = redis_device(
+        "stalled",
+        &format!("redis://{redis_addr}/0"),
+        "routes = [\"/limited\"]\nlimit = 5\n",
+    )
+    .replace("redis_timeout_ms = 50", "redis_timeout_ms = 3000");
+    // One worker: a hook that blocked its thread would stall every other connection too.
+    let srv =
+        Server::start(&config(&up.url(), None, &dev).replace("threads = 2", "threads = 1")).await;
+
+    let addr = srv.addr();
+    let waiting = tokio::spawn(async move {
+        let req = Request::get("/limited")
+            .header("host", "test.local")
+            .header("x-client", "k")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = send_h1(addr, req).await.expect("GET /limited");
+        (res.status, Instant::now())
+    });
+    // Let the limited request reach the device and start waiting on the stalled store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the limited request waits on the store"
+    );
+    let other = get_as(addr, Some("k")).await;
+    let other_done = Instant::now();
+    assert_eq!(other.status, 200, "{}", other.text());
+    assert!(
+        !waiting.is_finished(),
+        "the unlimited request was answered while the limited one still waited"
+    );
+    let (status, limited_done) = waiting.await.expect("limited request");
+    // The timeout is a store error, and `on_store_error = "open"` lets the request through.
+    assert_eq!(status, 200);
+    assert!(limited_done > other_done);
+    held.abort();
+}

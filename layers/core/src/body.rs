@@ -99,13 +99,21 @@ impl Body {
         }
     }
 
-    /// Wraps any body whose data is `Bytes`, boxing it.
+    /// Wraps any body whose data is `Bytes`, boxing it (a `Body` is returned as it is).
     pub fn new<B>(body: B) -> Self
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt;
+        let mut slot = Some(body);
+        let any: &mut dyn std::any::Any = &mut slot;
+        if let Some(own) = any.downcast_mut::<Option<Self>>() {
+            return own.take().unwrap_or_default();
+        }
+        let Some(body) = slot else {
+            return Self::empty();
+        };
         Self {
             kind: Kind::Boxed {
                 body: body.map_err(Into::into).boxed_unsync(),

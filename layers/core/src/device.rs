@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Response, StatusCode, request, response};
@@ -21,10 +23,34 @@ pub enum Flow {
     /// Answer with this response now: the upstream is not called and the remaining
     /// request-side hooks are skipped; `on_response` still runs for every device.
     Respond(Response<Body>),
+    /// The decision is not ready yet (e.g. a rate limiter asking a store shared by a fleet):
+    /// the pipeline polls it, with the request's context, until it gives the hook's result,
+    /// and the request waits on it without holding a worker thread. Only `on_request`,
+    /// `before_proxy` and `after_proxy` may defer; a body hook that defers fails the request.
+    Defer(Deferred),
 }
 
 /// The result of a hook that may answer early.
 pub type DeviceResult = Result<Flow, DeviceError>;
+
+/// A deferred hook result: see [`Flow::Defer`].
+pub type Deferred = Pin<Box<dyn Pending>>;
+
+/// A hook's result still being worked out, polled by the pipeline like a future, with the
+/// request's context lent on every poll (so the result can be recorded in it).
+///
+/// A panic while polling is contained like a panic in the hook itself.
+pub trait Pending: Send {
+    /// Polls for the hook's result; on `Pending`, arranges for `cx` to be woken.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &mut RequestCtx)
+    -> Poll<DeviceResult>;
+}
+
+impl fmt::Debug for dyn Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pending")
+    }
+}
 
 /// A device: a unit of request-handling logic with hooks at well-defined phases.
 ///
@@ -33,7 +59,7 @@ pub type DeviceResult = Result<Flow, DeviceError>;
 /// declare, so an unimplemented phase costs nothing.
 ///
 /// Hooks are synchronous: a device that needs bounded CPU work (a WASM call with a deadline)
-/// does it inline. A hook that panics is contained: the request gets a 500 and `on_error`
+/// does it inline; one that must wait for I/O (a shared store) returns [`Flow::Defer`]. A hook that panics is contained: the request gets a 500 and `on_error`
 /// observes a [`DeviceError`].
 pub trait Device: Send + Sync + 'static {
     /// The device's name, used in logs and errors.

@@ -29,7 +29,7 @@ mod trusted;
 
 pub use body::{Body, ClientBodyTimeout, GapTimer};
 pub use ctx::{BodyBytes, BodyCtx, Origin, RequestCtx, RequestInfo, ResponseCtx, Transfer};
-pub use device::{Device, DeviceError, DeviceResult, Flow, Phase, Phases};
+pub use device::{Deferred, Device, DeviceError, DeviceResult, Flow, Pending, Phase, Phases};
 pub use device_logs::{DeviceLog, DeviceLogs};
 pub use error::{BoxError, Error, ErrorKind, cause_ref, is_caused_by};
 pub use slots::{DeviceSlots, SlotKey};

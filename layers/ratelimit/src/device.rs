@@ -1,24 +1,27 @@
 //! [`RateLimit`]: the throttling device.
 
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{Entry, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Response, StatusCode, request};
+use pin_project_lite::pin_project;
 use snakeway_core::metrics::Counters;
 use snakeway_core::request_id::X_REQUEST_ID;
 use snakeway_core::respond::{self, TEXT_PLAIN};
 use snakeway_core::{
-    Body, Device, DeviceResult, Flow, Phase, Phases, RequestCtx, ResponseCtx, SlotKey,
+    Body, Device, DeviceResult, Flow, Pending, Phase, Phases, RequestCtx, ResponseCtx, SlotKey,
 };
 
 use crate::gcra::{Decision, Quota};
 use crate::key::{RateKey, under};
 use crate::local::LocalStore;
 use crate::metrics::{Outcome, RATE_LIMIT_REQUESTS};
-use crate::redis::{LogThrottle, RedisStore};
+use crate::redis::{LogThrottle, RedisStore, StoreError};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the quota policy.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -54,6 +57,18 @@ pub enum OnStoreError {
     Open,
     /// Answer 503 Service Unavailable, and count the error.
     Closed,
+}
+
+// === impl OnStoreError ===
+
+impl OnStoreError {
+    /// The setting as written in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 /// A throttling device's settings (besides its store).
@@ -101,6 +116,11 @@ impl RateLimitOptions {
 /// In `on_response`, a request it allowed gets the `RateLimit` header (appended to one an
 /// earlier throttling device set, as a list).
 pub struct RateLimit {
+    inner: Arc<Inner>,
+}
+
+/// The device's settings and counters, shared with its requests waiting on Redis.
+struct Inner {
     options: RateLimitOptions,
     store: Store,
     /// This device's slot in a request's `DeviceSlots`: what it allowed, for `on_response`.
@@ -130,7 +150,7 @@ impl RateLimit {
         let quota = store.quota();
         let window = seconds(quota.period());
         let policy = format!("{quoted};q={};w={window}", quota.limit());
-        Self {
+        let inner = Inner {
             outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
             policy: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("\"\"")),
             quoted,
@@ -138,27 +158,54 @@ impl RateLimit {
             store,
             id: SlotKey::unique(),
             log: LogThrottle::new(),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// The store the device counts in.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
+}
 
-    /// Counts the request in the store; `None` when the request has no key.
-    fn decide(
-        &self,
-        ctx: &RequestCtx,
-        req: &request::Parts,
-        route: Option<&str>,
-    ) -> Option<Result<Decision, crate::redis::StoreError>> {
-        self.options
-            .key
-            .with_bytes(ctx, req, route, |key| match &self.store {
-                Store::Local(store) => Ok(store.check(key)),
-                Store::Redis(store) => store.check(key),
-            })
+// === impl Inner ===
+
+impl Inner {
+    /// What the store decided for a request, as the hook's result: an allowance noted for
+    /// `on_response`, a refusal, or what `on_store_error` says.
+    fn decided(&self, ctx: &mut RequestCtx, decided: Result<Decision, StoreError>) -> Flow {
+        match decided {
+            Ok(decision) if decision.allowed => {
+                self.count(Outcome::Allowed);
+                let allowance = Allowance {
+                    remaining: decision.remaining,
+                    reset: seconds(decision.reset),
+                };
+                ctx.info().slots.put(self.id, Box::new(allowance));
+                Flow::Continue
+            }
+            Ok(decision) => {
+                self.count(Outcome::Limited);
+                Flow::Respond(self.refuse(&decision, ctx))
+            }
+            Err(error) => {
+                self.count(Outcome::StoreError);
+                if self.log.allow() {
+                    tracing::warn!(
+                        device = %self.options.name,
+                        %error,
+                        on_store_error = self.options.on_store_error.as_str(),
+                        "rate limit store failed (logged at most once a second; all are counted)"
+                    );
+                }
+                match self.options.on_store_error {
+                    OnStoreError::Open => Flow::Continue,
+                    OnStoreError::Closed => Flow::Respond(self.unavailable(ctx)),
+                }
+            }
+        }
     }
 
     /// The early answer for a refused request.
@@ -231,7 +278,7 @@ impl RateLimit {
 
 impl Device for RateLimit {
     fn name(&self) -> &str {
-        &self.options.name
+        &self.inner.options.name
     }
 
     fn phases(&self) -> Phases {
@@ -239,43 +286,28 @@ impl Device for RateLimit {
     }
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
-        let Some(route) = self.route(ctx.path()) else {
+        let inner = &self.inner;
+        let Some(route) = inner.route(ctx.path()) else {
             return Ok(Flow::Continue);
         };
-        match self.decide(ctx, req, Some(route)) {
-            None => {
-                self.count(Outcome::NoKey);
-                Ok(Flow::Continue)
-            }
-            Some(Ok(decision)) if decision.allowed => {
-                self.count(Outcome::Allowed);
-                let allowance = Allowance {
-                    remaining: decision.remaining,
-                    reset: seconds(decision.reset),
-                };
-                ctx.info().slots.put(self.id, Box::new(allowance));
-                Ok(Flow::Continue)
-            }
-            Some(Ok(decision)) => {
-                self.count(Outcome::Limited);
-                Ok(Flow::Respond(self.refuse(&decision, ctx)))
-            }
-            Some(Err(error)) => {
-                self.count(Outcome::StoreError);
-                if self.log.allow() {
-                    tracing::warn!(
-                        device = %self.options.name,
-                        %error,
-                        on_store_error = ?self.options.on_store_error,
-                        "rate limit store failed (logged at most once a second; all are counted)"
-                    );
-                }
-                Ok(match self.options.on_store_error {
-                    OnStoreError::Open => Flow::Continue,
-                    OnStoreError::Closed => Flow::Respond(self.unavailable(ctx)),
-                })
-            }
-        }
+        let key = &inner.options.key;
+        let flow = match &inner.store {
+            Store::Local(store) => key
+                .with_bytes(ctx, req, Some(route), |key| store.check(key))
+                .map(|decision| inner.decided(ctx, Ok(decision))),
+            Store::Redis(store) => key
+                .with_bytes(ctx, req, Some(route), |key| store.check(key))
+                .map(|call| {
+                    Flow::Defer(Box::pin(Asked {
+                        call,
+                        device: inner.clone(),
+                    }))
+                }),
+        };
+        Ok(flow.unwrap_or_else(|| {
+            inner.count(Outcome::NoKey);
+            Flow::Continue
+        }))
     }
 
     fn on_response(
@@ -283,19 +315,20 @@ impl Device for RateLimit {
         ctx: &mut RequestCtx,
         res: &mut ResponseCtx<'_>,
     ) -> Result<(), snakeway_core::DeviceError> {
-        let Some(allowance) = ctx.info().slots.take::<Allowance>(self.id) else {
+        let inner = &self.inner;
+        let Some(allowance) = ctx.info().slots.take::<Allowance>(inner.id) else {
             return Ok(());
         };
         match res.head.headers.entry(&RATELIMIT) {
             Entry::Vacant(entry) => {
-                if let Some(value) = self.ratelimit(&[], *allowance) {
+                if let Some(value) = inner.ratelimit(&[], *allowance) {
                     entry.insert(value);
                 }
             }
             Entry::Occupied(mut entry) => {
                 let mut earlier = entry.get().as_bytes().to_vec();
                 earlier.extend_from_slice(b", ");
-                if let Some(value) = self.ratelimit(&earlier, *allowance) {
+                if let Some(value) = inner.ratelimit(&earlier, *allowance) {
                     entry.insert(value);
                 }
             }
@@ -307,9 +340,33 @@ impl Device for RateLimit {
 impl std::fmt::Debug for RateLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimit")
-            .field("options", &self.options)
-            .field("store", &self.store)
+            .field("options", &self.inner.options)
+            .field("store", &self.inner.store)
             .finish()
+    }
+}
+
+pin_project! {
+    /// A request's question to the Redis store, waited on by the pipeline.
+    struct Asked<F> {
+        #[pin]
+        call: F,
+        device: Arc<Inner>,
+    }
+}
+
+impl<F> Pending for Asked<F>
+where
+    F: Future<Output = Result<Decision, StoreError>> + Send,
+{
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Poll<DeviceResult> {
+        let this = self.project();
+        let decided = ready!(this.call.poll(cx));
+        Poll::Ready(Ok(this.device.decided(ctx, decided)))
     }
 }
 

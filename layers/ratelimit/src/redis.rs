@@ -8,13 +8,13 @@
 //!
 //! The connection is a `redis` [`ConnectionManager`]: one multiplexed connection, reconnected
 //! in the background after a failure, with a connect and a response timeout. It runs on a
-//! small runtime of its own (one thread, shared by every Redis store of the process): device
-//! hooks are synchronous, so the hook hands the call to that runtime and waits for the answer
-//! at most `timeout`. A call that does not answer in time is a store error, and the device's
-//! `on_store_error` decides.
+//! small runtime of its own (one thread, shared by every Redis store of the process), so the
+//! connection never depends on a worker's runtime. The device defers its decision
+//! ([`Flow::Defer`](snakeway_core::Flow::Defer)): the request waits for the answer, at most
+//! `timeout`, without holding a worker thread. A call that does not answer in time is a store
+//! error, and the device's `on_store_error` decides.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -105,37 +105,42 @@ impl RedisStore {
         &self.quota
     }
 
-    /// Counts one request of `key`, waiting at most the store's timeout.
-    pub fn check(&self, key: &[u8]) -> Result<Decision, StoreError> {
+    /// Counts one request of `key`: the answer, or an error after at most the store's
+    /// timeout. The call runs on the store's runtime; the returned future only waits for it,
+    /// so the request waits without holding a worker thread.
+    pub fn check(
+        &self,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + use<> {
         let name = redis_key(&self.prefix, key);
         let interval = self.quota.interval(1000);
         let capacity = self.quota.capacity();
-        let (tx, rx) = mpsc::sync_channel(1);
         let mut connection = self.connection.clone();
         let script = self.script.clone();
         let timeout = self.timeout;
-        self.handle.spawn(async move {
+        let call = self.handle.spawn(async move {
             let mut invocation = script.key(name);
             invocation.arg(interval).arg(capacity);
             let call = invocation.invoke_async::<(u8, u64, u64, u64)>(&mut connection);
-            let result = match tokio::time::timeout(timeout, call).await {
+            match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result.map_err(StoreError::from),
                 Err(_) => Err(StoreError::Timeout(timeout)),
-            };
-            // The hook may have stopped waiting.
-            let _ = tx.send(result);
+            }
         });
-        let (allowed, remaining, retry_after, reset) = match rx.recv_timeout(timeout) {
-            Ok(result) => result?,
-            Err(mpsc::RecvTimeoutError::Timeout) => return Err(StoreError::Timeout(timeout)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(StoreError::Closed),
-        };
-        Ok(Decision {
-            allowed: allowed == 1,
-            remaining,
-            retry_after: Duration::from_micros(retry_after),
-            reset: Duration::from_micros(reset),
-        })
+        async move {
+            let (allowed, remaining, retry_after, reset) =
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(result)) => result?,
+                    Ok(Err(_)) => return Err(StoreError::Closed),
+                    Err(_) => return Err(StoreError::Timeout(timeout)),
+                };
+            Ok(Decision {
+                allowed: allowed == 1,
+                remaining,
+                retry_after: Duration::from_micros(retry_after),
+                reset: Duration::from_micros(reset),
+            })
+        }
     }
 }
 
@@ -203,7 +208,8 @@ mod tests {
             Duration::from_millis(20),
         )
         .expect("a lazy connection opens without the server");
-        assert!(store.check(b"k").is_err());
+        let answer = runtime().expect("runtime").block_on(store.check(b"k"));
+        assert!(answer.is_err());
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl http_body::Body for HookedBody {
         };
         *this.ended |= end;
         let stop = match this.pipeline.on_request_body(this.ctx, &chunk, end) {
-            Ok(Flow::Continue) => None,
+            // `on_request_body` never gives a deferred result (it fails instead).
+            Ok(Flow::Continue | Flow::Defer(_)) => None,
             Ok(Flow::Respond(response)) => Some(BodyVerdict::Respond(response)),
             Err(error) => Some(BodyVerdict::Fail(error)),
         };

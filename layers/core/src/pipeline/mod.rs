@@ -19,9 +19,11 @@ mod body;
 mod complete;
 mod proxy_hooks;
 mod service;
+mod session;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{Response, request, response};
@@ -30,6 +32,7 @@ pub use self::body::{BodyStopped, HookedBody};
 pub use self::complete::CompletingBody;
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
+pub use self::session::{Answer, Session};
 use crate::metrics::{Counters, DEVICE_HOOKS};
 use crate::respond::{ErrorDetail, ErrorFormat};
 use crate::{
@@ -83,11 +86,13 @@ enum HookOutcome {
 // === impl Entry ===
 
 impl Entry {
+    /// Counts how a hook ended (a deferred result is counted when it settles).
     #[inline]
     fn counted(&self, flow: &Flow) {
         let outcome = match flow {
             Flow::Continue => HookOutcome::Continue,
             Flow::Respond(_) => HookOutcome::Respond,
+            Flow::Defer(_) => return,
         };
         self.outcomes.add(outcome as usize, 1);
     }
@@ -187,7 +192,9 @@ impl Pipeline {
         &self.inner.by_phase[phase as usize]
     }
 
-    fn run_request_side(
+    /// Runs a request-side phase: every device in order, waiting on deferred results, until
+    /// one answers or fails.
+    async fn run_request_side(
         &self,
         phase: Phase,
         ctx: &mut RequestCtx,
@@ -196,43 +203,87 @@ impl Pipeline {
     ) -> DeviceResult {
         for entry in self.in_phase(phase) {
             let device = entry.device.as_ref();
-            match guarded(entry, phase, || hook(device, ctx, head))? {
+            let flow = guarded(entry, phase, || hook(device, ctx, head))?;
+            match settle(entry, phase, flow, ctx).await? {
                 Flow::Continue => {}
-                respond @ Flow::Respond(_) => return Ok(respond),
+                answer => return Ok(answer),
             }
         }
         Ok(Flow::Continue)
     }
 
-    fn on_request(&self, ctx: &mut RequestCtx, head: &mut request::Parts) -> DeviceResult {
+    /// The `on_request` phase.
+    pub(crate) async fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> DeviceResult {
         self.run_request_side(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
+            .await
     }
 
-    fn before_proxy(&self, ctx: &mut RequestCtx, head: &mut request::Parts) -> DeviceResult {
+    /// The `before_proxy` phase.
+    pub(crate) async fn before_proxy(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> DeviceResult {
         self.run_request_side(Phase::BeforeProxy, ctx, head, |d, c, h| {
             d.before_proxy(c, h)
         })
+        .await
     }
 
-    fn after_proxy(&self, ctx: &mut RequestCtx, head: &mut response::Parts) -> DeviceResult {
+    /// The `after_proxy` phase.
+    pub(crate) async fn after_proxy(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut response::Parts,
+    ) -> DeviceResult {
         for entry in self.in_phase(Phase::AfterProxy) {
-            match guarded(entry, Phase::AfterProxy, || {
+            let flow = guarded(entry, Phase::AfterProxy, || {
                 entry.device.after_proxy(ctx, head)
-            })? {
+            })?;
+            match settle(entry, Phase::AfterProxy, flow, ctx).await? {
                 Flow::Continue => {}
-                respond @ Flow::Respond(_) => return Ok(respond),
+                answer => return Ok(answer),
             }
         }
         Ok(Flow::Continue)
     }
 
+    /// Runs `after_proxy` on the upstream's `response`, noting where the answer comes from:
+    /// the response, a device's replacement, or a device's failure.
+    pub(crate) async fn proxied(&self, ctx: &mut RequestCtx, response: Response<Body>) -> Answer {
+        let (mut head, body) = response.into_parts();
+        match self.after_proxy(ctx, &mut head).await {
+            Ok(Flow::Respond(replacement)) => {
+                ctx.origin = Some(Origin::Device);
+                Ok(replacement)
+            }
+            Ok(_) => {
+                ctx.origin = Some(Origin::Upstream);
+                Ok(Response::from_parts(head, body))
+            }
+            Err(e) => Err(e.into_error()),
+        }
+    }
+
+    /// The body hooks, for one chunk. They run where the body is polled and cannot wait: a
+    /// deferred result fails the request.
     fn on_request_body(&self, ctx: &BodyCtx, chunk: &Bytes, end_of_stream: bool) -> DeviceResult {
         for entry in self.in_phase(Phase::RequestBody) {
             let flow = guarded(entry, Phase::RequestBody, || {
                 entry.device.on_request_body(ctx, chunk, end_of_stream)
             })?;
-            if let Flow::Respond(_) = flow {
-                return Ok(flow);
+            match flow {
+                Flow::Continue => {}
+                Flow::Respond(_) => return Ok(flow),
+                Flow::Defer(_) => {
+                    entry.outcomes.add(HookOutcome::Error as usize, 1);
+                    return Err(DeviceError::new("a body hook cannot defer its result")
+                        .at(entry.device.name(), Phase::RequestBody));
+                }
             }
         }
         Ok(Flow::Continue)
@@ -320,8 +371,6 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-/// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
-/// and phase; counts how it ended.
 /// Runs an observing hook (`on_error`, `on_complete`): a panic there is counted, logged and
 /// otherwise ignored.
 fn observed(entry: &Entry, phase: Phase, hook: impl FnOnce()) {
@@ -336,10 +385,39 @@ fn observed(entry: &Entry, phase: Phase, hook: impl FnOnce()) {
     }
 }
 
+/// Runs one hook, turning a panic into a [`DeviceError`] and stamping errors with the device
+/// and phase; counts how it ended.
 #[inline]
 fn guarded(entry: &Entry, phase: Phase, hook: impl FnOnce() -> DeviceResult) -> DeviceResult {
+    judged(entry, phase, catch_unwind(AssertUnwindSafe(hook)))
+}
+
+/// Waits for a deferred hook result (polling it with `ctx`, panics contained as in the hook);
+/// any other result is returned as it is.
+async fn settle(entry: &Entry, phase: Phase, flow: Flow, ctx: &mut RequestCtx) -> DeviceResult {
+    let Flow::Defer(mut pending) = flow else {
+        return Ok(flow);
+    };
+    loop {
+        let polled = std::future::poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| pending.as_mut().poll(cx, ctx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await;
+        match judged(entry, phase, polled)? {
+            Flow::Defer(next) => pending = next,
+            flow => return Ok(flow),
+        }
+    }
+}
+
+/// A hook's outcome, counted, with errors stamped and a panic turned into an error.
+fn judged(entry: &Entry, phase: Phase, outcome: std::thread::Result<DeviceResult>) -> DeviceResult {
     let device = entry.device.as_ref();
-    match catch_unwind(AssertUnwindSafe(hook)) {
+    match outcome {
         Ok(Ok(flow)) => {
             entry.counted(&flow);
             Ok(flow)

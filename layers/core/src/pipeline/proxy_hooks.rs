@@ -2,10 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::Pipeline;
@@ -58,13 +57,17 @@ impl<S> ProxyHooks<S> {
     }
 }
 
+/// Response future of [`ProxyHooks`], boxed once.
+pub type ProxyHooksFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
+
 impl<S> Service<Request<Body>> for ProxyHooks<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = ProxyHooksFuture<S::Future>;
+    type Future = ProxyHooksFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -72,109 +75,33 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (mut head, body) = req.into_parts();
-        let Some(mut ctx) = head.extensions.remove::<RequestCtx>() else {
-            let future = self.inner.call(Request::from_parts(head, body));
-            return ProxyHooksFuture {
-                state: State::Upstream {
-                    future,
-                    ctx: None,
-                    pipeline: self.pipeline.clone(),
-                },
+        // The service that was polled ready goes into the future; a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let pipeline = self.pipeline.clone();
+        Box::pin(async move {
+            let (mut head, body) = req.into_parts();
+            let Some(mut ctx) = head.extensions.remove::<RequestCtx>() else {
+                return inner.call(Request::from_parts(head, body)).await;
             };
-        };
-        match self.pipeline.before_proxy(&mut ctx, &mut head) {
-            Ok(Flow::Continue) => {
-                let future = self.inner.call(Request::from_parts(head, body));
-                ProxyHooksFuture {
-                    state: State::Upstream {
-                        future,
-                        ctx: Some(ctx),
-                        pipeline: self.pipeline.clone(),
-                    },
+            let answer = match pipeline.before_proxy(&mut ctx, &mut head).await {
+                Ok(Flow::Respond(response)) => {
+                    ctx.origin = Some(Origin::Device);
+                    Ok(response)
                 }
-            }
-            Ok(Flow::Respond(mut response)) => {
-                ctx.origin = Some(Origin::Device);
-                response.extensions_mut().insert(ctx);
-                ProxyHooksFuture {
-                    state: State::Done {
-                        result: Some(Ok(response)),
-                    },
-                }
-            }
-            Err(e) => ProxyHooksFuture {
-                state: State::Done {
-                    result: Some(Err(e.into_error().with_ctx(ctx))),
+                Ok(_) => match inner.call(Request::from_parts(head, body)).await {
+                    Ok(response) => pipeline.proxied(&mut ctx, response).await,
+                    Err(error) => Err(error),
                 },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ProxyHooks`].
-    pub struct ProxyHooksFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Done { result: Option<Result<Response<Body>, Error>> },
-        Upstream {
-            #[pin]
-            future: F,
-            ctx: Option<RequestCtx>,
-            pipeline: Pipeline,
-        },
-    }
-}
-
-impl<F> Future for ProxyHooksFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, Error>>,
-{
-    type Output = Result<Response<Body>, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Done { result } => Poll::Ready(
-                result
-                    .take()
-                    .expect("ProxyHooksFuture polled after completion"),
-            ),
-            StateProj::Upstream {
-                future,
-                ctx,
-                pipeline,
-            } => {
-                let result = ready!(future.poll(cx));
-                let Some(mut ctx) = ctx.take() else {
-                    return Poll::Ready(result);
-                };
-                let response = match result {
-                    Ok(response) => response,
-                    Err(error) => return Poll::Ready(Err(error.with_ctx(ctx))),
-                };
-                let (mut head, body) = response.into_parts();
-                let response = match pipeline.after_proxy(&mut ctx, &mut head) {
-                    Ok(Flow::Continue) => {
-                        ctx.origin = Some(Origin::Upstream);
-                        Response::from_parts(head, body)
-                    }
-                    Ok(Flow::Respond(replacement)) => {
-                        ctx.origin = Some(Origin::Device);
-                        replacement
-                    }
-                    Err(e) => return Poll::Ready(Err(e.into_error().with_ctx(ctx))),
-                };
-                let mut response = response;
-                response.extensions_mut().insert(ctx);
-                Poll::Ready(Ok(response))
+                Err(e) => Err(e.into_error()),
+            };
+            match answer {
+                Ok(mut response) => {
+                    response.extensions_mut().insert(ctx);
+                    Ok(response)
+                }
+                Err(error) => Err(error.with_ctx(ctx)),
             }
-        }
+        })
     }
 }

@@ -4,23 +4,15 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::Pipeline;
-use super::body::{BodyVerdict, HookedBody};
+use super::{Pipeline, Session};
 use crate::request_id;
-use crate::respond::ErrorFormat;
-use crate::{
-    Body, BodyBytes, BodyCtx, BoxError, DeviceResult, Error, Flow, Origin, PeerAddr, Phase,
-    RequestCtx, RequestInfo,
-};
+use crate::{Body, BoxError, Error, PeerAddr, RequestCtx};
 
 /// Layer that applies the [`PipelineService`] middleware, which runs a [`Pipeline`]'s
 /// `on_request`, body, `on_error` and `on_response` hooks around a service.
@@ -111,9 +103,13 @@ impl<S: Clone> Clone for PipelineService<S> {
     }
 }
 
+/// Response future of [`PipelineService`]: the request's [`Session`], boxed once.
+pub type PipelineFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PipelineService<S>
 where
-    S: Service<Request<Body>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: Into<Error>,
     ReqBody: http_body::Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
@@ -122,7 +118,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = PipelineFuture<S::Future>;
+    type Future = PipelineFuture;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -145,170 +141,43 @@ where
             .extensions
             .get::<PeerAddr>()
             .map_or(([0, 0, 0, 0], 0).into(), |p| p.0);
-        let info = RequestInfo {
-            request_id,
-            peer,
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            started: Instant::now(),
-            slots: Default::default(),
-            device_logs: Default::default(),
-            received: if self.pipeline.counts_body() {
-                BodyBytes::counted()
-            } else {
-                BodyBytes::uncounted()
-            },
-        };
-        let mut ctx = RequestCtx::new(info);
-        let pipeline = self.pipeline.clone();
-        // Decided on the headers as the client sent them, before any device changes them.
-        let format = ErrorFormat::of(&head.headers);
-
-        let outcome = pipeline.on_request(&mut ctx, &mut head);
-        let mut early = answered(&mut ctx, outcome).or_else(|| self.not_ready.take().map(Err));
-        // An empty body is never polled (nothing reads what is not there), so the body hooks
-        // see its end now, right after `on_request`.
-        if early.is_none() && pipeline.has(Phase::RequestBody) && body.is_end_stream() {
-            let body_ctx = BodyCtx {
-                info: ctx.info().clone(),
-                bytes_before: 0,
-            };
-            let outcome = pipeline.on_request_body(&body_ctx, &Bytes::new(), true);
-            early = answered(&mut ctx, outcome);
-        }
-        if let Some(result) = early {
-            let response = pipeline.finish(ctx, result, format);
-            return PipelineFuture {
-                state: State::Done {
-                    response: Some(response),
-                },
-            };
-        }
-
-        let (body, verdict) = if pipeline.counts_body() && !body.is_end_stream() {
-            let verdict = Arc::new(Mutex::new(None));
-            let hooked = HookedBody::new(
-                Body::new(body),
-                pipeline.clone(),
-                ctx.info().clone(),
-                verdict.clone(),
-            );
-            (Body::new(hooked), Some(verdict))
-        } else {
-            (Body::new(body), None)
-        };
-        let info = ctx.info().clone();
-        let local = if self.handoff {
-            head.extensions.insert(ctx);
-            None
-        } else {
-            Some(ctx)
-        };
-        let future = self.inner.call(Request::from_parts(head, body));
-        PipelineFuture {
-            state: State::Inner {
-                future,
-                pipeline,
-                info,
-                local,
-                verdict,
-                format,
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`PipelineService`].
-    pub struct PipelineFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Done { response: Option<Response<Body>> },
-        Inner {
-            #[pin]
-            future: F,
-            pipeline: Pipeline,
-            info: Arc<RequestInfo>,
-            // The request context, when it did not travel inward.
-            local: Option<RequestCtx>,
-            verdict: Option<Arc<Mutex<Option<BodyVerdict>>>>,
-            format: ErrorFormat,
-        },
-    }
-}
-
-impl<F, ResBody, E> Future for PipelineFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<Error>,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Done { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("PipelineFuture polled after completion"))),
-            StateProj::Inner {
-                future,
-                pipeline,
-                info,
-                local,
-                verdict,
-                format,
-            } => {
-                let result = ready!(future.poll(cx));
-                let (ctx, result) = match result {
-                    Ok(response) => {
-                        let (mut head, body) = response.into_parts();
-                        let ctx = local
-                            .take()
-                            .or_else(|| head.extensions.remove::<RequestCtx>());
-                        let ctx = ctx.unwrap_or_else(|| RequestCtx::from_info(info.clone()));
-                        (ctx, Ok(Response::from_parts(head, Body::new(body))))
-                    }
-                    Err(e) => {
-                        let mut error: Error = e.into();
-                        let mut ctx = local
-                            .take()
-                            .or_else(|| error.take_ctx())
-                            .unwrap_or_else(|| RequestCtx::from_info(info.clone()));
-                        // A body hook that stopped the body decides the answer.
-                        let decided = verdict.as_ref().and_then(|v| v.lock().ok()?.take());
-                        let result = match decided {
-                            Some(BodyVerdict::Respond(response)) => {
-                                ctx.origin = Some(Origin::Device);
-                                Ok(response)
-                            }
-                            Some(BodyVerdict::Fail(device_error)) => Err(device_error.into_error()),
-                            None => Err(error),
-                        };
-                        (ctx, result)
-                    }
-                };
-                Poll::Ready(Ok(pipeline.finish(ctx, result, *format)))
+        let mut session = Session::new(&self.pipeline, &head, request_id, peer);
+        let not_ready = self.not_ready.take();
+        // The service that was polled ready goes into the future; a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let handoff = self.handoff;
+        let body = Body::new(body);
+        Box::pin(async move {
+            let ended = http_body::Body::is_end_stream(&body);
+            let early = session.on_request(&mut head, ended).await;
+            if let Some(answer) = early.or_else(|| not_ready.map(Err)) {
+                return Ok(session.finish(answer));
             }
-        }
-    }
-}
-
-/// A request-side hook's outcome as the request's result: `None` to go on, else the device's
-/// early answer (origin `device`) or its failure.
-fn answered(ctx: &mut RequestCtx, outcome: DeviceResult) -> Option<Result<Response<Body>, Error>> {
-    match outcome {
-        Ok(Flow::Continue) => None,
-        Ok(Flow::Respond(response)) => {
-            ctx.origin = Some(Origin::Device);
-            Some(Ok(response))
-        }
-        Err(e) => Some(Err(e.into_error())),
+            let body = session.hook_body(body);
+            if handoff {
+                // Lent to the `ProxyHooks` inside, which hands it back.
+                let lent = RequestCtx::from_info(session.ctx().info().clone());
+                head.extensions
+                    .insert(std::mem::replace(session.ctx_mut(), lent));
+            }
+            let result = match inner.call(Request::from_parts(head, body)).await {
+                Ok(response) => {
+                    let (mut head, body) = response.into_parts();
+                    if let Some(ctx) = head.extensions.remove::<RequestCtx>() {
+                        *session.ctx_mut() = ctx;
+                    }
+                    Ok(Response::from_parts(head, Body::new(body)))
+                }
+                Err(e) => {
+                    let mut error: Error = e.into();
+                    if let Some(ctx) = error.take_ctx() {
+                        *session.ctx_mut() = ctx;
+                    }
+                    Err(error)
+                }
+            };
+            Ok(session.finish(result))
+        })
     }
 }

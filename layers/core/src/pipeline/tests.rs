@@ -10,8 +10,11 @@ use http::{Request, Response, StatusCode, request, response};
 use http_body_util::{BodyExt, StreamBody};
 use tower::{Service, ServiceExt, service_fn};
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use super::*;
-use crate::{BodyCtx, ErrorKind, Phases, RequestInfo, ResponseCtx};
+use crate::{BodyCtx, ErrorKind, Pending, Phases, RequestInfo, ResponseCtx};
 
 #[derive(Clone, Copy, Debug)]
 enum Act {
@@ -802,4 +805,162 @@ async fn a_bodiless_answer_is_complete_without_being_read() {
         complete: true,
     };
     assert_eq!(*seen.lock().unwrap(), [expected]);
+}
+
+/// What a [`Later`] device's deferred result does once its timer fires.
+#[derive(Clone, Copy)]
+enum Eventually {
+    Continue,
+    Respond(u16),
+    Panic,
+}
+
+/// A device that defers its result in every request-side phase (and, if asked, in the body
+/// hook): it waits on a timer, then notes in the context that it decided.
+struct Later {
+    then: Eventually,
+    in_body: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Decided(Phase);
+
+struct Waiting {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    then: Eventually,
+    phase: Phase,
+}
+
+impl Pending for Waiting {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Poll<DeviceResult> {
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        ctx.extensions.insert(Decided(self.phase));
+        Poll::Ready(match self.then {
+            Eventually::Continue => Ok(Flow::Continue),
+            Eventually::Respond(status) => {
+                let mut response = Response::new(Body::from("later"));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                Ok(Flow::Respond(response))
+            }
+            Eventually::Panic => panic!("the store exploded"),
+        })
+    }
+}
+
+impl Later {
+    fn defer(&self, phase: Phase) -> DeviceResult {
+        Ok(Flow::Defer(Box::pin(Waiting {
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(5))),
+            then: self.then,
+            phase,
+        })))
+    }
+}
+
+impl Device for Later {
+    fn name(&self) -> &str {
+        "later"
+    }
+    fn phases(&self) -> Phases {
+        Phases::ALL
+    }
+    fn on_request(&self, _: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
+        self.defer(Phase::Request)
+    }
+    fn on_request_body(&self, _: &BodyCtx, _: &Bytes, _: bool) -> DeviceResult {
+        if self.in_body {
+            self.defer(Phase::RequestBody)
+        } else {
+            Ok(Flow::Continue)
+        }
+    }
+    fn before_proxy(&self, _: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
+        self.defer(Phase::BeforeProxy)
+    }
+    fn after_proxy(&self, _: &mut RequestCtx, _: &mut response::Parts) -> DeviceResult {
+        self.defer(Phase::AfterProxy)
+    }
+    fn on_response(
+        &self,
+        ctx: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), DeviceError> {
+        if let Some(Decided(phase)) = ctx.extensions.get::<Decided>() {
+            res.head
+                .headers
+                .insert("x-decided-in", phase.as_str().parse().unwrap());
+        }
+        Ok(())
+    }
+}
+
+impl Harness {
+    fn later(mut self, then: Eventually, in_body: bool) -> Self {
+        self.devices.push(Arc::new(Later { then, in_body }));
+        self
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_deferred_result_is_waited_for_and_may_record_into_the_context() {
+    // On a current-thread runtime: the wait must yield, not block, or the timer never fires.
+    let h = Harness::new()
+        .later(Eventually::Continue, false)
+        .device("a", &[]);
+    let response = h.send(Body::from("abc"), None).await;
+    assert_eq!(response.status(), 200);
+    // Every request-side phase deferred; the last one to decide was after_proxy.
+    assert_eq!(response.headers()["x-decided-in"], "after_proxy");
+    assert_eq!(h.upstream_calls(), 1);
+    assert!(h.log().contains(&"a.before_proxy".to_owned()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_deferred_answer_skips_the_upstream_and_later_devices() {
+    let h = Harness::new()
+        .later(Eventually::Respond(429), false)
+        .device("a", &[]);
+    let response = h.send(Body::from("abc"), None).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["x-decided-in"], "request");
+    assert_eq!(h.upstream_calls(), 0);
+    let log = h.log();
+    assert!(!log.contains(&"a.request".to_owned()), "{log:?}");
+    assert!(
+        log.contains(&"a.response(429,device,-)".to_owned()),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_deferred_result_that_panics_is_a_500_for_that_request_alone() {
+    let h = Harness::new()
+        .full_detail()
+        .later(Eventually::Panic, false)
+        .device("a", &[]);
+    let response = h.send(Body::from("abc"), None).await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(h.upstream_calls(), 0);
+    let log = h.log();
+    assert!(
+        log.iter().any(|l| l.starts_with("a.error(device,")),
+        "{log:?}"
+    );
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("panicked: the store exploded"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_hook_cannot_defer_its_result() {
+    let h = Harness::new().later(Eventually::Continue, true);
+    let chunks = vec![Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(
+        "ab",
+    )))];
+    let body = Body::new(StreamBody::new(futures_util::stream::iter(chunks)));
+    let response = h.send(body, None).await;
+    assert_eq!(response.status(), 500);
 }

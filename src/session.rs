@@ -1,31 +1,28 @@
-//! The per-request flow: one snapshot load, request id, path normalization, the device
-//! pipeline around the router, the outcome, and errors turned into responses that carry the
-//! request id.
+//! One request's way through the snapshot, top to bottom: the connection's hyper service
+//! ([`ConnService`], one boxed future per request), then [`handle`]: request id, host and path
+//! made canonical, `on_request`, routing, the outcome (`before_proxy`, the upstream,
+//! `after_proxy`), `on_error` and `on_response`, and the request recorded. The request context
+//! is a local of the [`Session`] this drives; errors become responses carrying the request id.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, request};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use snakeway_core::metrics::{Counter, CounterHandle};
-use snakeway_core::pipeline::{PipelineService, ProxyHooks};
+use snakeway_core::pipeline::{Answer, Session};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
-use snakeway_core::{
-    Body, Error, ErrorKind, Origin, PeerAddr, RequestCtx, RequestInfo, path, respond,
-};
+use snakeway_core::{Body, Error, ErrorKind, Origin, RequestCtx, RequestInfo, path, respond};
 use snakeway_proxy::{Downstream, ProxyService, is_websocket_upgrade};
 use snakeway_synthetic::Synthetic;
-use tower::ServiceExt;
 
 use crate::conn::h1::{Rejection, Rejections, host};
 use crate::conn::tunnel::{TunnelHost, WebSockets};
@@ -202,92 +199,203 @@ fn synthetic_failed(e: snakeway_synthetic::InvalidExpansion) -> Error {
     .with_reason("the request's host or path cannot be used in this response")
 }
 
-/// Runs one request through the snapshot and always produces a response; records it for
-/// listener `listener` (its index in `snapshot`).
+/// Runs one request through the snapshot, top to bottom, and always produces a response;
+/// records it for listener `listener` (its index in `snapshot`).
+///
+/// The phases, in order: request id, host and path made canonical; `on_request`; routing (or
+/// the listener's redirect); the outcome (`before_proxy`, the upstream, `after_proxy` for a
+/// service); `on_error` and `on_response` on the way out. Without devices, the same path runs
+/// with no [`Session`] at all.
 pub(crate) async fn handle(
     snapshot: Arc<Snapshot>,
     downstream: Downstream,
     listener: usize,
     redirect: Option<Arc<Synthetic>>,
-    mut req: Request<Body>,
+    req: Request<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = request_id::ensure(req.headers_mut());
-    align_host(&mut req);
+    let (mut head, body) = req.into_parts();
+    let request_id = request_id::ensure(&mut head.headers);
+    align_host(&mut head);
     // Devices see the normalized path. A path that does not normalize is left as it is and
     // rejected by the router, so its 400 still passes through `on_error` and `on_response`.
-    if let Ok(Cow::Owned(normalized)) = path::normalize(req.uri().path())
-        && let Some(uri) = rewrite_uri(req.uri(), &normalized)
-    {
-        *req.uri_mut() = uri;
-    }
-    if snapshot.pipeline.is_empty() {
-        let format = ErrorFormat::of(req.headers());
-        let picked = Picked::default();
-        let redirect = redirect.as_deref();
-        let mut response =
-            match route_and_call(&snapshot, &downstream, &picked, redirect, req).await {
-                Ok(response) => response,
-                Err(error) => respond::error_as(
-                    &error,
-                    &request_id,
-                    format,
-                    snapshot.pipeline.error_detail(),
-                ),
-            };
+    let unnormal = match path::normalize(head.uri.path()) {
+        Ok(Cow::Owned(normalized)) => {
+            if let Some(uri) = rewrite_uri(&head.uri, &normalized) {
+                head.uri = uri;
+            }
+            None
+        }
+        Ok(Cow::Borrowed(_)) => None,
+        Err(e) => Some(e),
+    };
+    let mut call = Call {
+        unnormal,
+        snapshot: &snapshot,
+        downstream: &downstream,
+        redirect: redirect.as_deref(),
+        request_id: &request_id,
+        route: usize::MAX,
+    };
+    let pipeline = &snapshot.pipeline;
+    let mut response = if pipeline.is_empty() {
+        let format = ErrorFormat::of(&head.headers);
+        let mut response = match call.route_and_call(None, head, body).await {
+            Ok(response) => response,
+            Err(error) => respond::error_as(&error, &request_id, format, pipeline.error_detail()),
+        };
         response
             .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
-        picked.finish(&snapshot, listener, &mut response, started);
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
         response
     } else {
-        // The pipeline returns the request id on every response it produces.
-        req.extensions_mut().insert(PeerAddr(downstream.peer));
-        // Shared with the router inside the pipeline: one allocation on this path only.
-        let picked = Arc::new(Picked::default());
-        let router = Router {
-            snapshot: snapshot.clone(),
-            downstream,
-            picked: picked.clone(),
-            redirect,
+        let mut session = Session::new(pipeline, &head, request_id.clone(), downstream.peer);
+        let ended = hyper::body::Body::is_end_stream(&body);
+        let answer = match session.on_request(&mut head, ended).await {
+            Some(answer) => answer,
+            None => {
+                let body = session.hook_body(body);
+                call.route_and_call(Some(&mut session), head, body).await
+            }
         };
-        let Ok(mut response) = PipelineService::with_proxy_hooks(router, snapshot.pipeline.clone())
-            .oneshot(req)
-            .await;
-        picked.finish(&snapshot, listener, &mut response, started);
-        response
-    }
+        session.finish(answer)
+    };
+    call.record(listener, &mut response, started);
+    response
 }
 
-/// The route a request took: an index into the snapshot's router, `usize::MAX` until routed.
-#[derive(Debug)]
-struct Picked(AtomicUsize);
-
-impl Default for Picked {
-    fn default() -> Self {
-        Self(AtomicUsize::new(usize::MAX))
-    }
+/// One request's call into the snapshot: what routing and the outcome need, and the route
+/// taken.
+struct Call<'a> {
+    /// Why the request's path did not normalize on arrival, if it did not.
+    unnormal: Option<path::PathError>,
+    snapshot: &'a Snapshot,
+    downstream: &'a Downstream,
+    /// The listener's `redirect_http_to` answer, in place of routing.
+    redirect: Option<&'a Synthetic>,
+    request_id: &'a HeaderValue,
+    /// The route taken: an index into the snapshot's router, `usize::MAX` until routed.
+    route: usize,
 }
 
-// === impl Picked ===
+// === impl Call ===
 
-impl Picked {
-    fn set(&self, index: usize) {
-        self.0.store(index, Ordering::Relaxed);
+impl<'a> Call<'a> {
+    /// Routes the request and calls its outcome, or answers with the listener's redirect;
+    /// with a session, notes the route, the service and the origin in its context and runs
+    /// `before_proxy` and `after_proxy` around the upstream.
+    async fn route_and_call(
+        &mut self,
+        mut session: Option<&mut Session>,
+        head: request::Parts,
+        body: Body,
+    ) -> Answer {
+        let mut req = Request::from_parts(head, body);
+        // With devices, one of them may have changed the path: routing normalizes it again.
+        let routed = match self.redirect {
+            Some(redirect) => Err(redirect_to_https(redirect, &req)),
+            None => self.select(&req, session.is_some()).map_err(Err),
+        };
+        let (index, route) = match routed {
+            Ok(routed) => routed,
+            Err(answer) => {
+                if let Some(session) = session {
+                    session.ctx_mut().origin = Some(Origin::Synthetic);
+                }
+                return self.logged(answer);
+            }
+        };
+        self.route = index;
+        tracing::debug!(
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            route = %route.name,
+            "request routed"
+        );
+        if let Some(session) = session.as_deref_mut() {
+            session.ctx_mut().route = Some(route.name.clone());
+        }
+        let answer = match &route.target.outcome {
+            Outcome::Respond(synthetic) => {
+                let scheme = if self.downstream.tls { "https" } else { "http" };
+                if let Some(session) = session {
+                    session.ctx_mut().origin = Some(Origin::Synthetic);
+                }
+                synthetic
+                    .respond(&snakeway_synthetic::vars(&req, scheme))
+                    .map_err(synthetic_failed)
+            }
+            Outcome::Static(files) => {
+                if let Some(session) = session {
+                    session.ctx_mut().origin = Some(Origin::Static);
+                }
+                Ok(files.serve(req).await)
+            }
+            Outcome::Service {
+                service,
+                name,
+                strip_prefix,
+                websockets,
+            } => {
+                route.target.headers.apply_to_request(req.headers_mut());
+                if *strip_prefix {
+                    let stripped = strip(req.uri().path(), &route.prefix);
+                    if let Some(uri) = rewrite_uri(req.uri(), &stripped) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                let upgrade = websockets
+                    .as_ref()
+                    .filter(|_| is_websocket_upgrade(&req))
+                    .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
+                match session {
+                    None => forward(service, self.downstream, req, upgrade, &route.name).await,
+                    Some(session) => {
+                        session.ctx_mut().service = Some(name.clone());
+                        let (mut head, body) = req.into_parts();
+                        if let Some(answer) = session.before_proxy(&mut head).await {
+                            return self.logged(answer);
+                        }
+                        let req = Request::from_parts(head, body);
+                        match forward(service, self.downstream, req, upgrade, &route.name).await {
+                            Ok(response) => session.after_proxy(response).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                }
+            }
+        };
+        self.logged(answer)
+    }
+
+    /// The route for a request, or why there is none. The path was normalized on arrival;
+    /// with `renormalize` (devices ran and may have changed it) it is normalized again.
+    fn select(
+        &self,
+        req: &Request<Body>,
+        renormalize: bool,
+    ) -> Result<(usize, &'a crate::router::Route<Routed>), Error> {
+        // HTTP/1 heads (Host included) were checked by the framing guard.
+        if req.version() == Version::HTTP_2 {
+            check_h2_host(req)?;
+        }
+        let path = match self.unnormal {
+            _ if renormalize => path::normalize(req.uri().path()),
+            Some(e) => Err(e),
+            None => Ok(Cow::Borrowed(req.uri().path())),
+        }
+        .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
+        self.snapshot
+            .router
+            .route_index(request_host(req), &path)
+            .ok_or_else(|| Error::new(ErrorKind::NoRoute, format!("no route for {path}")))
     }
 
     /// Sets the route's `response_headers` on `response` (every response of a routed
     /// request, errors included), and records it into its route's recorders (those of
     /// requests without a route when it has none).
     #[inline]
-    fn finish(
-        &self,
-        snapshot: &Snapshot,
-        listener: usize,
-        response: &mut Response<Body>,
-        started: Instant,
-    ) {
-        let recorders = match snapshot.router.get(self.0.load(Ordering::Relaxed)) {
+    fn record(&self, listener: usize, response: &mut Response<Body>, started: Instant) {
+        let recorders = match self.snapshot.router.get(self.route) {
             Some(route) => {
                 route
                     .target
@@ -295,127 +403,26 @@ impl Picked {
                     .apply_to_response(response.headers_mut());
                 &route.target.recorders
             }
-            None => &snapshot.unrouted,
+            None => &self.snapshot.unrouted,
         };
         recorders.record(listener, response.status(), started.elapsed());
     }
-}
 
-/// The router as a Tower service, for the device pipeline to wrap.
-#[derive(Clone)]
-struct Router {
-    snapshot: Arc<Snapshot>,
-    downstream: Downstream,
-    picked: Arc<Picked>,
-    /// The listener's `redirect_http_to` answer, in place of routing.
-    redirect: Option<Arc<Synthetic>>,
-}
-
-impl tower::Service<Request<Body>> for Router {
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let snapshot = self.snapshot.clone();
-        let downstream = self.downstream;
-        let picked = self.picked.clone();
-        let redirect = self.redirect.clone();
-        Box::pin(async move {
-            route_and_call(&snapshot, &downstream, &picked, redirect.as_deref(), req).await
-        })
-    }
-}
-
-/// Routes a request (noting the route in `picked`) and calls its outcome, or answers with the
-/// listener's `redirect`. A [`RequestCtx`] in the request's extensions (put there by the
-/// pipeline) comes back in the response's extensions, or in the error.
-async fn route_and_call(
-    snapshot: &Snapshot,
-    downstream: &Downstream,
-    picked: &Picked,
-    redirect: Option<&Synthetic>,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, Error> {
-    let mut ctx = req.extensions_mut().remove::<RequestCtx>();
-    let request_id = req.headers().get(&X_REQUEST_ID).cloned();
-    // `Err` is an answer without a route: the listener's redirect, or why no route matched.
-    let routed = match redirect {
-        Some(redirect) => Err(redirect_to_https(redirect, &req)),
-        None => select(snapshot, &req).map_err(Err),
-    };
-    let result = match routed {
-        Err(answer) => answer.map(|response| (response, Origin::Synthetic)),
-        Ok((index, route)) => {
-            picked.set(index);
-            tracing::debug!(
-                request_id = request_id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
-                route = %route.name,
-                "request routed"
-            );
-            if let Some(ctx) = &mut ctx {
-                ctx.route = Some(route.name.clone());
-            }
-            match &route.target.outcome {
-                Outcome::Respond(synthetic) => {
-                    let scheme = if downstream.tls { "https" } else { "http" };
-                    synthetic
-                        .respond(&snakeway_synthetic::vars(&req, scheme))
-                        .map(|response| (response, Origin::Synthetic))
-                        .map_err(synthetic_failed)
+    /// Logs a failed answer: client faults at debug, the rest as warnings.
+    fn logged(&self, answer: Answer) -> Answer {
+        if let Err(error) = &answer {
+            let request_id = self.request_id.to_str().unwrap_or("-");
+            match error.kind() {
+                // Client faults; a client body timeout is already logged once, with its cause,
+                // by the proxy.
+                ErrorKind::BadRequest | ErrorKind::NoRoute | ErrorKind::RequestTimeout => {
+                    tracing::debug!(request_id, %error, "request rejected");
                 }
-                Outcome::Static(files) => Ok((files.serve(req).await, Origin::Static)),
-                Outcome::Service {
-                    service,
-                    name,
-                    strip_prefix,
-                    websockets,
-                } => {
-                    route.target.headers.apply_to_request(req.headers_mut());
-                    if *strip_prefix {
-                        let stripped = strip(req.uri().path(), &route.prefix);
-                        if let Some(uri) = rewrite_uri(req.uri(), &stripped) {
-                            *req.uri_mut() = uri;
-                        }
-                    }
-                    let mut upgrade = websockets
-                        .as_ref()
-                        .filter(|_| is_websocket_upgrade(&req))
-                        .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
-                    let route_name = &route.name;
-                    let forward = tower::service_fn(|req: Request<Body>| {
-                        forward(service, downstream, req, upgrade.take(), route_name)
-                    });
-                    match ctx.take() {
-                        None => forward.oneshot(req).await.map(|r| (r, Origin::Upstream)),
-                        Some(mut ctx) => {
-                            ctx.service = Some(name.clone());
-                            req.extensions_mut().insert(ctx);
-                            // The proxy hooks hand the context back in the response or the error.
-                            let hooked = ProxyHooks::new(forward, snapshot.pipeline.clone());
-                            return log_failure(hooked.oneshot(req).await, request_id.as_ref());
-                        }
-                    }
-                }
+                _ => tracing::warn!(request_id, %error, "request failed"),
             }
         }
-    };
-    let result = match (result, ctx) {
-        (Ok((response, _)), None) => Ok(response),
-        (Err(error), None) => Err(error),
-        (Ok((mut response, origin)), Some(mut ctx)) => {
-            ctx.origin = Some(origin);
-            response.extensions_mut().insert(ctx);
-            Ok(response)
-        }
-        (Err(error), Some(ctx)) => Err(error.with_ctx(ctx)),
-    };
-    log_failure(result, request_id.as_ref())
+        answer
+    }
 }
 
 /// Forwards `req` to `service`; with `upgrade` (a WebSocket handshake on a websocket route), as
@@ -447,23 +454,6 @@ async fn forward(
     Ok(response)
 }
 
-/// The route for a request, or why there is none.
-fn select<'a>(
-    snapshot: &'a Snapshot,
-    req: &Request<Body>,
-) -> Result<(usize, &'a crate::router::Route<Routed>), Error> {
-    // HTTP/1 heads (Host included) were checked by the framing guard.
-    if req.version() == Version::HTTP_2 {
-        check_h2_host(req)?;
-    }
-    let path = path::normalize(req.uri().path())
-        .map_err(|e| Error::new(ErrorKind::BadRequest, e.to_string()))?;
-    snapshot
-        .router
-        .route_index(request_host(req), &path)
-        .ok_or_else(|| Error::new(ErrorKind::NoRoute, format!("no route for {path}")))
-}
-
 /// The host of an HTTP/2 request (HTTP/1 heads were checked by the framing guard): `:authority`
 /// when present, else exactly one `host` field, either `uri-host[:port]` without userinfo.
 fn check_h2_host(req: &Request<Body>) -> Result<(), Error> {
@@ -489,37 +479,19 @@ fn check_h2_host(req: &Request<Body>) -> Result<(), Error> {
 /// target's authority when there is one (absolute-form HTTP/1, HTTP/2's `:authority`), so the
 /// upstream sees the host that was routed on. An HTTP/2 request without `host` keeps none here
 /// (the proxy derives it); an origin-form request costs one `Option` check.
-fn align_host(req: &mut Request<Body>) {
-    let Some(authority) = req.uri().authority() else {
+fn align_host(head: &mut request::Parts) {
+    let Some(authority) = head.uri.authority() else {
         return;
     };
-    let mut hosts = req.headers().get_all(HOST).iter();
+    let mut hosts = head.headers.get_all(HOST).iter();
     let aligned = match (hosts.next(), hosts.next()) {
         (Some(h), None) => h.as_bytes() == authority.as_str().as_bytes(),
-        (None, _) => req.version() == Version::HTTP_2,
+        (None, _) => head.version == Version::HTTP_2,
         (Some(_), Some(_)) => false,
     };
     if !aligned && let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-        req.headers_mut().insert(HOST, value);
+        head.headers.insert(HOST, value);
     }
-}
-
-fn log_failure(
-    result: Result<Response<Body>, Error>,
-    request_id: Option<&http::HeaderValue>,
-) -> Result<Response<Body>, Error> {
-    if let Err(error) = &result {
-        let request_id = request_id.and_then(|id| id.to_str().ok()).unwrap_or("-");
-        match error.kind() {
-            // Client faults; a client body timeout is already logged once, with its cause, by
-            // the proxy.
-            ErrorKind::BadRequest | ErrorKind::NoRoute | ErrorKind::RequestTimeout => {
-                tracing::debug!(request_id, %error, "request rejected");
-            }
-            _ => tracing::warn!(request_id, %error, "request failed"),
-        }
-    }
-    result
 }
 
 /// `/api/x` with prefix `/api` → `/x`; `/api` → `/`.

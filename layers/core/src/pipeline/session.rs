@@ -1,0 +1,178 @@
+//! [`Session`]: one request's way through a [`Pipeline`], phase by phase, with its context a
+//! local of whoever drives it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, request};
+
+use super::Pipeline;
+use super::body::{BodyVerdict, HookedBody};
+use crate::respond::ErrorFormat;
+use crate::{
+    Body, BodyBytes, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx, RequestInfo,
+};
+
+/// One request going through a pipeline. Its driver calls the phases in order:
+///
+/// ```text
+/// Session::new → on_request ─┬─ (answered) ──────────────────────────────┐
+///                            └─ hook_body → route → before_proxy ─┬──────┤
+///                                         forward → after_proxy ──┴─ finish (on_error, on_response)
+/// ```
+///
+/// `on_request`, `before_proxy` and `after_proxy` are `async`: a device may defer its result
+/// ([`Flow::Defer`]). A phase that answers gives `Some(result)`: the driver skips to
+/// [`Session::finish`] with it. The server's request path drives a session directly;
+/// [`PipelineLayer`](super::PipelineLayer) and [`ProxyHooksLayer`](super::ProxyHooksLayer)
+/// drive the same phases as Tower middleware.
+#[derive(Debug)]
+pub struct Session {
+    pipeline: Pipeline,
+    ctx: RequestCtx,
+    /// The error format, decided on the headers as the client sent them.
+    format: ErrorFormat,
+    /// Where a body hook that stopped the body leaves its verdict.
+    verdict: Option<Arc<Mutex<Option<BodyVerdict>>>>,
+}
+
+/// What a phase that answered gives: the response or the failure to finish with.
+pub type Answer = Result<Response<Body>, Error>;
+
+// === impl Session ===
+
+impl Session {
+    /// A session for the request whose head is `head`, with id `request_id` (already in its
+    /// headers), from `peer`.
+    pub fn new(
+        pipeline: &Pipeline,
+        head: &request::Parts,
+        request_id: HeaderValue,
+        peer: SocketAddr,
+    ) -> Self {
+        let info = RequestInfo {
+            request_id,
+            peer,
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            started: Instant::now(),
+            slots: Default::default(),
+            device_logs: Default::default(),
+            received: if pipeline.counts_body() {
+                BodyBytes::counted()
+            } else {
+                BodyBytes::uncounted()
+            },
+        };
+        Self {
+            pipeline: pipeline.clone(),
+            ctx: RequestCtx::new(info),
+            format: ErrorFormat::of(&head.headers),
+            verdict: None,
+        }
+    }
+
+    /// The request context.
+    #[inline]
+    pub fn ctx(&self) -> &RequestCtx {
+        &self.ctx
+    }
+
+    /// The request context, to note the route, the service or the origin.
+    #[inline]
+    pub fn ctx_mut(&mut self) -> &mut RequestCtx {
+        &mut self.ctx
+    }
+
+    /// The pipeline this session runs.
+    #[inline]
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Runs `on_request`; for a request without a body (`body_ended`), the body hooks see its
+    /// end right after (nothing polls a body that is not there).
+    pub async fn on_request(
+        &mut self,
+        head: &mut request::Parts,
+        body_ended: bool,
+    ) -> Option<Answer> {
+        let outcome = self.pipeline.on_request(&mut self.ctx, head).await;
+        if let Some(answer) = self.answered(outcome) {
+            return Some(answer);
+        }
+        if body_ended && self.pipeline.has(Phase::RequestBody) {
+            let body_ctx = BodyCtx {
+                info: self.ctx.info().clone(),
+                bytes_before: 0,
+            };
+            let outcome = self
+                .pipeline
+                .on_request_body(&body_ctx, &Bytes::new(), true);
+            return self.answered(outcome);
+        }
+        None
+    }
+
+    /// The request body as the rest of the request should read it: run through the body hooks
+    /// and counted when some device needs that, else as it is.
+    pub fn hook_body(&mut self, body: Body) -> Body {
+        if !self.pipeline.counts_body() || http_body::Body::is_end_stream(&body) {
+            return body;
+        }
+        let verdict = Arc::new(Mutex::new(None));
+        let hooked = HookedBody::new(
+            body,
+            self.pipeline.clone(),
+            self.ctx.info().clone(),
+            verdict.clone(),
+        );
+        self.verdict = Some(verdict);
+        Body::new(hooked)
+    }
+
+    /// Runs `before_proxy` (the request is about to be forwarded to `service`).
+    pub async fn before_proxy(&mut self, head: &mut request::Parts) -> Option<Answer> {
+        let outcome = self.pipeline.before_proxy(&mut self.ctx, head).await;
+        self.answered(outcome)
+    }
+
+    /// Runs `after_proxy` on the upstream's response; the result is what the client should
+    /// get (the response, a device's replacement, or a device's failure).
+    pub async fn after_proxy(&mut self, response: Response<Body>) -> Answer {
+        self.pipeline.proxied(&mut self.ctx, response).await
+    }
+
+    /// Ends the request with `result`: `on_error` for a failure (a body hook's verdict takes
+    /// its place when one stopped the body), then `on_response`, and the `complete` hooks when
+    /// the body has gone. The response carries the request id.
+    pub fn finish(mut self, result: Answer) -> Response<Body> {
+        let result = match result {
+            Err(error) => match self.verdict.as_ref().and_then(|v| v.lock().ok()?.take()) {
+                Some(BodyVerdict::Respond(response)) => {
+                    self.ctx.origin = Some(Origin::Device);
+                    Ok(response)
+                }
+                Some(BodyVerdict::Fail(device_error)) => Err(device_error.into_error()),
+                None => Err(error),
+            },
+            ok => ok,
+        };
+        self.pipeline.finish(self.ctx, result, self.format)
+    }
+
+    /// A request-side phase's outcome as the request's answer: `None` to go on, else the
+    /// device's early answer (origin `device`) or its failure.
+    fn answered(&mut self, outcome: DeviceResult) -> Option<Answer> {
+        match outcome {
+            Ok(Flow::Respond(response)) => {
+                self.ctx.origin = Some(Origin::Device);
+                Some(Ok(response))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e.into_error())),
+        }
+    }
+}
