@@ -215,9 +215,10 @@ fn bind_per_worker(addr: SocketAddr, workers: &[Handle]) -> std::io::Result<Vec<
 /// Shrinking takes the free permits away at once; permits still held by connections are owed
 /// (`debt`) and forgotten as those connections end. Growing first cancels what is owed, then
 /// adds permits. Either way the permits in circulation converge on the new limit, with no task
-/// and no lock. The accept loop holds one permit while it waits for the next connection.
+/// and no lock. A single accept loop holds one permit while it waits for the next connection;
+/// the workers' loops take theirs once they have a connection (see [`AcceptLoop::accept`]).
 ///
-/// While the accept loop waits for a permit, every slot is taken: the limit's [`Pressure`] is
+/// While an accept loop waits for a permit, every slot is taken: the limit's [`Pressure`] is
 /// set, and the connections' watches close those doing no useful work sooner.
 #[derive(Debug)]
 struct Limit {
