@@ -117,7 +117,9 @@ async fn a_reload_cannot_change_the_runtime_or_the_threads() {
         server.rewrite_config(toml);
         server.signal(Signal::SIGHUP);
         assert!(
-            server.wait_for_log_count("reload refused", n + 1, WAIT).await,
+            server
+                .wait_for_log_count("reload refused", n + 1, WAIT)
+                .await,
             "a reload changing {key} was not refused"
         );
         let text = server.log_text();
@@ -131,9 +133,7 @@ async fn a_reload_cannot_change_the_runtime_or_the_threads() {
     server.rewrite_config(&proxy_config("per_core", 2, &up));
     server.signal(Signal::SIGHUP);
     assert!(
-        server
-            .wait_for_log("configuration reloaded", WAIT)
-            .await,
+        server.wait_for_log("configuration reloaded", WAIT).await,
         "{}",
         server.log_text()
     );

@@ -6,20 +6,14 @@
 /// See `tests/e2e/main.rs`.
 const RUNTIME: Option<&str> = Some("per_core");
 
-#[path = "../e2e/client.rs"]
-mod client;
-#[path = "../e2e/harness.rs"]
-mod harness;
-#[path = "../e2e/pki.rs"]
-mod pki;
-#[path = "../e2e/upstream.rs"]
-mod upstream;
 #[path = "../e2e/admin.rs"]
 mod admin;
 #[path = "../e2e/axum_example.rs"]
 mod axum_example;
 #[path = "../e2e/balancing.rs"]
 mod balancing;
+#[path = "../e2e/client.rs"]
+mod client;
 #[path = "../e2e/config_cli.rs"]
 mod config_cli;
 #[path = "../e2e/config_messages.rs"]
@@ -36,6 +30,8 @@ mod everyday;
 mod framing;
 #[path = "../e2e/grpc.rs"]
 mod grpc;
+#[path = "../e2e/harness.rs"]
+mod harness;
 #[path = "../e2e/health_check.rs"]
 mod health_check;
 #[path = "../e2e/hostile/mod.rs"]
@@ -44,6 +40,8 @@ mod hostile;
 mod listeners;
 #[path = "../e2e/packaging.rs"]
 mod packaging;
+#[path = "../e2e/pki.rs"]
+mod pki;
 #[path = "../e2e/prometheus.rs"]
 mod prometheus;
 #[path = "../e2e/proxy.rs"]
@@ -66,6 +64,8 @@ mod static_files;
 mod tls_resumption;
 #[path = "../e2e/trailers.rs"]
 mod trailers;
+#[path = "../e2e/upstream.rs"]
+mod upstream;
 #[path = "../e2e/wasm.rs"]
 mod wasm;
 #[path = "../e2e/wasm_cache.rs"]

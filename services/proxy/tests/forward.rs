@@ -172,7 +172,11 @@ async fn each_worker_keeps_its_own_pool() {
         .await
         .unwrap();
     assert_eq!(up.requests(), 10);
-    assert_eq!(up.connections(), 2, "one connection per worker, each reused");
+    assert_eq!(
+        up.connections(),
+        2,
+        "one connection per worker, each reused"
+    );
     let status = svc.upstreams().next().unwrap();
     assert_eq!(
         (status.idle_connections, status.active_connections),
