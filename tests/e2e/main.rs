@@ -1,6 +1,7 @@
 //! Black-box end-to-end tests: each starts the real `snakeway` binary on loopback ports and
-//! talks to it with real clients (hyper, raw TCP, curl). One test binary on purpose: every
-//! extra one costs a long link.
+//! talks to it with real clients (hyper, raw TCP, curl). One test binary per runtime on
+//! purpose: every extra one costs a long link (`tests/e2e_per_core` runs these same modules
+//! under `server.runtime = "per_core"`).
 
 #![allow(missing_docs, unreachable_pub)]
 
