@@ -447,7 +447,9 @@ async fn forward(
             ),
         ));
     };
-    let (response, tunnel) = service.forward_upgrade(req, downstream).await?;
+    // Boxed: the handshake's state would otherwise sit in (and be copied with) every
+    // request's future.
+    let (response, tunnel) = Box::pin(service.forward_upgrade(req, downstream)).await?;
     if let Some(tunnel) = tunnel {
         host.spawn(tunnel, open, route.clone());
     }

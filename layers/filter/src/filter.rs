@@ -126,10 +126,16 @@ impl RequestFilter {
         let deny_headers = NameSet::new(deny_headers);
         let walk_headers =
             max_header_bytes.is_some() || !deny_headers.is_empty() || allow_headers.is_some();
-        let phases = if max_body_bytes.is_some() {
-            Phases::only(Phase::Request).with(Phase::RequestBody)
-        } else {
-            Phases::only(Phase::Request)
+        // A filter without rules can refuse nothing: it takes part in no phase, so the
+        // pipeline never calls it.
+        let checks_head = !(allow_methods.is_empty() && deny_methods.is_empty())
+            || walk_headers
+            || !required.is_empty()
+            || max_body_bytes.is_some();
+        let phases = match (checks_head, max_body_bytes) {
+            (false, _) => Phases::NONE,
+            (true, None) => Phases::only(Phase::Request),
+            (true, Some(_)) => Phases::only(Phase::Request).with(Phase::RequestBody),
         };
         Self {
             methods,
@@ -345,10 +351,39 @@ mod tests {
     }
 
     #[test]
-    fn phases_follow_the_body_limit() {
-        let plain = RequestFilter::new(FilterOptions::default());
-        assert_eq!(plain.name(), "request_filter");
-        assert_eq!(plain.phases(), Phases::only(Phase::Request));
+    fn phases_follow_the_rules() {
+        let open = RequestFilter::new(FilterOptions::default());
+        assert_eq!(open.name(), "request_filter");
+        assert_eq!(open.phases(), Phases::NONE, "no rule: no phase");
+        for rules in [
+            FilterOptions {
+                allow_methods: vec![Method::GET],
+                ..FilterOptions::default()
+            },
+            FilterOptions {
+                deny_methods: vec![Method::TRACE],
+                ..FilterOptions::default()
+            },
+            FilterOptions {
+                required_headers: vec![HOST],
+                ..FilterOptions::default()
+            },
+            FilterOptions {
+                deny_headers: vec![HOST],
+                ..FilterOptions::default()
+            },
+            FilterOptions {
+                allow_headers: vec![HOST],
+                ..FilterOptions::default()
+            },
+            FilterOptions {
+                max_header_bytes: Some(100),
+                ..FilterOptions::default()
+            },
+        ] {
+            let filter = RequestFilter::new(rules);
+            assert_eq!(filter.phases(), Phases::only(Phase::Request), "{filter:?}");
+        }
         let limited = RequestFilter::new(FilterOptions {
             max_body_bytes: Some(10),
             ..FilterOptions::default()

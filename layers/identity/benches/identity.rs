@@ -120,6 +120,30 @@ fn bench(c: &mut Criterion) {
             );
         });
     }
+
+    // A new client for every request: the per-thread cache of recent identities misses (the
+    // peers cycle through 4,096 trusted addresses, far more than its 64 entries), so this is
+    // the full walk, UA cache hit and GeoIP lookup, plus keeping the new entry.
+    let device = Identity::new(options(true, Some(geoip())));
+    let mut next = 0u32;
+    group.bench_function(
+        "new client each time: xff + user agent (cached) + geoip",
+        |b| {
+            b.iter_batched(
+                || {
+                    next = next.wrapping_add(1) % 4096;
+                    let peer = format!("10.0.{}.{}:5000", next / 256, next % 256);
+                    input(&peer, Some("81.2.69.160, 10.0.0.2"))
+                },
+                |(mut ctx, mut head)| {
+                    let flow = device.on_request(&mut ctx, &mut head);
+                    black_box(flow.is_ok());
+                    (ctx, head)
+                },
+                BatchSize::SmallInput,
+            );
+        },
+    );
     group.finish();
 
     // What a user-agent cache miss costs: woothee on a typical desktop agent.

@@ -35,7 +35,7 @@ pub(crate) fn resolve(
     let peer = peer.ip().to_canonical();
     let mut client = peer;
     let mut chain = Vec::new();
-    if trusted.is_empty() || !trusted.contains(peer) {
+    if !reads_forwarded(peer, trusted) {
         return (client, chain);
     }
     'walk: for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
@@ -52,6 +52,13 @@ pub(crate) fn resolve(
         }
     }
     (client, chain)
+}
+
+/// Whether `x-forwarded-for` is read for a request from `peer` (canonical): only from a
+/// trusted peer.
+#[inline]
+pub(crate) fn reads_forwarded(peer: IpAddr, trusted: &TrustedProxies) -> bool {
+    !trusted.is_empty() && trusted.contains(peer)
 }
 
 /// One `x-forwarded-for` entry: an IP address, optionally with a port, surrounding

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::USER_AGENT;
 use http::{Extensions, HeaderMap, request};
@@ -16,6 +17,7 @@ use snakeway_core::TrustedProxies;
 
 use crate::client_ip;
 use crate::geoip::GeoIp;
+use crate::recent;
 use crate::user_agent::{self, DeviceClass, UserAgent};
 
 /// How the identity device works out who the client is.
@@ -77,6 +79,8 @@ impl ClientIdentity {
 ///
 /// See the [crate docs](crate) for the `x-forwarded-for` rules.
 pub struct Identity {
+    /// Tells this device's identities apart in the per-thread [`recent`] cache.
+    id: u64,
     trusted: TrustedProxies,
     geoip: Option<GeoIp>,
     user_agent: bool,
@@ -91,7 +95,10 @@ impl Identity {
         if options.user_agent {
             user_agent::warm_up();
         }
+        /// Tells devices (and the devices a reload builds) apart.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             trusted: TrustedProxies::new(options.trusted_proxies.iter().copied()),
             geoip: options.geoip,
             user_agent: options.user_agent,
@@ -143,7 +150,20 @@ impl Device for Identity {
     /// extensions (replacing one an earlier identity device stored), and the client's address
     /// as a [`ClientAddr`] request extension. Always continues.
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
-        let identity = Arc::new(self.identify(ctx.peer(), &req.headers));
+        let peer = ctx.peer();
+        let headers = &req.headers;
+        let canonical = peer.ip().to_canonical();
+        let inputs = recent::Inputs {
+            peer: canonical,
+            forwarded: client_ip::reads_forwarded(canonical, &self.trusted).then_some(headers),
+            agent: self.user_agent.then(|| {
+                headers
+                    .get(USER_AGENT)
+                    .map(|ua| user_agent::capped(ua.as_bytes()))
+            }),
+        };
+        // The requests of one client share its identity (built once per thread).
+        let identity = recent::identity(self.id, &inputs, || self.identify(peer, headers));
         req.extensions.insert(ClientAddr(identity.ip));
         req.extensions.insert(identity.clone());
         ctx.extensions.insert(identity);

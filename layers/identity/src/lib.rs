@@ -38,13 +38,20 @@
 //!
 //! # Cost
 //!
-//! Without GeoIP and user-agent parsing, a request costs the address walk (no allocation)
-//! plus the identity itself: one `Arc`, a `Vec` only when there are trusted hops, and the two
-//! extension inserts.
+//! Each worker thread also remembers the identities of its recent clients (64 per thread,
+//! keyed by the device, the peer address, the `x-forwarded-for` lines read and the
+//! `user-agent` classified, compared byte for byte): the requests of one client share one
+//! `Arc<ClientIdentity>`, so a repeat request costs no address walk, GeoIP lookup or
+//! user-agent strings. What a request always costs is handing the identity on: the three
+//! extension inserts (the client address and the identity in the request, the identity in the
+//! context), and no other allocation. A new client costs the walk (a `Vec` only when there
+//! are trusted hops), the lookups, one `Arc`, and its entry (copies of the `x-forwarded-for`
+//! lines and the `user-agent` it was built from).
 
 mod client_ip;
 mod geoip;
 mod identity;
+mod recent;
 mod user_agent;
 
 pub use crate::geoip::{GeoIp, GeoIpError, GeoRecord};

@@ -128,7 +128,7 @@ thread_local! {
 /// lock (each worker thread has its own), bounded memory (`CACHE_SLOTS` entries of at most
 /// [`MAX_USER_AGENT_BYTES`] per thread); colliding agents just evict each other.
 pub(crate) fn classify(header: &[u8]) -> UserAgent {
-    let key = &header[..header.len().min(MAX_USER_AGENT_BYTES)];
+    let key = capped(header);
     let slot = (hash(key) % CACHE_SLOTS as u64) as usize;
     let cached = CACHE.try_with(|cache| {
         let cache = cache.borrow();
@@ -147,9 +147,14 @@ pub(crate) fn classify(header: &[u8]) -> UserAgent {
     ua
 }
 
+/// The part of a `user-agent` header that is classified: at most [`MAX_USER_AGENT_BYTES`].
+pub(crate) fn capped(header: &[u8]) -> &[u8] {
+    &header[..header.len().min(MAX_USER_AGENT_BYTES)]
+}
+
 /// A fast non-cryptographic hash (FxHash's mixing over 8-byte words); collisions only cost a
 /// cache miss.
-fn hash(bytes: &[u8]) -> u64 {
+pub(crate) fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
     let mut chunks = bytes.chunks_exact(8);

@@ -1,6 +1,5 @@
 //! [`StructuredLogging`]: the device.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,14 +16,6 @@ use crate::record::{
 };
 use crate::{IdentityExtractor, LogPhase, LogWriter, LoggingOptions};
 
-/// Lines longer than this do not keep the per-thread formatting buffer grown.
-const KEEP_BUFFER_BYTES: usize = 16 * 1024;
-
-thread_local! {
-    /// The per-thread buffer lines are formatted into; each line is then copied out once.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
-}
-
 /// Tells apart the captures of several logging devices in one pipeline.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -34,8 +25,8 @@ pub struct StructuredLogging {
     id: u64,
     /// The events logged.
     events: Phases,
-    /// The phases taken part in: the events plus `Request` (for the capture), and `Complete`
-    /// when `response` lines are logged (they are written once the body has gone).
+    /// The phases taken part in: the events, plus `Request` when headers are captured, and
+    /// `Complete` when `response` lines are logged (they are written once the body has gone).
     phases: Phases,
     include_headers: bool,
     allowed_headers: Box<[HeaderName]>,
@@ -50,7 +41,7 @@ pub struct StructuredLogging {
 #[derive(Clone, Debug)]
 struct Capture {
     device: u64,
-    headers: Option<Box<[CapturedHeader]>>,
+    headers: Option<Vec<CapturedHeader>>,
     response: Option<Answered>,
 }
 
@@ -86,13 +77,15 @@ impl StructuredLogging {
     /// `options.queue_bytes` are not used: the writer is already open).
     pub fn new(options: LoggingOptions, writer: LogWriter) -> Self {
         let events: Phases = options.phases.iter().map(|p| p.phase()).collect();
-        let phases = if events == Phases::NONE {
-            Phases::NONE
-        } else if events.contains(Phase::Response) {
-            events.with(Phase::Request).with(Phase::Complete)
-        } else {
-            events.with(Phase::Request)
-        };
+        let mut phases = events;
+        // Headers are captured at `on_request` for the later lines; without them, nothing
+        // needs `on_request` unless `request` lines are logged.
+        if options.include_headers && events != Phases::NONE {
+            phases = phases.with(Phase::Request);
+        }
+        if events.contains(Phase::Response) {
+            phases = phases.with(Phase::Complete);
+        }
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             events,
@@ -127,23 +120,22 @@ impl StructuredLogging {
         StructuredLoggingLayer::new(self)
     }
 
+    /// The request headers to log (`include_headers`).
     fn capture(&self, headers: &HeaderMap) -> Capture {
-        let headers = self.include_headers.then(|| {
-            let mut captured = Vec::new();
-            if self.allowed_headers.is_empty() {
-                for name in headers.keys() {
-                    self.capture_header(headers, name, &mut captured);
-                }
-            } else {
-                for name in self.allowed_headers.iter() {
-                    self.capture_header(headers, name, &mut captured);
-                }
+        let mut captured = Vec::new();
+        if self.allowed_headers.is_empty() {
+            captured.reserve_exact(headers.len());
+            for name in headers.keys() {
+                self.capture_header(headers, name, &mut captured);
             }
-            captured.into_boxed_slice()
-        });
+        } else {
+            for name in self.allowed_headers.iter() {
+                self.capture_header(headers, name, &mut captured);
+            }
+        }
         Capture {
             device: self.id,
-            headers,
+            headers: Some(captured),
             response: None,
         }
     }
@@ -205,7 +197,7 @@ impl StructuredLogging {
         let record = Record {
             ts: ts.as_str(),
             event: phase.as_str(),
-            request_id: String::from_utf8_lossy(info.request_id.as_bytes()),
+            request_id: info.request_id.as_bytes(),
             method: info.method.as_str(),
             path: info.uri.path(),
             status: event.status,
@@ -228,35 +220,25 @@ impl StructuredLogging {
         };
         // What devices (WASM guests) logged for the request since its previous line.
         for log in info.device_logs.take() {
-            self.write(&DeviceLogRecord {
+            let log = DeviceLogRecord {
                 ts: ts.as_str(),
-                event: "device_log",
-                request_id: &record.request_id,
+                request_id: record.request_id,
                 device: &log.device,
                 level: log.level,
                 message: &log.message,
-            });
+            };
+            self.queue(|line| log.write(line));
         }
-        self.write(&record);
+        self.queue(|line| record.write(line));
     }
 
-    /// Serializes one line and queues it; never blocks.
-    fn write(&self, record: &impl serde::Serialize) {
-        let line = SCRATCH.with_borrow_mut(|buf| {
-            buf.clear();
-            if serde_json::to_writer(&mut *buf, record).is_err() {
-                return None;
-            }
-            buf.push(b'\n');
-            let line: Box<[u8]> = buf.as_slice().into();
-            if buf.capacity() > KEEP_BUFFER_BYTES {
-                *buf = Vec::with_capacity(1024);
-            }
-            Some(line)
-        });
-        if let Some(line) = line {
-            self.writer.send(line);
-        }
+    /// Writes one line into a buffer from the writer's pool and queues it; never blocks.
+    #[inline]
+    fn queue(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut line = self.writer.buffer();
+        write(&mut line);
+        line.push(b'\n');
+        self.writer.send(line);
     }
 }
 
@@ -269,15 +251,17 @@ impl Device for StructuredLogging {
         self.phases
     }
 
-    /// Captures `bytes_in` (and the headers, when enabled) for later lines, and writes the
-    /// `request` line if configured.
+    /// Captures the headers (when enabled) for later lines, and writes the `request` line if
+    /// configured. (Without either, the device does not take part in this phase.)
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
-        let capture = self.capture(&req.headers);
+        let capture = self.include_headers.then(|| self.capture(&req.headers));
         if self.events.contains(Phase::Request) {
-            self.emit(LogPhase::Request, ctx, Some(&capture), &Event::default());
+            self.emit(LogPhase::Request, ctx, capture.as_ref(), &Event::default());
         }
         // Only later events read the capture.
-        if self.events != Phases::only(Phase::Request) {
+        if let Some(capture) = capture
+            && self.events != Phases::only(Phase::Request)
+        {
             self.store(ctx, capture);
         }
         Ok(Flow::Continue)

@@ -5,9 +5,10 @@
 //!   each configured [`LogPhase`] a request passes through (by default one line per request,
 //!   at `response`).
 //! * [`LogWriter`] owns the writer thread and the queue in front of it, bounded in bytes.
-//!   Workers format a line and queue it without blocking; when the line does not fit in the
-//!   queue's bytes it is dropped and counted ([`LogWriter::dropped`], plus a warning at most
-//!   once a second), the request is never held up nor failed.
+//!   Workers write a line's JSON straight into a buffer recycled through the queue (no
+//!   intermediate `serde_json::Value`, no copy) and queue it without blocking; when the line
+//!   does not fit in the queue's bytes it is dropped and counted ([`LogWriter::dropped`],
+//!   plus a warning at most once a second), the request is never held up nor failed.
 //! * [`StructuredLoggingLayer`] is the device alone as a Tower layer, for axum apps.
 //!
 //! # A line
@@ -58,13 +59,15 @@
 //!
 //! # Phases
 //!
-//! The device takes part in the configured phases plus `on_request`, where it captures the
-//! request headers into the request context for its later lines (it writes a `request` line
-//! only if `request` is configured), and, when `response` lines are configured,
-//! `on_complete`: `on_response` notes the response as this device sees it (devices after it
-//! may still change it) and `on_complete` writes the line. An empty `phases` list takes part
-//! in nothing. Where another device answers early or fails in `on_request` before this device
-//! ran, the capture is missing: `headers` is `null` on that request's lines.
+//! The device takes part in the configured phases; in `on_request` also when `include_headers`
+//! is on, to capture the request headers into the request context for its later lines (it
+//! writes a `request` line only if `request` is configured); and, when `response` lines are
+//! configured, in `on_complete`: `on_response` notes the response as this device sees it
+//! (devices after it may still change it) and `on_complete` writes the line. An empty `phases`
+//! list takes part in nothing. A phase the device does not take part in costs nothing: the
+//! pipeline never calls it there. Where another device answers early or fails in `on_request`
+//! before this device ran, the capture is missing: `headers` is `null` on that request's
+//! lines.
 //!
 //! `before_proxy` and `after_proxy` lines need the proxy-hooks layer around the upstream client
 //! (the server places it); the standalone [`StructuredLoggingLayer`] only sees `request`,
@@ -78,9 +81,10 @@
 //! writes under heavy load.
 //!
 //! The queue is bounded in bytes ([`LoggingOptions::queue_bytes`], default
-//! [`DEFAULT_QUEUE_BYTES`]): a sender reserves a line's length before queueing it, and the
-//! thread gives it back once the line is written, so a stalled output holds at most that many
-//! bytes of lines (plus the thread's 64 KiB buffer) whatever their number or size. A line
+//! [`DEFAULT_QUEUE_BYTES`]): a sender reserves the size of a line's buffer before queueing it,
+//! and the thread gives it back once the line is written, so a stalled output holds at most
+//! that many bytes of lines (plus the thread's 64 KiB buffer, and at most 2 MiB of emptied
+//! buffers kept for reuse) whatever their number or size. A line
 //! that does not fit is dropped and counted ([`LogWriter::dropped`]; [`LogWriter::queued_bytes`]
 //! shows the fill), and a `tracing` warning reports the drops at most once a second. [`LogWriter::flush`] waits until everything queued before it is
 //! written (for shutdown and tests; never call it on the request path).
@@ -107,6 +111,7 @@
 //! ```
 
 mod device;
+mod json;
 mod layer;
 mod record;
 mod writer;
@@ -295,5 +300,7 @@ impl fmt::Debug for LoggingOptions {
     }
 }
 
+#[cfg(test)]
+mod line_props;
 #[cfg(test)]
 mod tests;

@@ -1,25 +1,25 @@
-//! The shape of a log line, and the timestamp format.
+//! The shape of a log line, written straight into a byte buffer, and the timestamp format.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
-use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::json;
 
 /// The value logged in place of a redacted header's.
 pub(crate) const REDACTED: &str = "[redacted]";
 
-/// One log line, serialized in field order.
-#[derive(serde::Serialize)]
+/// One log line, written in field order by [`Record::write`].
 pub(crate) struct Record<'a> {
     pub(crate) ts: &'a str,
     pub(crate) event: &'static str,
-    pub(crate) request_id: Cow<'a, str>,
+    /// The `x-request-id` bytes (logged with invalid UTF-8 replaced).
+    pub(crate) request_id: &'a [u8],
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Left out when `None`.
     pub(crate) status: Option<u16>,
     pub(crate) duration_ms: f64,
     pub(crate) route: Option<&'a str>,
@@ -28,44 +28,125 @@ pub(crate) struct Record<'a> {
     pub(crate) peer: SocketAddr,
     /// `None` (`null`) when nothing counted the request body's bytes.
     pub(crate) bytes_in: Option<u64>,
-    /// Logged on `response` lines only.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Logged on `response` lines only (left out when `None`).
     pub(crate) bytes_out: Option<u64>,
     /// Logged on `response` lines only: whether the body was sent to its end.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) complete: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Left out when `None`.
     pub(crate) error: Option<ErrorRecord<'a>>,
     /// Outer `None`: headers not enabled; inner `None`: not captured (`null`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) headers: Option<Option<HeaderFields<'a>>>,
     /// Outer `None`: identity not enabled; inner `None`: nothing known (`null`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) identity: Option<Option<&'a serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl Record<'_> {
+    /// Appends the line as one JSON object (without the newline).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":");
+        json::string(out, self.ts);
+        out.extend_from_slice(b",\"event\":");
+        json::string(out, self.event);
+        out.extend_from_slice(b",\"request_id\":");
+        json::string_lossy(out, self.request_id);
+        out.extend_from_slice(b",\"method\":");
+        json::string(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json::string(out, self.path);
+        if let Some(status) = self.status {
+            out.extend_from_slice(b",\"status\":");
+            json::u64(out, u64::from(status));
+        }
+        out.extend_from_slice(b",\"duration_ms\":");
+        json::f64(out, self.duration_ms);
+        out.extend_from_slice(b",\"route\":");
+        optional_string(out, self.route);
+        out.extend_from_slice(b",\"upstream\":");
+        optional_string(out, self.upstream);
+        out.extend_from_slice(b",\"origin\":");
+        optional_string(out, self.origin);
+        out.extend_from_slice(b",\"peer\":");
+        json::socket_addr(out, &self.peer);
+        out.extend_from_slice(b",\"bytes_in\":");
+        match self.bytes_in {
+            Some(n) => json::u64(out, n),
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Some(n) = self.bytes_out {
+            out.extend_from_slice(b",\"bytes_out\":");
+            json::u64(out, n);
+        }
+        if let Some(complete) = self.complete {
+            out.extend_from_slice(b",\"complete\":");
+            json::bool(out, complete);
+        }
+        if let Some(error) = &self.error {
+            out.extend_from_slice(b",\"error\":{\"kind\":");
+            json::string(out, error.kind);
+            out.extend_from_slice(b",\"message\":");
+            json::display(out, error.message);
+            out.push(b'}');
+        }
+        if let Some(headers) = &self.headers {
+            out.extend_from_slice(b",\"headers\":");
+            match headers {
+                Some(headers) => headers.write(out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        if let Some(identity) = self.identity {
+            out.extend_from_slice(b",\"identity\":");
+            match identity {
+                // Serializing a map of strings, numbers and arrays into a `Vec` cannot fail.
+                Some(fields) => {
+                    let _ = serde_json::to_writer(&mut *out, fields);
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+fn optional_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json::string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// A line a device logged for the request (a WASM guest's `log`), written just before the
 /// request's next line.
-#[derive(serde::Serialize)]
 pub(crate) struct DeviceLogRecord<'a> {
     pub(crate) ts: &'a str,
-    pub(crate) event: &'static str,
-    pub(crate) request_id: &'a str,
+    pub(crate) request_id: &'a [u8],
     pub(crate) device: &'a str,
     pub(crate) level: &'static str,
     pub(crate) message: &'a str,
 }
 
-/// The `error` object of an `error` event.
-#[derive(serde::Serialize)]
-pub(crate) struct ErrorRecord<'a> {
-    pub(crate) kind: &'static str,
-    #[serde(serialize_with = "display")]
-    pub(crate) message: &'a snakeway_core::Error,
+impl DeviceLogRecord<'_> {
+    /// Appends the line as one JSON object (without the newline).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":");
+        json::string(out, self.ts);
+        out.extend_from_slice(b",\"event\":\"device_log\",\"request_id\":");
+        json::string_lossy(out, self.request_id);
+        out.extend_from_slice(b",\"device\":");
+        json::string(out, self.device);
+        out.extend_from_slice(b",\"level\":");
+        json::string(out, self.level);
+        out.extend_from_slice(b",\"message\":");
+        json::string(out, self.message);
+        out.push(b'}');
+    }
 }
 
-fn display<S: Serializer>(value: &&snakeway_core::Error, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(*value)
+/// The `error` object of an `error` event.
+pub(crate) struct ErrorRecord<'a> {
+    pub(crate) kind: &'static str,
+    /// Logged as it displays (with its cause chain).
+    pub(crate) message: &'a snakeway_core::Error,
 }
 
 /// A captured header: its value, or `None` when redacted.
@@ -75,33 +156,38 @@ pub(crate) type CapturedHeader = (HeaderName, Option<HeaderValue>);
 /// `", "`.
 pub(crate) struct HeaderFields<'a>(pub(crate) &'a [CapturedHeader]);
 
-impl Serialize for HeaderFields<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
+impl HeaderFields<'_> {
+    /// Appends the headers as one JSON object.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
         let mut rest = self.0;
+        let mut first = true;
         while let Some(((name, value), tail)) = rest.split_first() {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
             let repeats = tail.iter().take_while(|(n, _)| n == name).count();
             let (same, after) = tail.split_at(repeats);
-            if same.is_empty() {
-                map.serialize_entry(name.as_str(), &value_str(value.as_ref()))?;
-            } else {
-                let mut joined = value_str(value.as_ref()).into_owned();
-                for (_, v) in same {
-                    joined.push_str(", ");
-                    joined.push_str(&value_str(v.as_ref()));
-                }
-                map.serialize_entry(name.as_str(), &joined)?;
+            json::string(out, name.as_str());
+            out.extend_from_slice(b":\"");
+            value_into(out, value.as_ref());
+            for (_, v) in same {
+                out.extend_from_slice(b", ");
+                value_into(out, v.as_ref());
             }
+            out.push(b'"');
             rest = after;
         }
-        map.end()
+        out.push(b'}');
     }
 }
 
-fn value_str(value: Option<&HeaderValue>) -> Cow<'_, str> {
+/// Appends a header's value (or [`REDACTED`]) escaped, invalid UTF-8 replaced.
+fn value_into(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
     match value {
-        None => Cow::Borrowed(REDACTED),
-        Some(v) => String::from_utf8_lossy(v.as_bytes()),
+        None => json::escape(out, REDACTED),
+        Some(v) => json::escape_lossy(out, v.as_bytes()),
     }
 }
 
@@ -221,7 +307,9 @@ mod tests {
                 Some(HeaderValue::from_bytes(b"caf\xe9").unwrap()),
             ),
         ];
-        let json = serde_json::to_string(&HeaderFields(&headers)).unwrap();
+        let mut out = Vec::new();
+        HeaderFields(&headers).write(&mut out);
+        let json = String::from_utf8(out).unwrap();
         assert_eq!(
             json,
             "{\"accept\":\"a/b, c/d\",\"cookie\":\"[redacted]\",\"x-bin\":\"caf\u{fffd}\"}"

@@ -390,17 +390,32 @@ async fn byte_counts_are_measured_without_a_content_length() {
 #[test]
 fn device_phases_are_the_configured_ones_plus_the_capture() {
     let phases = |configured: &[LogPhase]| memory_device(options(configured)).0.phases();
+    let with_headers = |configured: &[LogPhase]| {
+        let options = LoggingOptions {
+            include_headers: true,
+            ..options(configured)
+        };
+        memory_device(options).0.phases()
+    };
     assert_eq!(phases(&[]), Phases::NONE);
+    assert_eq!(with_headers(&[]), Phases::NONE);
     assert_eq!(phases(&[LogPhase::Request]), Phases::only(Phase::Request));
-    // `response` lines are written at `on_complete`, once the body has gone.
+    // `response` lines are written at `on_complete`, once the body has gone; without headers
+    // to capture, nothing needs `on_request`.
     assert_eq!(
         phases(&[LogPhase::Response]),
+        Phases::only(Phase::Response).with(Phase::Complete)
+    );
+    assert_eq!(phases(&[LogPhase::Error]), Phases::only(Phase::Error));
+    // Headers are captured at `on_request` for the later lines.
+    assert_eq!(
+        with_headers(&[LogPhase::Response]),
         Phases::only(Phase::Request)
             .with(Phase::Response)
             .with(Phase::Complete)
     );
     assert_eq!(
-        phases(&[LogPhase::Error]),
+        with_headers(&[LogPhase::Error]),
         Phases::only(Phase::Request).with(Phase::Error)
     );
     let all = phases(&LogPhase::ALL);
@@ -670,12 +685,16 @@ fn stalled_writer(queue_bytes: usize) -> (LogWriter, mpsc::SyncSender<()>, Memor
 }
 
 /// A JSON line of exactly `len` bytes, newline included.
-fn line(id: &str, len: usize) -> Box<[u8]> {
+/// (In a buffer of exactly that capacity: the queue counts buffers' capacities.)
+fn line(id: &str, len: usize) -> Vec<u8> {
     let head = format!("{{\"request_id\":\"{id}\",\"pad\":\"");
     let pad = len - head.len() - "\"}\n".len();
-    format!("{head}{}\"}}\n", "x".repeat(pad))
-        .into_bytes()
-        .into_boxed_slice()
+    let mut line = Vec::with_capacity(len);
+    line.extend_from_slice(head.as_bytes());
+    line.resize(head.len() + pad, b'x');
+    line.extend_from_slice(b"\"}\n");
+    assert_eq!((line.len(), line.capacity()), (len, len));
+    line
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use snakeway_core::metrics::{Counter, LOG_LINES_DROPPED};
 
 use crate::Output;
@@ -15,6 +16,15 @@ use crate::Output;
 /// The size of the writer thread's buffer; it is flushed when full and whenever the queue runs
 /// empty.
 const BUFFER_BYTES: usize = 64 * 1024;
+
+/// The capacity a fresh line buffer starts with (a typical line is 250–400 bytes).
+const LINE_CAPACITY: usize = 512;
+
+/// Line buffers that grew beyond this are not recycled (a line with many headers).
+const KEEP_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The most line buffers kept for reuse: with [`KEEP_BUFFER_BYTES`], at most 2 MiB per writer.
+const SPARE_BUFFERS: usize = 256;
 
 /// The most often a [`LogWriter`] warns that it dropped lines.
 const WARNING_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,6 +36,11 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// ([`LogWriter::dropped`]), and a warning is logged (at most once a second), so a slow disk
 /// or a stalled pipe never holds up a request nor grows the queue without bound. The thread
 /// writes through a `BufWriter` and flushes whenever the queue runs empty.
+///
+/// Line buffers are recycled: the thread hands each written (or dropped) line's buffer back to
+/// a bounded lock-free pool ([`SPARE_BUFFERS`] buffers of at most [`KEEP_BUFFER_BYTES`]), from
+/// which [`LogWriter::buffer`] takes the next one, so a steady stream of lines allocates
+/// nothing.
 ///
 /// Cheap to clone (an `Arc` inside). When the last clone is dropped, the thread writes what is
 /// still queued, flushes and exits (without being waited for: call [`LogWriter::flush`] first
@@ -48,6 +63,8 @@ struct Shared {
     next_warning_ms: AtomicU64,
     /// The process-wide `log_lines_dropped` metric (summed over every writer).
     dropped_metric: Arc<Counter>,
+    /// Emptied line buffers for the next lines, given back by the thread.
+    spare: Arc<ArrayQueue<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -55,13 +72,14 @@ struct Stats {
     written: AtomicU64,
     dropped: AtomicU64,
     errors: AtomicU64,
-    /// Bytes of the lines in the queue: added before a line is sent, taken off by the thread
-    /// once the line is written.
+    /// Bytes of the lines in the queue, as the capacities of their buffers (what they hold in
+    /// memory): added before a line is sent, taken off by the thread once the line is
+    /// written.
     queued: AtomicUsize,
 }
 
 enum Msg {
-    Line(Box<[u8]>),
+    Line(Vec<u8>),
     Flush(mpsc::Sender<io::Result<()>>),
 }
 
@@ -100,9 +118,19 @@ impl LogWriter {
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
         let thread_output = output.clone();
+        let spare = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
+        let thread_spare = spare.clone();
         std::thread::Builder::new()
             .name("snakeway-log-writer".to_owned())
-            .spawn(move || run(&receiver, sink, &thread_stats, &thread_output))?;
+            .spawn(move || {
+                run(
+                    &receiver,
+                    sink,
+                    &thread_stats,
+                    &thread_spare,
+                    &thread_output,
+                );
+            })?;
         Ok(Self {
             shared: Arc::new(Shared {
                 sender,
@@ -112,25 +140,42 @@ impl LogWriter {
                 started: Instant::now(),
                 next_warning_ms: AtomicU64::new(0),
                 dropped_metric: LOG_LINES_DROPPED.get(&[]),
+                spare,
             }),
         })
     }
 
+    /// An empty buffer to format the next line into: a recycled one when there is one (no
+    /// allocation), else a new one. Hand it back with [`LogWriter::send`].
+    #[inline]
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.shared
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LINE_CAPACITY))
+    }
+
     /// Queues one line (which must end with `\n`) without blocking. Returns false, and counts
-    /// the line as dropped, when it does not fit in the queue's bytes or the thread is gone.
-    pub(crate) fn send(&self, line: Box<[u8]>) -> bool {
+    /// the line as dropped, when its buffer does not fit in the queue's bytes or the thread is
+    /// gone.
+    pub(crate) fn send(&self, line: Vec<u8>) -> bool {
         let shared = &*self.shared;
-        let len = line.len();
+        // A buffer's capacity is what it holds in memory while queued.
+        let len = line.capacity();
         // Reserve the line's bytes first: concurrent senders never take the queue past its
         // bound together.
         let before = shared.stats.queued.fetch_add(len, Ordering::Relaxed);
         if before + len > shared.queue_bytes {
             shared.stats.queued.fetch_sub(len, Ordering::Relaxed);
+            recycle(&shared.spare, line);
             self.count_drop();
             return false;
         }
-        if shared.sender.send(Msg::Line(line)).is_err() {
+        if let Err(mpsc::SendError(msg)) = shared.sender.send(Msg::Line(line)) {
             shared.stats.queued.fetch_sub(len, Ordering::Relaxed);
+            if let Msg::Line(line) = msg {
+                recycle(&shared.spare, line);
+            }
             self.count_drop();
             return false;
         }
@@ -166,7 +211,8 @@ impl LogWriter {
         self.shared.stats.dropped.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the lines queued and not yet written; at most the queue's `queue_bytes`.
+    /// Bytes of the lines queued and not yet written (the capacities of their buffers); at
+    /// most the queue's `queue_bytes`.
     pub fn queued_bytes(&self) -> usize {
         self.shared.stats.queued.load(Ordering::Relaxed)
     }
@@ -230,7 +276,13 @@ const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The writer thread: write lines as they come, flush whenever the queue runs empty, and exit
 /// (after draining and flushing) when every sender is gone.
-fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) {
+fn run(
+    receiver: &Receiver<Msg>,
+    sink: impl Write,
+    stats: &Stats,
+    spare: &ArrayQueue<Vec<u8>>,
+    output: &str,
+) {
     let mut out = BufWriter::with_capacity(BUFFER_BYTES, sink);
     let mut failing = false;
     loop {
@@ -259,13 +311,14 @@ fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) 
         match msg {
             Msg::Line(line) => {
                 let result = out.write_all(&line);
-                stats.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                stats.queued.fetch_sub(line.capacity(), Ordering::Relaxed);
                 match result {
                     Ok(()) => {
                         stats.written.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => note(Some(&e), &mut failing, stats, output),
                 }
+                recycle(spare, line);
             }
             Msg::Flush(ack) => {
                 let result = out.flush();
@@ -276,6 +329,16 @@ fn run(receiver: &Receiver<Msg>, sink: impl Write, stats: &Stats, output: &str) 
     }
     let result = out.flush();
     note(result.as_ref().err(), &mut failing, stats, output);
+}
+
+/// Empties `line` and keeps it for a later line, unless it grew large or enough are kept.
+#[inline]
+fn recycle(spare: &ArrayQueue<Vec<u8>>, mut line: Vec<u8>) {
+    if line.capacity() <= KEEP_BUFFER_BYTES {
+        line.clear();
+        // A full pool drops the buffer.
+        let _ = spare.push(line);
+    }
 }
 
 /// Counts a write failure, and reports the first of a run of failures.

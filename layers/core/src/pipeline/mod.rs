@@ -36,8 +36,8 @@ pub use self::session::{Answer, Session};
 use crate::metrics::{Counters, DEVICE_HOOKS};
 use crate::respond::{ErrorDetail, ErrorFormat};
 use crate::{
-    Body, BodyCtx, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
-    ResponseCtx, Transfer, grpc, respond,
+    Body, BodyCtx, Deferred, Device, DeviceError, DeviceResult, Error, Flow, Origin, Phase,
+    RequestCtx, ResponseCtx, Transfer, grpc, respond,
 };
 
 const PHASES: [Phase; 7] = [
@@ -63,6 +63,16 @@ struct Inner {
     by_phase: [Box<[Entry]>; 7],
     /// How much clients are told about failures.
     error_detail: ErrorDetail,
+}
+
+/// A device hook of a phase that may answer, over the phase's head type.
+type Hook<H> = fn(&dyn Device, &mut RequestCtx, &mut H) -> DeviceResult;
+
+/// Where a phase stopped: done with its result, or waiting on the deferred result of its
+/// device at an index.
+enum Step {
+    Done(DeviceResult),
+    Wait(usize, Deferred),
 }
 
 /// A device taking part in one phase, with its outcome counts there.
@@ -192,24 +202,65 @@ impl Pipeline {
         &self.inner.by_phase[phase as usize]
     }
 
-    /// Runs a request-side phase: every device in order, waiting on deferred results, until
-    /// one answers or fails.
-    async fn run_request_side(
+    /// Runs a phase that may answer (`on_request`, `before_proxy`, `after_proxy`): every
+    /// device in order until one answers or fails. Synchronous until a device defers; only
+    /// then does the rest of the phase become a (boxed) future, so a request whose devices
+    /// never defer carries no waiting state.
+    async fn run_phase<H>(
         &self,
         phase: Phase,
         ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-        hook: fn(&dyn Device, &mut RequestCtx, &mut request::Parts) -> DeviceResult,
+        head: &mut H,
+        hook: Hook<H>,
     ) -> DeviceResult {
-        for entry in self.in_phase(phase) {
+        match self.run_from(phase, 0, ctx, head, hook) {
+            Step::Done(result) => result,
+            Step::Wait(at, pending) => {
+                Box::pin(self.resume(phase, at, pending, ctx, head, hook)).await
+            }
+        }
+    }
+
+    /// Runs `phase` from its device at `from` on, until one answers, fails or defers.
+    fn run_from<H>(
+        &self,
+        phase: Phase,
+        from: usize,
+        ctx: &mut RequestCtx,
+        head: &mut H,
+        hook: Hook<H>,
+    ) -> Step {
+        for (at, entry) in self.in_phase(phase).iter().enumerate().skip(from) {
             let device = entry.device.as_ref();
-            let flow = guarded(entry, phase, || hook(device, ctx, head))?;
-            match settle(entry, phase, flow, ctx).await? {
+            match guarded(entry, phase, || hook(device, ctx, head)) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Defer(pending)) => return Step::Wait(at, pending),
+                done => return Step::Done(done),
+            }
+        }
+        Step::Done(Ok(Flow::Continue))
+    }
+
+    /// The rest of a phase whose device at `at` deferred its result.
+    async fn resume<H>(
+        &self,
+        phase: Phase,
+        mut at: usize,
+        mut pending: Deferred,
+        ctx: &mut RequestCtx,
+        head: &mut H,
+        hook: Hook<H>,
+    ) -> DeviceResult {
+        loop {
+            match settle(&self.in_phase(phase)[at], phase, pending, ctx).await? {
                 Flow::Continue => {}
                 answer => return Ok(answer),
             }
+            match self.run_from(phase, at + 1, ctx, head, hook) {
+                Step::Done(result) => return result,
+                Step::Wait(next, deferred) => (at, pending) = (next, deferred),
+            }
         }
-        Ok(Flow::Continue)
     }
 
     /// The `on_request` phase.
@@ -218,7 +269,7 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> DeviceResult {
-        self.run_request_side(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
+        self.run_phase(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
             .await
     }
 
@@ -228,7 +279,7 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> DeviceResult {
-        self.run_request_side(Phase::BeforeProxy, ctx, head, |d, c, h| {
+        self.run_phase(Phase::BeforeProxy, ctx, head, |d, c, h| {
             d.before_proxy(c, h)
         })
         .await
@@ -240,16 +291,8 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         head: &mut response::Parts,
     ) -> DeviceResult {
-        for entry in self.in_phase(Phase::AfterProxy) {
-            let flow = guarded(entry, Phase::AfterProxy, || {
-                entry.device.after_proxy(ctx, head)
-            })?;
-            match settle(entry, Phase::AfterProxy, flow, ctx).await? {
-                Flow::Continue => {}
-                answer => return Ok(answer),
-            }
-        }
-        Ok(Flow::Continue)
+        self.run_phase(Phase::AfterProxy, ctx, head, |d, c, h| d.after_proxy(c, h))
+            .await
     }
 
     /// Runs `after_proxy` on the upstream's `response`, noting where the answer comes from:
@@ -392,12 +435,14 @@ fn guarded(entry: &Entry, phase: Phase, hook: impl FnOnce() -> DeviceResult) -> 
     judged(entry, phase, catch_unwind(AssertUnwindSafe(hook)))
 }
 
-/// Waits for a deferred hook result (polling it with `ctx`, panics contained as in the hook);
-/// any other result is returned as it is.
-async fn settle(entry: &Entry, phase: Phase, flow: Flow, ctx: &mut RequestCtx) -> DeviceResult {
-    let Flow::Defer(mut pending) = flow else {
-        return Ok(flow);
-    };
+/// Waits for a deferred hook result (polling it with `ctx`, panics contained as in the hook),
+/// and for the next one if that defers again.
+async fn settle(
+    entry: &Entry,
+    phase: Phase,
+    mut pending: Deferred,
+    ctx: &mut RequestCtx,
+) -> DeviceResult {
     loop {
         let polled = std::future::poll_fn(|cx| {
             match catch_unwind(AssertUnwindSafe(|| pending.as_mut().poll(cx, ctx))) {
