@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use snakeway_config::{Config, Problem, Report};
+use snakeway_config::{Config, Problem, Report, Runtime};
 use snakeway_proxy::HealthChecker;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +16,9 @@ use crate::stack::Snapshot;
 use crate::state::State;
 
 pub(crate) mod state_file;
+mod workers;
+
+use workers::Workers;
 
 /// A request to reload the configuration, with an optional reply (the new epoch or the report).
 pub(crate) type ReloadRequest = Option<oneshot::Sender<Result<u64, Report>>>;
@@ -31,28 +34,53 @@ pub(crate) fn check(config_path: &Path, config: Config) -> Result<Vec<String>, R
 
 /// Loads `config_path`, then serves until SIGTERM or SIGINT. Returns once every connection has
 /// finished or the shutdown grace period has passed.
+///
+/// Under `work_stealing` everything runs on one multi-threaded runtime of `threads` workers.
+/// Under `per_core` connections run on `threads` single-threaded [`Workers`], and the control
+/// work (signals, reloads, the admin API, health checks) on a single-threaded runtime of its
+/// own on this thread.
 pub(crate) fn serve(config_path: &Path, config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.threads)
-        .thread_name("snakeway-worker")
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(config_path.to_owned(), config))?;
-    // Connections that outlived the grace period are dropped with the runtime.
-    runtime.shutdown_timeout(Duration::from_millis(100));
+    let path = config_path.to_owned();
+    match config.server.runtime {
+        Runtime::WorkStealing => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.server.threads)
+                .thread_name("snakeway-worker")
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(path, config, None))?;
+            // Connections that outlived the grace period are dropped with the runtime.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        }
+        Runtime::PerCore => {
+            let workers = Workers::start(config.server.threads)?;
+            let control = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let result = control.block_on(run(path, config, Some(&workers)));
+            control.shutdown_timeout(Duration::from_millis(100));
+            // Connections that outlived the grace period are dropped with the workers.
+            workers.stop();
+            result?;
+        }
+    }
     Ok(())
 }
 
-async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+async fn run(path: PathBuf, config: Config, workers: Option<&Workers>) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let pid_file = config.server.pid_file.clone();
     let snapshot = Snapshot::build(config, path.clone(), 1, None, Purpose::Serve)?;
-    let mut listeners = Listeners::new();
+    let mut listeners = Listeners::new(workers.map(Workers::handles).unwrap_or_default());
     let bound = listeners.bind(&snapshot)?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let mut admin = Admin::new(reload_tx);
     let admin_plan = admin.bind(&snapshot.config, &path)?;
     let state = Arc::new(State::new(snapshot));
+    if let Some(workers) = workers {
+        // Queued before the accept loops: each worker has its slot before its first request.
+        workers.attach(&state);
+    }
     listeners.apply(bound, &state.snapshot.load(), &state);
     admin.apply(admin_plan, &state);
     let mut checkers = start_health_checks(&state.snapshot.load());
@@ -84,6 +112,9 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         // takes seconds): the half-built snapshot is dropped and nothing was changed yet.
         tokio::select! {
             result = reload(&path, &state, &mut listeners, &mut admin, &mut checkers) => {
+                if let (Ok(_), Some(workers)) = (&result, workers) {
+                    workers.refresh(&state);
+                }
                 if let Some(state_path) = &state_path {
                     run_state.record(&result);
                     write_state(state_path, &run_state);
@@ -236,6 +267,7 @@ async fn reload(
         let source = path.to_owned();
         let snapshot = tokio::task::spawn_blocking(move || {
             let loaded = snakeway_config::load(&source)?;
+            needs_no_restart(&current.config.server, &loaded.server, &source)?;
             let epoch = current.epoch + 1;
             Snapshot::build(loaded, source, epoch, Some(&current), Purpose::Serve)
         })
@@ -250,7 +282,7 @@ async fn reload(
         let admin_plan = admin.bind(&snapshot.config, path)?;
         let bound = listeners.bind(&snapshot)?;
         let epoch = snapshot.epoch;
-        state.snapshot.store(Arc::new(snapshot));
+        state.store(snapshot);
         listeners.apply(bound, &state.snapshot.load(), state);
         admin.apply(admin_plan, state);
         checkers.clear();
@@ -266,4 +298,42 @@ async fn reload(
         }
     }
     result
+}
+
+/// Refuses a reload that changes what the running workers are: `server.runtime` and
+/// `server.threads` take effect only at start.
+fn needs_no_restart(
+    running: &snakeway_config::Server,
+    new: &snakeway_config::Server,
+    source: &Path,
+) -> Result<(), Report> {
+    let mut problems = Vec::new();
+    let mut changed = |key: &str, from: String, to: String| {
+        problems.push(Problem {
+            file: source.to_owned(),
+            key: format!("server.{key}"),
+            message: format!(
+                "changed from {from} to {to}: the workers are set up at start; restart the server to apply it"
+            ),
+        });
+    };
+    if new.runtime != running.runtime {
+        changed(
+            "runtime",
+            format!("{:?}", running.runtime.name()),
+            format!("{:?}", new.runtime.name()),
+        );
+    }
+    if new.threads != running.threads {
+        changed(
+            "threads",
+            running.threads.to_string(),
+            new.threads.to_string(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Report { problems })
+    }
 }

@@ -111,7 +111,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let snapshot = self.state.snapshot.load_full();
+        let snapshot = self.state.current();
         let downstream = self.downstream;
         let listener = self.listener.index_in(&snapshot);
         if let Some(rejection) = self.rejections.get() {

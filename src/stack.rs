@@ -139,9 +139,14 @@ impl Snapshot {
         let mut problems = Vec::new();
 
         let mut services = HashMap::new();
+        // Under per_core every worker has its own pool per upstream.
+        let worker_pools = match config.server.runtime {
+            snakeway_config::Runtime::PerCore => config.server.threads,
+            snakeway_config::Runtime::WorkStealing => 0,
+        };
         for (i, svc) in config.services.iter().enumerate() {
             let previous = previous.and_then(|p| p.services.get(&svc.name));
-            match build_service(svc, previous) {
+            match build_service(svc, previous, worker_pools) {
                 Ok(built) => {
                     services.insert(svc.name.clone(), built);
                 }
@@ -359,6 +364,7 @@ fn problem(source: &Path, key: String, message: String) -> Problem {
 fn build_service(
     svc: &snakeway_config::Service,
     previous: Option<&ProxyService>,
+    worker_pools: usize,
 ) -> Result<ProxyService, String> {
     let upstreams = svc
         .upstreams
@@ -430,6 +436,7 @@ fn build_service(
             });
             RetryPolicy::new(r.attempts, on, r.budget_percent)
         }),
+        worker_pools,
     };
     ProxyService::new(&svc.name, upstreams, options, previous).map_err(|e| e.to_string())
 }

@@ -38,6 +38,10 @@
 #                       `valgrind --tool=none`) comes first: when it fails, snakeway-wasm gets
 #                       no instructions/req (said in the log and the summary) rather than
 #                       failing the run.
+#   snakeway-percore    the same Snakeway as `snakeway` with `server.runtime = "per_core"`
+#                       (issue 13: single-threaded workers, SO_REUSEPORT socket and upstream
+#                       pool per worker); `snakeway` runs the default `work_stealing`.
+#                       The summary adds `snakeway-percore / snakeway`.
 #   snakeway-ratelimit  the same Snakeway with exactly one rate_limit device
 #                       (ratelimit-device.toml.in): local store, key client_ip, a limit the
 #                       benchmark never reaches. Before measuring, one request checks that the
@@ -47,6 +51,8 @@
 #
 # Everything runs on 127.0.0.1 on free ports found at run time. CPU 0 runs the proxy under
 # test (one worker each), CPU 1 runs the upstream (nginx, one worker) and the load generator.
+# THREADS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 gives each proxy two workers on every core instead
+# (then the proxy shares its cores with the upstream and the load generator).
 #
 # Figures, per proxy:
 #   * req/s and p99 latency from `wrk -t1 -c64 --latency` (HTTP/1.1 keep-alive small GETs),
@@ -69,6 +75,11 @@
 #   PIPELINE        1: the default PROXIES include the pipeline and access-log variants
 #   WASM            1: the default PROXIES include snakeway-wasm
 #   RATELIMIT       1: the default PROXIES include snakeway-ratelimit
+#   PERCORE         1: the default PROXIES include snakeway-percore
+#   THREADS         the proxies' workers: Snakeway's `threads`, nginx's `worker_processes`
+#                   (default 1); CPU µs per request sums every worker
+#   PROXY_CPU       taskset CPU list of the proxies (default 0)
+#   LOAD_CPU        taskset CPU list of the upstream and the load generator (default 1)
 #   WARMUP          seconds of the wrk warm-up before each measured run (default 2)
 #   CONNECTIONS     wrk connections (default 64)
 #   OUT_DIR         where raw outputs go (default bench-out/load-<timestamp> in the repo)
@@ -92,17 +103,20 @@ SKIP_CALLGRIND=${SKIP_CALLGRIND:-0}
 PIPELINE=${PIPELINE:-0}
 WASM=${WASM:-0}
 RATELIMIT=${RATELIMIT:-0}
+PERCORE=${PERCORE:-0}
+THREADS=${THREADS:-1}
 default_proxies=nginx
 if [[ $PIPELINE == 1 ]]; then default_proxies+=" nginx-log"; fi
 default_proxies+=" snakeway"
 if [[ $PIPELINE == 1 ]]; then default_proxies+=" snakeway-pipeline"; fi
 if [[ $WASM == 1 ]]; then default_proxies+=" snakeway-wasm"; fi
 if [[ $RATELIMIT == 1 ]]; then default_proxies+=" snakeway-ratelimit"; fi
+if [[ $PERCORE == 1 ]]; then default_proxies+=" snakeway-percore"; fi
 PROXIES=${PROXIES:-$default_proxies}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
-PROXY_CPU=0
-LOAD_CPU=1
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
 START_TIMEOUT=30           # seconds for a native process to accept connections
 VALGRIND_START_TIMEOUT=300 # the same under valgrind (~50x slower)
 WASM_GUEST=$ROOT/examples/wasm/out/add-header.wasm
@@ -113,13 +127,13 @@ CALLGRIND_WASM_MAX_INSTANCES=7 # ... and under valgrind (see wasm-device.toml.in
 
 for p in $PROXIES; do
     case $p in
-    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit) ;;
-    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm, snakeway-ratelimit)" ;;
+    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore) ;;
+    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm, snakeway-ratelimit, snakeway-percore)" ;;
     esac
 done
-require_positive DURATION ROUNDS N WARMUP CONNECTIONS
+require_positive DURATION ROUNDS N WARMUP CONNECTIONS THREADS
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
-wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm || wants snakeway-ratelimit; }
+wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm || wants snakeway-ratelimit || wants snakeway-percore; }
 # h2load connections of the callgrind runs, the same for every proxy of a run: 8, or with
 # snakeway-wasm CALLGRIND_WASM_MAX_INSTANCES (7), as each request in flight holds an instance.
 if wants snakeway-wasm; then
@@ -181,7 +195,7 @@ nginx_start() {
     access_log=${ACCESS_LOG:-off}
     access_log=${access_log//DIR/$dir}
     fill "$tpl" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM_PORT="${UPSTREAM_PORT:-0}" \
-        ACCESS_LOG="$access_log"
+        ACCESS_LOG="$access_log" WORKERS="$THREADS"
     cp "$dir/nginx.conf" "$OUT_DIR/$name.nginx.conf"
     taskset -c "$cpu" "$@" nginx -p "$dir/" -c "$dir/nginx.conf" -g "$globals" >"$dir/stdout.log" 2>&1 &
     STARTED_PID=$!
@@ -197,7 +211,10 @@ snakeway_config() {
     local name=$1 proxy=$2 port=$3 dir
     dir="$TMP/$name"
     mkdir -p "$dir"
-    fill "$HERE/snakeway.toml.in" "$dir/snakeway.toml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+    local runtime=work_stealing
+    if [[ $proxy == snakeway-percore ]]; then runtime=per_core; fi
+    fill "$HERE/snakeway.toml.in" "$dir/snakeway.toml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        THREADS="$THREADS" RUNTIME="$runtime"
     case $proxy in
     snakeway-pipeline) fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir" ;;
     snakeway-ratelimit) fill "$HERE/ratelimit-device.toml.in" "$dir/devices.toml" NAME=bench ;;
@@ -224,6 +241,22 @@ snakeway_start() {
     PIDS+=("$STARTED_PID")
 }
 
+nginx_workers() { # MASTER COUNT: the pids of the COUNT workers of an nginx master
+    local master=$1 count=$2 workers='' i
+    for ((i = 0; i < 100; i++)); do
+        workers=$(pgrep -P "$master" | paste -sd ' ' || true)
+        [[ $(wc -w <<<"$workers") == "$count" ]] && break
+        sleep 0.1
+    done
+    [[ $(wc -w <<<"$workers") == "$count" ]] || die "nginx master $master has workers '$workers', not $count"
+    echo "$workers"
+}
+cpu_ticks_of() { # PID...: utime+stime summed over the processes
+    local sum=0 pid
+    for pid in "$@"; do sum=$((sum + $(cpu_ticks "$pid"))); done
+    echo "$sum"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Snakeway binary and the WASM guest.
 SNAKEWAY=
@@ -236,7 +269,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Record the machine and versions.
-record_machine "DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PIPELINE=$PIPELINE WASM=$WASM RATELIMIT=$RATELIMIT PROXIES='$PROXIES'"
+record_machine "THREADS=$THREADS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU DURATION=$DURATION ROUNDS=$ROUNDS N=$N WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SKIP_CALLGRIND=$SKIP_CALLGRIND PIPELINE=$PIPELINE WASM=$WASM RATELIMIT=$RATELIMIT PROXIES='$PROXIES'"
 if wants snakeway-wasm; then
     echo "wasm guest: $WASM_GUEST ($(wc -c <"$WASM_GUEST") bytes, sha256 $(sha256sum "$WASM_GUEST" | awk '{ print $1 }'), built $(date -u -r "$WASM_GUEST" +%Y-%m-%dT%H:%M:%SZ))" >>"$OUT_DIR/machine.txt"
 fi
@@ -264,10 +297,10 @@ for p in $PROXIES; do
         ACCESS_LOG=$(access_log_of "$p") nginx_start "proxy-$p" "$HERE/proxy.nginx.conf.in" "${PORT[$p]}" "$PROXY_CPU" 'daemon off;'
         master=$STARTED_PID
         wait_port "${PORT[$p]}" "$master" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
-        WORKER[$p]=$(nginx_worker "$master")
+        WORKER[$p]=$(nginx_workers "$master" "$THREADS")
         MAIN[$p]=$master
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore)
         snakeway_start "proxy-$p" "$p" "${PORT[$p]}" "$PROXY_CPU"
         wait_port "${PORT[$p]}" "$STARTED_PID" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
         WORKER[$p]=$STARTED_PID
@@ -297,9 +330,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         url="http://127.0.0.1:${PORT[$p]}/"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >"$OUT_DIR/wrk-$p-warmup-$r.txt" 2>&1
         SENT[$p]=$((${SENT[$p]} + $(awk '/ requests in / { print $1; exit }' "$OUT_DIR/wrk-$p-warmup-$r.txt")))
-        before=$(cpu_ticks "${WORKER[$p]}")
+        read -ra measured <<<"${WORKER[$p]}"
+        before=$(cpu_ticks_of "${measured[@]}")
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$OUT_DIR/wrk-$p-$r.txt" 2>&1
-        after=$(cpu_ticks "${WORKER[$p]}")
+        after=$(cpu_ticks_of "${measured[@]}")
         f="$OUT_DIR/wrk-$p-$r.txt"
         wrk_parse "$f" "$p"
         requests=$WRK_REQUESTS rps=$WRK_RPS p99=$WRK_P99 sockerr=$WRK_SOCKERR non2xx=$WRK_NON2XX
@@ -351,7 +385,7 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
         ACCESS_LOG=$(access_log_of "$p") nginx_start "$name" "$HERE/proxy.nginx.conf.in" "$port" "$PROXY_CPU" \
             'daemon off; master_process off;' "${vg[@]}"
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore)
         WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS WASM_MAX_INSTANCES=$CALLGRIND_WASM_MAX_INSTANCES \
             snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}"
         ;;
@@ -452,6 +486,8 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     ratio_row snakeway-pipeline nginx-log
     ratio_row snakeway-wasm snakeway
     ratio_row snakeway-ratelimit snakeway
+    ratio_row snakeway-percore snakeway
+    ratio_row snakeway-percore nginx
     if wants snakeway && wants snakeway-ratelimit; then
         printf '| snakeway-ratelimit − snakeway | %s | %s | %s | %s |\n' \
             "$(difference "${M_RPS[snakeway-ratelimit]}" "${M_RPS[snakeway]}" '%+.0f')" \
@@ -473,6 +509,7 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     if wants snakeway && wants snakeway-wasm; then
         echo "One WASM device (add-header, on-request only): $(difference "${M_CPU[snakeway-wasm]}" "${M_CPU[snakeway]}" '%+.2f') CPU µs/req (snakeway-wasm ${M_CPU[snakeway-wasm]}, snakeway ${M_CPU[snakeway]}; issue 4 target: one header-adding device ≤ 25 µs CPU per request), $(difference "${IPR[snakeway-wasm]:-}" "${IPR[snakeway]:-}" '%+.0f') instructions/req."
     fi
+    echo "Proxies with $THREADS worker(s) each on CPU $PROXY_CPU; upstream and load generator on CPU $LOAD_CPU."
     echo "$ROUNDS rounds of wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up each); callgrind: N=$N and 5N requests via h2load --h1 -c$CALLGRIND_CLIENT_CONNECTIONS."
     grep -E '^(nproc|cpu|loadavg)' "$OUT_DIR/machine.txt" | paste -sd ';' | sed 's/;/; /g'
 } | tee "$OUT_DIR/summary.md"

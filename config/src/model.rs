@@ -48,6 +48,38 @@ pub struct Server {
     pub include: Vec<String>,
     /// How much clients are told about failures Snakeway answers itself (default minimal).
     pub error_detail: ErrorDetail,
+    /// How the workers run connections (default `work_stealing`).
+    pub runtime: Runtime,
+}
+
+/// `server.runtime`: how the `threads` workers share the connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// Tokio's multi-threaded runtime: one listener socket per address, connections and
+    /// upstream pools shared by every worker, idle workers steal work from busy ones.
+    #[default]
+    WorkStealing,
+    /// Envoy's worker model: each worker a single-threaded runtime on its own thread (pinned
+    /// to a core when it can be), with its own `SO_REUSEPORT` listener socket per address and
+    /// its own upstream pools; a connection never leaves the worker that accepted it.
+    PerCore,
+}
+
+impl Runtime {
+    /// Every value with its config name.
+    pub const ALL: [(&'static str, Self); 2] = [
+        ("work_stealing", Self::WorkStealing),
+        ("per_core", Self::PerCore),
+    ];
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WorkStealing => "work_stealing",
+            Self::PerCore => "per_core",
+        }
+    }
 }
 
 /// `server.error_detail`: what an error page (or a gRPC `grpc-message`) tells the client.

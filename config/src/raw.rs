@@ -18,6 +18,7 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_grace_ms: Option<u64>,
     pub(crate) include: Option<Vec<String>>,
     pub(crate) error_detail: Option<String>,
+    pub(crate) runtime: Option<String>,
 }
 
 /// `[admin]`.

@@ -224,6 +224,7 @@ fn full_example_loads_with_its_values() {
             shutdown_grace_ms: 10_000,
             include: vec![],
             error_detail: ErrorDetail::Minimal,
+            runtime: Runtime::WorkStealing,
         }
     );
     assert_eq!(
@@ -2332,4 +2333,34 @@ fn everyday_headers_redirects_and_error_detail() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, "listener[0].redirect_http_to");
     assert!(got[0].1.contains("plain listener"), "{got:?}");
+}
+
+#[test]
+fn runtime_is_work_stealing_unless_per_core_is_asked_for() {
+    let tmp = TempDir::new("runtime");
+    let path = tmp.path("snakeway.toml");
+    let runtime = |text: &str| load_str(text, &path).map(|c| c.server.runtime);
+    assert_eq!(runtime(""), Ok(Runtime::WorkStealing));
+    assert_eq!(
+        runtime("[server]\nruntime = \"work_stealing\"\n"),
+        Ok(Runtime::WorkStealing)
+    );
+    assert_eq!(
+        runtime("[server]\nruntime = \"per_core\"\n"),
+        Ok(Runtime::PerCore)
+    );
+    // The dump names it, and loads back to the same value.
+    let config = load_str("[server]\nruntime = \"per_core\"\n", &path).unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("runtime = \"per_core\""), "{text}");
+
+    let report = load_str("[server]\nruntime = \"percore\"\n", &path).expect_err("refused");
+    assert_eq!(report.problems.len(), 1, "{report}");
+    let problem = &report.problems[0];
+    assert_eq!(problem.key, "server.runtime");
+    assert!(
+        problem.message.contains("did you mean `per_core`")
+            && problem.message.contains("work_stealing, per_core"),
+        "{problem:?}"
+    );
 }

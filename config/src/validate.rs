@@ -222,6 +222,10 @@ fn build_server(s: &mut Scope<'_>, raw: RawServer) -> Server {
             .error_detail
             .and_then(|text| s.one_of("error_detail", &text, &ErrorDetail::ALL))
             .unwrap_or_default(),
+        runtime: raw
+            .runtime
+            .and_then(|text| s.one_of("runtime", &text, &Runtime::ALL))
+            .unwrap_or_default(),
     }
 }
 

@@ -1,10 +1,13 @@
 //! Listening sockets and the connections accepted on them.
 //!
-//! Each configured address has one accept loop. A connection takes a slot of the listener's
-//! `max_connections` [`Limit`] before it is accepted, so excess clients wait in the kernel's
-//! accept queue. While the loop waits for a slot, the listener is under pressure (see
-//! [`watch`](super::watch)): its connections that do no useful work, including those still in
-//! the TLS handshake or the protocol sniff, are closed sooner. Connection settings (TLS, HTTP
+//! Each configured address has one accept loop, or under the `per_core` runtime one per
+//! worker, each on its worker's own `SO_REUSEPORT` socket (the kernel spreads connections over
+//! them; a connection is served on the worker that accepted it). A connection takes a slot of
+//! the listener's `max_connections` [`Limit`] (one per address, shared by its accept loops)
+//! before it is accepted, so excess clients wait in the kernel's accept queue. While a loop
+//! waits for a slot, the listener is under pressure (see [`watch`](super::watch)): its
+//! connections that do no useful work, including those still in the TLS handshake or the
+//! protocol sniff, are closed sooner. Connection settings (TLS, HTTP
 //! versions, timeouts) are read from the current snapshot at accept time, so a reload changes
 //! them for new connections without re-binding.
 //!
@@ -24,6 +27,7 @@ use snakeway_core::metrics::GaugeGuard;
 use snakeway_proxy::Downstream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,30 +48,38 @@ pub(crate) struct Listeners {
     connections: TaskTracker,
     /// Cancelled when the server shuts down: connections finish their requests and close.
     shutdown: CancellationToken,
+    /// The `per_core` workers' runtimes: each gets its own `SO_REUSEPORT` socket and accept
+    /// loop per address. Empty under `work_stealing`: one socket and accept loop per address,
+    /// on the current (multi-threaded) runtime.
+    workers: Vec<Handle>,
 }
 
 struct Open {
     stop: CancellationToken,
+    /// Shared by the address's accept loops (one per worker under `per_core`).
     limit: Arc<Limit>,
 }
 
-/// Sockets bound for a new configuration but not serving yet.
-pub(crate) struct Bound(Vec<(SocketAddr, TcpListener)>);
+/// Sockets bound for a new configuration but not serving yet: per address, one socket, or one
+/// per worker (in worker order).
+pub(crate) struct Bound(Vec<(SocketAddr, Vec<TcpListener>)>);
 
 // === impl Listeners ===
 
 impl Listeners {
-    /// No listeners open yet.
-    pub(crate) fn new() -> Self {
+    /// No listeners open yet. `workers` as for the field: empty under `work_stealing`.
+    pub(crate) fn new(workers: Vec<Handle>) -> Self {
         Self {
             open: HashMap::new(),
             connections: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            workers,
         }
     }
 
-    /// Binds the addresses of `snapshot` that are not open yet. Nothing is served until
-    /// [`Listeners::apply`]; on failure every socket bound here is closed again.
+    /// Binds the addresses of `snapshot` that are not open yet (under `per_core`, one socket
+    /// per worker). Nothing is served until [`Listeners::apply`]; on failure every socket
+    /// bound here is closed again.
     pub(crate) fn bind(&self, snapshot: &Snapshot) -> Result<Bound, Report> {
         let mut bound = Vec::new();
         let mut problems = Vec::new();
@@ -75,8 +87,13 @@ impl Listeners {
             if self.open.contains_key(&l.listen) {
                 continue;
             }
-            match bind(l.listen) {
-                Ok(listener) => bound.push((l.listen, listener)),
+            let sockets = if self.workers.is_empty() {
+                bind(l.listen).map(|listener| vec![listener])
+            } else {
+                bind_per_worker(l.listen, &self.workers)
+            };
+            match sockets {
+                Ok(sockets) => bound.push((l.listen, sockets)),
                 Err(e) => problems.push(Problem {
                     file: snapshot.source.clone(),
                     key: format!("listener[{i}].listen"),
@@ -105,24 +122,37 @@ impl Listeners {
         for (addr, open) in &self.open {
             open.limit.resize(snapshot.listeners[addr].max_connections);
         }
-        for (addr, listener) in bound.0 {
+        for (addr, sockets) in bound.0 {
             let runtime = &snapshot.listeners[&addr];
-            let local = listener.local_addr().unwrap_or(addr);
-            tracing::info!(listener = %runtime.name, addr = %local, tls = runtime.tls.is_some(), "listening");
+            let local = sockets.first().and_then(|s| s.local_addr().ok());
+            let local = local.unwrap_or(addr);
+            tracing::info!(
+                listener = %runtime.name,
+                addr = %local,
+                tls = runtime.tls.is_some(),
+                sockets = sockets.len(),
+                "listening"
+            );
             let open = Open {
                 stop: CancellationToken::new(),
                 limit: Arc::new(Limit::new(runtime.max_connections)),
             };
-            let accept = AcceptLoop {
-                key: addr,
-                listener,
-                state: state.clone(),
-                limit: open.limit.clone(),
-                stop: open.stop.clone(),
-                connections: self.connections.clone(),
-                shutdown: self.shutdown.clone(),
-            };
-            tokio::spawn(accept.run());
+            for (i, listener) in sockets.into_iter().enumerate() {
+                let accept = AcceptLoop {
+                    key: addr,
+                    listener,
+                    slot_first: self.workers.is_empty(),
+                    state: state.clone(),
+                    limit: open.limit.clone(),
+                    stop: open.stop.clone(),
+                    connections: self.connections.clone(),
+                    shutdown: self.shutdown.clone(),
+                };
+                match self.workers.get(i) {
+                    Some(worker) => worker.spawn(accept.run()),
+                    None => tokio::spawn(accept.run()),
+                };
+            }
             self.open.insert(addr, open);
         }
     }
@@ -142,13 +172,42 @@ impl Listeners {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    TcpListener::from_std(listen(addr, false)?.into())
+}
+
+/// A non-blocking socket listening on `addr`, with `SO_REUSEPORT` if `reuse_port`.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Type};
+    let socket =
+        socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
+}
+
+/// One `SO_REUSEPORT` socket per worker on `addr`, each registered with its worker's runtime;
+/// the kernel spreads new connections over them. Port 0 is resolved by the first socket, and
+/// the others join it.
+fn bind_per_worker(addr: SocketAddr, workers: &[Handle]) -> std::io::Result<Vec<TcpListener>> {
+    let mut sockets = Vec::with_capacity(workers.len());
+    let mut port = addr;
+    for worker in workers {
+        let socket = listen(port, true)?;
+        if port.port() == 0 {
+            port = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        }
+        let _runtime = worker.enter();
+        sockets.push(TcpListener::from_std(socket.into())?);
+    }
+    Ok(sockets)
 }
 
 /// A listener's `max_connections`: one semaphore permit per open connection, resizable.
@@ -156,9 +215,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Shrinking takes the free permits away at once; permits still held by connections are owed
 /// (`debt`) and forgotten as those connections end. Growing first cancels what is owed, then
 /// adds permits. Either way the permits in circulation converge on the new limit, with no task
-/// and no lock. The accept loop holds one permit while it waits for the next connection.
+/// and no lock. A single accept loop holds one permit while it waits for the next connection;
+/// the workers' loops take theirs once they have a connection (see [`AcceptLoop::accept`]).
 ///
-/// While the accept loop waits for a permit, every slot is taken: the limit's [`Pressure`] is
+/// While an accept loop waits for a permit, every slot is taken: the limit's [`Pressure`] is
 /// set, and the connections' watches close those doing no useful work sooner.
 #[derive(Debug)]
 struct Limit {
@@ -255,6 +315,9 @@ impl Drop for Slot {
 struct AcceptLoop {
     key: SocketAddr,
     listener: TcpListener,
+    /// Whether a slot is taken before accepting (the only socket of its address) or after (one
+    /// of the workers'); see [`AcceptLoop::accept`].
+    slot_first: bool,
     state: Arc<State>,
     limit: Arc<Limit>,
     stop: CancellationToken,
@@ -266,16 +329,8 @@ struct AcceptLoop {
 
 impl AcceptLoop {
     async fn run(self) {
-        loop {
-            let mut slot = tokio::select! {
-                slot = self.limit.acquire() => slot,
-                () = self.stop.cancelled() => return,
-            };
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                () = self.stop.cancelled() => return,
-            };
-            let (stream, peer) = match accepted {
+        while let Some(accepted) = self.accept().await {
+            let (mut slot, stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Typically EMFILE/ENFILE: back off instead of spinning.
@@ -304,6 +359,41 @@ impl AcceptLoop {
             tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task");
             self.connections.spawn(task);
         }
+    }
+
+    /// The next connection with the slot it takes; `None` once the loop is stopped.
+    ///
+    /// The only socket of an address takes a slot, then waits for a connection. A worker's
+    /// socket does it the other way round: holding a slot while it waits, a worker whose socket
+    /// is quiet would keep that slot from the others (with `max_connections` below the number
+    /// of workers, for good). So a worker accepts first and then waits for a slot, holding at
+    /// most that one connection unserved, as if it were still in the accept queue. Either way
+    /// the listener is under pressure while a loop waits for a slot, and no more than
+    /// `max_connections` connections are served at once.
+    async fn accept(&self) -> Option<std::io::Result<(Slot, TcpStream, SocketAddr)>> {
+        let slot = if self.slot_first {
+            Some(tokio::select! {
+                slot = self.limit.acquire() => slot,
+                () = self.stop.cancelled() => return None,
+            })
+        } else {
+            None
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = self.listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => return Some(Err(e)),
+            },
+            () = self.stop.cancelled() => return None,
+        };
+        let slot = match slot {
+            Some(slot) => slot,
+            None => tokio::select! {
+                slot = self.limit.acquire() => slot,
+                () = self.stop.cancelled() => return None,
+            },
+        };
+        Some(Ok((slot, stream, peer)))
     }
 }
 
@@ -560,6 +650,32 @@ mod tests {
         drop(held);
         let _slot = waiting.await.unwrap();
         assert!(!limit.pressure.is_set(), "cleared once the slot is taken");
+    }
+
+    /// Two accept loops (two workers) wait on one limit: the pressure stays set until both
+    /// have their slot.
+    #[tokio::test]
+    async fn the_pressure_holds_while_any_loop_waits() {
+        let limit = Arc::new(Limit::new(1));
+        let held = limit.acquire().await;
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let limit = limit.clone();
+                tokio::spawn(async move { limit.acquire().await })
+            })
+            .collect();
+        // The test runtime is single-threaded: a few yields let both loops start waiting.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(limit.pressure.is_set());
+        drop(held);
+        let mut waiters = waiters.into_iter();
+        let first = waiters.next().unwrap().await.unwrap();
+        assert!(limit.pressure.is_set(), "another loop still waits");
+        drop(first);
+        let _second = waiters.next().unwrap().await.unwrap();
+        assert!(!limit.pressure.is_set());
     }
 
     #[test]

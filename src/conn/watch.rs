@@ -66,11 +66,12 @@ const PRESSURE_DIVISOR: u32 = 10;
 /// ... but never below this: a client one slow round trip away still gets its head in.
 const PRESSURE_FLOOR: Duration = Duration::from_millis(100);
 
-/// A listener's shared pressure signal: set while its accept loop waits for a free
-/// `max_connections` slot, read by the watch of each of its connections (one relaxed load per
-/// tick; nothing per request).
+/// A listener's shared pressure signal: set while any of its accept loops (one per worker under
+/// `per_core`) waits for a free `max_connections` slot, read by the watch of each of its
+/// connections (one relaxed load per tick; nothing per request). It counts the waiting loops,
+/// so one loop getting its slot does not clear it for another still waiting.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Pressure(Arc<AtomicBool>);
+pub(crate) struct Pressure(Arc<AtomicUsize>);
 
 // === impl Pressure ===
 
@@ -78,24 +79,24 @@ impl Pressure {
     /// Whether every slot of the listener is taken.
     #[inline]
     pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed) > 0
     }
 
     /// Sets the signal until the returned guard is dropped (the accept loop got a slot, or
-    /// stopped waiting).
+    /// stopped waiting), and until every other loop's guard is dropped too.
     pub(crate) fn enter(&self) -> PressureGuard<'_> {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.fetch_add(1, Ordering::Relaxed);
         PressureGuard(self)
     }
 }
 
-/// Clears a [`Pressure`] when dropped.
+/// Withdraws one waiter from a [`Pressure`] when dropped.
 #[derive(Debug)]
 pub(crate) struct PressureGuard<'a>(&'a Pressure);
 
 impl Drop for PressureGuard<'_> {
     fn drop(&mut self) {
-        self.0.0.store(false, Ordering::Relaxed);
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

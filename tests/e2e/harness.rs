@@ -13,6 +13,45 @@ pub use nix::sys::signal::Signal;
 /// The server binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_snakeway");
 
+/// The `server.runtime` every server of this test binary runs (`crate::RUNTIME`: `None` in
+/// `tests/e2e`, `"per_core"` in `tests/e2e_per_core`). Tests write their configs without it;
+/// [`with_runtime`] puts it in every config the harness serves or rewrites.
+pub const RUNTIME: Option<&str> = crate::RUNTIME;
+
+/// `toml` with `runtime = RUNTIME` in its `[server]` table (added if missing); `toml` as it
+/// is when the config sets a runtime itself, or without [`RUNTIME`].
+pub fn with_runtime(toml: &str) -> String {
+    let Some(runtime) = RUNTIME else {
+        return toml.to_owned();
+    };
+    let line = format!("runtime = \"{runtime}\"");
+    let lines: Vec<&str> = toml.lines().collect();
+    let Some(server) = lines.iter().position(|l| l.trim() == "[server]") else {
+        return format!("[server]\n{line}\n\n{toml}");
+    };
+    let table = lines[server + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with('['));
+    if table.clone().any(|l| l.trim_start().starts_with("runtime")) {
+        return toml.to_owned();
+    }
+    let mut out = lines[..=server].join("\n");
+    out.push('\n');
+    out.push_str(&line);
+    out.push('\n');
+    out.push_str(&lines[server + 1..].join("\n"));
+    out.push('\n');
+    out
+}
+
+/// Rewrites the config file at `path` [`with_runtime`].
+pub fn set_runtime(path: &Path) {
+    if RUNTIME.is_some() {
+        let toml = std::fs::read_to_string(path).expect("read config");
+        std::fs::write(path, with_runtime(&toml)).expect("write config");
+    }
+}
+
 /// A directory under the system temp dir, unique per test, removed on drop.
 pub struct TestDir {
     pub path: PathBuf,
@@ -57,6 +96,9 @@ const CACHE_HOME: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/e2e-cache-home")
 
 /// Runs `snakeway ARGS` to completion (for the CLI subcommands), with a 30 s limit.
 pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
+    if let ["serve", "-c", config, ..] = args {
+        set_runtime(&cwd.join(config));
+    }
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
@@ -152,6 +194,7 @@ impl Server {
         listeners: usize,
         level: &str,
     ) -> Server {
+        set_runtime(&config);
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg("-c")
@@ -289,7 +332,7 @@ impl Server {
 
     /// Rewrites the config file (the server reads it on the next reload).
     pub fn rewrite_config(&self, toml: &str) {
-        std::fs::write(&self.config, toml).expect("rewrite config");
+        std::fs::write(&self.config, with_runtime(toml)).expect("rewrite config");
     }
 
     /// Waits for the process to exit.

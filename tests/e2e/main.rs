@@ -1,8 +1,13 @@
 //! Black-box end-to-end tests: each starts the real `snakeway` binary on loopback ports and
-//! talks to it with real clients (hyper, raw TCP, curl). One test binary on purpose: every
-//! extra one costs a long link.
+//! talks to it with real clients (hyper, raw TCP, curl). One test binary per runtime on
+//! purpose: every extra one costs a long link (`tests/e2e_per_core` runs these same modules
+//! under `server.runtime = "per_core"`).
 
 #![allow(missing_docs, unreachable_pub)]
+
+/// The `server.runtime` the harness gives every server: the configured default here;
+/// `tests/e2e_per_core` runs the same tests under `per_core`.
+const RUNTIME: Option<&str> = None;
 
 mod client;
 mod harness;
@@ -31,6 +36,7 @@ mod reload;
 mod reload_cli;
 mod retry;
 mod routing;
+mod runtime;
 mod static_files;
 mod tls_resumption;
 mod trailers;

@@ -256,12 +256,22 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         assert_eq!(res.status, 200);
     }
     assert_eq!(up.requests(), 10);
-    assert_eq!(
-        up.connections(),
-        1,
+    // One pool, or under per_core one per worker (`threads = 2`): each worker that served a
+    // request opened one connection and reused it.
+    assert!(
+        (1..=pools()).contains(&up.connections()),
         "10 sequential requests opened {} upstream connections",
         up.connections()
     );
+}
+
+/// How many pools each upstream has: one, or one per worker (2) under per_core.
+fn pools() -> usize {
+    if crate::harness::RUNTIME == Some("per_core") {
+        2
+    } else {
+        1
+    }
 }
 
 #[tokio::test]
@@ -445,7 +455,11 @@ async fn http2_service_speaks_prior_knowledge_h2_to_h2c_upstreams() {
         assert_eq!(json["body_len"], 7);
         assert_eq!(json["method"], "POST");
     }
-    assert_eq!(up.connections(), 1, "h2 upstream connection not reused");
+    assert!(
+        (1..=pools()).contains(&up.connections()),
+        "h2 upstream connection not reused: {} connections",
+        up.connections()
+    );
 }
 
 #[tokio::test]

@@ -67,6 +67,14 @@
 //!   untouched. An upstream body that stalls for `read_timeout` fails the response body with
 //!   [`UpstreamBodyTimeout`] and counts against the upstream.
 //!
+//! # Per-worker pools
+//!
+//! With [`ServiceOptions::worker_pools`] set to the number of workers, every upstream keeps
+//! one HTTP/1.1 pool (or HTTP/2 client) per worker besides a shared one: a request takes its
+//! connection from the pool of the worker thread it runs on ([`worker::enter`]), so with one
+//! single-threaded runtime per worker an upstream connection never changes threads. Circuit
+//! breakers, health verdicts and counters stay per upstream.
+//!
 //! The hot path takes no lock: picking, the circuit breakers, the health verdicts and the
 //! counters are atomics.
 //!
@@ -111,6 +119,7 @@ mod sticky;
 mod target;
 mod tls;
 mod upgrade;
+pub mod worker;
 
 pub use balance::Strategy;
 pub use body::UpstreamBodyTimeout;

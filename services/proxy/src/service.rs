@@ -73,6 +73,9 @@ pub struct ServiceOptions {
     pub health_check: Option<HealthCheckOptions>,
     /// Explicit retries; `None`: a failed request is never sent again.
     pub retry: Option<RetryPolicy>,
+    /// Connection pools per upstream for that many workers (see [`crate::worker`]), besides
+    /// the shared one; 0 (the default): one pool shared by every thread.
+    pub worker_pools: usize,
 }
 
 impl Default for ServiceOptions {
@@ -91,6 +94,7 @@ impl Default for ServiceOptions {
             circuit_breaker: CircuitBreakerOptions::default(),
             health_check: None,
             retry: None,
+            worker_pools: 0,
         }
     }
 }
@@ -217,16 +221,17 @@ pub(crate) struct Upstream {
     pub(crate) recorders: UpstreamRecorders,
 }
 
-/// The connection pool of one upstream and the options it was built with; carried over to the
-/// next snapshot when those options are unchanged.
+/// The connection pools of one upstream (the shared one, then one per worker) and the options
+/// they were built with; carried over to the next snapshot when those options are unchanged.
 pub(crate) struct Pool {
-    pub(crate) client: PoolClient,
+    /// `[0]` is shared; `[1 + i]` belongs to worker `i` (see [`crate::worker`]).
+    clients: Box<[PoolClient]>,
     options: ConnOptions,
     /// Also dials the health probes.
     connector: Connector,
 }
 
-/// How requests reach one upstream.
+/// How requests reach one upstream (from one worker, or from any thread).
 pub(crate) enum PoolClient {
     /// HTTP/1.1: our own lock-free pool of connections.
     Http1(Arc<H1Pool>),
@@ -242,6 +247,8 @@ struct ConnOptions {
     /// Only for `https` targets: a changed `ca_file` does not matter to the others.
     ca_file: Option<PathBuf>,
     max_response_header_bytes: usize,
+    /// Per-worker pools besides the shared one.
+    worker_pools: usize,
 }
 
 /// Circuit breaker and counters of one upstream; carried over to the next snapshot whenever
@@ -301,6 +308,7 @@ impl ProxyService {
                     None
                 },
                 max_response_header_bytes: options.max_response_header_bytes,
+                worker_pools: options.worker_pools,
             };
             // The first old upstream with this target, preferring one whose pool fits as is.
             let same_target = |(i, u): &(usize, &Upstream)| !taken[*i] && u.target == target;
@@ -392,17 +400,8 @@ impl ProxyService {
             requests: u.health.requests.load(Ordering::Relaxed),
             failures: u.health.failures.load(Ordering::Relaxed),
             in_flight: u.health.in_flight.load(Ordering::Relaxed),
-            idle_connections: match &u.pool.client {
-                PoolClient::Http1(pool) => Some(pool.idle_connections()),
-                PoolClient::Http2(_) => None,
-            },
-            active_connections: match &u.pool.client {
-                PoolClient::Http1(pool) => Some(
-                    pool.open_connections()
-                        .saturating_sub(pool.idle_connections()),
-                ),
-                PoolClient::Http2(_) => None,
-            },
+            idle_connections: u.pool.idle_connections(),
+            active_connections: u.pool.active_connections(),
         })
     }
 
@@ -1246,6 +1245,40 @@ impl Upstream {
     }
 }
 
+// === impl PoolClient ===
+
+impl PoolClient {
+    /// A pool for `options`, dialing with `connector`.
+    fn new(options: &ConnOptions, connector: &Connector) -> Self {
+        if options.http2 {
+            let client = Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                // `host` passes through as the client sent it.
+                .set_host(false)
+                // Not a retry of the request: hyper re-sends only a request it got back
+                // unwritten, because the idle pooled connection it picked turned out closed
+                // (the keep-alive race). The upstream never saw it.
+                .retry_canceled_requests(true)
+                // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
+                .http2_only(!options.target.is_tls())
+                // An https upstream may still pick HTTP/1.1 by ALPN: hyper-util has no head
+                // limit of its own, so the read buffer is the limit (hyper's floor: 8 KiB).
+                .http1_max_buf_size(options.max_response_header_bytes.max(8 * 1024))
+                .http2_max_header_list_size(
+                    u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
+                )
+                .build(connector.clone());
+            Self::Http2(Box::new(client))
+        } else {
+            Self::Http1(Arc::new(H1Pool::new(
+                connector.clone(),
+                options.max_response_header_bytes,
+            )))
+        }
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {
@@ -1266,43 +1299,46 @@ impl Pool {
             None
         };
         let connector = Connector::new(&options.target, tls, options.connect_timeout)?;
-        let client = if options.http2 {
-            let client = Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                // `host` passes through as the client sent it.
-                .set_host(false)
-                // Not a retry of the request: hyper re-sends only a request it got back
-                // unwritten, because the idle pooled connection it picked turned out closed
-                // (the keep-alive race). The upstream never saw it.
-                .retry_canceled_requests(true)
-                // Prior-knowledge h2c for plain upstreams; TLS upstreams negotiate by ALPN.
-                .http2_only(!options.target.is_tls())
-                // An https upstream may still pick HTTP/1.1 by ALPN: hyper-util has no head
-                // limit of its own, so the read buffer is the limit (hyper's floor: 8 KiB).
-                .http1_max_buf_size(options.max_response_header_bytes.max(8 * 1024))
-                .http2_max_header_list_size(
-                    u32::try_from(options.max_response_header_bytes).unwrap_or(u32::MAX),
-                )
-                .build(connector.clone());
-            PoolClient::Http2(Box::new(client))
-        } else {
-            PoolClient::Http1(Arc::new(H1Pool::new(
-                connector.clone(),
-                options.max_response_header_bytes,
-            )))
-        };
+        let clients = (0..=options.worker_pools)
+            .map(|_| PoolClient::new(&options, &connector))
+            .collect();
         Ok(Self {
-            client,
+            clients,
             options,
             connector,
+        })
+    }
+
+    /// The pool of the current thread: its worker's, or the shared one.
+    #[inline]
+    pub(crate) fn client(&self) -> &PoolClient {
+        &self.clients[crate::worker::slot(self.clients.len())]
+    }
+
+    /// Idle connections over every worker's pool; `None` for HTTP/2.
+    fn idle_connections(&self) -> Option<usize> {
+        self.clients.iter().try_fold(0, |sum, client| match client {
+            PoolClient::Http1(pool) => Some(sum + pool.idle_connections()),
+            PoolClient::Http2(_) => None,
+        })
+    }
+
+    /// Busy connections over every worker's pool; `None` for HTTP/2.
+    fn active_connections(&self) -> Option<usize> {
+        self.clients.iter().try_fold(0, |sum, client| match client {
+            PoolClient::Http1(pool) => Some(
+                sum + pool
+                    .open_connections()
+                    .saturating_sub(pool.idle_connections()),
+            ),
+            PoolClient::Http2(_) => None,
         })
     }
 
     /// Sends a prepared request to this upstream. A `101 Switching Protocols` is an error here:
     /// upgrades go through [`ProxyService::forward_upgrade`].
     async fn send(&self, req: Request<Body>) -> Result<Response<PoolBody>, BoxError> {
-        let response = match &self.client {
+        let response = match self.client() {
             PoolClient::Http1(pool) => pool.request(req).await?.map(PoolBody::Http1),
             PoolClient::Http2(client) => client.request(req).await?.map(PoolBody::Http2),
         };

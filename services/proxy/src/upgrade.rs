@@ -283,7 +283,7 @@ impl ProxyService {
             return Err(inner.no_healthy_upstream());
         };
         let upstream = &inner.upstreams[index];
-        let PoolClient::Http1(pool) = &upstream.pool.client else {
+        let PoolClient::Http1(pool) = upstream.pool.client() else {
             // The permit is released unsettled: the upstream was not asked.
             return Err(Error::new(
                 ErrorKind::UpstreamUnavailable,

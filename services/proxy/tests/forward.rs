@@ -138,6 +138,61 @@ async fn keep_alive_reuses_one_connection() {
     assert_eq!(up.connections(), 1);
 }
 
+/// Under per-worker pools each worker thread (a single-threaded runtime, as the server runs
+/// them) opens and reuses its own upstream connection; no worker takes another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_keeps_its_own_pool() {
+    let up = http(named("a")).await;
+    let svc = service(
+        vec![up.spec(1)],
+        ServiceOptions {
+            worker_pools: 2,
+            ..options()
+        },
+    );
+    let worker = |index: usize, svc: ProxyService| {
+        std::thread::spawn(move || {
+            snakeway_proxy::worker::enter(Some(index));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                for _ in 0..5 {
+                    assert_eq!(fetch(&svc, "/").await.unwrap().2, "a");
+                }
+            });
+            // The idle connection stays in the worker's pool; the runtime that drives it
+            // stays until the counts are read.
+            runtime
+        })
+    };
+    let (a, b) = (worker(0, svc.clone()), worker(1, svc.clone()));
+    let runtimes = tokio::task::spawn_blocking(move || (a.join().unwrap(), b.join().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(up.requests(), 10);
+    assert_eq!(
+        up.connections(),
+        2,
+        "one connection per worker, each reused"
+    );
+    let status = svc.upstreams().next().unwrap();
+    assert_eq!(
+        (status.idle_connections, status.active_connections),
+        (Some(2), Some(0)),
+        "the admin view sums the workers' pools"
+    );
+
+    // A thread that is no worker uses the shared pool: a third connection.
+    assert_eq!(fetch(&svc, "/").await.unwrap().2, "a");
+    assert_eq!(up.connections(), 3);
+    // Runtimes are dropped where blocking is allowed.
+    tokio::task::spawn_blocking(move || drop(runtimes))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn previous_service_keeps_pool_and_circuit() {
     let up = http(named("a")).await;

@@ -208,6 +208,7 @@ fn sighup_as_soon_as_the_pid_file_appears_reloads_instead_of_killing() {
     // (its default action terminates the process).
     let dir = TestDir::new("pid-early-hup");
     let config = dir.write("snakeway.toml", SERVED);
+    crate::harness::set_runtime(&config);
     let pid_file = dir.join("snakeway.pid");
     let mut child = Command::new(BIN)
         .args(["serve", "-c", config.to_str().unwrap()])

@@ -48,6 +48,13 @@ respond = {{ status = 200, body = "small" }}
         .write_all(b"GET /big HTTP/1.1\r\nHost: t.test\r\n\r\n")
         .await
         .unwrap();
+    // The first bytes of its answer: it holds the slot. (Under per_core each worker has its
+    // own accept queue, so the order of two connections' arrival is not the order in which
+    // they get a slot; without this the next client may take the slot first.)
+    let mut first = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut stalled, &mut first)
+        .await
+        .unwrap();
     let start = Instant::now();
 
     // The next client waits for the only slot, which the stalled client frees by timing out.

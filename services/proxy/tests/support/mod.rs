@@ -284,6 +284,7 @@ pub fn options() -> ServiceOptions {
         },
         health_check: None,
         retry: None,
+        worker_pools: 0,
     }
 }
 
