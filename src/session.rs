@@ -347,20 +347,31 @@ impl<'a> Call<'a> {
                     .as_ref()
                     .filter(|_| is_websocket_upgrade(&req))
                     .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
-                match session {
-                    None => forward(service, self.downstream, req, upgrade, &route.name).await,
-                    Some(session) => {
-                        session.ctx_mut().service = Some(name.clone());
-                        let (mut head, body) = req.into_parts();
-                        if let Some(answer) = session.before_proxy(&mut head).await {
-                            return self.logged(answer);
-                        }
-                        let req = Request::from_parts(head, body);
-                        match forward(service, self.downstream, req, upgrade, &route.name).await {
-                            Ok(response) => session.after_proxy(response).await,
-                            Err(error) => Err(error),
-                        }
+                if let Some(session) = session.as_deref_mut() {
+                    session.ctx_mut().service = Some(name.clone());
+                    let (mut head, body) = req.into_parts();
+                    if let Some(answer) = session.before_proxy(&mut head).await {
+                        return self.logged(answer);
                     }
+                    req = Request::from_parts(head, body);
+                }
+                // The proxy's future in line; a WebSocket handshake's boxed.
+                let forwarded = match upgrade {
+                    None => service.forward(req, self.downstream).await,
+                    Some(upgrade) => {
+                        Box::pin(upgrade_to_websocket(
+                            service,
+                            self.downstream,
+                            req,
+                            upgrade,
+                            &route.name,
+                        ))
+                        .await
+                    }
+                };
+                match (session, forwarded) {
+                    (Some(session), Ok(response)) => session.after_proxy(response).await,
+                    (_, forwarded) => forwarded,
                 }
             }
         };
@@ -425,19 +436,16 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Forwards `req` to `service`; with `upgrade` (a WebSocket handshake on a websocket route), as
-/// an upgrade whose tunnel runs on the connection's [`TunnelHost`]: 503 when the route has
+/// Forwards a WebSocket handshake (`req`, on a websocket route) to `service` as an upgrade
+/// whose tunnel runs on the connection's [`TunnelHost`]: 503 when the route has
 /// `max_websockets` open, before the upstream is contacted.
-async fn forward(
+async fn upgrade_to_websocket(
     service: &ProxyService,
     downstream: &Downstream,
     req: Request<Body>,
-    upgrade: Option<(&WebSockets, TunnelHost)>,
+    (websockets, host): (&WebSockets, TunnelHost),
     route: &Arc<str>,
 ) -> Result<Response<Body>, Error> {
-    let Some((websockets, host)) = upgrade else {
-        return service.forward(req, downstream).await;
-    };
     let Some(open) = websockets.try_open() else {
         return Err(Error::new(
             ErrorKind::Overloaded,
@@ -447,9 +455,7 @@ async fn forward(
             ),
         ));
     };
-    // Boxed: the handshake's state would otherwise sit in (and be copied with) every
-    // request's future.
-    let (response, tunnel) = Box::pin(service.forward_upgrade(req, downstream)).await?;
+    let (response, tunnel) = service.forward_upgrade(req, downstream).await?;
     if let Some(tunnel) = tunnel {
         host.spawn(tunnel, open, route.clone());
     }

@@ -469,27 +469,22 @@ impl ProxyService {
         downstream: &Downstream,
     ) -> Result<Response<Body>, Error> {
         let inner = &*self.inner;
-        if let Some(policy) = &inner.retry {
-            let _request = inner.budget.request();
-            if policy.may_retry(&req) {
-                // Boxed: only a request that may be sent again carries the retry loop's state.
-                return Box::pin(self.forward_retrying(req, downstream, policy)).await;
+        // One try, in line: every nested future would be copied into this one's state.
+        let _request = match &inner.retry {
+            Some(policy) => {
+                let request = inner.budget.request();
+                if policy.may_retry(&req) {
+                    // Boxed: only a request that may be sent again carries the retry loop's
+                    // state.
+                    return Box::pin(self.forward_retrying(req, downstream, policy)).await;
+                }
+                Some(request)
             }
-            return self.forward_once(req, downstream).await;
-        }
-        self.forward_once(req, downstream).await
-    }
-
-    /// [`ProxyService::forward`] with one try.
-    #[inline]
-    async fn forward_once(
-        &self,
-        req: Request<Body>,
-        downstream: &Downstream,
-    ) -> Result<Response<Body>, Error> {
-        let key = self.inner.sticky_hash(&req, downstream);
-        let Some(picked) = self.inner.pick(key, 0) else {
-            return Err(self.inner.no_healthy_upstream());
+            None => None,
+        };
+        let key = inner.sticky_hash(&req, downstream);
+        let Some(picked) = inner.pick(key, 0) else {
+            return Err(inner.no_healthy_upstream());
         };
         self.attempt(picked, req, downstream, 1).await.result
     }
@@ -580,9 +575,20 @@ impl ProxyService {
             .then(|| req.headers().get(&snakeway_core::request_id::X_REQUEST_ID))
             .flatten()
             .cloned();
-        let try_ = self
-            .attempt_on(upstream, index, permit, req, downstream)
-            .await;
+        let try_ = match inner.prepare(upstream, req, downstream) {
+            Ok(req) => {
+                upstream.health.requests.fetch_add(1, Ordering::Relaxed);
+                // Counts the request in flight until dropped: here on failure, or with the body.
+                let blame = Blame::enter(self.inner.clone(), index);
+                let started = Instant::now();
+                let sent = inner.send(upstream, req).await;
+                self.settled(upstream, permit, blame, started, sent)
+            }
+            Err(error) => Try {
+                result: Err(error),
+                cause: None,
+            },
+        };
         if let Some(request_id) = request_id {
             let request_id = request_id.to_str().unwrap_or("-");
             match &try_.result {
@@ -607,31 +613,17 @@ impl ProxyService {
         try_
     }
 
-    /// [`ProxyService::attempt`] on `upstream` (at `index`), without its log line.
-    async fn attempt_on(
+    /// What a try on `upstream` (at `index`) came to, once [`Inner::send`] answered: the
+    /// upstream's circuit and counters settled, the response made ready for the client.
+    fn settled(
         &self,
         upstream: &Upstream,
-        index: usize,
         permit: Permit<'_>,
-        req: Request<Body>,
-        downstream: &Downstream,
+        blame: Blame,
+        started: Instant,
+        sent: Result<Response<PoolBody>, Failure>,
     ) -> Try {
         let inner = &*self.inner;
-        let req = match inner.prepare(upstream, req, downstream) {
-            Ok(req) => req,
-            Err(error) => {
-                return Try {
-                    result: Err(error),
-                    cause: None,
-                };
-            }
-        };
-
-        upstream.health.requests.fetch_add(1, Ordering::Relaxed);
-        // Counts the request in flight until dropped: here on failure, or with the body.
-        let blame = Blame::enter(self.inner.clone(), index);
-        let started = Instant::now();
-        let sent = inner.send(upstream, req).await;
         let (result, cause) = match sent {
             Ok(response) => {
                 inner.record_head(upstream, response.status(), started.elapsed());
