@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
+use super::park::{ParkingH1, ReadReady};
 use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
-use super::park::{ParkingH1, ReadReady};
 use crate::conn::h1::Rejections;
 use crate::handler::{ConnService, ListenerTag};
 use crate::stack::{ListenerRuntime, Snapshot};

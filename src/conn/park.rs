@@ -133,12 +133,8 @@ where
 
     /// A hyper connection over `io`, behind a framing guard that parks into the slot.
     fn connection(&self, io: I, resumed: bool) -> Pin<Box<H1<I>>> {
-        let guard = StrictH1::new(
-            io,
-            self.runtime.max_header_bytes,
-            self.rejections.clone(),
-        )
-        .parking(Park::new(self.slot.clone(), resumed));
+        let guard = StrictH1::new(io, self.runtime.max_header_bytes, self.rejections.clone())
+            .parking(Park::new(self.slot.clone(), resumed));
         let conn = self
             .runtime
             .http1

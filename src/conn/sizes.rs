@@ -4,6 +4,7 @@
 //! `benches/connections/run.sh`. Run with `--nocapture` to see the figures.
 
 use std::mem::size_of;
+use std::sync::OnceLock;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::detect::Rewind;
 use super::h1::StrictH1;
+use super::park::ParkingH1;
 use super::watch::{Active, Meter, Metered, Watch};
 use crate::handler::ConnService;
 
@@ -36,6 +38,12 @@ fn sizes() -> Vec<(&'static str, usize, usize)> {
             1920,
         ),
         ("hyper http2 connection, TLS", size_of::<H2<Tls>>(), 3264),
+        // Inline in the task, hyper's connection boxed (and dropped while parked).
+        ("ParkingH1<TCP>", size_of::<ParkingH1<Tcp>>(), 256),
+        ("ParkingH1<TLS>", size_of::<ParkingH1<Tls>>(), 256),
+        // The slot's heap block, where a parked transport waits.
+        ("parked TCP transport", size_of::<OnceLock<Tcp>>(), 96),
+        ("parked TLS transport", size_of::<OnceLock<Tls>>(), 1408),
     ]
 }
 

@@ -184,10 +184,13 @@ async fn a_pipelined_burst_is_answered_in_order_then_the_connection_parks() {
             bytes.drain(..res.len);
             continue;
         }
-        let n = tokio::time::timeout_at(deadline.into(), tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
-            .await
-            .expect("four responses within 10 s")
-            .unwrap();
+        let n = tokio::time::timeout_at(
+            deadline.into(),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await
+        .expect("four responses within 10 s")
+        .unwrap();
         assert!(n > 0, "closed after {} responses", got.len());
         bytes.extend_from_slice(&buf[..n]);
     }
@@ -200,7 +203,11 @@ async fn a_pipelined_burst_is_answered_in_order_then_the_connection_parks() {
             ("/echo/d".to_owned(), 7),
         ]
     );
-    assert!(bytes.is_empty(), "extra bytes: {:?}", String::from_utf8_lossy(&bytes));
+    assert!(
+        bytes.is_empty(),
+        "extra bytes: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
     // Once the burst is answered, the connection parks again.
     parked(&server, 2).await;
 }
@@ -216,7 +223,10 @@ async fn idle_timeout_closes_a_parked_connection() {
     assert_eq!(read_one_response(&mut stream).await.status, 200);
     parked(&server, 1).await;
     let raw = read_until_close(&mut stream, Duration::from_secs(5)).await;
-    assert!(raw.closed, "a parked connection outlived idle_timeout_ms = 400 by 5 s");
+    assert!(
+        raw.closed,
+        "a parked connection outlived idle_timeout_ms = 400 by 5 s"
+    );
     assert!(raw.bytes.is_empty(), "unexpected bytes: {:?}", raw.text());
     assert!(
         raw.elapsed >= Duration::from_millis(250),
@@ -240,7 +250,10 @@ async fn shutdown_closes_a_parked_connection_at_once() {
     server.signal(Signal::SIGTERM);
     // shutdown_grace_ms is 20 s: a parked connection must not hold the server that long.
     let raw = read_until_close(&mut stream, Duration::from_secs(10)).await;
-    assert!(raw.closed, "the parked connection was not closed on shutdown");
+    assert!(
+        raw.closed,
+        "the parked connection was not closed on shutdown"
+    );
     assert!(raw.bytes.is_empty(), "unexpected bytes: {:?}", raw.text());
     let status = server.wait_exit(Duration::from_secs(10)).await;
     assert!(
@@ -337,7 +350,11 @@ async fn a_websocket_upgrade_after_a_park_works() {
     assert_eq!(res.status(), 101);
     for text in ["after a park", "and again"] {
         ws.send(Message::text(text)).await.unwrap();
-        let msg = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(msg, Message::text(text));
         tokio::time::sleep(GAP).await;
     }

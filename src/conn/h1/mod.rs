@@ -47,8 +47,8 @@
 
 mod chunked;
 pub(crate) mod head;
-mod park;
 pub(crate) mod host;
+mod park;
 mod reply;
 mod request;
 mod response;
@@ -59,8 +59,8 @@ use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use self::reply::SYNTHETIC_HEAD;
 pub(crate) use self::park::{Park, Slot};
+use self::reply::SYNTHETIC_HEAD;
 pub(crate) use self::reply::{Rejection, Rejections};
 use self::request::{RxState, Scan};
 use self::response::{OwedResponse, TxEvents, TxState};

@@ -45,11 +45,7 @@ async fn half_a_head_after_a_park_is_cut_off_by_header_read_timeout() {
         .await
         .unwrap();
     assert_eq!(read_one_response(&mut stream).await.status, 200);
-    assert!(
-        server
-            .wait_for_log_count("connection parked", 2, T)
-            .await
-    );
+    assert!(server.wait_for_log_count("connection parked", 2, T).await);
 
     // Now half a head, and nothing more.
     stream
@@ -57,7 +53,10 @@ async fn half_a_head_after_a_park_is_cut_off_by_header_read_timeout() {
         .await
         .unwrap();
     let raw = read_until_close(&mut stream, Duration::from_secs(5)).await;
-    assert!(raw.closed, "half a head after a park was not cut off within 5 s");
+    assert!(
+        raw.closed,
+        "half a head after a park was not cut off within 5 s"
+    );
     assert!(
         raw.elapsed >= Duration::from_millis(200),
         "cut off after {:?}, before header_read_timeout_ms = 300",
