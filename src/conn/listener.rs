@@ -450,7 +450,7 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
     {
-        let conn = ParkingH1::new(io, self.runtime.clone(), service, rejections);
+        let conn = ParkingH1::new(io, self.runtime.clone(), service, rejections, meter.clone());
         self.watch(meter, false).drive(conn)
     }
 

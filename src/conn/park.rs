@@ -2,14 +2,18 @@
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for the life of an HTTP/1
 //! connection, and has no setting to release them while it waits for the next request. So an
-//! idle keep-alive connection is *parked* instead (docs/benchmarks.md § connection scale): when
-//! hyper owes no response, holds no client byte and the transport has nothing to read, the
-//! framing guard ([`StrictH1`]) flushes the transport, hands it back through a one-shot
-//! [`Slot`] and tells hyper the stream has ended, which ends an idle keep-alive connection
-//! cleanly (no response is owed, nothing is written). [`ParkingH1`] then drops hyper's
+//! idle keep-alive connection is *parked* instead (docs/benchmarks.md § connection scale): once
+//! the connection's [`Watch`](super::watch::Watch) has seen it quiet for a whole tick (no request
+//! open, no byte moved; at most 500 ms, so within 1 s of its last byte) or its listener is under
+//! pressure, it rings the connection's [`ParkBell`](super::watch::ParkBell); then, if hyper owes
+//! no response, holds no client byte and the transport has nothing to read, the framing guard
+//! ([`StrictH1`]) flushes the transport, hands it back through a one-shot [`Slot`] and tells
+//! hyper the stream has ended, which ends an idle keep-alive connection cleanly (no response is
+//! owed, nothing is written). [`ParkingH1`] then drops hyper's
 //! connection (both buffers with it) and waits for the transport to become readable; then it
 //! serves the next request with a new hyper connection over the same transport and a clone of
-//! the connection's service.
+//! the connection's service. A busy keep-alive connection (its next request within a tick) thus
+//! never parks, and pays for it only a waker registration and an atomic load per request.
 //!
 //! What holds while parked:
 //!
@@ -43,7 +47,7 @@ use tokio::net::TcpStream;
 use super::detect::Rewind;
 use super::h1::{Park, Rejections, Slot, StrictH1};
 use super::listener::Service;
-use super::watch::{Active, Drain};
+use super::watch::{Active, Drain, Meter};
 use crate::stack::ListenerRuntime;
 
 /// A transport that can tell when it has something to read, without reading it.
@@ -88,6 +92,8 @@ pub(crate) struct ParkingH1<I> {
     runtime: Arc<ListenerRuntime>,
     /// Cloned for each hyper connection.
     service: Service,
+    /// The connection's meter: its watch says when to park.
+    meter: Arc<Meter>,
     rejections: Rejections,
     /// Asked to finish: a park ends the connection.
     draining: bool,
@@ -112,18 +118,20 @@ where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
 {
     /// Starts serving `io` with `service` (which must answer the refusals the guards put in
-    /// `rejections`), with the listener's HTTP/1 settings.
+    /// `rejections`), with the listener's HTTP/1 settings; parks when the watch of `meter` asks.
     pub(crate) fn new(
         io: I,
         runtime: Arc<ListenerRuntime>,
         service: Service,
         rejections: Rejections,
+        meter: Arc<Meter>,
     ) -> Self {
         let mut this = Self {
             state: State::Done,
             slot: Arc::new(OnceLock::new()),
             runtime,
             service,
+            meter,
             rejections,
             draining: false,
         };
@@ -134,7 +142,7 @@ where
     /// A hyper connection over `io`, behind a framing guard that parks into the slot.
     fn connection(&self, io: I, resumed: bool) -> Pin<Box<H1<I>>> {
         let guard = StrictH1::new(io, self.runtime.max_header_bytes, self.rejections.clone())
-            .parking(Park::new(self.slot.clone(), resumed));
+            .parking(Park::new(self.slot.clone(), self.meter.clone(), resumed));
         let conn = self
             .runtime
             .http1

@@ -19,6 +19,13 @@
 //! close gracefully and is dropped if it has not within a short drain limit (a peer that never
 //! answers the GOAWAY's PING cannot hold it).
 //!
+//! An HTTP/1 connection that has been **quiet** for a whole tick (no request open or started,
+//! no byte moved), or that has no request open while its listener is under pressure, is asked
+//! to park ([`ParkBell`], see `conn::park`): the tick between requests is at most
+//! [`PARK_TICK`], so an idle connection parks within two ticks (at most 1 s, less with short
+//! timeouts) of its last byte, and a keep-alive client that sends its next request within a tick
+//! never parks.
+//!
 //! A listener is under **pressure** while all of its `max_connections` slots are taken (its
 //! accept loop waits for one, see [`Pressure`]). Then connections that do no useful work are
 //! closed much sooner, as Envoy's `reduce_timeouts` overload action does: one with no request
@@ -43,6 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Buf as _;
 use hyper::body::{Body, Frame, SizeHint};
@@ -56,6 +64,9 @@ use tokio_util::sync::CancellationToken;
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Shortest tick of the watch timer.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// Longest tick of an HTTP/1 connection's watch between requests: an idle connection is asked
+/// to park within two of them.
+const PARK_TICK: Duration = Duration::from_millis(500);
 /// Buckets of held frames, by the epoch they were handed over in (modulo this).
 const HELD_RING: u32 = 8;
 /// A frame still held this many epochs after the one it was handed over in has been held for
@@ -172,6 +183,44 @@ pub(crate) struct Meter {
     held: [AtomicU32; HELD_RING as usize],
     /// The listener's counter of response body bytes sent.
     sent: Option<Arc<Counter>>,
+    /// Rung by the watch when an HTTP/1 connection should park.
+    pub(crate) park: ParkBell,
+}
+
+/// The watch's request that an idle HTTP/1 connection park (`conn::park`): set at a tick, read
+/// by the connection's framing guard, which registers its read waker here while it waits
+/// between requests. No lock: a flag and an [`AtomicWaker`].
+#[derive(Debug, Default)]
+pub(crate) struct ParkBell {
+    asked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+// === impl ParkBell ===
+
+impl ParkBell {
+    /// Asks the connection to park and wakes its guard, unless already asked.
+    pub(crate) fn ring(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Registers the guard's read waker, then says whether the connection was asked to park
+    /// (in this order, so that a ring in between is not missed).
+    #[inline]
+    pub(crate) fn poll_asked(&self, cx: &Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.asked.load(Ordering::Acquire)
+    }
+
+    /// A request came: the connection is no longer asked to park.
+    #[inline]
+    pub(crate) fn clear(&self) {
+        if self.asked.load(Ordering::Relaxed) {
+            self.asked.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// One reading of a [`Meter`].
@@ -304,7 +353,11 @@ impl Watch {
         // Finer ticks so that the reduced limits hold under pressure: before the first request
         // (short for any real client) and between requests.
         let head_tick = tick.min(self.reduced.head / 4).max(MIN_TICK);
-        let idle_tick = tick.min(self.reduced.idle / 4).max(MIN_TICK);
+        // And an HTTP/1 connection quiet for a whole tick between requests parks.
+        let mut idle_tick = tick.min(self.reduced.idle / 4).max(MIN_TICK);
+        if !self.http2 {
+            idle_tick = idle_tick.min(PARK_TICK);
+        }
         let start = Instant::now();
         let timer = tokio::time::sleep_until(start + head_tick);
         let mut timer = pin!(timer);
@@ -335,6 +388,11 @@ impl Watch {
                     let busy = requests || (!self.http2 && s.io != last.io);
                     if requests {
                         request_at = now;
+                    } else if !self.http2
+                        && s.started > 0
+                        && (s.io == last.io || self.pressure.is_set())
+                    {
+                        self.meter.park.ring();
                     }
                     if busy {
                         active_at = now;

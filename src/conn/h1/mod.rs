@@ -38,8 +38,9 @@
 //! through an internal buffer. While a head is held, hyper's header read timeout runs as usual
 //! (hyper waits for a head it has not seen).
 //!
-//! * Parking (with a [`Park`] slot): between requests, once hyper owes no response and holds no
-//!   client byte, the guard holds none either and the transport has nothing to read, the guard
+//! * Parking (with a [`Park`] slot): between requests, once the connection's watch has asked
+//!   (the connection was quiet for a whole tick, `conn::watch`), hyper owes no response and holds
+//!   no client byte, the guard holds none either and the transport has nothing to read, the guard
 //!   flushes the transport, puts it in the slot and tells hyper the stream has ended, which ends
 //!   an idle keep-alive connection cleanly (see `conn::park`). Never before the first request
 //!   of a connection (the first head is bounded from accept), never once a violation was seen,
@@ -146,6 +147,12 @@ impl<IO> StrictH1<IO> {
             && self.rx.pending.is_empty()
             && self.tx.head.is_empty()
             && self.pos == self.end
+    }
+
+    /// Whether the connection's watch asked it to park (it has been quiet for a tick); until
+    /// then, a ring wakes `cx`.
+    fn park_asked(&self, cx: &Context<'_>) -> bool {
+        self.park.as_ref().is_some_and(|park| park.poll_asked(cx))
     }
 
     /// Whether hyper has written complete responses for every request it was given.
@@ -359,7 +366,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
                 // The common case: inspect in place what the transport put in hyper's buffer.
                 let start = buf.filled().len();
                 let polled = Pin::new(io).poll_read(cx, buf);
-                if polled.is_pending() && this.may_park() {
+                if polled.is_pending() && this.may_park() && this.park_asked(cx) {
                     return this.poll_park(cx);
                 }
                 ready!(polled)?;
