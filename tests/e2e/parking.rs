@@ -1,7 +1,9 @@
 //! Idle HTTP/1 connections parked between requests (src/conn/park.rs): hyper's connection is
 //! dropped while a keep-alive connection waits and a new one serves its next request. Through
 //! real sockets: requests with idle gaps (bodies included, plain and TLS), a pipelined burst,
-//! the idle timeout and shutdown on a parked connection, and a WebSocket upgrade after a park.
+//! the idle timeout and shutdown on a parked connection, a WebSocket upgrade after a park; a
+//! connection parks only once it has been quiet for a tick of its watch (back-to-back requests
+//! never park), and an idle one parks within 1 s whatever its timeouts.
 //! The server logs each park and resume at trace level; the tests count those lines to prove the
 //! connection did park.
 
@@ -27,6 +29,9 @@ const PARKED: &str = "connection parked";
 const RESUMED: &str = "connection resumed";
 /// A pause long enough for the server to have answered, written and parked.
 const GAP: Duration = Duration::from_millis(150);
+/// A short idle timeout (the reduced one, under pressure, is its 100 ms floor): the watch ticks
+/// every 25 ms between requests, so a connection parks within 50 ms of its last byte.
+const QUICK: &str = "idle_timeout_ms = 2000";
 
 /// A listener with `listener_keys`, `/echo` to `upstream`, `/ws` (WebSocket) to `ws` when
 /// given, and a synthetic `/`.
@@ -120,7 +125,7 @@ fn echoed(res: &crate::client::Parsed) -> (String, u64) {
 
 #[tokio::test]
 async fn requests_with_idle_gaps_are_answered_on_one_parking_connection() {
-    let (server, up) = start("").await;
+    let (server, up) = start(QUICK).await;
     let mut stream = connect(server.addr()).await.unwrap();
     let big = vec![b'x'; 100_000];
     let requests: Vec<(Vec<u8>, &str, u64)> = vec![
@@ -157,7 +162,7 @@ async fn requests_with_idle_gaps_are_answered_on_one_parking_connection() {
 
 #[tokio::test]
 async fn a_pipelined_burst_is_answered_in_order_then_the_connection_parks() {
-    let (server, _up) = start("").await;
+    let (server, _up) = start(QUICK).await;
     let mut stream = connect(server.addr()).await.unwrap();
     // Park once first, so the burst wakes a parked connection.
     stream
@@ -237,7 +242,7 @@ async fn idle_timeout_closes_a_parked_connection() {
 
 #[tokio::test]
 async fn shutdown_closes_a_parked_connection_at_once() {
-    let (mut server, _up) = start("").await;
+    let (mut server, _up) = start(QUICK).await;
     let mut stream = connect(server.addr()).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
@@ -274,7 +279,7 @@ async fn tls_keep_alive_with_idle_gaps_parks_and_serves() {
     let toml = config(
         up.addr,
         None,
-        "[listener.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"",
+        "idle_timeout_ms = 2000\n[listener.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"",
     );
     let config_path = dir.write("snakeway.toml", &toml);
     let server = Server::start_file_logging(dir, config_path, 1, LOG).await;
@@ -310,6 +315,53 @@ async fn tls_keep_alive_with_idle_gaps_parks_and_serves() {
     assert!(server.log_count(RESUMED) >= 3);
 }
 
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n";
+
+#[tokio::test]
+async fn back_to_back_keep_alive_requests_never_park_until_the_client_pauses() {
+    // Default timeouts: the watch ticks every 500 ms between requests.
+    let (server, _up) = start("").await;
+    let mut stream = connect(server.addr()).await.unwrap();
+    for i in 0..300 {
+        stream.write_all(GET).await.unwrap();
+        let res = read_one_response(&mut stream).await;
+        assert_eq!((res.status, res.body.as_slice()), (200, &b"hello"[..]), "{i}");
+    }
+    // The client pauses: the connection parks once, and only now (the log is in order, so no
+    // earlier park line can still be on its way).
+    parked(&server, 1).await;
+    assert_eq!(
+        (server.log_count(PARKED), server.log_count(RESUMED)),
+        (1, 0),
+        "log:\n{}",
+        server.log_text()
+    );
+    stream.write_all(GET).await.unwrap();
+    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    assert!(server.wait_for_log(RESUMED, T).await);
+}
+
+#[tokio::test]
+async fn an_idle_connection_parks_within_a_second_whatever_its_timeouts() {
+    // With these timeouts the watch would otherwise tick every 15 s.
+    let (server, _up) = start("idle_timeout_ms = 600000\nsend_timeout_ms = 600000").await;
+    let mut stream = connect(server.addr()).await.unwrap();
+    stream.write_all(GET).await.unwrap();
+    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    let answered = Instant::now();
+    // The bound is 1 s (two ticks of 500 ms); the rest is slack for a loaded machine.
+    assert!(
+        server
+            .wait_for_log_count(PARKED, 1, Duration::from_secs(4))
+            .await,
+        "not parked {:?} after the answer; log:\n{}",
+        answered.elapsed(),
+        server.log_text()
+    );
+    stream.write_all(GET).await.unwrap();
+    assert_eq!(read_one_response(&mut stream).await.status, 200);
+}
+
 /// A WebSocket echo upstream.
 async fn ws_echo() -> Upstream {
     upstream::raw(|stream| {
@@ -331,7 +383,7 @@ async fn ws_echo() -> Upstream {
 async fn a_websocket_upgrade_after_a_park_works() {
     let up = upstream::http(upstream::echo("up")).await;
     let ws_up = ws_echo().await;
-    let server = Server::start_logging(&config(up.addr, Some(ws_up.addr), ""), LOG).await;
+    let server = Server::start_logging(&config(up.addr, Some(ws_up.addr), QUICK), LOG).await;
     let mut stream: TcpStream = connect(server.addr()).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
