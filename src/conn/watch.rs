@@ -948,6 +948,38 @@ mod tests {
         assert_eq!(ended, Ended::SendTimeout);
     }
 
+    /// Whether the connection was asked to park.
+    fn asked(meter: &Meter) -> bool {
+        meter.park.asked.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_quiet_http1_connection_is_asked_to_park_a_busy_one_is_not() {
+        let meter = Arc::new(Meter::default());
+        meter.started.store(1, Ordering::Relaxed);
+        let mut w = watch(&meter, false);
+        // Long timeouts: the watch ticks at the park tick between requests.
+        w.idle = Duration::from_secs(20);
+        w.send = Duration::from_secs(20);
+        w.reduced = Reduced::new(w.idle, w.idle);
+        let drive = tokio::spawn(w.drive(Stuck(Arc::default())));
+        // Requests back to back, each a few milliseconds apart, for three ticks.
+        let busy_until = Instant::now() + 3 * PARK_TICK;
+        while Instant::now() < busy_until {
+            meter.started.fetch_add(1, Ordering::Relaxed);
+            meter.io.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(!asked(&meter), "asked to park while busy");
+        }
+        // Then quiet: asked within two ticks (slack for a loaded machine).
+        let quiet = Instant::now();
+        while !asked(&meter) {
+            assert!(quiet.elapsed() < 6 * PARK_TICK, "not asked to park");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drive.abort();
+    }
+
     #[tokio::test]
     async fn http2_bytes_without_streams_are_idle_http1_bytes_are_not() {
         for http2 in [true, false] {
