@@ -6,8 +6,8 @@
 # Modes:
 #   churn      every request on a new connection (`client.py churn h1`, `connection: close`)
 #   keepalive  8 keep-alive connections, one request at a time each (`h2load --h1 -c8 -m1`):
-#              the client sends the next request only after the answer, so a Snakeway
-#              connection parks and resumes between requests (src/conn/park.rs)
+#              the client sends the next request only after the answer, at once, so a
+#              Snakeway connection never parks (src/conn/park.rs: only after a quiet tick)
 #
 # Each server (one worker, the synthetic 200 of snakeway.toml.in / nginx.conf.in, plain port
 # only) runs under `valgrind --tool=callgrind` twice, serving N then 5N requests; instructions

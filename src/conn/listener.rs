@@ -429,6 +429,7 @@ impl Connection {
             meter,
             idle: self.runtime.idle_timeout,
             send: self.runtime.send_timeout,
+            header: self.runtime.header_read_timeout,
             http2,
             shutdown: self.shutdown.clone(),
             pressure: self.pressure.clone(),

@@ -22,8 +22,9 @@
 //! An HTTP/1 connection that has been **quiet** for a whole tick (no request open or started,
 //! no byte moved), or that has no request open while its listener is under pressure, is asked
 //! to park ([`ParkBell`], see `conn::park`): the tick between requests is at most
-//! [`PARK_TICK`], so an idle connection parks within two ticks (at most 1 s, less with short
-//! timeouts) of its last byte, and a keep-alive client that sends its next request within a tick
+//! [`PARK_TICK`] and a quarter of `header_read_timeout` (hyper's header timer runs between
+//! requests too), so an idle connection parks within two ticks (at most 1 s, less with short
+//! timeouts; always before that timer fires) of its last byte, and a keep-alive client that sends its next request within a tick
 //! never parks.
 //!
 //! A listener is under **pressure** while all of its `max_connections` slots are taken (its
@@ -300,6 +301,9 @@ pub(crate) struct Watch {
     pub(crate) idle: Duration,
     /// `send_timeout_ms`.
     pub(crate) send: Duration,
+    /// `header_read_timeout_ms`: hyper's header timer also runs between requests, so an idle
+    /// HTTP/1 connection is asked to park within half of it.
+    pub(crate) header: Duration,
     /// Whether the connection speaks HTTP/2 (bytes then do not count as activity).
     pub(crate) http2: bool,
     /// Cancelled on server shutdown: the connection is drained.
@@ -353,11 +357,13 @@ impl Watch {
         // Finer ticks so that the reduced limits hold under pressure: before the first request
         // (short for any real client) and between requests.
         let head_tick = tick.min(self.reduced.head / 4).max(MIN_TICK);
-        // And an HTTP/1 connection quiet for a whole tick between requests parks.
-        let mut idle_tick = tick.min(self.reduced.idle / 4).max(MIN_TICK);
+        // And an HTTP/1 connection quiet for a whole tick between requests parks, before
+        // hyper's header timer (which runs while it waits for the next head) could close it.
+        let mut idle_tick = tick.min(self.reduced.idle / 4);
         if !self.http2 {
-            idle_tick = idle_tick.min(PARK_TICK);
+            idle_tick = idle_tick.min(PARK_TICK).min(self.header / 4);
         }
+        let idle_tick = idle_tick.max(MIN_TICK);
         let start = Instant::now();
         let timer = tokio::time::sleep_until(start + head_tick);
         let mut timer = pin!(timer);
@@ -809,6 +815,7 @@ mod tests {
             meter: meter.clone(),
             idle: Duration::from_millis(400),
             send: Duration::from_millis(200),
+            header: Duration::from_secs(10),
             http2,
             shutdown: CancellationToken::new(),
             pressure: Pressure::default(),

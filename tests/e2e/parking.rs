@@ -29,8 +29,8 @@ const PARKED: &str = "connection parked";
 const RESUMED: &str = "connection resumed";
 /// A pause long enough for the server to have answered, written and parked.
 const GAP: Duration = Duration::from_millis(150);
-/// A short idle timeout (the reduced one, under pressure, is its 100 ms floor): the watch ticks
-/// every 25 ms between requests, so a connection parks within 50 ms of its last byte.
+/// A short idle timeout (its reduced one, for pressure, is 200 ms): the watch ticks every 50 ms
+/// between requests, so a connection parks within 100 ms of its last byte.
 const QUICK: &str = "idle_timeout_ms = 2000";
 
 /// A listener with `listener_keys`, `/echo` to `upstream`, `/ws` (WebSocket) to `ws` when
