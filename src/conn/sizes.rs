@@ -27,7 +27,7 @@ fn sizes() -> Vec<(&'static str, usize, usize)> {
     vec![
         // With the park bell (a flag and a waker slot).
         ("Meter (one Arc per connection)", size_of::<Meter>(), 128),
-        ("Watch", size_of::<Watch>(), 128),
+        ("Watch", size_of::<Watch>(), 160),
         ("ConnService", size_of::<ConnService>(), 160),
         ("StrictH1<TCP>", size_of::<StrictH1<Tcp>>(), 320),
         ("TlsStream<TCP>", size_of::<Tls>(), 1408),
