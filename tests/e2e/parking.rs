@@ -325,7 +325,11 @@ async fn back_to_back_keep_alive_requests_never_park_until_the_client_pauses() {
     for i in 0..300 {
         stream.write_all(GET).await.unwrap();
         let res = read_one_response(&mut stream).await;
-        assert_eq!((res.status, res.body.as_slice()), (200, &b"hello"[..]), "{i}");
+        assert_eq!(
+            (res.status, res.body.as_slice()),
+            (200, &b"hello"[..]),
+            "{i}"
+        );
     }
     // The client pauses: the connection parks once, and only now (the log is in order, so no
     // earlier park line can still be on its way).

@@ -92,8 +92,11 @@ mod tests {
         let (server, client) = tokio::io::duplex(64 * 1024);
         let slot: Slot<DuplexStream> = Arc::new(OnceLock::new());
         let meter = Arc::new(Meter::default());
-        let guard = StrictH1::new(server, 4096, Rejections::default())
-            .parking(Park::new(slot.clone(), meter.clone(), resumed));
+        let guard = StrictH1::new(server, 4096, Rejections::default()).parking(Park::new(
+            slot.clone(),
+            meter.clone(),
+            resumed,
+        ));
         Setup {
             guard,
             client,
@@ -161,7 +164,11 @@ mod tests {
         assert_eq!(read_waking(&mut guard, &waker), None, "not asked since");
         assert!(slot.get().is_none());
         meter.park.ring();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the ring wakes the guard");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "the ring wakes the guard"
+        );
         meter.park.ring();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "once per ask");
         assert_eq!(
