@@ -356,14 +356,16 @@ impl Watch {
         let tick = (self.idle.min(self.send) / 4).max(MIN_TICK);
         // Finer ticks so that the reduced limits hold under pressure: before the first request
         // (short for any real client) and between requests.
-        let head_tick = tick.min(self.reduced.head / 4).max(MIN_TICK);
         // And an HTTP/1 connection quiet for a whole tick between requests parks, before
-        // hyper's header timer (which runs while it waits for the next head) could close it.
-        let mut idle_tick = tick.min(self.reduced.idle / 4);
-        if !self.http2 {
-            idle_tick = idle_tick.min(PARK_TICK).min(self.header / 4);
-        }
-        let idle_tick = idle_tick.max(MIN_TICK);
+        // hyper's header timer (which runs while it waits for the next head) could close it;
+        // the tick of the first request too, as the timer is reset only at a tick.
+        let park = if self.http2 {
+            Duration::MAX
+        } else {
+            PARK_TICK.min(self.header / 4)
+        };
+        let head_tick = tick.min(self.reduced.head / 4).min(park).max(MIN_TICK);
+        let idle_tick = tick.min(self.reduced.idle / 4).min(park).max(MIN_TICK);
         let start = Instant::now();
         let timer = tokio::time::sleep_until(start + head_tick);
         let mut timer = pin!(timer);

@@ -348,7 +348,10 @@ async fn back_to_back_keep_alive_requests_never_park_until_the_client_pauses() {
 #[tokio::test]
 async fn an_idle_connection_parks_within_a_second_whatever_its_timeouts() {
     // With these timeouts the watch would otherwise tick every 15 s.
-    let (server, _up) = start("idle_timeout_ms = 600000\nsend_timeout_ms = 600000").await;
+    let (server, _up) = start(
+        "idle_timeout_ms = 600000\nsend_timeout_ms = 600000\nheader_read_timeout_ms = 600000",
+    )
+    .await;
     let mut stream = connect(server.addr()).await.unwrap();
     stream.write_all(GET).await.unwrap();
     assert_eq!(read_one_response(&mut stream).await.status, 200);
