@@ -138,6 +138,18 @@ pub(crate) struct Rewind<S> {
     inner: S,
 }
 
+impl<S> Rewind<S> {
+    /// Whether sniffed bytes are still to be replayed.
+    pub(crate) fn has_replay(&self) -> bool {
+        self.pos < self.len
+    }
+
+    /// The inner stream.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     #[inline]
     fn poll_read(

@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::detect::{self, Protocol};
+use super::park::{ParkingH1, ReadReady};
 use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
-use crate::conn::h1::{Rejections, StrictH1};
+use crate::conn::h1::Rejections;
 use crate::session::{ConnService, ListenerTag};
 use crate::stack::{ListenerRuntime, Snapshot};
 use crate::state::State;
@@ -398,7 +399,7 @@ impl AcceptLoop {
 }
 
 /// The service every connection is served with.
-type Service = Metered<ConnService>;
+pub(crate) type Service = Metered<ConnService>;
 
 struct Connection {
     /// The listener's configured address.
@@ -446,7 +447,6 @@ impl Connection {
             ),
             meter.clone(),
         );
-        let max_head = self.runtime.max_header_bytes;
         let header_read_timeout = self.runtime.header_read_timeout;
         let reduced = self.reduced().head;
         match &self.runtime.tls {
@@ -457,16 +457,14 @@ impl Connection {
                         self.serve_h2(io, service, meter).await;
                     }
                     Ok(Ok((Protocol::Http1, io))) => {
-                        self.serve_h1(StrictH1::new(io, max_head, rejections), service, meter)
-                            .await;
+                        self.serve_h1(io, service, rejections, meter).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed"),
                     Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
                 }
             }
             None => {
-                self.serve_h1(StrictH1::new(stream, max_head, rejections), service, meter)
-                    .await;
+                self.serve_h1(stream, service, rejections, meter).await;
             }
             Some(acceptor) => {
                 let accept = async {
@@ -505,8 +503,7 @@ impl Connection {
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                     self.serve_h2(tls, service, meter).await;
                 } else {
-                    self.serve_h1(StrictH1::new(tls, max_head, rejections), service, meter)
-                        .await;
+                    self.serve_h1(tls, service, rejections, meter).await;
                 }
             }
         }
@@ -522,6 +519,7 @@ impl Connection {
             meter,
             idle: self.runtime.idle_timeout,
             send: self.runtime.send_timeout,
+            header: self.runtime.header_read_timeout,
             http2,
             shutdown: self.shutdown.clone(),
             pressure: self.pressure.clone(),
@@ -530,29 +528,26 @@ impl Connection {
         }
     }
 
-    /// Serves HTTP/1.1 on `io` (already behind the framing guard).
-    ///
-    /// The hyper connection (with `io` in it) is boxed, at its own size: held inline, every
-    /// connection's task would be as large as the largest kind (HTTP/2 over TLS), several times
-    /// over (docs/benchmarks.md § connection scale).
+    /// Serves HTTP/1.1 on `io`, behind the framing guard, parking between requests (see
+    /// [`park`](super::park)). The refusals of the guard are handed to `service` in
+    /// `rejections`.
     fn serve_h1<I>(
         &self,
         io: I,
         service: Service,
+        rejections: Rejections,
         meter: Arc<Meter>,
     ) -> impl Future<Output = Ended> + use<I>
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
     {
-        let conn = self
-            .runtime
-            .http1
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        self.watch(meter, false).drive(Box::pin(conn))
+        let conn = ParkingH1::new(io, self.runtime.clone(), service, rejections, meter.clone());
+        self.watch(meter, false).drive(conn)
     }
 
-    /// Serves HTTP/2 on `io`; the hyper connection is boxed (see [`Connection::serve_h1`]).
+    /// Serves HTTP/2 on `io`. The hyper connection (with `io` in it) is boxed, at its own size:
+    /// held inline, every connection's task would be as large as the largest kind (HTTP/2 over
+    /// TLS), several times over (docs/benchmarks.md § connection scale).
     fn serve_h2<I>(
         &self,
         io: I,
@@ -568,15 +563,6 @@ impl Connection {
 }
 
 impl<I> Drain for hyper::server::conn::http2::Connection<TokioIo<I>, Service, TokioExecutor>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    fn drain(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I> Drain for hyper::server::conn::http1::UpgradeableConnection<TokioIo<I>, Service>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -1,6 +1,7 @@
 //! Connections, from accept to close: listening sockets and `max_connections` ([`listener`]),
 //! TLS ([`tls`]), the strict HTTP/1 framing guard ([`h1`]), choosing HTTP/1 or HTTP/2 once per
 //! connection ([`detect`]), the per-connection timers that close idle, stalled or non-reading clients ([`watch`]),
+//! idle HTTP/1 connections parked without hyper's buffers between requests ([`park`]),
 //! and the WebSocket tunnels of upgraded connections ([`tunnel`]).
 //!
 //! Every HTTP/1 connection, plain or TLS, is served by hyper's `http1` builder over the strict
@@ -10,6 +11,7 @@
 pub(crate) mod detect;
 pub(crate) mod h1;
 pub(crate) mod listener;
+pub(crate) mod park;
 #[cfg(test)]
 mod sizes;
 pub(crate) mod tls;

@@ -4,6 +4,7 @@
 //! `benches/connections/run.sh`. Run with `--nocapture` to see the figures.
 
 use std::mem::size_of;
+use std::sync::OnceLock;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::detect::Rewind;
 use super::h1::StrictH1;
+use super::park::ParkingH1;
 use super::watch::{Active, Meter, Metered, Watch};
 use crate::session::ConnService;
 
@@ -23,8 +25,9 @@ type H2<I> = http2::Connection<TokioIo<I>, Service, TokioExecutor>;
 /// (what, its size, the budget it must stay within).
 fn sizes() -> Vec<(&'static str, usize, usize)> {
     vec![
-        ("Meter (one Arc per connection)", size_of::<Meter>(), 96),
-        ("Watch", size_of::<Watch>(), 128),
+        // With the park bell (a flag and a waker slot).
+        ("Meter (one Arc per connection)", size_of::<Meter>(), 128),
+        ("Watch", size_of::<Watch>(), 160),
         ("ConnService", size_of::<ConnService>(), 160),
         ("StrictH1<TCP>", size_of::<StrictH1<Tcp>>(), 320),
         ("TlsStream<TCP>", size_of::<Tls>(), 1408),
@@ -36,6 +39,12 @@ fn sizes() -> Vec<(&'static str, usize, usize)> {
             1920,
         ),
         ("hyper http2 connection, TLS", size_of::<H2<Tls>>(), 3264),
+        // Inline in the task, hyper's connection boxed (and dropped while parked).
+        ("ParkingH1<TCP>", size_of::<ParkingH1<Tcp>>(), 256),
+        ("ParkingH1<TLS>", size_of::<ParkingH1<Tls>>(), 256),
+        // The slot's heap block, where a parked transport waits.
+        ("parked TCP transport", size_of::<OnceLock<Tcp>>(), 96),
+        ("parked TLS transport", size_of::<OnceLock<Tls>>(), 1408),
     ]
 }
 

@@ -19,6 +19,14 @@
 //! close gracefully and is dropped if it has not within a short drain limit (a peer that never
 //! answers the GOAWAY's PING cannot hold it).
 //!
+//! An HTTP/1 connection that has been **quiet** for a whole tick (no request open or started,
+//! no byte moved), or that has no request open while its listener is under pressure, is asked
+//! to park ([`ParkBell`], see `conn::park`): the tick between requests is at most
+//! [`PARK_TICK`] and a quarter of `header_read_timeout` (hyper's header timer runs between
+//! requests too), so an idle connection parks within two ticks (at most 1 s, less with short
+//! timeouts; always before that timer fires) of its last byte, and a keep-alive client that sends its next request within a tick
+//! never parks.
+//!
 //! A listener is under **pressure** while all of its `max_connections` slots are taken (its
 //! accept loop waits for one, see [`Pressure`]). Then connections that do no useful work are
 //! closed much sooner, as Envoy's `reduce_timeouts` overload action does: one with no request
@@ -43,6 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Buf as _;
 use hyper::body::{Body, Frame, SizeHint};
@@ -56,6 +65,9 @@ use tokio_util::sync::CancellationToken;
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// Shortest tick of the watch timer.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// Longest tick of an HTTP/1 connection's watch between requests: an idle connection is asked
+/// to park within two of them.
+const PARK_TICK: Duration = Duration::from_millis(500);
 /// Buckets of held frames, by the epoch they were handed over in (modulo this).
 const HELD_RING: u32 = 8;
 /// A frame still held this many epochs after the one it was handed over in has been held for
@@ -173,6 +185,44 @@ pub(crate) struct Meter {
     held: [AtomicU32; HELD_RING as usize],
     /// The listener's counter of response body bytes sent.
     sent: Option<Arc<Counter>>,
+    /// Rung by the watch when an HTTP/1 connection should park.
+    pub(crate) park: ParkBell,
+}
+
+/// The watch's request that an idle HTTP/1 connection park (`conn::park`): set at a tick, read
+/// by the connection's framing guard, which registers its read waker here while it waits
+/// between requests. No lock: a flag and an [`AtomicWaker`].
+#[derive(Debug, Default)]
+pub(crate) struct ParkBell {
+    asked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+// === impl ParkBell ===
+
+impl ParkBell {
+    /// Asks the connection to park and wakes its guard, unless already asked.
+    pub(crate) fn ring(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Registers the guard's read waker, then says whether the connection was asked to park
+    /// (in this order, so that a ring in between is not missed).
+    #[inline]
+    pub(crate) fn poll_asked(&self, cx: &Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.asked.load(Ordering::Acquire)
+    }
+
+    /// A request came: the connection is no longer asked to park.
+    #[inline]
+    pub(crate) fn clear(&self) {
+        if self.asked.load(Ordering::Relaxed) {
+            self.asked.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// One reading of a [`Meter`].
@@ -252,6 +302,9 @@ pub(crate) struct Watch {
     pub(crate) idle: Duration,
     /// `send_timeout_ms`.
     pub(crate) send: Duration,
+    /// `header_read_timeout_ms`: hyper's header timer also runs between requests, so an idle
+    /// HTTP/1 connection is asked to park within half of it.
+    pub(crate) header: Duration,
     /// Whether the connection speaks HTTP/2 (bytes then do not count as activity).
     pub(crate) http2: bool,
     /// Cancelled on server shutdown: the connection is drained.
@@ -304,8 +357,16 @@ impl Watch {
         let tick = (self.idle.min(self.send) / 4).max(MIN_TICK);
         // Finer ticks so that the reduced limits hold under pressure: before the first request
         // (short for any real client) and between requests.
-        let head_tick = tick.min(self.reduced.head / 4).max(MIN_TICK);
-        let idle_tick = tick.min(self.reduced.idle / 4).max(MIN_TICK);
+        // And an HTTP/1 connection quiet for a whole tick between requests parks, before
+        // hyper's header timer (which runs while it waits for the next head) could close it;
+        // the tick of the first request too, as the timer is reset only at a tick.
+        let park = if self.http2 {
+            Duration::MAX
+        } else {
+            PARK_TICK.min(self.header / 4)
+        };
+        let head_tick = tick.min(self.reduced.head / 4).min(park).max(MIN_TICK);
+        let idle_tick = tick.min(self.reduced.idle / 4).min(park).max(MIN_TICK);
         let start = Instant::now();
         let timer = tokio::time::sleep_until(start + head_tick);
         let mut timer = pin!(timer);
@@ -336,6 +397,11 @@ impl Watch {
                     let busy = requests || (!self.http2 && s.io != last.io);
                     if requests {
                         request_at = now;
+                    } else if !self.http2
+                        && s.started > 0
+                        && (s.io == last.io || self.pressure.is_set())
+                    {
+                        self.meter.park.ring();
                     }
                     if busy {
                         active_at = now;
@@ -752,6 +818,7 @@ mod tests {
             meter: meter.clone(),
             idle: Duration::from_millis(400),
             send: Duration::from_millis(200),
+            header: Duration::from_secs(10),
             http2,
             shutdown: CancellationToken::new(),
             pressure: Pressure::default(),
@@ -889,6 +956,38 @@ mod tests {
         let ended = watch(&meter, true).drive(Stuck(Arc::default())).await;
         others.abort();
         assert_eq!(ended, Ended::SendTimeout);
+    }
+
+    /// Whether the connection was asked to park.
+    fn asked(meter: &Meter) -> bool {
+        meter.park.asked.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_quiet_http1_connection_is_asked_to_park_a_busy_one_is_not() {
+        let meter = Arc::new(Meter::default());
+        meter.started.store(1, Ordering::Relaxed);
+        let mut w = watch(&meter, false);
+        // Long timeouts: the watch ticks at the park tick between requests.
+        w.idle = Duration::from_secs(20);
+        w.send = Duration::from_secs(20);
+        w.reduced = Reduced::new(w.idle, w.idle);
+        let drive = tokio::spawn(w.drive(Stuck(Arc::default())));
+        // Requests back to back, each a few milliseconds apart, for three ticks.
+        let busy_until = Instant::now() + 3 * PARK_TICK;
+        while Instant::now() < busy_until {
+            meter.started.fetch_add(1, Ordering::Relaxed);
+            meter.io.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(!asked(&meter), "asked to park while busy");
+        }
+        // Then quiet: asked within two ticks (slack for a loaded machine).
+        let quiet = Instant::now();
+        while !asked(&meter) {
+            assert!(quiet.elapsed() < 6 * PARK_TICK, "not asked to park");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drive.abort();
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ mod health_check;
 mod hostile;
 mod listeners;
 mod packaging;
+mod parking;
 mod prometheus;
 mod proxy;
 mod rate_limit;

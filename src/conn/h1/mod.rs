@@ -37,10 +37,19 @@
 //! heads are parsed in place in hyper's own read buffer. Only a head split across reads goes
 //! through an internal buffer. While a head is held, hyper's header read timeout runs as usual
 //! (hyper waits for a head it has not seen).
+//!
+//! * Parking (with a [`Park`] slot): between requests, once the connection's watch has asked
+//!   (the connection was quiet for a whole tick, `conn::watch`), hyper owes no response and holds
+//!   no client byte, the guard holds none either and the transport has nothing to read, the guard
+//!   flushes the transport, puts it in the slot and tells hyper the stream has ended, which ends
+//!   an idle keep-alive connection cleanly (see `conn::park`). Never before the first request
+//!   of a connection (the first head is bounded from accept), never once a violation was seen,
+//!   never while an upgrade is pending nor after one.
 
 mod chunked;
 pub(crate) mod head;
 pub(crate) mod host;
+mod park;
 mod reply;
 mod request;
 mod response;
@@ -51,6 +60,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub(crate) use self::park::{Park, Slot};
 use self::reply::SYNTHETIC_HEAD;
 pub(crate) use self::reply::{Rejection, Rejections};
 use self::request::{RxState, Scan};
@@ -64,7 +74,8 @@ const STASH_CHUNK: usize = 8192;
 /// Wraps a server-side transport `IO` and is itself the transport handed to hyper
 /// (`TokioIo::new(StrictH1::new(io, max_head_bytes, rejections))`). See the module docs.
 pub(crate) struct StrictH1<IO> {
-    io: IO,
+    /// The transport; `None` once parked.
+    io: Option<IO>,
     rx: request::Rx,
     tx: response::Tx,
     /// Client bytes read but not yet handed to hyper: `[pos, ready)` are validated and ready to be
@@ -82,6 +93,8 @@ pub(crate) struct StrictH1<IO> {
     rejections: Rejections,
     /// Waiting in `poll_read` for hyper to finish its responses or for an upgrade decision.
     read_waker: Option<Waker>,
+    /// Where the transport goes when the connection parks; `None`: never park.
+    park: Option<Park<IO>>,
 }
 
 /// The course of a violation.
@@ -101,7 +114,7 @@ impl<IO> StrictH1<IO> {
     /// request is handed over in `rejections`, which the connection's service reads.
     pub(crate) fn new(io: IO, max_head_bytes: usize, rejections: Rejections) -> Self {
         Self {
-            io,
+            io: Some(io),
             rx: request::Rx::new(max_head_bytes),
             tx: response::Tx::new(),
             stash: Vec::new(),
@@ -112,7 +125,34 @@ impl<IO> StrictH1<IO> {
             refused: Refused::No,
             rejections,
             read_waker: None,
+            park: None,
         }
+    }
+
+    /// Parks into `park` when idle between requests (see the module docs).
+    pub(crate) fn parking(mut self, park: Park<IO>) -> Self {
+        self.park = Some(park);
+        self
+    }
+
+    /// Whether the connection may park now: hyper owes no response and was handed no byte of
+    /// a next request, the guard holds none, and nothing made the stream other than HTTP/1.
+    fn may_park(&self) -> bool {
+        self.park.as_ref().is_some_and(Park::armed)
+            && matches!(self.refused, Refused::No)
+            && matches!(self.rx.state, RxState::Head)
+            && matches!(self.tx.state, TxState::Head)
+            && !self.rx.await_upgrade
+            && !self.unscanned
+            && self.rx.pending.is_empty()
+            && self.tx.head.is_empty()
+            && self.pos == self.end
+    }
+
+    /// Whether the connection's watch asked it to park (it has been quiet for a tick); until
+    /// then, a ring wakes `cx`.
+    fn park_asked(&self, cx: &Context<'_>) -> bool {
+        self.park.as_ref().is_some_and(|park| park.poll_asked(cx))
     }
 
     /// Whether hyper has written complete responses for every request it was given.
@@ -138,6 +178,11 @@ impl<IO> StrictH1<IO> {
     fn after_scan(&mut self) {
         if matches!(self.rx.state, RxState::Passthrough) {
             self.tx.state = TxState::Off;
+        }
+        if !self.rx.pending.is_empty()
+            && let Some(park) = &mut self.park
+        {
+            park.arm();
         }
     }
 
@@ -213,6 +258,28 @@ impl<IO> StrictH1<IO> {
         }
     }
 
+    /// The transport, unless parked (hyper writes nothing after the end of the stream).
+    fn transport(&mut self) -> io::Result<&mut IO> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// `poll_read` between requests with nothing to read: flushes what the transport holds
+    /// (a TLS stream's records), then parks and ends hyper's stream.
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        if let Some(io) = self.io.as_mut() {
+            ready!(Pin::new(io).poll_flush(cx))?;
+        }
+        if let (Some(io), Some(park)) = (self.io.take(), &self.park) {
+            park.put(io);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// `poll_read` after a violation: the synthetic request once hyper owes nothing, then the
     /// end of the stream once its response is written.
     fn poll_refused(
@@ -277,8 +344,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
             if !matches!(this.refused, Refused::No) {
                 return this.poll_refused(cx, buf);
             }
+            let Some(io) = this.io.as_mut() else {
+                // Parked: hyper sees the end of the stream.
+                return Poll::Ready(Ok(()));
+            };
             match this.rx.state {
-                RxState::Passthrough => return Pin::new(&mut this.io).poll_read(cx, buf),
+                RxState::Passthrough => return Pin::new(io).poll_read(cx, buf),
                 RxState::AwaitUpgrade => {
                     this.read_waker = Some(cx.waker().clone());
                     return Poll::Pending;
@@ -294,7 +365,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
             if this.end == this.ready {
                 // The common case: inspect in place what the transport put in hyper's buffer.
                 let start = buf.filled().len();
-                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                let polled = Pin::new(io).poll_read(cx, buf);
+                if polled.is_pending() && this.may_park() && this.park_asked(cx) {
+                    return this.poll_park(cx);
+                }
+                ready!(polled)?;
                 let end = buf.filled().len();
                 if end == start {
                     return Poll::Ready(Ok(()));
@@ -321,8 +396,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for StrictH1<IO> {
             // A head is incomplete: read more into the stash, behind the held bytes.
             this.reserve(STASH_CHUNK);
             let old = this.end;
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
             let mut chunk = ReadBuf::new(&mut this.stash[old..]);
-            let polled = Pin::new(&mut this.io).poll_read(cx, &mut chunk);
+            let polled = Pin::new(io).poll_read(cx, &mut chunk);
             let n = chunk.filled().len();
             this.end = old + n;
             ready!(polled)?;
@@ -343,7 +421,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StrictH1<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        let n = ready!(Pin::new(this.transport()?).poll_write(cx, buf))?;
         this.on_written(&buf[..n.min(buf.len())]);
         Poll::Ready(Ok(n))
     }
@@ -354,7 +432,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StrictH1<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        let n = ready!(Pin::new(this.transport()?).poll_write_vectored(cx, bufs))?;
         let mut left = n;
         for b in bufs {
             if left == 0 {
@@ -368,15 +446,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StrictH1<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(IO::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        match self.get_mut().io.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Parked: the transport is the connection task's, and stays open.
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         if let Refused::Waiting(rejection) = &this.refused {
             // hyper closes without reading on (keep-alive off): it ignores whatever followed.
             tracing::debug!(
@@ -384,7 +469,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StrictH1<IO> {
                 "connection closed before a refused request could be answered"
             );
         }
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        Pin::new(io).poll_shutdown(cx)
     }
 }
 

@@ -199,7 +199,7 @@ async fn server(max_head: usize) -> Server {
 /// `StrictH1`.
 async fn serve_connection<IO>(io: IO, max_head: usize, hits: Arc<AtomicUsize>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let rejections = Rejections::default();
     let slot = rejections.clone();

@@ -5,6 +5,7 @@ mod accept_flood;
 mod forwarding;
 mod framing;
 mod h2;
+mod parked_heads;
 mod plain_on_tls;
 mod process;
 mod slow_clients;
