@@ -23,6 +23,6 @@ mod router;
 mod scaffold;
 mod serve;
 mod session;
-mod stack;
+mod snapshot;
 mod state;
 mod telemetry;

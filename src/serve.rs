@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::Admin;
 use crate::conn::Listeners;
 use crate::devices::Purpose;
-use crate::stack::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::state::State;
 
 pub(crate) mod state_file;

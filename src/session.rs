@@ -27,7 +27,7 @@ use snakeway_synthetic::Synthetic;
 use crate::conn::h1::{Rejection, Rejections, host};
 use crate::conn::tunnel::{TunnelHost, WebSockets};
 use crate::router::request_host;
-use crate::stack::{ListenerRuntime, Outcome, Routed, Snapshot};
+use crate::snapshot::{ListenerRuntime, Outcome, Routed, Snapshot};
 use crate::state::State;
 
 /// The hyper service for one downstream connection.
@@ -56,7 +56,7 @@ pub(crate) struct ListenerTag {
     pub(crate) addr: std::net::SocketAddr,
     /// The epoch of the snapshot `index` belongs to.
     pub(crate) epoch: u64,
-    /// [`ListenerRuntime::index`](crate::stack::ListenerRuntime::index).
+    /// [`ListenerRuntime::index`](crate::snapshot::ListenerRuntime::index).
     pub(crate) index: usize,
 }
 

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::stack::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// What every connection shares. Requests load the snapshot once (one atomic operation, no
 /// lock) and keep it for their whole life; a reload stores a new one.

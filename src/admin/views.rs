@@ -5,7 +5,7 @@ use snakeway_config::{Config, Report};
 
 use snakeway_core::metrics::STATUS_CLASSES;
 
-use crate::stack::{Outcome, Snapshot};
+use crate::snapshot::{Outcome, Snapshot};
 use crate::state::State;
 
 /// What replaces secrets in `/admin/config`.

@@ -38,7 +38,7 @@ use super::tunnel::TunnelHost;
 use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
 use crate::conn::h1::Rejections;
 use crate::session::{ConnService, ListenerTag};
-use crate::stack::{ListenerRuntime, Snapshot};
+use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::state::State;
 use crate::telemetry::recorded::TlsFailure;
 

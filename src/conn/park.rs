@@ -48,7 +48,7 @@ use super::detect::Rewind;
 use super::h1::{Park, Rejections, Slot, StrictH1};
 use super::listener::Service;
 use super::watch::{Active, Drain, Meter};
-use crate::stack::ListenerRuntime;
+use crate::snapshot::ListenerRuntime;
 
 /// A transport that can tell when it has something to read, without reading it.
 pub(crate) trait ReadReady {

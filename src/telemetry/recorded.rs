@@ -376,11 +376,11 @@ mod tests {
     }
 
     /// A snapshot of `toml` (without listeners: they are given here) on listener `listener`.
-    fn snapshot(listener: &str, toml: &str) -> Arc<crate::stack::Snapshot> {
+    fn snapshot(listener: &str, toml: &str) -> Arc<crate::snapshot::Snapshot> {
         let text = format!("[[listener]]\nname = \"{listener}\"\nlisten = \"127.0.0.1:1\"\n{toml}");
         let path = std::path::Path::new("/nonexistent/snakeway.toml");
         let config = snakeway_config::load_str(&text, path).unwrap_or_else(|r| panic!("{r}"));
-        let snapshot = crate::stack::Snapshot::build(
+        let snapshot = crate::snapshot::Snapshot::build(
             config,
             path.to_owned(),
             1,
@@ -392,7 +392,7 @@ mod tests {
     }
 
     async fn send(
-        snapshot: &Arc<crate::stack::Snapshot>,
+        snapshot: &Arc<crate::snapshot::Snapshot>,
         method: http::Method,
         path: &str,
     ) -> StatusCode {
