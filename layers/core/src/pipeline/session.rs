@@ -86,12 +86,6 @@ impl Session {
         &mut self.ctx
     }
 
-    /// The pipeline this session runs.
-    #[inline]
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
-    }
-
     /// Runs `on_request`; for a request without a body (`body_ended`), the body hooks see its
     /// end right after (nothing polls a body that is not there).
     pub async fn on_request(
