@@ -263,7 +263,13 @@ async fn head_trickled_one_byte_per_write_is_served() {
 #[tokio::test]
 async fn large_head_trickled_one_byte_per_write_gets_431() {
     let up = upstream::http(upstream::echo("victim")).await;
-    let server = proxy(&up, "max_header_bytes = 1024").await;
+    // About 1,000 writes a millisecond apart: on a loaded machine that can outlast the usual
+    // 3 s header timeout, which would close the connection before the limit is reached.
+    let server = Server::start(&config(&up, "max_header_bytes = 1024", "").replace(
+        "header_read_timeout_ms = 3000",
+        "header_read_timeout_ms = 60000",
+    ))
+    .await;
     let mut stream = client::connect(server.addr()).await.unwrap();
     let mut head = String::from("GET / HTTP/1.1\r\nHost: t.test\r\n");
     while head.len() < 1400 {
