@@ -153,20 +153,17 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
     let mut response = if snapshot.pipeline.is_empty() {
         respond::error(&error, &request_id, snapshot.pipeline.error_detail())
     } else {
-        let info = RequestInfo {
+        // Refused before any body was read: a count of 0.
+        let info = RequestInfo::new(
             request_id,
-            peer: downstream.peer,
-            method: rejection.method.clone().unwrap_or(Method::GET),
-            uri: rejection
+            downstream.peer,
+            rejection.method.clone().unwrap_or(Method::GET),
+            rejection
                 .target
                 .clone()
                 .unwrap_or_else(|| Uri::from_static("/")),
-            started: std::time::Instant::now(),
-            slots: Default::default(),
-            device_logs: Default::default(),
-            // Refused before any body was read.
-            received: snakeway_core::BodyBytes::counted(),
-        };
+            true,
+        );
         snapshot.pipeline.refuse(RequestCtx::new(info), error)
     };
     response

@@ -82,6 +82,15 @@ async fn start(listener_keys: &str) -> (Server, Upstream) {
     (server, up)
 }
 
+/// Sends `GET /` on `stream` and reads its response.
+async fn get(stream: &mut TcpStream) -> crate::client::Parsed {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_one_response(stream).await
+}
+
 /// Waits until the server has logged `n` parks.
 async fn parked(server: &Server, n: usize) {
     assert!(
@@ -152,11 +161,7 @@ async fn requests_with_idle_gaps_are_answered_on_one_parking_connection() {
     assert!(server.log_count(RESUMED) >= requests.len() - 1);
     assert_eq!(up.requests(), requests.len());
     // And it is still open and serving.
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
-        .await
-        .unwrap();
-    let res = read_one_response(&mut stream).await;
+    let res = get(&mut stream).await;
     assert_eq!((res.status, res.body.as_slice()), (200, &b"hello"[..]));
 }
 
@@ -165,11 +170,7 @@ async fn a_pipelined_burst_is_answered_in_order_then_the_connection_parks() {
     let (server, _up) = start(QUICK).await;
     let mut stream = connect(server.addr()).await.unwrap();
     // Park once first, so the burst wakes a parked connection.
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    assert_eq!(get(&mut stream).await.status, 200);
     parked(&server, 1).await;
 
     let mut burst = Vec::new();
@@ -221,11 +222,7 @@ async fn a_pipelined_burst_is_answered_in_order_then_the_connection_parks() {
 async fn idle_timeout_closes_a_parked_connection() {
     let (server, _up) = start("idle_timeout_ms = 400\nheader_read_timeout_ms = 10000").await;
     let mut stream = connect(server.addr()).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    assert_eq!(get(&mut stream).await.status, 200);
     parked(&server, 1).await;
     let raw = read_until_close(&mut stream, Duration::from_secs(5)).await;
     assert!(
@@ -244,11 +241,7 @@ async fn idle_timeout_closes_a_parked_connection() {
 async fn shutdown_closes_a_parked_connection_at_once() {
     let (mut server, _up) = start(QUICK).await;
     let mut stream = connect(server.addr()).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    assert_eq!(get(&mut stream).await.status, 200);
     parked(&server, 1).await;
 
     let term = Instant::now();
@@ -392,11 +385,7 @@ async fn a_websocket_upgrade_after_a_park_works() {
     let ws_up = ws_echo().await;
     let server = Server::start_logging(&config(up.addr, Some(ws_up.addr), QUICK), LOG).await;
     let mut stream: TcpStream = connect(server.addr()).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_one_response(&mut stream).await.status, 200);
+    assert_eq!(get(&mut stream).await.status, 200);
     parked(&server, 1).await;
     tokio::time::sleep(GAP).await;
 

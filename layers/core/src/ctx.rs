@@ -32,6 +32,35 @@ pub struct RequestInfo {
     pub received: BodyBytes,
 }
 
+// === impl RequestInfo ===
+
+impl RequestInfo {
+    /// What is known about a request arriving now: no device state yet, its body bytes
+    /// counted when `count_body` (some device needs the figure).
+    pub fn new(
+        request_id: HeaderValue,
+        peer: SocketAddr,
+        method: Method,
+        uri: Uri,
+        count_body: bool,
+    ) -> Self {
+        Self {
+            request_id,
+            peer,
+            method,
+            uri,
+            started: Instant::now(),
+            slots: DeviceSlots::default(),
+            device_logs: DeviceLogs::default(),
+            received: if count_body {
+                BodyBytes::counted()
+            } else {
+                BodyBytes::uncounted()
+            },
+        }
+    }
+}
+
 /// A request's body bytes read from the client so far: counted where the body is polled
 /// when a device needs the figure (a body or `complete` hook), else not counted at all.
 #[derive(Debug)]

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, request};
@@ -11,9 +10,7 @@ use http::{HeaderValue, Response, request};
 use super::Pipeline;
 use super::body::{BodyVerdict, HookedBody};
 use crate::respond::ErrorFormat;
-use crate::{
-    Body, BodyBytes, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx, RequestInfo,
-};
+use crate::{Body, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx, RequestInfo};
 
 /// One request going through a pipeline. Its driver calls the phases in order:
 ///
@@ -52,20 +49,13 @@ impl Session {
         request_id: HeaderValue,
         peer: SocketAddr,
     ) -> Self {
-        let info = RequestInfo {
+        let info = RequestInfo::new(
             request_id,
             peer,
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            started: Instant::now(),
-            slots: Default::default(),
-            device_logs: Default::default(),
-            received: if pipeline.counts_body() {
-                BodyBytes::counted()
-            } else {
-                BodyBytes::uncounted()
-            },
-        };
+            head.method.clone(),
+            head.uri.clone(),
+            pipeline.counts_body(),
+        );
         Self {
             pipeline: pipeline.clone(),
             ctx: RequestCtx::new(info),
