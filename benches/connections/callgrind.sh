@@ -7,7 +7,8 @@
 #   churn      every request on a new connection (`client.py churn h1`, `connection: close`)
 #   keepalive  8 keep-alive connections, one request at a time each (`h2load --h1 -c8 -m1`):
 #              the client sends the next request only after the answer, at once, so a
-#              Snakeway connection never parks (src/conn/park.rs: only after a quiet tick)
+#              Snakeway connection parks only once, after its first request (src/conn/park.rs;
+#              later only after a quiet tick), the same in both runs, so it cancels out
 #
 # Each server (one worker, the synthetic 200 of snakeway.toml.in / nginx.conf.in, plain port
 # only) runs under `valgrind --tool=callgrind` twice, serving N then 5N requests; instructions

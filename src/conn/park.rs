@@ -12,8 +12,11 @@
 //! owed, nothing is written). [`ParkingH1`] then drops hyper's
 //! connection (both buffers with it) and waits for the transport to become readable; then it
 //! serves the next request with a new hyper connection over the same transport and a clone of
-//! the connection's service. A busy keep-alive connection (its next request within a tick) thus
-//! never parks, and pays for it only a waker registration and an atomic load per request.
+//! the connection's service. A fresh connection does not wait for the watch after its first
+//! request: it parks as soon as that is answered, if no next byte is waiting (many clients
+//! pause after their first request; a busy one pays one resume for it). From then on a busy
+//! keep-alive connection (its next request within a tick) never parks, and pays for it only a
+//! waker registration and an atomic load per request.
 //!
 //! What holds while parked:
 //!

@@ -311,10 +311,14 @@ async fn tls_keep_alive_with_idle_gaps_parks_and_serves() {
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t.test\r\n\r\n";
 
 #[tokio::test]
-async fn back_to_back_keep_alive_requests_never_park_until_the_client_pauses() {
+async fn after_its_first_request_a_busy_connection_never_parks_until_the_client_pauses() {
     // Default timeouts: the watch ticks every 500 ms between requests.
     let (server, _up) = start("").await;
     let mut stream = connect(server.addr()).await.unwrap();
+    // A fresh connection parks as soon as its first request is answered.
+    let res = get(&mut stream).await;
+    assert_eq!((res.status, res.body.as_slice()), (200, &b"hello"[..]));
+    parked(&server, 1).await;
     for i in 0..300 {
         stream.write_all(GET).await.unwrap();
         let res = read_one_response(&mut stream).await;
@@ -324,18 +328,18 @@ async fn back_to_back_keep_alive_requests_never_park_until_the_client_pauses() {
             "{i}"
         );
     }
-    // The client pauses: the connection parks once, and only now (the log is in order, so no
-    // earlier park line can still be on its way).
-    parked(&server, 1).await;
+    // The client pauses: the connection parks a second time, and only now (the log is in
+    // order, so no earlier park line can still be on its way).
+    parked(&server, 2).await;
     assert_eq!(
         (server.log_count(PARKED), server.log_count(RESUMED)),
-        (1, 0),
+        (2, 1),
         "log:\n{}",
         server.log_text()
     );
     stream.write_all(GET).await.unwrap();
     assert_eq!(read_one_response(&mut stream).await.status, 200);
-    assert!(server.wait_for_log(RESUMED, T).await);
+    assert!(server.wait_for_log_count(RESUMED, 2, T).await);
 }
 
 #[tokio::test]

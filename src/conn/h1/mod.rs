@@ -39,7 +39,8 @@
 //! (hyper waits for a head it has not seen).
 //!
 //! * Parking (with a [`Park`] slot): between requests, once the connection's watch has asked
-//!   (the connection was quiet for a whole tick, `conn::watch`), hyper owes no response and holds
+//!   (the connection was quiet for a whole tick, `conn::watch`), or at once after a fresh
+//!   connection's first request, hyper owes no response and holds
 //!   no client byte, the guard holds none either and the transport has nothing to read, the guard
 //!   flushes the transport, puts it in the slot and tells hyper the stream has ended, which ends
 //!   an idle keep-alive connection cleanly (see `conn::park`). Never before the first request
@@ -182,7 +183,7 @@ impl<IO> StrictH1<IO> {
         if !self.rx.pending.is_empty()
             && let Some(park) = &mut self.park
         {
-            park.arm();
+            park.arm(self.rx.heads);
         }
     }
 

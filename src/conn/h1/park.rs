@@ -21,6 +21,13 @@ pub(crate) struct Park<IO> {
     /// Parking is allowed: the connection was parked before, or this guard has handed hyper a
     /// request (never before the first request, whose head is bounded from accept).
     armed: bool,
+    /// The connection has never parked: this guard serves its first requests.
+    fresh: bool,
+    /// Park without waiting for the watch: a fresh connection has had exactly one request.
+    /// Many clients pause after their first request, and a connection that parks at once
+    /// holds no hyper buffers for the whole of its idle time; a busy one pays one resume for
+    /// it, and parks lazily from then on.
+    eager: bool,
 }
 
 // === impl Park ===
@@ -34,13 +41,16 @@ impl<IO> Park<IO> {
             slot,
             meter,
             armed: resumed,
+            fresh: !resumed,
+            eager: false,
         }
     }
 
-    /// Whether the watch asked the connection to park; until it does, a ring wakes `cx`.
+    /// Whether the connection should park: at once after a fresh connection's first request,
+    /// else once the watch asks; until it does, a ring wakes `cx`.
     #[inline]
     pub(super) fn poll_asked(&self, cx: &Context<'_>) -> bool {
-        self.meter.park.poll_asked(cx)
+        self.eager || self.meter.park.poll_asked(cx)
     }
 
     /// Whether the guard may park.
@@ -48,8 +58,10 @@ impl<IO> Park<IO> {
         self.armed
     }
 
-    /// A request was handed to hyper: the guard may park once it is answered.
-    pub(super) fn arm(&mut self) {
+    /// Requests were handed to hyper, `heads` so far through this guard: the guard may park
+    /// once they are answered (at once if it is a fresh connection's only one).
+    pub(super) fn arm(&mut self, heads: u32) {
+        self.eager = self.fresh && heads == 1;
         self.armed = true;
         self.meter.park.clear();
     }
@@ -139,7 +151,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn parks_once_answered_the_socket_empty_and_the_watch_asks() {
+    async fn a_fresh_connection_parks_as_soon_as_its_first_request_is_answered() {
         let Setup {
             mut guard,
             mut client,
@@ -157,8 +169,33 @@ mod tests {
         write(&mut guard, &OK[..20]);
         assert_eq!(read(&mut guard), None, "half a response is written");
         write(&mut guard, &OK[20..]);
+        // The request cleared the ask: the first answer alone parks a fresh connection.
+        assert_eq!(
+            read(&mut guard).as_deref(),
+            Some(&b""[..]),
+            "parked: end of stream"
+        );
+        assert!(slot.get().is_some(), "the transport is in the slot");
+    }
 
-        // The request cleared the earlier ask: the guard waits for the watch.
+    #[tokio::test]
+    async fn after_a_second_request_it_parks_once_answered_the_socket_empty_and_the_watch_asks() {
+        let Setup {
+            mut guard,
+            mut client,
+            slot,
+            meter,
+        } = setup(false);
+        client.write_all(GET).await.unwrap();
+        assert_eq!(read(&mut guard).as_deref(), Some(GET));
+        write(&mut guard, OK);
+        // The next request is already waiting when the first is answered: no park.
+        client.write_all(GET).await.unwrap();
+        assert_eq!(read(&mut guard).as_deref(), Some(GET));
+        assert!(slot.get().is_none());
+        write(&mut guard, OK);
+
+        // The request cleared any earlier ask: the guard waits for the watch.
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         assert_eq!(read_waking(&mut guard, &waker), None, "not asked since");
@@ -178,6 +215,24 @@ mod tests {
         );
         assert!(slot.get().is_some(), "the transport is in the slot");
         assert_eq!(read(&mut guard).as_deref(), Some(&b""[..]));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_connection_parks_only_when_the_watch_asks() {
+        let Setup {
+            mut guard,
+            mut client,
+            slot,
+            meter,
+        } = setup(true);
+        client.write_all(GET).await.unwrap();
+        assert_eq!(read(&mut guard).as_deref(), Some(GET));
+        write(&mut guard, OK);
+        assert_eq!(read(&mut guard), None, "not asked since the request");
+        assert!(slot.get().is_none());
+        meter.park.ring();
+        assert_eq!(read(&mut guard).as_deref(), Some(&b""[..]));
+        assert!(slot.get().is_some());
     }
 
     #[tokio::test]

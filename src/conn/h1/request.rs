@@ -20,6 +20,8 @@ pub(crate) struct Rx {
     pub(crate) pending: VecDeque<OwedResponse>,
     /// A request hyper may upgrade was handed over and its response is not known yet.
     pub(crate) await_upgrade: bool,
+    /// Request heads handed over so far (saturating).
+    pub(crate) heads: u32,
     /// Head parses so far (for the tests that prove the linear cost).
     #[cfg(test)]
     pub(crate) parses: usize,
@@ -62,6 +64,7 @@ impl Rx {
             searched: 0,
             pending: VecDeque::new(),
             await_upgrade: false,
+            heads: 0,
             #[cfg(test)]
             parses: 0,
         }
@@ -180,6 +183,7 @@ impl Rx {
             upgrade: head.minor == 1 && head.upgrade,
         };
         self.pending.push_back(owed);
+        self.heads = self.heads.saturating_add(1);
         self.await_upgrade = owed.connect || owed.upgrade;
         match head.body {
             BodyFraming::Length(n) if n > 0 => self.state = RxState::Length(n),
