@@ -291,7 +291,10 @@ impl<'a> Call<'a> {
         // With devices, one of them may have changed the path: routing normalizes it again.
         let routed = match self.redirect {
             Some(redirect) => Err(redirect_to_https(redirect, &req)),
-            None => self.select(&req, session.is_some()).map_err(Err),
+            None => {
+                let seen = session.as_deref().map(|s| s.ctx().path());
+                self.select(&req, seen).map_err(Err)
+            }
         };
         let (index, route) = match routed {
             Ok(routed) => routed,
@@ -376,18 +379,21 @@ impl<'a> Call<'a> {
     }
 
     /// The route for a request, or why there is none. The path was normalized on arrival;
-    /// with `renormalize` (devices ran and may have changed it) it is normalized again.
+    /// `seen` is the path the devices were shown (when they ran): a path they changed is
+    /// normalized again.
     fn select(
         &self,
         req: &Request<Body>,
-        renormalize: bool,
+        seen: Option<&str>,
     ) -> Result<(usize, &'a crate::router::Route<Routed>), Error> {
         // HTTP/1 heads (Host included) were checked by the framing guard.
         if req.version() == Version::HTTP_2 {
             check_h2_host(req)?;
         }
         let path = match self.unnormal {
-            _ if renormalize => path::normalize(req.uri().path()),
+            _ if seen.is_some_and(|seen| seen != req.uri().path()) => {
+                path::normalize(req.uri().path())
+            }
             Some(e) => Err(e),
             None => Ok(Cow::Borrowed(req.uri().path())),
         }

@@ -265,7 +265,7 @@ async fn guest_logs_land_in_the_structured_log_with_the_request_id() {
 // === the example guests ===
 
 /// The example guests as devices next to the identity device: add-header edits the request
-/// and the response, reroute sends a request to another route (which sees the new path), the
+/// and the response, reroute sends a request to another route (routed on the new path, normalized again), the
 /// identity gate refuses a bot before any upstream is called.
 #[tokio::test]
 async fn wasm_devices_add_headers_reroute_and_gate_on_identity() {
@@ -275,7 +275,12 @@ async fn wasm_devices_add_headers_reroute_and_gate_on_identity() {
     let devices = [
         "[[device]]\ntype = \"identity\"\nuser_agent = true\n\n".to_owned(),
         wasm("gate", "identity-gate", "", "deny_bots = true"),
-        wasm("reroute", "reroute", "", "header = \"x-version\"\nroutes = { v2 = \"/v2\" }"),
+        wasm(
+            "reroute",
+            "reroute",
+            "",
+            "header = \"x-version\"\nroutes = { v2 = \"/v2\", odd = \"/x/../v2\" }",
+        ),
         wasm(
             "add",
             "add-header",
@@ -296,13 +301,16 @@ async fn wasm_devices_add_headers_reroute_and_gate_on_identity() {
     let res = get(addr, "/items", &[("x-version", "v2")]).await;
     assert_eq!(res.json()["tag"], "v2", "re-routed to the /v2 route");
     assert_eq!(res.json()["uri"], "/v2/items", "the new path went upstream");
+    // A path a device rewrote is normalized again before routing.
+    let res = get(addr, "/items", &[("x-version", "odd")]).await;
+    assert_eq!(res.json()["tag"], "v2", "routed on /v2/items");
 
     let res = get(addr, "/", &[("user-agent", GOOGLEBOT)]).await;
     assert_eq!(res.status, 403);
     assert_eq!(res.header("x-gate"), Some("bot"));
     assert_eq!(
         up.requests() + v2.requests(),
-        2,
+        3,
         "denied requests never reach an upstream"
     );
 }
