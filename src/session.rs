@@ -20,7 +20,9 @@ use snakeway_core::metrics::{Counter, CounterHandle};
 use snakeway_core::pipeline::{Answer, Session};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
-use snakeway_core::{Body, Error, ErrorKind, Origin, RequestCtx, RequestInfo, path, respond};
+use snakeway_core::{
+    Body, Error, ErrorKind, Origin, Phase, RequestCtx, RequestInfo, path, respond,
+};
 use snakeway_proxy::{Downstream, ProxyService, is_websocket_upgrade};
 use snakeway_synthetic::Synthetic;
 
@@ -349,11 +351,13 @@ impl<'a> Call<'a> {
                     .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
                 if let Some(session) = session.as_deref_mut() {
                     session.ctx_mut().service = Some(name.clone());
-                    let (mut head, body) = req.into_parts();
-                    if let Some(answer) = session.before_proxy(&mut head).await {
-                        return self.logged(answer);
+                    if session.has(Phase::BeforeProxy) {
+                        let (mut head, body) = req.into_parts();
+                        if let Some(answer) = session.before_proxy(&mut head).await {
+                            return self.logged(answer);
+                        }
+                        req = Request::from_parts(head, body);
                     }
-                    req = Request::from_parts(head, body);
                 }
                 // The proxy's future in line; a WebSocket handshake's boxed.
                 let forwarded = match upgrade {

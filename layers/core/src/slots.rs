@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use smallvec::SmallVec;
+
 /// Identifies one device's slot in every request's [`DeviceSlots`]; unique in the process, so
 /// a device built by a reload never sees a slot left by the device it replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,9 +25,13 @@ impl SlotKey {
 /// [`SlotKey`], dropped with the request. A WASM device keeps its per-request instance here.
 ///
 /// The lock is per request and the hooks of one request run one after another, so it is
-/// never contended; holding nothing costs nothing (an empty `Vec` does not allocate).
+/// never contended. The first two values are kept inline (only the values themselves are
+/// allocated), so a request with one or two slot-keeping devices allocates no list.
 #[derive(Default)]
-pub struct DeviceSlots(Mutex<Vec<(SlotKey, Box<dyn Any + Send>)>>);
+pub struct DeviceSlots(Mutex<Slots>);
+
+/// The values, by key.
+type Slots = SmallVec<[(SlotKey, Box<dyn Any + Send>); 2]>;
 
 impl DeviceSlots {
     /// Takes the value under `key` out of the slots (`None` if there is none, or it is not a
@@ -54,7 +60,7 @@ impl DeviceSlots {
         drop(old);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SlotKey, Box<dyn Any + Send>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -258,15 +258,22 @@ impl Inner {
             .map(String::as_str)
     }
 
-    /// `before` followed by this device's `RateLimit` item, formatted without `fmt`.
+    /// `before` followed by this device's `RateLimit` item, formatted without `fmt` into
+    /// one allocation of its exact size (which `Bytes` then owns as it is).
     fn ratelimit(&self, before: &[u8], allowance: Allowance) -> Option<HeaderValue> {
-        let mut value = Vec::with_capacity(before.len() + self.quoted.len() + 48);
-        value.extend_from_slice(before);
-        value.extend_from_slice(self.quoted.as_bytes());
-        value.extend_from_slice(b";r=");
-        push_decimal(&mut value, allowance.remaining);
-        value.extend_from_slice(b";t=");
-        push_decimal(&mut value, allowance.reset);
+        let mut remaining = itoa::Buffer::new();
+        let mut reset = itoa::Buffer::new();
+        let (remaining, reset) = (
+            remaining.format(allowance.remaining).as_bytes(),
+            reset.format(allowance.reset).as_bytes(),
+        );
+        let parts: [&[u8]; 5] = [before, self.quoted.as_bytes(), b";r=", remaining, b";t="];
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + reset.len();
+        let mut value = Vec::with_capacity(len);
+        for part in parts {
+            value.extend_from_slice(part);
+        }
+        value.extend_from_slice(reset);
         HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
     }
 
@@ -370,21 +377,6 @@ where
     }
 }
 
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// Whole seconds, rounded up.
 fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -412,15 +404,6 @@ fn quoted(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals() {
-        for n in [0, 7, 10, 1234567890, u64::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
-    }
 
     #[test]
     fn seconds_round_up() {

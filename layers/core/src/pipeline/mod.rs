@@ -298,6 +298,10 @@ impl Pipeline {
     /// Runs `after_proxy` on the upstream's `response`, noting where the answer comes from:
     /// the response, a device's replacement, or a device's failure.
     pub(crate) async fn proxied(&self, ctx: &mut RequestCtx, response: Response<Body>) -> Answer {
+        if !self.has(Phase::AfterProxy) {
+            ctx.origin = Some(Origin::Upstream);
+            return Ok(response);
+        }
         let (mut head, body) = response.into_parts();
         match self.after_proxy(ctx, &mut head).await {
             Ok(Flow::Respond(replacement)) => {
@@ -460,27 +464,35 @@ async fn settle(
 }
 
 /// A hook's outcome, counted, with errors stamped and a panic turned into an error.
+#[inline]
 fn judged(entry: &Entry, phase: Phase, outcome: std::thread::Result<DeviceResult>) -> DeviceResult {
-    let device = entry.device.as_ref();
     match outcome {
         Ok(Ok(flow)) => {
             entry.counted(&flow);
             Ok(flow)
         }
-        Ok(Err(error)) => {
-            entry.outcomes.add(HookOutcome::Error as usize, 1);
-            Err(error.at(device.name(), phase))
-        }
-        Err(panic) => {
-            entry.outcomes.add(HookOutcome::Panic as usize, 1);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_owned());
-            Err(DeviceError::new(format!("panicked: {what}")).at(device.name(), phase))
-        }
+        Ok(Err(error)) => Err(failed(entry, phase, error)),
+        Err(panic) => Err(panicked(entry, phase, &*panic)),
     }
+}
+
+/// A hook's error, counted and stamped with the device and phase.
+#[cold]
+fn failed(entry: &Entry, phase: Phase, error: DeviceError) -> DeviceError {
+    entry.outcomes.add(HookOutcome::Error as usize, 1);
+    error.at(entry.device.name(), phase)
+}
+
+/// A hook's panic, counted, as an error stamped with the device and phase.
+#[cold]
+fn panicked(entry: &Entry, phase: Phase, panic: &(dyn std::any::Any + Send)) -> DeviceError {
+    entry.outcomes.add(HookOutcome::Panic as usize, 1);
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    DeviceError::new(format!("panicked: {what}")).at(entry.device.name(), phase)
 }
 
 #[cfg(test)]

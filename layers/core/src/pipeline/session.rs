@@ -117,6 +117,13 @@ impl Session {
         Body::new(hooked)
     }
 
+    /// Whether any device takes part in `phase` (a driver need not split a request or a
+    /// response for a phase no device takes part in).
+    #[inline]
+    pub fn has(&self, phase: Phase) -> bool {
+        self.pipeline.has(phase)
+    }
+
     /// Runs `before_proxy` (the request is about to be forwarded to `service`).
     pub async fn before_proxy(&mut self, head: &mut request::Parts) -> Option<Answer> {
         let outcome = self.pipeline.before_proxy(&mut self.ctx, head).await;
