@@ -164,6 +164,7 @@ fn refuse(snapshot: &Snapshot, downstream: Downstream, rejection: &Rejection) ->
                 .target
                 .clone()
                 .unwrap_or_else(|| Uri::from_static("/")),
+            Instant::now(),
             true,
         );
         snapshot.pipeline.refuse(RequestCtx::new(info), error)
@@ -248,7 +249,13 @@ pub(crate) async fn handle(
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         response
     } else {
-        let mut session = Session::new(pipeline, &head, request_id.clone(), downstream.peer);
+        let mut session = Session::new(
+            pipeline,
+            &head,
+            request_id.clone(),
+            downstream.peer,
+            started,
+        );
         let ended = hyper::body::Body::is_end_stream(&body);
         let answer = match session.on_request(&mut head, ended).await {
             Some(answer) => answer,

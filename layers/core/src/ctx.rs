@@ -35,13 +35,14 @@ pub struct RequestInfo {
 // === impl RequestInfo ===
 
 impl RequestInfo {
-    /// What is known about a request arriving now: no device state yet, its body bytes
-    /// counted when `count_body` (some device needs the figure).
+    /// What is known about a request that arrived at `started`: no device state yet, its body
+    /// bytes counted when `count_body` (some device needs the figure).
     pub fn new(
         request_id: HeaderValue,
         peer: SocketAddr,
         method: Method,
         uri: Uri,
+        started: Instant,
         count_body: bool,
     ) -> Self {
         Self {
@@ -49,7 +50,7 @@ impl RequestInfo {
             peer,
             method,
             uri,
-            started: Instant::now(),
+            started,
             slots: DeviceSlots::default(),
             device_logs: DeviceLogs::default(),
             received: if count_body {

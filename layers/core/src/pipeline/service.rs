@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -141,7 +142,7 @@ where
             .extensions
             .get::<PeerAddr>()
             .map_or(([0, 0, 0, 0], 0).into(), |p| p.0);
-        let mut session = Session::new(&self.pipeline, &head, request_id, peer);
+        let mut session = Session::new(&self.pipeline, &head, request_id, peer, Instant::now());
         let not_ready = self.not_ready.take();
         // The service that was polled ready goes into the future; a clone stays.
         let clone = self.inner.clone();

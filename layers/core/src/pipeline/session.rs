@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, request};
@@ -42,18 +43,20 @@ pub type Answer = Result<Response<Body>, Error>;
 
 impl Session {
     /// A session for the request whose head is `head`, with id `request_id` (already in its
-    /// headers), from `peer`.
+    /// headers), from `peer`, arrived at `started`.
     pub fn new(
         pipeline: &Pipeline,
         head: &request::Parts,
         request_id: HeaderValue,
         peer: SocketAddr,
+        started: Instant,
     ) -> Self {
         let info = RequestInfo::new(
             request_id,
             peer,
             head.method.clone(),
             head.uri.clone(),
+            started,
             pipeline.counts_body(),
         );
         Self {
