@@ -21,13 +21,22 @@ pub enum Flow {
     /// Go on with the next device, then the next phase.
     Continue,
     /// Answer with this response now: the upstream is not called and the remaining
-    /// request-side hooks are skipped; `on_response` still runs for every device.
-    Respond(Response<Body>),
+    /// request-side hooks are skipped; `on_response` still runs for every device. Boxed, so
+    /// that a hook's result, moved through the phase loop on every request, stays small for
+    /// the common [`Flow::Continue`] (make one with [`Flow::respond`]).
+    Respond(Box<Response<Body>>),
     /// The decision is not ready yet (e.g. a rate limiter asking a store shared by a fleet):
     /// the pipeline polls it, with the request's context, until it gives the hook's result,
     /// and the request waits on it without holding a worker thread. Only `on_request`,
     /// `before_proxy` and `after_proxy` may defer; a body hook that defers fails the request.
     Defer(Deferred),
+}
+
+impl Flow {
+    /// [`Flow::Respond`] with `response`.
+    pub fn respond(response: Response<Body>) -> Self {
+        Self::Respond(Box::new(response))
+    }
 }
 
 /// The result of a hook that may answer early.
@@ -232,7 +241,11 @@ impl FromIterator<Phase> for Phases {
 }
 
 /// A device's failure: which device, in which phase, why, and the status the client gets.
-pub struct DeviceError {
+/// (Boxed inside, so that a hook's [`DeviceResult`] stays small.)
+pub struct DeviceError(Box<Failure>);
+
+/// What a [`DeviceError`] holds.
+struct Failure {
     device: Cow<'static, str>,
     phase: Option<Phase>,
     status: StatusCode,
@@ -245,70 +258,70 @@ pub struct DeviceError {
 impl DeviceError {
     /// A failure answered with 500 Internal Server Error.
     pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
+        Self(Box::new(Failure {
             device: Cow::Borrowed(""),
             phase: None,
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// Answers the client with `status` instead of 500.
     #[must_use]
     pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
+        self.0.status = status;
         self
     }
 
     /// Attaches the underlying cause (logged, never shown to clients).
     #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
     /// Records where the failure happened (done by the pipeline).
     #[must_use]
     pub fn at(mut self, device: &str, phase: Phase) -> Self {
-        if self.device.is_empty() {
-            self.device = Cow::Owned(device.to_owned());
+        if self.0.device.is_empty() {
+            self.0.device = Cow::Owned(device.to_owned());
         }
-        self.phase.get_or_insert(phase);
+        self.0.phase.get_or_insert(phase);
         self
     }
 
     /// The device that failed.
     pub fn device(&self) -> &str {
-        &self.device
+        &self.0.device
     }
 
     /// The phase it failed in.
     pub fn phase(&self) -> Option<Phase> {
-        self.phase
+        self.0.phase
     }
 
     /// The status the client receives.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// What went wrong.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// Turns the failure into a request [`Error`] of kind `Device`, keeping the status.
     pub fn into_error(self) -> Error {
-        let message = match self.phase {
+        let message = match self.0.phase {
             Some(phase) => format!(
                 "device {:?} failed in {phase}: {}",
-                self.device, self.message
+                self.0.device, self.0.message
             ),
-            None => format!("device {:?} failed: {}", self.device, self.message),
+            None => format!("device {:?} failed: {}", self.0.device, self.0.message),
         };
-        let error = Error::new(crate::ErrorKind::Device, message).with_status(self.status);
-        match self.source {
+        let error = Error::new(crate::ErrorKind::Device, message).with_status(self.0.status);
+        match self.0.source {
             Some(source) => error.with_source(source),
             None => error,
         }
@@ -318,28 +331,28 @@ impl DeviceError {
 impl fmt::Debug for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceError")
-            .field("device", &self.device)
-            .field("phase", &self.phase)
-            .field("status", &self.status)
-            .field("message", &self.message)
-            .field("source", &self.source)
+            .field("device", &self.0.device)
+            .field("phase", &self.0.phase)
+            .field("status", &self.0.status)
+            .field("message", &self.0.message)
+            .field("source", &self.0.source)
             .finish()
     }
 }
 
 impl fmt::Display for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "device {:?}", self.device)?;
-        if let Some(phase) = self.phase {
+        write!(f, "device {:?}", self.0.device)?;
+        if let Some(phase) = self.0.phase {
             write!(f, " in {phase}")?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.0.message)
     }
 }
 
 impl std::error::Error for DeviceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
+        self.0.source.as_deref().map(|e| e as _)
     }
 }
 
@@ -354,6 +367,17 @@ mod tests {
         assert!(!set.contains(Phase::BeforeProxy));
         assert_eq!(format!("{set:?}"), "{Request, Response}");
         assert!(Phases::ALL.contains(Phase::Error));
+    }
+
+    #[test]
+    fn a_hook_result_is_three_words_at_most() {
+        // Moved through the phase loop on every request: kept small by the boxes in
+        // `Flow::Respond` and `DeviceError`.
+        assert!(
+            size_of::<DeviceResult>() <= 3 * size_of::<usize>(),
+            "{} bytes",
+            size_of::<DeviceResult>()
+        );
     }
 
     #[test]

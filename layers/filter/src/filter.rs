@@ -245,7 +245,7 @@ impl Device for RequestFilter {
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
         match self.check(req) {
             None => Ok(Flow::Continue),
-            Some(denial) => Ok(Flow::Respond(self.refuse(&denial, ctx.request_id()))),
+            Some(denial) => Ok(Flow::respond(self.refuse(&denial, ctx.request_id()))),
         }
     }
 
@@ -254,7 +254,7 @@ impl Device for RequestFilter {
     fn on_request_body(&self, ctx: &BodyCtx, chunk: &Bytes, _end_of_stream: bool) -> DeviceResult {
         match self.max_body_bytes {
             Some(max) if ctx.bytes_before.saturating_add(chunk.len() as u64) > max => Ok(
-                Flow::Respond(self.refuse(&Denial::BodyTooLarge, &ctx.info.request_id)),
+                Flow::respond(self.refuse(&Denial::BodyTooLarge, &ctx.info.request_id)),
             ),
             _ => Ok(Flow::Continue),
         }

@@ -122,7 +122,7 @@ impl Device for Deny {
     fn on_request(&self, _: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
         let mut response = Response::new(Body::from("no"));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
-        Ok(Flow::Respond(response))
+        Ok(Flow::respond(response))
     }
 }
 

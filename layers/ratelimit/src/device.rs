@@ -188,7 +188,7 @@ impl Inner {
             }
             Ok(decision) => {
                 self.count(Outcome::Limited);
-                Flow::Respond(self.refuse(&decision, ctx))
+                Flow::respond(self.refuse(&decision, ctx))
             }
             Err(error) => {
                 self.count(Outcome::StoreError);
@@ -202,7 +202,7 @@ impl Inner {
                 }
                 match self.options.on_store_error {
                     OnStoreError::Open => Flow::Continue,
-                    OnStoreError::Closed => Flow::Respond(self.unavailable(ctx)),
+                    OnStoreError::Closed => Flow::respond(self.unavailable(ctx)),
                 }
             }
         }

@@ -511,7 +511,7 @@ impl WasmDevice {
                         Ok(Flow::Continue)
                     }
                     types::Action::Respond(reply) => output::reply(reply, limits)
-                        .map(Flow::Respond)
+                        .map(Flow::respond)
                         .map_err(Failure::invalid),
                 }
             },
@@ -560,7 +560,7 @@ impl WasmDevice {
                         "respond is not allowed in on-response".into(),
                     )),
                     types::Action::Respond(reply) => output::reply(reply, limits)
-                        .map(Flow::Respond)
+                        .map(Flow::respond)
                         .map_err(Failure::invalid),
                 }
             },
@@ -601,7 +601,7 @@ impl Device for WasmDevice {
                     "modify is not allowed in on-request-body".into(),
                 )),
                 types::Action::Respond(reply) => output::reply(reply, limits)
-                    .map(Flow::Respond)
+                    .map(Flow::respond)
                     .map_err(Failure::invalid),
             },
         )?;

@@ -95,7 +95,7 @@ impl http_body::Body for HookedBody {
         let stop = match this.pipeline.on_request_body(this.ctx, &chunk, end) {
             // `on_request_body` never gives a deferred result (it fails instead).
             Ok(Flow::Continue | Flow::Defer(_)) => None,
-            Ok(Flow::Respond(response)) => Some(BodyVerdict::Respond(response)),
+            Ok(Flow::Respond(response)) => Some(BodyVerdict::Respond(*response)),
             Err(error) => Some(BodyVerdict::Fail(error)),
         };
         this.ctx.bytes_before += chunk.len() as u64;

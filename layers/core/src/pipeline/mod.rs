@@ -306,7 +306,7 @@ impl Pipeline {
         match self.after_proxy(ctx, &mut head).await {
             Ok(Flow::Respond(replacement)) => {
                 ctx.origin = Some(Origin::Device);
-                Ok(replacement)
+                Ok(*replacement)
             }
             Ok(_) => {
                 ctx.origin = Some(Origin::Upstream);

@@ -87,7 +87,7 @@ where
             let answer = match pipeline.before_proxy(&mut ctx, &mut head).await {
                 Ok(Flow::Respond(response)) => {
                     ctx.origin = Some(Origin::Device);
-                    Ok(response)
+                    Ok(*response)
                 }
                 Ok(_) => match inner.call(Request::from_parts(head, body)).await {
                     Ok(response) => pipeline.proxied(&mut ctx, response).await,

@@ -163,7 +163,7 @@ impl Session {
         match outcome {
             Ok(Flow::Respond(response)) => {
                 self.ctx.origin = Some(Origin::Device);
-                Some(Ok(response))
+                Some(Ok(*response))
             }
             Ok(_) => None,
             Err(e) => Some(Err(e.into_error())),

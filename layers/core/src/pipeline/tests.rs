@@ -44,7 +44,7 @@ impl Recorder {
             Some(Act::Respond(status)) => {
                 let mut response = Response::new(Body::from(format!("from {}", self.name)));
                 *response.status_mut() = StatusCode::from_u16(*status).unwrap();
-                Ok(Flow::Respond(response))
+                Ok(Flow::respond(response))
             }
             Some(Act::Fail) => {
                 Err(DeviceError::new("refused").with_status(StatusCode::SERVICE_UNAVAILABLE))
@@ -78,7 +78,7 @@ impl Device for Recorder {
             Some(Act::Respond(status)) if end => {
                 let mut response = Response::new(Body::empty());
                 *response.status_mut() = StatusCode::from_u16(*status).unwrap();
-                Ok(Flow::Respond(response))
+                Ok(Flow::respond(response))
             }
             _ => Ok(Flow::Continue),
         }
@@ -844,7 +844,7 @@ impl Pending for Waiting {
             Eventually::Respond(status) => {
                 let mut response = Response::new(Body::from("later"));
                 *response.status_mut() = StatusCode::from_u16(status).unwrap();
-                Ok(Flow::Respond(response))
+                Ok(Flow::respond(response))
             }
             Eventually::Panic => panic!("the store exploded"),
         })
