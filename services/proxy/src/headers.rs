@@ -78,6 +78,8 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
         let mut values = headers.get_all(CONNECTION).iter();
         match (values.next(), values.next()) {
             (None, _) => {}
+            // Nearly every `connection` header says just that: nothing more to remove.
+            (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {}
             (Some(value), None) => {
                 let value = value.clone();
                 remove_listed(headers, &value);
