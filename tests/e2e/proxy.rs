@@ -506,6 +506,47 @@ async fn upstream_that_never_answers_is_504_after_response_timeout() {
     );
 }
 
+/// The response timer of a pooled upstream connection is set again for each request: after
+/// two answers on one connection, spaced by more than `response_timeout_ms`, a stall on that
+/// same connection is a 504 with the request id once the limit has run from its own start.
+#[tokio::test]
+async fn a_stall_on_a_pooled_upstream_connection_is_504_after_response_timeout() {
+    let up = upstream::http(upstream::handler(|req| async move {
+        if req.uri().path() == "/never" {
+            std::future::pending::<()>().await;
+        }
+        hyper::Response::builder()
+            .body(upstream::full_body("ok"))
+            .unwrap()
+    }))
+    .await;
+    let server = Server::start(&service_config(
+        "pooled",
+        &one(&up),
+        "response_timeout_ms = 300",
+        "",
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(get(server.addr(), "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let start = Instant::now();
+    let res = get(server.addr(), "/never").await;
+    let elapsed = start.elapsed();
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert!(res.header("x-request-id").is_some());
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "504 after {elapsed:?}"
+    );
+    assert_eq!(
+        up.connections(),
+        1,
+        "all three went over one pooled connection"
+    );
+}
+
 /// The upstream promises 1 MiB, sends 100 KiB and closes: the client must not see a complete
 /// response.
 #[tokio::test]

@@ -5,11 +5,17 @@
 //! pools already belong to one upstream, so a plain queue of idle senders does: a request takes
 //! an idle connection (or opens one), and the connection goes back when the response body has
 //! been read to its end. HTTP/2 upstreams (one multiplexed connection) keep hyper-util's client.
+//!
+//! Each connection owns its response timer, made with the connection and reset for each
+//! request: moving a registered timer's deadline later is one compare-and-swap, where a
+//! `tokio::time::Timeout` per request would register a new timer (under the timer wheel's lock)
+//! and cancel it again (the lock once more), and copy the response through one more layer.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -20,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use pin_project_lite::pin_project;
 use snakeway_core::{Body, BoxError};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::connector::Connector;
@@ -35,9 +42,33 @@ pub(crate) struct H1Pool {
     connector: Connector,
     /// Response heads larger than `max_response_header_bytes` are refused (a parse error).
     builder: http1::Builder,
-    idle: ArrayQueue<http1::SendRequest<Body>>,
+    idle: ArrayQueue<Conn>,
     /// Connections open, idle or busy (upgraded ones included), shared with their tasks.
     open: Arc<AtomicUsize>,
+}
+
+/// One upstream connection as the pool holds it: the sender of its requests and its response
+/// timer.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// Runs from the start of each exchange to its response head; reset per request. Boxed
+    /// once per connection: a `Sleep` is not `Unpin` and the connection moves in and out of
+    /// the queue.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Why [`H1Pool::request`] produced no response.
+pub(crate) enum SendError {
+    /// Connecting or the exchange failed.
+    Failed(BoxError),
+    /// No response head within the limit given.
+    TimedOut,
+}
+
+impl<E: Into<BoxError>> From<E> for SendError {
+    fn from(error: E) -> Self {
+        Self::Failed(error.into())
+    }
 }
 
 /// One open upstream connection's place in [`H1Pool::open_connections`]: held by the task
@@ -89,47 +120,74 @@ impl H1Pool {
         self.idle.len()
     }
 
-    /// Sends `req` over an idle connection, or a new one. The request URI must be absolute
-    /// (as the caller builds it); it is sent in origin form.
+    /// Sends `req` over an idle connection, or a new one, and waits for the response head. The
+    /// request URI must be absolute (as the caller builds it); it is sent in origin form.
+    ///
+    /// With a `limit`, no response head within it is [`SendError::TimedOut`]: it runs from
+    /// now, connecting included. Without one the caller times the exchange itself (the timer
+    /// of a connection made then is never polled, so never registered).
     pub(crate) async fn request(
         self: &Arc<Self>,
         mut req: Request<Body>,
-    ) -> Result<Response<Checkin>, BoxError> {
+        limit: Option<Duration>,
+    ) -> Result<Response<Checkin>, SendError> {
         *req.uri_mut() = origin_form(req.uri());
+        // One deadline for the whole request, whichever connection takes it.
+        let deadline = limit.map(|limit| Instant::now() + limit);
         // At most one look at each idle connection: a closed one is dropped, a busy one (still
         // finishing its previous exchange) goes back.
         for _ in 0..self.idle.len() {
-            let Some(mut sender) = self.idle.pop() else {
+            let Some(mut conn) = self.idle.pop() else {
                 break;
             };
-            if sender.is_closed() {
+            if conn.sender.is_closed() {
                 continue;
             }
-            if !sender.is_ready() {
+            if !conn.sender.is_ready() {
                 // The queue is full only if others returned connections meanwhile; then this
                 // one is closed, which is fine.
-                let _ = self.idle.push(sender);
+                let _ = self.idle.push(conn);
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.checkin_after(response, sender)),
-                Err(mut error) => match error.take_message() {
+            if let Some(deadline) = deadline {
+                conn.timer.as_mut().reset(deadline);
+            }
+            let sent = Timed::new(
+                conn.sender.try_send_request(req),
+                deadline.map(|_| conn.timer.as_mut()),
+            );
+            match sent.await {
+                Some(Ok(response)) => return Ok(self.checkin_after(response, conn)),
+                Some(Err(mut error)) => match error.take_message() {
                     // Never written: the upstream closed this keep-alive connection just as it
                     // was picked. The upstream saw nothing; use another connection.
                     Some(unsent) => req = unsent,
                     None => return Err(error.into_error().into()),
                 },
+                // The connection is dropped with the request in flight: hyper closes it.
+                None => return Err(SendError::TimedOut),
             }
         }
-        let (mut sender, connection, open) = self.connect().await?;
+        // A new connection's timer is made with it: the limit covers connecting too.
+        let mut timer = Box::pin(match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline),
+            None => tokio::time::sleep(Duration::MAX),
+        });
+        let connected = Timed::new(self.connect(), deadline.map(|_| timer.as_mut()));
+        let (sender, connection, open) = connected.await.ok_or(SendError::TimedOut)??;
         tokio::spawn(async move {
             let _open = open;
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        let response = sender.send_request(req).await?;
-        Ok(self.checkin_after(response, sender))
+        let mut conn = Conn { sender, timer };
+        let sent = Timed::new(
+            conn.sender.send_request(req),
+            deadline.map(|_| conn.timer.as_mut()),
+        );
+        let response = sent.await.ok_or(SendError::TimedOut)??;
+        Ok(self.checkin_after(response, conn))
     }
 
     /// Sends an upgrade request (a WebSocket handshake) over a new connection of its own,
@@ -181,20 +239,20 @@ impl H1Pool {
     fn checkin_after(
         self: &Arc<Self>,
         response: Response<Incoming>,
-        sender: http1::SendRequest<Body>,
+        conn: Conn,
     ) -> Response<Checkin> {
         use http_body::Body as _;
-        let sender = if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let conn = if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             None
         } else if response.body().is_end_stream() {
-            let _ = self.idle.push(sender);
+            let _ = self.idle.push(conn);
             None
         } else {
-            Some(sender)
+            Some(conn)
         };
         response.map(|body| Checkin {
             body,
-            sender,
+            conn,
             pool: self.clone(),
         })
     }
@@ -210,12 +268,44 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 pin_project! {
+    /// `send` raced against a connection's response timer (`None`: not timed): `None` when
+    /// the timer fires first. The exchange is polled first, so an answer that is there wins.
+    struct Timed<'t, F> {
+        #[pin]
+        send: F,
+        timer: Option<Pin<&'t mut Sleep>>,
+    }
+}
+
+impl<'t, F> Timed<'t, F> {
+    fn new(send: F, timer: Option<Pin<&'t mut Sleep>>) -> Self {
+        Self { send, timer }
+    }
+}
+
+impl<F: Future> Future for Timed<'_, F> {
+    type Output = Option<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.send.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        match this.timer {
+            Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+pin_project! {
     /// An upstream response body that returns its connection to the pool at its end. Dropped
     /// early, it drops the connection (hyper closes it: the rest of the body is unread).
     pub(crate) struct Checkin {
         #[pin]
         body: Incoming,
-        sender: Option<http1::SendRequest<Body>>,
+        conn: Option<Conn>,
         pool: Arc<H1Pool>,
     }
 }
@@ -241,8 +331,8 @@ impl http_body::Body for Checkin {
         // The end: `None`, or the last frame (a server stops polling once the body says so).
         let ended = frame.is_none()
             || (frame.as_ref().is_some_and(Result::is_ok) && this.body.is_end_stream());
-        if ended && let Some(sender) = this.sender.take() {
-            let _ = this.pool.idle.push(sender);
+        if ended && let Some(conn) = this.conn.take() {
+            let _ = this.pool.idle.push(conn);
         }
         Poll::Ready(frame)
     }
@@ -257,3 +347,6 @@ impl http_body::Body for Checkin {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

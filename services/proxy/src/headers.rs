@@ -78,6 +78,8 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, direction: Direction) {
         let mut values = headers.get_all(CONNECTION).iter();
         match (values.next(), values.next()) {
             (None, _) => {}
+            // Nearly every `connection` header says just that: nothing more to remove.
+            (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {}
             (Some(value), None) => {
                 let value = value.clone();
                 remove_listed(headers, &value);
@@ -115,10 +117,13 @@ fn remove_listed(headers: &mut HeaderMap, value: &HeaderValue) {
         if name.is_empty()
             || name.eq_ignore_ascii_case(HOST.as_str())
             || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str())
+            // Removed with the other hop-by-hop headers anyway (its bit in `present`). The
+            // option nearly every `connection` header carries: no name to parse and look up.
+            || name.eq_ignore_ascii_case(KEEP_ALIVE.as_str())
         {
             continue;
         }
-        // `close` and `keep-alive` are options, not header names; removing them is harmless.
+        // `close` is an option, not a header name; removing it is harmless.
         headers.remove(name);
     }
 }
@@ -335,6 +340,18 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["host", "trailer", "x-kept"]);
         assert_eq!(h.get("trailer").unwrap(), "x-checksum");
+    }
+
+    #[test]
+    fn keep_alive_named_by_connection_goes_with_the_hop_by_hop_headers() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, Direction::Response);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "1");
     }
 
     #[test]

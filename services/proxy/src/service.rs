@@ -25,7 +25,7 @@ use crate::body::{Progress, SendBody, Sending, UpstreamBody, UpstreamBodyTimeout
 use crate::balance::{Balancer, Strategy};
 use crate::breaker::{Admission, Breaker, CircuitBreakerOptions, CircuitState, Permit};
 use crate::connector::{ConnectError, Connector};
-use crate::h1pool::{Checkin, H1Pool};
+use crate::h1pool::{Checkin, H1Pool, SendError};
 use crate::headers::{Direction, remove_hop_by_hop, set_forwarded};
 use crate::health_check::{
     HealthCheckOptions, HealthChecker, ProbeHealth, ProbeTarget, ServiceHealth,
@@ -1026,17 +1026,21 @@ impl Inner {
         use http_body::Body as _;
         let limit = self.response_timeout;
         if req.body().is_end_stream() {
-            return match tokio::time::timeout(limit, upstream.pool.send(req)).await {
-                Ok(result) => result.map_err(|e| Failure::Send(e, None)),
-                Err(_) => Err(Failure::Timeout { sent: true }),
-            };
+            return upstream
+                .pool
+                .send(req, Some(limit))
+                .await
+                .map_err(|e| match e {
+                    SendError::Failed(e) => Failure::Send(e, None),
+                    SendError::TimedOut => Failure::Timeout { sent: true },
+                });
         }
         let progress = Progress::new();
         let body = std::mem::take(req.body_mut());
         *req.body_mut() = Body::new(SendBody::new(body, progress.clone()));
-        // Boxed: the wait below is larger than a plain timeout, and requests without a body
+        // Boxed: the wait below is larger than a plain send, and requests without a body
         // (nearly all) should not carry its size around.
-        Box::pin(watch(upstream.pool.send(req), &progress, limit)).await
+        Box::pin(watch(upstream.pool.send(req, None), &progress, limit)).await
     }
 
     /// Turns a client error into the error the caller sees, and says whether it is the
@@ -1153,7 +1157,7 @@ async fn watch<F>(
     limit: Duration,
 ) -> Result<Response<PoolBody>, Failure>
 where
-    F: Future<Output = Result<Response<PoolBody>, BoxError>>,
+    F: Future<Output = Result<Response<PoolBody>, SendError>>,
 {
     tokio::pin!(send);
     let sleep = tokio::time::sleep(limit);
@@ -1164,7 +1168,11 @@ where
         tokio::select! {
             biased;
             result = &mut send => {
-                return result.map_err(|e| Failure::Send(e, Some(progress.state())));
+                return result.map_err(|e| match e {
+                    SendError::Failed(e) => Failure::Send(e, Some(progress.state())),
+                    // Untimed by the pool: the timing is here.
+                    SendError::TimedOut => Failure::Timeout { sent: progress.state() == Sending::Sent },
+                });
             }
             () = progress.changed() => match progress.state() {
                 Sending::Client => {}
@@ -1327,12 +1335,24 @@ impl Pool {
         })
     }
 
-    /// Sends a prepared request to this upstream. A `101 Switching Protocols` is an error here:
-    /// upgrades go through [`ProxyService::forward_upgrade`].
-    async fn send(&self, req: Request<Body>) -> Result<Response<PoolBody>, BoxError> {
+    /// Sends a prepared request to this upstream and waits for the response head, within
+    /// `limit` if given (HTTP/1.1: the connection's own timer; HTTP/2: a timeout around the
+    /// send). A `101 Switching Protocols` is an error here: upgrades go through
+    /// [`ProxyService::forward_upgrade`].
+    async fn send(
+        &self,
+        req: Request<Body>,
+        limit: Option<Duration>,
+    ) -> Result<Response<PoolBody>, SendError> {
         let response = match self.client() {
-            PoolClient::Http1(pool) => pool.request(req).await?.map(PoolBody::Http1),
-            PoolClient::Http2(client) => client.request(req).await?.map(PoolBody::Http2),
+            PoolClient::Http1(pool) => pool.request(req, limit).await?.map(PoolBody::Http1),
+            PoolClient::Http2(client) => match limit {
+                Some(limit) => tokio::time::timeout(limit, client.request(req))
+                    .await
+                    .map_err(|_| SendError::TimedOut)??,
+                None => client.request(req).await?,
+            }
+            .map(PoolBody::Http2),
         };
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(UnaskedSwitch.into());
