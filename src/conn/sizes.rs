@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use super::detect::Rewind;
 use super::h1::StrictH1;
 use super::park::ParkingH1;
-use super::watch::{Active, Meter, Metered, Watch};
+use super::plain::Plain;
+use super::serving::Serving;
+use super::watch::{Active, Driven, Meter, Metered, Watch};
 use crate::session::ConnService;
 
 type Tcp = Active<TcpStream>;
@@ -45,6 +47,20 @@ fn sizes() -> Vec<(&'static str, usize, usize)> {
         // The slot's heap block, where a parked transport waits.
         ("parked TCP transport", size_of::<OnceLock<Tcp>>(), 96),
         ("parked TLS transport", size_of::<OnceLock<Tls>>(), 1408),
+        // The whole future of a connection's task (what an idle parked connection holds
+        // inline), and the watch's part of it while it serves HTTP/1.
+        (
+            "connection task future (Serving)",
+            size_of::<Serving>(),
+            4096,
+        ),
+        (
+            "Driven<ParkingH1<TCP>>",
+            size_of::<Driven<ParkingH1<Tcp>>>(),
+            4096,
+        ),
+        ("Plain (HTTP/1 or h2c)", size_of::<Plain>(), 4096),
+        ("Driven<Plain>", size_of::<Driven<Plain>>(), 4096),
     ]
 }
 
