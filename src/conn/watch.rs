@@ -36,6 +36,10 @@
 //! never closed for pressure. The check runs at the watch's tick, in the task that polls the
 //! connection, so no request can start between the sample and the close.
 //!
+//! On the server's shutdown every connection is asked to finish (drained): at once, or at its
+//! first tick (within 500 ms) if it is younger than that, as a connection waits for the
+//! shutdown signal only from then on (most short-lived connections never need to).
+//!
 //! A plain connection whose protocol is still being decided (the h2c sniff, [`Watched::opening`])
 //! is closed once `header_read_timeout` has passed since accept: the watch's timer bounds it,
 //! so the sniff needs none of its own, and under pressure it is closed at the reduced header
@@ -73,6 +77,8 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 /// Longest tick of an HTTP/1 connection's watch between requests: an idle connection is asked
 /// to park within two of them.
 const PARK_TICK: Duration = Duration::from_millis(500);
+/// Longest first tick of a connection's watch: it waits for the server's shutdown from then on.
+const FIRST_TICK: Duration = Duration::from_millis(500);
 /// Buckets of held frames, by the epoch they were handed over in (modulo this).
 const HELD_RING: u32 = 8;
 /// A frame still held this many epochs after the one it was handed over in has been held for
@@ -376,13 +382,13 @@ impl Watch {
     /// Drives `conn` to its end, or drops it (see [`Ended`]).
     pub(crate) fn drive<C: Watched>(self, conn: C) -> Driven<C> {
         let start = Instant::now();
-        let timer = tokio::time::sleep_until(start + self.ticks(conn.http2()).0);
-        let shutdown = self.shutdown.clone().cancelled_owned();
+        let first = self.ticks(conn.http2()).0.min(FIRST_TICK);
+        let timer = tokio::time::sleep_until(start + first);
         let last = self.meter.sample();
         Driven {
             conn,
             timer,
-            shutdown,
+            shutdown: None,
             ticking: Ticking {
                 watch: self,
                 last,
@@ -423,8 +429,9 @@ pin_project! {
         conn: C,
         #[pin]
         timer: Sleep,
+        // Waits for the server's shutdown from the first tick on (see `Driven::poll`).
         #[pin]
-        shutdown: WaitForCancellationFutureOwned,
+        shutdown: Option<WaitForCancellationFutureOwned>,
         ticking: Ticking,
     }
 }
@@ -457,7 +464,10 @@ where
                 }
                 return Poll::Ready(Ended::Finished);
             }
-            if !this.ticking.draining && this.shutdown.as_mut().poll(cx).is_ready() {
+            if !this.ticking.draining
+                && let Some(shutdown) = this.shutdown.as_mut().as_pin_mut()
+                && shutdown.poll(cx).is_ready()
+            {
                 this.conn.as_mut().drain();
                 this.ticking.draining = true;
                 continue;
@@ -467,6 +477,14 @@ where
             match this.ticking.tick(this.conn.as_mut(), now) {
                 Ok(next) => this.timer.as_mut().reset(now + next),
                 Err(ended) => return Poll::Ready(ended),
+            }
+            // A connection waits for the server's shutdown only once it has lived a tick (at
+            // most `FIRST_TICK`): most of those that open, ask and close within one never join
+            // the shared list of waiters (a lock to join it and one to leave). One that
+            // shutdown finds younger is drained at its first tick.
+            if this.shutdown.is_none() {
+                let token = this.ticking.watch.shutdown.clone();
+                this.shutdown.set(Some(token.cancelled_owned()));
             }
         }
     }
@@ -1029,6 +1047,32 @@ mod tests {
         let never = std::future::pending::<()>();
         let cut = tokio::time::timeout(ms(400), under_pressure(never, Instant::now(), ms(100), &p));
         assert!(matches!(cut.await, Ok(Err(Pressured))));
+    }
+
+    /// Shutdown drains a connection: one that has lived a tick at once, a younger one at its
+    /// first tick (it waits for shutdown only from then on).
+    #[tokio::test]
+    async fn shutdown_drains_a_connection_young_or_old() {
+        for old in [false, true] {
+            let meter = Arc::new(Meter::default());
+            let mut w = watch(&meter);
+            w.idle = Duration::from_secs(20);
+            w.send = Duration::from_secs(20);
+            let token = w.shutdown.clone();
+            let drained = Arc::new(AtomicBool::new(false));
+            let drive = tokio::spawn(w.drive(Stuck::new(&drained, false)));
+            if old {
+                tokio::time::sleep(FIRST_TICK * 2).await;
+                assert!(!drained.load(Ordering::SeqCst), "drained before shutdown");
+            }
+            token.cancel();
+            let since = Instant::now();
+            while !drained.load(Ordering::SeqCst) {
+                assert!(since.elapsed() < 4 * FIRST_TICK, "not drained (old: {old})");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drive.abort();
+        }
     }
 
     /// The h2c sniff sets no timer of its own: the watch closes a connection still opening at
