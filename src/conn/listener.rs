@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use super::detect;
@@ -335,7 +335,10 @@ impl AcceptLoop {
         // The listener's runtime in the snapshot of the last accept: looked up again only when
         // a reload has stored a new snapshot.
         let mut cached: Option<Arc<ListenerRuntime>> = None;
-        while let Some(accepted) = self.accept().await {
+        // Waits for the loop's stop for the loop's whole life: one registration with the
+        // token, not one per accept (a lock to join its waiters and one to leave).
+        let mut stop = pin!(self.stop.clone().cancelled_owned());
+        while let Some(accepted) = self.accept(stop.as_mut()).await {
             let (mut slot, stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -385,11 +388,14 @@ impl AcceptLoop {
     /// most that one connection unserved, as if it were still in the accept queue. Either way
     /// the listener is under pressure while a loop waits for a slot, and no more than
     /// `max_connections` connections are served at once.
-    async fn accept(&self) -> Option<std::io::Result<(Slot, TcpStream, SocketAddr)>> {
+    async fn accept(
+        &self,
+        mut stop: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Option<std::io::Result<(Slot, TcpStream, SocketAddr)>> {
         let slot = if self.slot_first {
             Some(tokio::select! {
                 slot = self.limit.acquire() => slot,
-                () = self.stop.cancelled() => return None,
+                () = stop.as_mut() => return None,
             })
         } else {
             None
@@ -399,13 +405,13 @@ impl AcceptLoop {
                 Ok(accepted) => accepted,
                 Err(e) => return Some(Err(e)),
             },
-            () = self.stop.cancelled() => return None,
+            () = stop.as_mut() => return None,
         };
         let slot = match slot {
             Some(slot) => slot,
             None => tokio::select! {
                 slot = self.limit.acquire() => slot,
-                () = self.stop.cancelled() => return None,
+                () = stop.as_mut() => return None,
             },
         };
         Some(Ok((slot, stream, peer)))
