@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::detect;
@@ -335,10 +335,7 @@ impl AcceptLoop {
         // The listener's runtime in the snapshot of the last accept: looked up again only when
         // a reload has stored a new snapshot.
         let mut cached: Option<Arc<ListenerRuntime>> = None;
-        // Waits for the loop's stop for the loop's whole life: one registration with the
-        // token, not one per accept (a lock to join its waiters and one to leave).
-        let mut stop = pin!(self.stop.clone().cancelled_owned());
-        while let Some(accepted) = self.accept(stop.as_mut()).await {
+        while let Some(accepted) = self.accept().await {
             let (mut slot, stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -388,14 +385,11 @@ impl AcceptLoop {
     /// most that one connection unserved, as if it were still in the accept queue. Either way
     /// the listener is under pressure while a loop waits for a slot, and no more than
     /// `max_connections` connections are served at once.
-    async fn accept(
-        &self,
-        mut stop: Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Option<std::io::Result<(Slot, TcpStream, SocketAddr)>> {
+    async fn accept(&self) -> Option<std::io::Result<(Slot, TcpStream, SocketAddr)>> {
         let slot = if self.slot_first {
             Some(tokio::select! {
                 slot = self.limit.acquire() => slot,
-                () = stop.as_mut() => return None,
+                () = self.stop.cancelled() => return None,
             })
         } else {
             None
@@ -405,13 +399,13 @@ impl AcceptLoop {
                 Ok(accepted) => accepted,
                 Err(e) => return Some(Err(e)),
             },
-            () = stop.as_mut() => return None,
+            () = self.stop.cancelled() => return None,
         };
         let slot = match slot {
             Some(slot) => slot,
             None => tokio::select! {
                 slot = self.limit.acquire() => slot,
-                () = stop.as_mut() => return None,
+                () = self.stop.cancelled() => return None,
             },
         };
         Some(Ok((slot, stream, peer)))
