@@ -26,9 +26,9 @@
 //!   made when bytes arrive, so its header timer (`header_read_timeout_ms`) bounds the next head
 //!   from its first byte; the first request's head is bounded from accept (a connection never
 //!   parks before its first request).
-//! * **Shutdown and idle close**: [`Watched::drain`] on a parked connection shuts the transport down at
-//!   once (a TLS `close_notify`, then FIN); on a serving one it asks hyper to finish, and a park
-//!   after that closes instead of waiting.
+//! * **Shutdown and idle close**: [`Watched::drain`] on a parked connection shuts the transport
+//!   down at once (a TLS `close_notify`, then FIN); on a serving one it asks hyper to finish,
+//!   and a park after that closes instead of waiting.
 //! * **Upgrades, pipelining, violations**: the guard never parks after an upgrade (nor while one
 //!   is pending), nor while it or hyper holds bytes of a next request, nor after a framing
 //!   violation (see [`crate::conn::h1`]).
