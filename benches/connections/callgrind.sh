@@ -15,7 +15,8 @@
 # per request = (Ir of 5N − Ir of N) / 4N, so start-up and shutdown cancel out. The 5N run's
 # profile is annotated (self cost by function) into OUT_DIR.
 #
-# Environment: N (default 1000), MODES, SNAKEWAY_BIN (else the profiling build), OUT_DIR
+# Environment: N (default 1000), MODES, SERVERS (default "nginx snakeway": one alone, to measure
+# a change of Snakeway's against an nginx figure of the same sitting), SNAKEWAY_BIN (else the profiling build), OUT_DIR
 # (default bench-out/connections-callgrind-<timestamp>). Needs valgrind, nginx, h2load, python3.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ source "$HERE/../lib.sh"
 
 N=${N:-1000}
 MODES=${MODES:-churn keepalive}
+SERVERS=${SERVERS:-nginx snakeway}
 PROXY_CPU=0
 LOAD_CPU=1
 CALLGRIND_CLIENT_CONNECTIONS=8
@@ -36,6 +38,9 @@ if [[ -z ${SNAKEWAY_BIN:-} ]]; then need+=(cargo); fi
 require_tools "${need[@]}"
 for m in $MODES; do
     case $m in churn | keepalive) ;; *) die "unknown mode '$m' (churn keepalive)" ;; esac
+done
+for s in $SERVERS; do
+    case $s in nginx | snakeway) ;; *) die "unknown server '$s' (nginx snakeway)" ;; esac
 done
 
 bench_dirs connections-callgrind
@@ -82,7 +87,7 @@ run() { # SERVER MODE COUNT → CG_IR
 
 printf 'server\tmode\tIr_N\tIr_5N\tinstructions_per_req\n' >"$OUT_DIR/results.tsv"
 for mode in $MODES; do
-    for s in nginx snakeway; do
+    for s in $SERVERS; do
         run "$s" "$mode" "$N"
         small=$CG_IR
         run "$s" "$mode" $((5 * N))

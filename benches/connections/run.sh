@@ -37,6 +37,7 @@
 #   ROUNDS       rounds of the CPU runs (default 3)
 #   DURATION     seconds of each wrk p99 run (default 5)
 #   PROTOS       idle protocols to measure (default "h1 h1s h2c h2s")
+#   CHURN_PROTOS new-connection CPU runs (default "h1 h1s h1s-resume")
 #   SNAKEWAY_BIN use this binary instead of `cargo build --profile profiling --bin snakeway`
 #   OUT_DIR      raw outputs (default bench-out/connections-<timestamp> in the repository)
 #
@@ -54,6 +55,10 @@ CHURN=${CHURN:-5000}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PROTOS=${PROTOS:-h1 h1s h2c h2s}
+read -ra CHURN_PROTOS <<<"${CHURN_PROTOS:-h1 h1s h1s-resume}"
+for p in "${CHURN_PROTOS[@]}"; do
+    case $p in h1 | h1s | h1s-resume) ;; *) die "unknown churn protocol '$p' (h1 h1s h1s-resume)" ;; esac
+done
 SKIP_CALLGRIND=1
 PROXY_CPU=0
 LOAD_CPU=1
@@ -189,7 +194,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # CPU per request with a new connection each time.
 declare -A CPU_RUNS RESUMED
-CHURN_PROTOS=(h1 h1s h1s-resume)
 for ((r = 1; r <= ROUNDS; r++)); do
     round_order "$r" "${SERVERS[@]}"
     for s in "${ROUND_ORDER[@]}"; do

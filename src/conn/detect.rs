@@ -7,10 +7,10 @@
 //! preface, is closed. The bytes read to decide are handed back to the chosen parser through
 //! [`Rewind`], so neither hyper nor the HTTP/1 framing guard knows that anything was read.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -74,12 +74,10 @@ pub(crate) enum Protocol {
     Http2,
 }
 
-/// Why a connection was closed before its protocol was known.
+/// Why a connection was closed before its protocol was known. (Silence, or a preface that
+/// stops, is closed by the connection's watch once `header_read_timeout_ms` has passed.)
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SniffError {
-    /// Nothing (or only part of the preface) arrived within `header_read_timeout_ms`.
-    #[error("no protocol decided within the header read timeout")]
-    TimedOut,
     /// The client closed the connection first.
     #[error("connection closed before a request")]
     Closed,
@@ -88,60 +86,95 @@ pub(crate) enum SniffError {
     Io(#[from] io::Error),
 }
 
-/// Reads the start of `io` until it is known whether it is the h2c preface, within `limit`.
-/// Returns the protocol and `io` with the bytes read put back in front.
-pub(crate) async fn sniff<S>(
-    mut io: S,
-    limit: Duration,
-) -> Result<(Protocol, Rewind<S>), SniffError>
-where
-    S: AsyncRead + Unpin,
-{
-    let mut buf = [0u8; PREFACE.len()];
-    let mut len = 0;
-    let read = async {
-        loop {
-            let n = io.read(&mut buf[len..]).await?;
-            if n == 0 {
-                return Err(SniffError::Closed);
-            }
-            len += n;
-            if buf[..len] != PREFACE[..len] {
-                return Ok(Protocol::Http1);
-            }
-            if len == PREFACE.len() {
-                return Ok(Protocol::Http2);
-            }
-        }
-    };
-    let protocol = tokio::time::timeout(limit, read)
-        .await
-        .map_err(|_| SniffError::TimedOut)??;
-    Ok((
-        protocol,
-        Rewind {
-            prefix: buf,
-            pos: 0,
-            len,
-            inner: io,
-        },
-    ))
+/// Reads the start of a connection until it is known whether it is the h2c preface; resolves
+/// to the protocol and the stream with the bytes read put back in front ([`Rewind`]).
+///
+/// It reads up to [`SNIFF_READ`] bytes at once, into a buffer that [`Rewind`] hands to the
+/// chosen parser and then frees: a request head that came in one segment is read once, by the
+/// sniff, not once for the sniff and again for the parser. It sets no timer: the connection's
+/// watch bounds it (see [`Watched::opening`](super::watch::Watched::opening)).
+#[derive(Debug)]
+pub(crate) struct Sniff<S> {
+    /// `None` once resolved.
+    io: Option<S>,
+    buf: Vec<u8>,
 }
 
-/// A stream that first replays the bytes [`sniff`] read, then reads from the inner stream.
+/// The most a sniff reads at once: most request heads, in the allocator's smallest-bin sizes.
+const SNIFF_READ: usize = 1024;
+
+// === impl Sniff ===
+
+impl<S> Sniff<S> {
+    /// Starts sniffing `io`.
+    pub(crate) fn new(io: S) -> Self {
+        Self {
+            io: Some(io),
+            buf: Vec::with_capacity(SNIFF_READ),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Future for Sniff<S> {
+    type Output = Result<(Protocol, Rewind<S>), SniffError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            // Polled again after it resolved: the stream is gone.
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(Err(SniffError::Closed));
+            };
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(io),
+                cx,
+                &mut this.buf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Err(SniffError::Closed));
+            }
+            let len = this.buf.len().min(PREFACE.len());
+            let protocol = if this.buf[..len] != PREFACE[..len] {
+                Protocol::Http1
+            } else if len == PREFACE.len() {
+                Protocol::Http2
+            } else {
+                continue;
+            };
+            let Some(inner) = this.io.take() else {
+                return Poll::Ready(Err(SniffError::Closed));
+            };
+            // A read that filled the buffer may have left more in the socket.
+            let more = this.buf.len() == this.buf.capacity();
+            return Poll::Ready(Ok((
+                protocol,
+                Rewind {
+                    replay: std::mem::take(&mut this.buf),
+                    pos: 0,
+                    more,
+                    inner,
+                },
+            )));
+        }
+    }
+}
+
+/// A stream that first replays the bytes [`Sniff`] read, then reads from the inner stream.
 /// Writes go straight through.
 #[derive(Debug)]
 pub(crate) struct Rewind<S> {
-    prefix: [u8; PREFACE.len()],
+    /// The sniffed bytes; freed once replayed.
+    replay: Vec<u8>,
     pos: usize,
-    len: usize,
+    /// The sniff's last read filled its buffer: the socket may hold more right behind it.
+    more: bool,
     inner: S,
 }
 
 impl<S> Rewind<S> {
     /// Whether sniffed bytes are still to be replayed.
     pub(crate) fn has_replay(&self) -> bool {
-        self.pos < self.len
+        self.pos < self.replay.len()
     }
 
     /// The inner stream.
@@ -157,15 +190,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.pos < self.len {
-            let n = (self.len - self.pos).min(buf.remaining());
-            buf.put_slice(&self.prefix[self.pos..self.pos + n]);
+        if self.has_replay() {
+            let n = (self.replay.len() - self.pos).min(buf.remaining());
+            buf.put_slice(&self.replay[self.pos..self.pos + n]);
             self.pos += n;
-            if self.pos == self.len && buf.remaining() > 0 {
-                // Add what the socket already has, so that a request head usually reaches the
-                // parser whole rather than split after the sniffed bytes. A read error here
-                // comes back on the next read.
-                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if !self.has_replay() {
+                self.replay = Vec::new();
+                self.pos = 0;
+                if self.more && buf.remaining() > 0 {
+                    // Add what the socket already has, so that a request head usually reaches
+                    // the parser whole rather than split after the sniffed bytes. A read error
+                    // here comes back on the next read.
+                    let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+                }
             }
             return Poll::Ready(Ok(()));
         }
@@ -219,12 +256,12 @@ mod tests {
         client.write_all(sent).await.unwrap();
         if close {
             drop(client);
-            let (p, mut io) = sniff(server, Duration::from_millis(50)).await?;
+            let (p, mut io) = Sniff::new(server).await?;
             let mut all = Vec::new();
             io.read_to_end(&mut all).await.unwrap();
             return Ok((p, all));
         }
-        let (p, mut io) = sniff(server, Duration::from_millis(50)).await?;
+        let (p, mut io) = Sniff::new(server).await?;
         drop(client);
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.unwrap();
@@ -253,14 +290,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_partial_preface_times_out_and_silence_too() {
+    async fn a_partial_preface_waits_and_silence_too() {
+        use std::time::Duration;
         let (mut client, server) = tokio::io::duplex(1024);
         client.write_all(b"PRI").await.unwrap();
-        let r = sniff(server, Duration::from_millis(20)).await;
-        assert!(matches!(r, Err(SniffError::TimedOut)), "{r:?}");
+        let r = tokio::time::timeout(Duration::from_millis(20), Sniff::new(server)).await;
+        assert!(r.is_err(), "{r:?}");
         let (_client, server) = tokio::io::duplex(1024);
-        let r = sniff(server, Duration::from_millis(20)).await;
-        assert!(matches!(r, Err(SniffError::TimedOut)), "{r:?}");
+        let r = tokio::time::timeout(Duration::from_millis(20), Sniff::new(server)).await;
+        assert!(r.is_err(), "{r:?}");
     }
 
     #[tokio::test]
@@ -268,11 +306,29 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         let head = b"GET /a/longer/path HTTP/1.1\r\nhost: a\r\n\r\n";
         client.write_all(head).await.unwrap();
-        let (p, mut io) = sniff(server, Duration::from_millis(50)).await.unwrap();
+        let (p, mut io) = Sniff::new(server).await.unwrap();
         assert_eq!(p, Protocol::Http1);
         let mut buf = [0u8; 1024];
         let n = io.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], head);
+    }
+
+    /// A head longer than one sniff read: the rest is read behind the replayed bytes, in the
+    /// same read; a shorter one is not followed by a read of the (drained) socket.
+    #[tokio::test]
+    async fn a_head_longer_than_the_sniff_read_still_comes_whole() {
+        let (mut client, server) = tokio::io::duplex(8192);
+        let mut head = b"GET / HTTP/1.1\r\nhost: a\r\nx-long: ".to_vec();
+        head.resize(3 * SNIFF_READ, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        client.write_all(&head).await.unwrap();
+        let (p, mut io) = Sniff::new(server).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        assert!(io.more, "the sniff filled its buffer");
+        let mut buf = vec![0u8; 8192];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &head[..]);
+        assert!(io.replay.capacity() == 0, "the replayed bytes are freed");
     }
 
     #[tokio::test]

@@ -32,10 +32,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::detect::{self, Protocol};
-use super::park::{ParkingH1, ReadReady};
+use super::detect;
+use super::park::ParkingH1;
+use super::plain::Plain;
+use super::serving::{Handshake, Http, Serving, Tcp};
 use super::tunnel::TunnelHost;
-use super::watch::{self, Active, Drain, Ended, Meter, Metered, Pressure, Reduced, Watch};
+use super::watch::{self, Active, Meter, Metered, Pressure, Reduced, Watch, Watched};
 use crate::conn::h1::Rejections;
 use crate::session::{ConnService, ListenerTag};
 use crate::snapshot::{ListenerRuntime, Snapshot};
@@ -330,6 +332,9 @@ struct AcceptLoop {
 
 impl AcceptLoop {
     async fn run(self) {
+        // The listener's runtime in the snapshot of the last accept: looked up again only when
+        // a reload has stored a new snapshot.
+        let mut cached: Option<Arc<ListenerRuntime>> = None;
         while let Some(accepted) = self.accept().await {
             let (mut slot, stream, peer) = match accepted {
                 Ok(a) => a,
@@ -340,9 +345,18 @@ impl AcceptLoop {
                     continue;
                 }
             };
-            let Some(runtime) = self.state.snapshot.load().listeners.get(&self.key).cloned() else {
-                continue;
+            let snapshot = self.state.snapshot.load();
+            let runtime = match &cached {
+                Some(runtime) if runtime.epoch == snapshot.epoch => runtime.clone(),
+                _ => {
+                    cached = snapshot.listeners.get(&self.key).cloned();
+                    let Some(runtime) = &cached else {
+                        continue;
+                    };
+                    runtime.clone()
+                }
             };
+            drop(snapshot);
             runtime.recorders.accepted.inc();
             slot.1 = Some(runtime.recorders.open.track());
             let conn = Connection {
@@ -353,7 +367,7 @@ impl AcceptLoop {
                 state: self.state.clone(),
                 shutdown: self.shutdown.clone(),
                 tunnels: self.connections.clone(),
-                slot: Arc::new(slot),
+                slot,
             };
             let task = conn.serve(stream, peer);
             // The connection's future, held inline in its task (docs/benchmarks.md § connections).
@@ -413,161 +427,146 @@ struct Connection {
     shutdown: CancellationToken,
     /// Where an upgraded connection's tunnel runs (the connection tasks' tracker).
     tunnels: TaskTracker,
-    /// Shared with the connection's tunnel, if it is upgraded.
-    slot: Arc<Slot>,
+    /// Held by the connection's [`TunnelHost`] (and so by its tunnel, if it is upgraded).
+    slot: Slot,
 }
 
 // === impl Connection ===
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+    /// The future of the connection's task (see [`Serving`]).
+    fn serve(self, stream: TcpStream, peer: SocketAddr) -> Serving {
         let _ = stream.set_nodelay(true);
-        let meter = Arc::new(Meter::counting(self.runtime.recorders.sent.clone()));
+        let Self {
+            key,
+            accepted,
+            pressure,
+            runtime,
+            state,
+            shutdown,
+            tunnels,
+            slot,
+        } = self;
+        let meter = Arc::new(Meter::counting(runtime.recorders.sent.clone()));
         let stream = Active::new(stream, meter.clone());
-        let tls = self.runtime.tls.is_some();
+        let tls = runtime.tls.is_some();
         let rejections = Rejections::default();
-        let trusted = self.runtime.trusted_proxies.contains(peer.ip());
+        let trusted = runtime.trusted_proxies.contains(peer.ip());
         let service = Metered::new(
             ConnService::new(
-                self.state.clone(),
+                state,
                 Downstream { peer, tls, trusted },
                 rejections.clone(),
-                &self.runtime,
-                TunnelHost::new(
-                    self.tunnels.clone(),
-                    self.runtime.idle_timeout,
-                    self.slot.clone(),
-                ),
+                &runtime,
+                TunnelHost::new(tunnels, runtime.idle_timeout, slot),
                 ListenerTag {
-                    addr: self.key,
-                    epoch: self.runtime.epoch,
-                    index: self.runtime.index,
+                    addr: key,
+                    epoch: runtime.epoch,
+                    index: runtime.index,
                 },
-                self.runtime.recorders.received.clone(),
+                runtime.recorders.received.clone(),
             ),
             meter.clone(),
         );
-        let header_read_timeout = self.runtime.header_read_timeout;
-        let reduced = self.reduced().head;
-        match &self.runtime.tls {
-            None if self.runtime.http2 => {
-                let sniff = detect::sniff(stream, header_read_timeout);
-                match watch::under_pressure(sniff, self.accepted, reduced, &self.pressure).await {
-                    Ok(Ok((Protocol::Http2, io))) => {
-                        self.serve_h2(io, service, meter).await;
-                    }
-                    Ok(Ok((Protocol::Http1, io))) => {
-                        self.serve_h1(io, service, rejections, meter).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed"),
-                    Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
-                }
+        let watch = Watch {
+            meter: meter.clone(),
+            idle: runtime.idle_timeout,
+            send: runtime.send_timeout,
+            header: runtime.header_read_timeout,
+            shutdown,
+            pressure,
+            reduced: Reduced::new(runtime.header_read_timeout, runtime.idle_timeout),
+            accepted,
+        };
+        if runtime.tls.is_some() {
+            let handshake = handshake(stream, peer, watch, runtime, service, rejections, meter);
+            Serving::Handshake { handshake }
+        } else if runtime.http2 {
+            // The protocol decided by the first bytes.
+            let conn = Plain::new(stream, runtime, service, rejections, meter);
+            Serving::Plain {
+                driven: watch.drive(conn),
             }
-            None => {
-                self.serve_h1(stream, service, rejections, meter).await;
-            }
-            Some(acceptor) => {
-                let accept = async {
-                    let mut stream = stream;
-                    if detect::is_plain_http(stream.get_ref()).await? {
-                        detect::answer_plain_http(&mut stream).await;
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            "plain HTTP sent to a TLS listener (answered 400)",
-                        ));
-                    }
-                    acceptor.accept(stream).await
-                };
-                // Boxed: held inline, the handshake's state (a whole TLS stream) would size
-                // every connection's task for its whole life.
-                let handshake = Box::pin(tokio::time::timeout(header_read_timeout, accept));
-                let handshake =
-                    watch::under_pressure(handshake, self.accepted, reduced, &self.pressure);
-                let tls = match handshake.await {
-                    Ok(Ok(Ok(tls))) => tls,
-                    Ok(Ok(Err(e))) => {
-                        self.runtime.recorders.tls_failed(TlsFailure::Error);
-                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Ok(Err(_)) => {
-                        self.runtime.recorders.tls_failed(TlsFailure::Timeout);
-                        return tracing::debug!(%peer, "TLS handshake timed out");
-                    }
-                    Err(e) => {
-                        self.runtime.recorders.tls_failed(TlsFailure::Pressure);
-                        return tracing::debug!(%peer, error = %e, "TLS handshake cut");
-                    }
-                };
-                // ALPN offers h2 only when the listener serves HTTP/2; such a connection
-                // speaks nothing else.
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    self.serve_h2(tls, service, meter).await;
-                } else {
-                    self.serve_h1(tls, service, rejections, meter).await;
-                }
+        } else {
+            let conn = ParkingH1::new(stream, runtime, service, rejections, meter);
+            Serving::Http1 {
+                driven: watch.drive(conn),
             }
         }
-    }
-
-    /// The listener's limits under pressure.
-    fn reduced(&self) -> Reduced {
-        Reduced::new(self.runtime.header_read_timeout, self.runtime.idle_timeout)
-    }
-
-    fn watch(&self, meter: Arc<Meter>, http2: bool) -> Watch {
-        Watch {
-            meter,
-            idle: self.runtime.idle_timeout,
-            send: self.runtime.send_timeout,
-            header: self.runtime.header_read_timeout,
-            http2,
-            shutdown: self.shutdown.clone(),
-            pressure: self.pressure.clone(),
-            reduced: self.reduced(),
-            accepted: self.accepted,
-        }
-    }
-
-    /// Serves HTTP/1.1 on `io`, behind the framing guard, parking between requests (see
-    /// [`park`](super::park)). The refusals of the guard are handed to `service` in
-    /// `rejections`.
-    fn serve_h1<I>(
-        &self,
-        io: I,
-        service: Service,
-        rejections: Rejections,
-        meter: Arc<Meter>,
-    ) -> impl Future<Output = Ended> + use<I>
-    where
-        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
-    {
-        let conn = ParkingH1::new(io, self.runtime.clone(), service, rejections, meter.clone());
-        self.watch(meter, false).drive(conn)
-    }
-
-    /// Serves HTTP/2 on `io`. The hyper connection (with `io` in it) is boxed, at its own size:
-    /// held inline, every connection's task would be as large as the largest kind (HTTP/2 over
-    /// TLS), several times over (docs/benchmarks.md § connection scale).
-    fn serve_h2<I>(
-        &self,
-        io: I,
-        service: Service,
-        meter: Arc<Meter>,
-    ) -> impl Future<Output = Ended> + use<I>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let conn = self.runtime.h2.serve_connection(TokioIo::new(io), service);
-        self.watch(meter, true).drive(Box::pin(conn))
     }
 }
 
-impl<I> Drain for hyper::server::conn::http2::Connection<TokioIo<I>, Service, TokioExecutor>
+/// The TLS handshake of a connection, bounded by `header_read_timeout` (sooner under
+/// pressure); then the connection under `watch`, HTTP/2 if ALPN chose it (offered only when the
+/// listener serves HTTP/2; such a connection speaks nothing else), else HTTP/1. Boxed: held
+/// inline, the handshake's state (a whole TLS stream) would size every connection's task for
+/// its whole life.
+fn handshake(
+    stream: Tcp,
+    peer: SocketAddr,
+    watch: Watch,
+    runtime: Arc<ListenerRuntime>,
+    service: Service,
+    rejections: Rejections,
+    meter: Arc<Meter>,
+) -> Handshake {
+    Box::pin(async move {
+        let accept = async {
+            let Some(acceptor) = &runtime.tls else {
+                return Err(std::io::Error::other("no TLS acceptor"));
+            };
+            let mut stream = stream;
+            if detect::is_plain_http(stream.get_ref()).await? {
+                detect::answer_plain_http(&mut stream).await;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "plain HTTP sent to a TLS listener (answered 400)",
+                ));
+            }
+            acceptor.accept(stream).await
+        };
+        let accept = tokio::time::timeout(runtime.header_read_timeout, accept);
+        let handshake =
+            watch::under_pressure(accept, watch.accepted, watch.reduced.head, &watch.pressure);
+        let tls = match handshake.await {
+            Ok(Ok(Ok(tls))) => tls,
+            Ok(Ok(Err(e))) => {
+                runtime.recorders.tls_failed(TlsFailure::Error);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Ok(Err(_)) => {
+                runtime.recorders.tls_failed(TlsFailure::Timeout);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+            Err(e) => {
+                runtime.recorders.tls_failed(TlsFailure::Pressure);
+                tracing::debug!(%peer, error = %e, "TLS handshake cut");
+                return None;
+            }
+        };
+        let conn = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Http::Http2(Box::pin(
+                runtime.h2.serve_connection(TokioIo::new(tls), service),
+            ))
+        } else {
+            Http::Http1(ParkingH1::new(tls, runtime, service, rejections, meter))
+        };
+        Some(watch.drive(conn))
+    })
+}
+
+impl<I> Watched for hyper::server::conn::http2::Connection<TokioIo<I>, Service, TokioExecutor>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn drain(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+
+    fn http2(&self) -> bool {
+        true
     }
 }
 

@@ -26,9 +26,9 @@
 //!   made when bytes arrive, so its header timer (`header_read_timeout_ms`) bounds the next head
 //!   from its first byte; the first request's head is bounded from accept (a connection never
 //!   parks before its first request).
-//! * **Shutdown and idle close**: [`Drain`] on a parked connection shuts the transport down at
-//!   once (a TLS `close_notify`, then FIN); on a serving one it asks hyper to finish, and a park
-//!   after that closes instead of waiting.
+//! * **Shutdown and idle close**: [`Watched::drain`] on a parked connection shuts the transport
+//!   down at once (a TLS `close_notify`, then FIN); on a serving one it asks hyper to finish,
+//!   and a park after that closes instead of waiting.
 //! * **Upgrades, pipelining, violations**: the guard never parks after an upgrade (nor while one
 //!   is pending), nor while it or hyper holds bytes of a next request, nor after a framing
 //!   violation (see [`crate::conn::h1`]).
@@ -50,7 +50,7 @@ use tokio::net::TcpStream;
 use super::detect::Rewind;
 use super::h1::{Park, Rejections, Slot, StrictH1};
 use super::listener::Service;
-use super::watch::{Active, Drain, Meter};
+use super::watch::{Active, Meter, Watched};
 use crate::snapshot::ListenerRuntime;
 
 /// A transport that can tell when it has something to read, without reading it.
@@ -214,7 +214,7 @@ where
     }
 }
 
-impl<I> Drain for ParkingH1<I>
+impl<I> Watched for ParkingH1<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
 {

@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use super::detect::Rewind;
 use super::h1::StrictH1;
 use super::park::ParkingH1;
-use super::watch::{Active, Meter, Metered, Watch};
+use super::plain::Plain;
+use super::serving::Serving;
+use super::watch::{Active, Driven, Meter, Metered, Watch};
 use crate::session::ConnService;
 
 type Tcp = Active<TcpStream>;
@@ -45,6 +47,21 @@ fn sizes() -> Vec<(&'static str, usize, usize)> {
         // The slot's heap block, where a parked transport waits.
         ("parked TCP transport", size_of::<OnceLock<Tcp>>(), 96),
         ("parked TLS transport", size_of::<OnceLock<Tls>>(), 1408),
+        // The whole future of a connection's task (what an idle parked connection holds
+        // inline: 2,864 bytes when it was an `async fn`), and its parts: the watch driving
+        // an HTTP/1-only or an HTTP/1-or-h2c connection.
+        (
+            "connection task future (Serving)",
+            size_of::<Serving>(),
+            768,
+        ),
+        (
+            "Driven<ParkingH1<TCP>>",
+            size_of::<Driven<ParkingH1<Tcp>>>(),
+            704,
+        ),
+        ("Plain (HTTP/1 or h2c)", size_of::<Plain>(), 272),
+        ("Driven<Plain>", size_of::<Driven<Plain>>(), 768),
     ]
 }
 

@@ -28,20 +28,22 @@ struct HostInner {
     tracker: TaskTracker,
     /// The listener's `idle_timeout_ms`: a tunnel with no byte either way for this long closes.
     idle: Duration,
-    /// The connection's `max_connections` slot, held until its tunnel (if any) ends.
-    slot: Arc<Slot>,
+    /// The connection's `max_connections` slot, held (with this host) until the connection and
+    /// its tunnel, if any, have ended.
+    _slot: Slot,
 }
 
 // === impl TunnelHost ===
 
 impl TunnelHost {
-    /// The host for one connection.
-    pub(crate) fn new(tracker: TaskTracker, idle: Duration, slot: Arc<Slot>) -> Self {
+    /// The host for one connection, holding its `max_connections` slot (one allocation per
+    /// connection for both).
+    pub(crate) fn new(tracker: TaskTracker, idle: Duration, slot: Slot) -> Self {
         Self {
             inner: Arc::new(HostInner {
                 tracker,
                 idle,
-                slot,
+                _slot: slot,
             }),
         }
     }
@@ -49,10 +51,11 @@ impl TunnelHost {
     /// Runs `tunnel` to its end as a tracked task holding `open` (its place in the route's
     /// count) and the connection's slot.
     pub(crate) fn spawn(&self, tunnel: Tunnel, open: OpenWebSocket, route: Arc<str>) {
-        let slot = self.inner.slot.clone();
+        // The tunnel keeps the host, and with it the connection's slot.
+        let host = self.inner.clone();
         let idle = self.inner.idle;
         self.inner.tracker.spawn(async move {
-            let _held = (slot, open);
+            let _held = (host, open);
             match tunnel.run(idle).await {
                 Ok(stats) => tracing::debug!(
                     %route,

@@ -36,6 +36,15 @@
 //! never closed for pressure. The check runs at the watch's tick, in the task that polls the
 //! connection, so no request can start between the sample and the close.
 //!
+//! On the server's shutdown every connection is asked to finish (drained): at once, or at its
+//! first tick (within 500 ms) if it is younger than that, as a connection waits for the
+//! shutdown signal only from then on (most short-lived connections never need to).
+//!
+//! A plain connection whose protocol is still being decided (the h2c sniff, [`Watched::opening`])
+//! is closed once `header_read_timeout` has passed since accept: the watch's timer bounds it,
+//! so the sniff needs none of its own, and under pressure it is closed at the reduced header
+//! time like any connection that has not started a request.
+//!
 //! A connection is **stuck** when a socket write has been blocked with nothing written for
 //! `send_timeout`, or (HTTP/2) when any one response frame has been held that long, whatever
 //! the other streams do: it is dropped at once, which frees its `max_connections` slot and every
@@ -58,8 +67,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use snakeway_core::metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Longest wait for an idle connection to finish closing gracefully before it is dropped.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -68,6 +77,8 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 /// Longest tick of an HTTP/1 connection's watch between requests: an idle connection is asked
 /// to park within two of them.
 const PARK_TICK: Duration = Duration::from_millis(500);
+/// Longest first tick of a connection's watch: it waits for the server's shutdown from then on.
+const FIRST_TICK: Duration = Duration::from_millis(500);
 /// Buckets of held frames, by the epoch they were handed over in (modulo this).
 const HELD_RING: u32 = 8;
 /// A frame still held this many epochs after the one it was handed over in has been held for
@@ -141,7 +152,7 @@ impl Reduced {
 #[error("closed under pressure: no request within the reduced header time")]
 pub(crate) struct Pressured;
 
-/// Runs `fut` (a TLS handshake or the protocol sniff, which have their own full timeout), but
+/// Runs `fut` (a TLS handshake, which has its own full timeout), but
 /// gives up once `limit` has passed since `accepted` while `pressure` is set.
 pub(crate) async fn under_pressure<F: Future>(
     fut: F,
@@ -303,10 +314,9 @@ pub(crate) struct Watch {
     /// `send_timeout_ms`.
     pub(crate) send: Duration,
     /// `header_read_timeout_ms`: hyper's header timer also runs between requests, so an idle
-    /// HTTP/1 connection is asked to park within half of it.
+    /// HTTP/1 connection is asked to park within half of it; and a connection still
+    /// [opening](Watched::opening) this long after accept is closed.
     pub(crate) header: Duration,
-    /// Whether the connection speaks HTTP/2 (bytes then do not count as activity).
-    pub(crate) http2: bool,
     /// Cancelled on server shutdown: the connection is drained.
     pub(crate) shutdown: CancellationToken,
     /// The listener's pressure signal.
@@ -317,16 +327,36 @@ pub(crate) struct Watch {
     pub(crate) accepted: Instant,
 }
 
-/// A hyper connection that can be asked to finish its in-flight requests and close.
-pub(crate) trait Drain {
+/// A connection a [`Watch`] drives: it can be asked to finish its in-flight requests and
+/// close, and says what it speaks.
+pub(crate) trait Watched {
     /// Starts a graceful shutdown: no new requests, close once the current ones are answered.
     fn drain(self: Pin<&mut Self>);
+
+    /// Whether it speaks HTTP/2 (bytes then do not count as activity, and it never parks).
+    fn http2(&self) -> bool {
+        false
+    }
+
+    /// Whether its protocol is not decided yet (the h2c sniff): the watch closes it once
+    /// `header_read_timeout` has passed since accept.
+    fn opening(&self) -> bool {
+        false
+    }
 }
 
-/// A boxed connection drains like the connection in it.
-impl<C: Drain + ?Sized> Drain for Pin<Box<C>> {
+/// A boxed connection is watched like the connection in it.
+impl<C: Watched + ?Sized> Watched for Pin<Box<C>> {
     fn drain(self: Pin<&mut Self>) {
         self.get_mut().as_mut().drain();
+    }
+
+    fn http2(&self) -> bool {
+        (**self).http2()
+    }
+
+    fn opening(&self) -> bool {
+        (**self).opening()
     }
 }
 
@@ -342,120 +372,199 @@ pub(crate) enum Ended {
     /// Dropped: the listener was under pressure and the connection had no request open for
     /// the reduced limit.
     Pressure,
+    /// Dropped: its protocol was not decided within `header_read_timeout` of accept.
+    HeaderTimeout,
 }
 
 // === impl Watch ===
 
 impl Watch {
     /// Drives `conn` to its end, or drops it (see [`Ended`]).
-    pub(crate) async fn drive<C, E>(self, conn: C) -> Ended
-    where
-        C: Future<Output = Result<(), E>> + Drain,
-        E: std::fmt::Display,
-    {
-        let mut conn = pin!(conn);
+    pub(crate) fn drive<C: Watched>(self, conn: C) -> Driven<C> {
+        let start = Instant::now();
+        let first = self.ticks(conn.http2()).0.min(FIRST_TICK);
+        let timer = tokio::time::sleep_until(start + first);
+        let last = self.meter.sample();
+        Driven {
+            conn,
+            timer,
+            shutdown: None,
+            ticking: Ticking {
+                watch: self,
+                last,
+                active_at: start,
+                progress_at: start,
+                epoch_at: start,
+                request_at: start,
+                drain_deadline: None,
+                draining: false,
+            },
+        }
+    }
+
+    /// The ticks of the timer before the first request and between requests, for a connection
+    /// that speaks HTTP/2 or not. Finer than the timeouts need, so that the reduced limits hold
+    /// under pressure. And an HTTP/1 connection quiet for a whole tick between requests parks,
+    /// before hyper's header timer (which runs while it waits for the next head) could close
+    /// it; the tick of the first request too, as the timer is reset only at a tick.
+    fn ticks(&self, http2: bool) -> (Duration, Duration) {
         let tick = (self.idle.min(self.send) / 4).max(MIN_TICK);
-        // Finer ticks so that the reduced limits hold under pressure: before the first request
-        // (short for any real client) and between requests.
-        // And an HTTP/1 connection quiet for a whole tick between requests parks, before
-        // hyper's header timer (which runs while it waits for the next head) could close it;
-        // the tick of the first request too, as the timer is reset only at a tick.
-        let park = if self.http2 {
+        let park = if http2 {
             Duration::MAX
         } else {
             PARK_TICK.min(self.header / 4)
         };
-        let head_tick = tick.min(self.reduced.head / 4).min(park).max(MIN_TICK);
-        let idle_tick = tick.min(self.reduced.idle / 4).min(park).max(MIN_TICK);
-        let start = Instant::now();
-        let timer = tokio::time::sleep_until(start + head_tick);
-        let mut timer = pin!(timer);
-        let mut last = self.meter.sample();
-        let mut active_at = start;
-        let mut progress_at = start;
-        let quarter_send = self.send / 4;
-        let mut epoch_at = start;
-        let mut request_at = start;
-        let mut drain_deadline: Option<Instant> = None;
-        let mut draining = false;
+        let head = tick.min(self.reduced.head / 4).min(park).max(MIN_TICK);
+        let idle = tick.min(self.reduced.idle / 4).min(park).max(MIN_TICK);
+        (head, idle)
+    }
+}
+
+pin_project! {
+    /// The future of [`Watch::drive`]. Written by hand, not as an `async fn`: every field is
+    /// held once, for the connection's whole life (an `async fn` keeps its arguments beside
+    /// the locals they are moved into).
+    pub(crate) struct Driven<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        timer: Sleep,
+        // Waits for the server's shutdown from the first tick on (see `Driven::poll`).
+        #[pin]
+        shutdown: Option<WaitForCancellationFutureOwned>,
+        ticking: Ticking,
+    }
+}
+
+/// What the watch's timer compares from one tick to the next.
+struct Ticking {
+    watch: Watch,
+    last: Sample,
+    active_at: Instant,
+    progress_at: Instant,
+    epoch_at: Instant,
+    request_at: Instant,
+    drain_deadline: Option<Instant>,
+    draining: bool,
+}
+
+impl<C, E> Future for Driven<C>
+where
+    C: Future<Output = Result<(), E>> + Watched,
+    E: std::fmt::Display,
+{
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let mut this = self.project();
         loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return Ended::Finished;
+            if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-                () = self.shutdown.cancelled(), if !draining => {
-                    conn.as_mut().drain();
-                    draining = true;
-                }
-                () = timer.as_mut() => {
-                    let now = Instant::now();
-                    let s = self.meter.sample();
-                    let requests = s.open > 0 || s.started != last.started;
-                    let busy = requests || (!self.http2 && s.io != last.io);
-                    if requests {
-                        request_at = now;
-                    } else if !self.http2
-                        && s.started > 0
-                        && (s.io == last.io || self.pressure.is_set())
-                    {
-                        self.meter.park.ring();
-                    }
-                    if busy {
-                        active_at = now;
-                    } else if !draining && now - active_at >= self.idle {
-                        tracing::debug!("closing idle connection");
-                        conn.as_mut().drain();
-                        draining = true;
-                        drain_deadline = Some(now + DRAIN_LIMIT.min(self.idle));
-                    }
-                    if !requests && self.pressure.is_set() {
-                        // Nothing can start a request between this sample and the drop: the
-                        // connection is polled by this task only.
-                        let (since, limit) = if s.started == 0 {
-                            (self.accepted, self.reduced.head)
-                        } else {
-                            (request_at, self.reduced.idle)
-                        };
-                        if now - since >= limit {
-                            tracing::debug!(
-                                first_request = s.started == 0,
-                                limit_ms = limit.as_millis() as u64,
-                                "listener full: connection without a request open closed"
-                            );
-                            return Ended::Pressure;
-                        }
-                    }
-                    let blocked = s.write_blocked && s.written == last.written;
-                    if !blocked {
-                        progress_at = now;
-                    }
-                    let mut stuck = now - progress_at >= self.send;
-                    if now - epoch_at >= quarter_send {
-                        epoch_at = now;
-                        stuck |= self.meter.advance() && self.http2;
-                    }
-                    if stuck {
-                        tracing::info!(
-                            send_timeout_ms = self.send.as_millis() as u64,
-                            "send timeout: the client read nothing; connection dropped"
-                        );
-                        return Ended::SendTimeout;
-                    }
-                    // A request that was already open when the drain began runs to its end:
-                    // its own timeouts bound it.
-                    if s.open == 0 && drain_deadline.is_some_and(|d| now >= d) {
-                        tracing::debug!("idle connection did not close in time; dropped");
-                        return Ended::IdleDrainTimeout;
-                    }
-                    last = s;
-                    let next = if s.started == 0 { head_tick } else { idle_tick };
-                    timer.as_mut().reset(now + next);
-                }
+                return Poll::Ready(Ended::Finished);
+            }
+            if !this.ticking.draining
+                && let Some(shutdown) = this.shutdown.as_mut().as_pin_mut()
+                && shutdown.poll(cx).is_ready()
+            {
+                this.conn.as_mut().drain();
+                this.ticking.draining = true;
+                continue;
+            }
+            ready!(this.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            match this.ticking.tick(this.conn.as_mut(), now) {
+                Ok(next) => this.timer.as_mut().reset(now + next),
+                Err(ended) => return Poll::Ready(ended),
+            }
+            // A connection waits for the server's shutdown only once it has lived a tick (at
+            // most `FIRST_TICK`): most of those that open, ask and close within one never join
+            // the shared list of waiters (a lock to join it and one to leave). One that
+            // shutdown finds younger is drained at its first tick.
+            if this.shutdown.is_none() {
+                let token = this.ticking.watch.shutdown.clone();
+                this.shutdown.set(Some(token.cancelled_owned()));
             }
         }
+    }
+}
+
+// === impl Ticking ===
+
+impl Ticking {
+    /// One tick of the timer at `now`: closes, drains or parks `conn` as the module docs say.
+    /// Returns the time to the next tick, or why the connection is dropped.
+    fn tick<C: Watched>(&mut self, mut conn: Pin<&mut C>, now: Instant) -> Result<Duration, Ended> {
+        let watch = &self.watch;
+        // Known once the protocol is decided (the h2c sniff).
+        let http2 = conn.http2();
+        if conn.opening() && now - watch.accepted >= watch.header {
+            tracing::debug!(
+                header_read_timeout_ms = watch.header.as_millis() as u64,
+                "no protocol decided within the header read timeout; connection closed"
+            );
+            return Err(Ended::HeaderTimeout);
+        }
+        let s = watch.meter.sample();
+        let last = self.last;
+        let requests = s.open > 0 || s.started != last.started;
+        let busy = requests || (!http2 && s.io != last.io);
+        if requests {
+            self.request_at = now;
+        } else if !http2 && s.started > 0 && (s.io == last.io || watch.pressure.is_set()) {
+            watch.meter.park.ring();
+        }
+        if busy {
+            self.active_at = now;
+        } else if !self.draining && now - self.active_at >= watch.idle {
+            tracing::debug!("closing idle connection");
+            conn.as_mut().drain();
+            self.draining = true;
+            self.drain_deadline = Some(now + DRAIN_LIMIT.min(watch.idle));
+        }
+        if !requests && watch.pressure.is_set() {
+            // Nothing can start a request between this sample and the drop: the connection
+            // is polled by this task only.
+            let (since, limit) = if s.started == 0 {
+                (watch.accepted, watch.reduced.head)
+            } else {
+                (self.request_at, watch.reduced.idle)
+            };
+            if now - since >= limit {
+                tracing::debug!(
+                    first_request = s.started == 0,
+                    limit_ms = limit.as_millis() as u64,
+                    "listener full: connection without a request open closed"
+                );
+                return Err(Ended::Pressure);
+            }
+        }
+        let blocked = s.write_blocked && s.written == last.written;
+        if !blocked {
+            self.progress_at = now;
+        }
+        let mut stuck = now - self.progress_at >= watch.send;
+        if now - self.epoch_at >= watch.send / 4 {
+            self.epoch_at = now;
+            stuck |= watch.meter.advance() && http2;
+        }
+        if stuck {
+            tracing::info!(
+                send_timeout_ms = watch.send.as_millis() as u64,
+                "send timeout: the client read nothing; connection dropped"
+            );
+            return Err(Ended::SendTimeout);
+        }
+        // A request that was already open when the drain began runs to its end: its own
+        // timeouts bound it.
+        if s.open == 0 && self.drain_deadline.is_some_and(|d| now >= d) {
+            tracing::debug!("idle connection did not close in time; dropped");
+            return Err(Ended::IdleDrainTimeout);
+        }
+        self.last = s;
+        let (head_tick, idle_tick) = watch.ticks(http2);
+        Ok(if s.started == 0 { head_tick } else { idle_tick })
     }
 }
 
@@ -797,8 +906,24 @@ mod tests {
         }
     }
 
-    /// A connection future that never finishes and records drains.
-    struct Stuck(Arc<AtomicBool>);
+    /// A connection future that never finishes and records drains; speaks HTTP/2 or not, and
+    /// is still opening (its protocol undecided) or not.
+    #[derive(Default)]
+    struct Stuck {
+        drained: Arc<AtomicBool>,
+        http2: bool,
+        opening: bool,
+    }
+
+    impl Stuck {
+        fn new(drained: &Arc<AtomicBool>, http2: bool) -> Self {
+            Self {
+                drained: drained.clone(),
+                http2,
+                opening: false,
+            }
+        }
+    }
 
     impl Future for Stuck {
         type Output = Result<(), Infallible>;
@@ -807,19 +932,26 @@ mod tests {
         }
     }
 
-    impl Drain for Stuck {
+    impl Watched for Stuck {
         fn drain(self: Pin<&mut Self>) {
-            self.0.store(true, Ordering::SeqCst);
+            self.drained.store(true, Ordering::SeqCst);
+        }
+
+        fn http2(&self) -> bool {
+            self.http2
+        }
+
+        fn opening(&self) -> bool {
+            self.opening
         }
     }
 
-    fn watch(meter: &Arc<Meter>, http2: bool) -> Watch {
+    fn watch(meter: &Arc<Meter>) -> Watch {
         Watch {
             meter: meter.clone(),
             idle: Duration::from_millis(400),
             send: Duration::from_millis(200),
             header: Duration::from_secs(10),
-            http2,
             shutdown: CancellationToken::new(),
             pressure: Pressure::default(),
             reduced: Reduced {
@@ -866,12 +998,12 @@ mod tests {
         let meter = Arc::new(Meter::default());
         meter.started.store(started, Ordering::Relaxed);
         meter.open.store(open, Ordering::Relaxed);
-        let mut w = watch(&meter, false);
+        let mut w = watch(&meter);
         w.idle = Duration::from_secs(20);
         w.send = Duration::from_secs(20);
         let signal = w.pressure.clone();
         let _guard = pressure.then(|| signal.enter());
-        tokio::time::timeout(wait, w.drive(Stuck(Arc::default())))
+        tokio::time::timeout(wait, w.drive(Stuck::default()))
             .await
             .ok()
     }
@@ -917,6 +1049,58 @@ mod tests {
         assert!(matches!(cut.await, Ok(Err(Pressured))));
     }
 
+    /// Shutdown drains a connection: one that has lived a tick at once, a younger one at its
+    /// first tick (it waits for shutdown only from then on).
+    #[tokio::test]
+    async fn shutdown_drains_a_connection_young_or_old() {
+        for old in [false, true] {
+            let meter = Arc::new(Meter::default());
+            let mut w = watch(&meter);
+            w.idle = Duration::from_secs(20);
+            w.send = Duration::from_secs(20);
+            let token = w.shutdown.clone();
+            let drained = Arc::new(AtomicBool::new(false));
+            let drive = tokio::spawn(w.drive(Stuck::new(&drained, false)));
+            if old {
+                tokio::time::sleep(FIRST_TICK * 2).await;
+                assert!(!drained.load(Ordering::SeqCst), "drained before shutdown");
+            }
+            token.cancel();
+            let since = Instant::now();
+            while !drained.load(Ordering::SeqCst) {
+                assert!(since.elapsed() < 4 * FIRST_TICK, "not drained (old: {old})");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drive.abort();
+        }
+    }
+
+    /// The h2c sniff sets no timer of its own: the watch closes a connection still opening at
+    /// `header_read_timeout` after accept, and leaves one alone once its protocol is decided.
+    #[tokio::test]
+    async fn a_connection_still_opening_is_closed_at_the_header_read_timeout() {
+        for opening in [true, false] {
+            let meter = Arc::new(Meter::default());
+            let mut w = watch(&meter);
+            w.header = Duration::from_millis(300);
+            w.idle = Duration::from_secs(20);
+            w.send = Duration::from_secs(20);
+            let start = Instant::now();
+            let conn = Stuck {
+                opening,
+                ..Stuck::default()
+            };
+            let ended = tokio::time::timeout(Duration::from_secs(2), w.drive(conn)).await;
+            if opening {
+                assert_eq!(ended, Ok(Ended::HeaderTimeout));
+                let waited = start.elapsed();
+                assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            } else {
+                assert!(ended.is_err(), "a decided connection is not cut: {ended:?}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_blocked_write_without_progress_is_dropped_after_send_timeout() {
         let meter = Arc::new(Meter::default());
@@ -924,7 +1108,7 @@ mod tests {
         meter.write_blocked.store(true, Ordering::Relaxed);
         let drained = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
-        let ended = watch(&meter, false).drive(Stuck(drained.clone())).await;
+        let ended = watch(&meter).drive(Stuck::new(&drained, false)).await;
         assert_eq!(ended, Ended::SendTimeout);
         let waited = start.elapsed();
         assert!(
@@ -953,7 +1137,7 @@ mod tests {
                 m.wrote();
             }
         });
-        let ended = watch(&meter, true).drive(Stuck(Arc::default())).await;
+        let ended = watch(&meter).drive(Stuck::new(&Arc::default(), true)).await;
         others.abort();
         assert_eq!(ended, Ended::SendTimeout);
     }
@@ -967,12 +1151,12 @@ mod tests {
     async fn a_quiet_http1_connection_is_asked_to_park_a_busy_one_is_not() {
         let meter = Arc::new(Meter::default());
         meter.started.store(1, Ordering::Relaxed);
-        let mut w = watch(&meter, false);
+        let mut w = watch(&meter);
         // Long timeouts: the watch ticks at the park tick between requests.
         w.idle = Duration::from_secs(20);
         w.send = Duration::from_secs(20);
         w.reduced = Reduced::new(w.idle, w.idle);
-        let drive = tokio::spawn(w.drive(Stuck(Arc::default())));
+        let drive = tokio::spawn(w.drive(Stuck::default()));
         // Requests back to back, each a few milliseconds apart, for three ticks.
         let busy_until = Instant::now() + 3 * PARK_TICK;
         while Instant::now() < busy_until {
@@ -1002,7 +1186,7 @@ mod tests {
                 }
             });
             let drained = Arc::new(AtomicBool::new(false));
-            let drive = watch(&meter, http2).drive(Stuck(drained.clone()));
+            let drive = watch(&meter).drive(Stuck::new(&drained, http2));
             let ended = tokio::time::timeout(Duration::from_millis(1500), drive).await;
             pings.abort();
             if http2 {
