@@ -150,6 +150,13 @@ mod tests {
         assert!(matches!(poll, Poll::Ready(Ok(n)) if n == bytes.len()));
     }
 
+    /// The client sends a GET, the guard hands it over and hyper's answer goes back.
+    async fn one_request(guard: &mut StrictH1<DuplexStream>, client: &mut DuplexStream) {
+        client.write_all(GET).await.unwrap();
+        assert_eq!(read(guard).as_deref(), Some(GET));
+        write(guard, OK);
+    }
+
     #[tokio::test]
     async fn a_fresh_connection_parks_as_soon_as_its_first_request_is_answered() {
         let Setup {
@@ -186,14 +193,10 @@ mod tests {
             slot,
             meter,
         } = setup(false);
-        client.write_all(GET).await.unwrap();
-        assert_eq!(read(&mut guard).as_deref(), Some(GET));
-        write(&mut guard, OK);
         // The next request is already waiting when the first is answered: no park.
-        client.write_all(GET).await.unwrap();
-        assert_eq!(read(&mut guard).as_deref(), Some(GET));
+        one_request(&mut guard, &mut client).await;
+        one_request(&mut guard, &mut client).await;
         assert!(slot.get().is_none());
-        write(&mut guard, OK);
 
         // The request cleared any earlier ask: the guard waits for the watch.
         let wakes = Arc::new(Wakes::default());
@@ -225,9 +228,7 @@ mod tests {
             slot,
             meter,
         } = setup(true);
-        client.write_all(GET).await.unwrap();
-        assert_eq!(read(&mut guard).as_deref(), Some(GET));
-        write(&mut guard, OK);
+        one_request(&mut guard, &mut client).await;
         assert_eq!(read(&mut guard), None, "not asked since the request");
         assert!(slot.get().is_none());
         meter.park.ring();
