@@ -2,8 +2,9 @@
 //! dropped while a keep-alive connection waits and a new one serves its next request. Through
 //! real sockets: requests with idle gaps (bodies included, plain and TLS), a pipelined burst,
 //! the idle timeout and shutdown on a parked connection, a WebSocket upgrade after a park; a
-//! connection parks only once it has been quiet for a tick of its watch (back-to-back requests
-//! never park), and an idle one parks within 1 s whatever its timeouts.
+//! fresh connection parks as soon as its first request is answered, and from then on only once
+//! it has been quiet for a tick of its watch (back-to-back requests never park), and an idle
+//! one parks within 1 s whatever its timeouts.
 //! The server logs each park and resume at trace level; the tests count those lines to prove the
 //! connection did park.
 
