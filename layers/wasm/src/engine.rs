@@ -313,9 +313,14 @@ fn open_disk_cache(dir: &Path) -> Result<DiskCache, String> {
     check_private(&modules)
         .map_err(|e| format!("wasm cache directory {shown}: {MODULES}/: {e}"))?;
     // wasmtime only warns when a store fails; find out now, with a file wasmtime would clean up.
+    // The cleanup of another engine on this directory (the one a reload replaces, still
+    // running) may delete the probe first: written is what counts.
     let probe = modules.join(format!(".snakeway-probe-{}", std::process::id()));
     std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
+        .and_then(|()| match std::fs::remove_file(&probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            removed => removed,
+        })
         .map_err(|e| format!("wasm cache directory {shown}: cannot write in it: {e}"))?;
     let mut config = CacheConfig::new();
     config.with_directory(&dir);
@@ -458,7 +463,9 @@ mod tests {
         let component = second.compile(&bytes).unwrap();
         assert_eq!(
             second.disk_cache_stats(),
-            Some(DiskCacheStats { hits: 1, misses: 0 })
+            Some(DiskCacheStats { hits: 1, misses: 0 }),
+            "{:?}",
+            second.disk_cache_error()
         );
         assert_eq!(answer(&second, &component), 42);
         // A reload of the same bytes is served from memory, without reading the disk.
@@ -496,7 +503,9 @@ mod tests {
         assert_eq!(answer(&engine, &component), 42);
         assert_eq!(
             engine.disk_cache_stats(),
-            Some(DiskCacheStats { hits: 0, misses: 1 })
+            Some(DiskCacheStats { hits: 0, misses: 1 }),
+            "{:?}",
+            engine.disk_cache_error()
         );
         assert_ne!(
             std::fs::read(&artifact).unwrap(),
