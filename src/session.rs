@@ -297,7 +297,7 @@ impl<'a> Call<'a> {
         body: Body,
     ) -> Answer {
         let mut req = Request::from_parts(head, body);
-        // With devices, one of them may have changed the path: routing normalizes it again.
+        // With devices, one of them may have changed the path: routing normalizes it again if so.
         let routed = match self.redirect {
             Some(redirect) => Err(redirect_to_https(redirect, &req)),
             None => {
