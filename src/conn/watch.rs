@@ -25,7 +25,8 @@
 //! [`PARK_TICK`] and a quarter of `header_read_timeout` (hyper's header timer runs between
 //! requests too), so an idle connection parks within two ticks (at most 1 s, less with short
 //! timeouts; always before that timer fires) of its last byte, and a keep-alive client that sends its next request within a tick
-//! never parks.
+//! never parks on the watch's ask (the framing guard parks a fresh connection once, after its
+//! first request, without asking the watch).
 //!
 //! A listener is under **pressure** while all of its `max_connections` slots are taken (its
 //! accept loop waits for one, see [`Pressure`]). Then connections that do no useful work are
