@@ -117,6 +117,8 @@ mod retry;
 mod service;
 mod sticky;
 mod target;
+#[cfg(test)]
+mod test_upstream;
 mod tls;
 mod upgrade;
 pub mod worker;

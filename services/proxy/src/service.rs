@@ -1429,36 +1429,10 @@ mod tests {
         ));
     }
 
-    /// An upstream that answers every request on every connection with `hello`.
-    async fn hello_upstream() -> std::net::SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0; 1024];
-                    while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-                            if conn.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        addr
-    }
-
     #[tokio::test]
     async fn in_flight_lasts_until_the_response_body_ends() {
         use http_body_util::BodyExt;
-        let up = hello_upstream().await;
+        let (up, _) = crate::test_upstream::scripted().await;
         let svc = ProxyService::new(
             "a",
             vec![
@@ -1515,7 +1489,7 @@ mod tests {
     #[tokio::test]
     async fn retries_leave_no_count_behind() {
         use http_body_util::BodyExt;
-        let up = hello_upstream().await;
+        let (up, _) = crate::test_upstream::scripted().await;
         let policy = RetryPolicy::new(3, [RetryOn::ConnectFailure], 0);
         let svc = ProxyService::new(
             "a",

@@ -2,54 +2,14 @@
 //! request on a reused connection, strict on a stall, harmless after firing while idle.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::BodyExt;
 use snakeway_core::{Body, ErrorKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Downstream, ProxyService, ServiceOptions, Target, UpstreamSpec};
-
-/// An upstream that answers `GET /wait/MS` after MS milliseconds and never answers
-/// `GET /never`, over keep-alive connections; counts the connections it accepted.
-async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0; 1024];
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let target = head.split(' ').nth(1).unwrap_or("/");
-                        let Some(ms) = target.strip_prefix("/wait/") else {
-                            // `/never`: hold the connection, answer nothing.
-                            std::future::pending::<()>().await;
-                            return;
-                        };
-                        let ms: u64 = ms.parse().unwrap();
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if conn.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
 
 fn service(up: SocketAddr, response_timeout: Duration) -> ProxyService {
     let upstream = UpstreamSpec {
@@ -82,7 +42,7 @@ async fn get(svc: &ProxyService, path: &str) -> Result<u16, ErrorKind> {
 /// again with each request (a timer set once for the connection would fire in the third).
 #[tokio::test]
 async fn each_request_on_a_reused_connection_gets_the_full_limit() {
-    let (up, accepted) = scripted_upstream().await;
+    let (up, accepted) = crate::test_upstream::scripted().await;
     let svc = service(up, Duration::from_millis(600));
     for _ in 0..3 {
         assert_eq!(get(&svc, "/wait/250").await, Ok(200));
@@ -94,7 +54,7 @@ async fn each_request_on_a_reused_connection_gets_the_full_limit() {
 /// from that request's start, and the connection is not used again.
 #[tokio::test]
 async fn a_stall_on_a_reused_connection_times_out() {
-    let (up, accepted) = scripted_upstream().await;
+    let (up, accepted) = crate::test_upstream::scripted().await;
     let limit = Duration::from_millis(300);
     let svc = service(up, limit);
     assert_eq!(get(&svc, "/wait/0").await, Ok(200));
@@ -122,7 +82,7 @@ async fn a_stall_on_a_reused_connection_times_out() {
 /// A connection left idle until its timer fired serves the next request in full.
 #[tokio::test]
 async fn a_timer_that_fired_while_idle_is_set_again() {
-    let (up, accepted) = scripted_upstream().await;
+    let (up, accepted) = crate::test_upstream::scripted().await;
     let limit = Duration::from_millis(200);
     let svc = service(up, limit);
     assert_eq!(get(&svc, "/wait/0").await, Ok(200));
@@ -140,7 +100,7 @@ async fn a_timer_that_fired_while_idle_is_set_again() {
 /// A new connection's first request stalls: timed out by the timer made with the connection.
 #[tokio::test]
 async fn a_stall_on_a_new_connection_times_out() {
-    let (up, accepted) = scripted_upstream().await;
+    let (up, accepted) = crate::test_upstream::scripted().await;
     let svc = service(up, Duration::from_millis(200));
     assert_eq!(get(&svc, "/never").await, Err(ErrorKind::UpstreamTimeout));
     assert_eq!(accepted.load(Ordering::Relaxed), 1);
