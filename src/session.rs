@@ -381,6 +381,11 @@ impl<'a> Call<'a> {
                     }
                 };
                 match (session, forwarded) {
+                    // No device takes part: the response is not moved through a phase's future.
+                    (Some(session), Ok(response)) if !session.has(Phase::AfterProxy) => {
+                        session.ctx_mut().origin = Some(Origin::Upstream);
+                        Ok(response)
+                    }
                     (Some(session), Ok(response)) => session.after_proxy(response).await,
                     (_, forwarded) => forwarded,
                 }

@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use http::{Extensions, HeaderValue, Method, Uri, response};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, response};
+use smallvec::SmallVec;
 
 use crate::{DeviceLogs, DeviceSlots};
 
@@ -135,7 +136,14 @@ pub struct RequestCtx {
     pub extensions: Extensions,
     /// Where the response came from, once there is one.
     pub origin: Option<Origin>,
+    /// Fields for the response, decided before there was one (see
+    /// [`RequestCtx::add_response_header`]).
+    response_headers: ResponseHeaders,
 }
+
+/// Response fields a device decided on the request side: one kept inline, as a throttling
+/// device adds one to every request it counts.
+type ResponseHeaders = SmallVec<[(HeaderName, HeaderValue); 1]>;
 
 // === impl RequestCtx ===
 
@@ -148,6 +156,7 @@ impl RequestCtx {
             service: None,
             extensions: Extensions::new(),
             origin: None,
+            response_headers: ResponseHeaders::new(),
         }
     }
 
@@ -160,6 +169,7 @@ impl RequestCtx {
             service: None,
             extensions: Extensions::new(),
             origin: None,
+            response_headers: ResponseHeaders::new(),
         }
     }
 
@@ -186,6 +196,28 @@ impl RequestCtx {
     /// The normalized request path.
     pub fn path(&self) -> &str {
         self.info.uri.path()
+    }
+
+    /// Adds a field to whatever response this request gets (the upstream's, a static file, a
+    /// synthetic or early answer, an error page): appended to its head before `on_response`
+    /// runs, after any field of the same name already there (together they make one list,
+    /// RFC 9110 §5.3). For a device that decides a response field on the request side, such as
+    /// the throttling device's `RateLimit`, without keeping state for an `on_response` hook.
+    /// A response a later `on_response` replaces (its hook failed) does not carry it.
+    pub fn add_response_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.response_headers.push((name, value));
+    }
+
+    /// The fields added with [`RequestCtx::add_response_header`] and not yet in a response.
+    pub fn response_headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.response_headers.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Appends the added fields to `headers` (the response's), in the order they were added.
+    pub(crate) fn apply_response_headers(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.response_headers.drain(..) {
+            headers.append(name, value);
+        }
     }
 }
 

@@ -7,15 +7,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{Entry, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue, Response, StatusCode, request};
 use pin_project_lite::pin_project;
 use snakeway_core::metrics::Counters;
 use snakeway_core::request_id::X_REQUEST_ID;
 use snakeway_core::respond::{self, TEXT_PLAIN};
-use snakeway_core::{
-    Body, Device, DeviceResult, Flow, Pending, Phase, Phases, RequestCtx, ResponseCtx, SlotKey,
-};
+use snakeway_core::{Body, Device, DeviceResult, Flow, Pending, Phase, Phases, RequestCtx};
 
 use crate::gcra::{Decision, Quota};
 use crate::key::{RateKey, under};
@@ -113,8 +111,13 @@ impl RateLimitOptions {
 /// 4. a store failure: `on_store_error` lets the request through or answers 503 with
 ///    `Retry-After: 1`; each failure is counted, and logged at most once a second.
 ///
-/// In `on_response`, a request it allowed gets the `RateLimit` header (appended to one an
-/// earlier throttling device set, as a list).
+/// A request it allowed gets the `RateLimit` header on whatever answers it, through
+/// [`RequestCtx::add_response_header`] (after one an earlier throttling device added: together
+/// they make one list).
+///
+/// Most allowed requests find their key's bucket full (a client well within its quota between
+/// two of its requests): their `RateLimit` value is always the same, made once with the device
+/// and shared; any other value is formatted for its request.
 pub struct RateLimit {
     inner: Arc<Inner>,
 }
@@ -123,8 +126,9 @@ pub struct RateLimit {
 struct Inner {
     options: RateLimitOptions,
     store: Store,
-    /// This device's slot in a request's `DeviceSlots`: what it allowed, for `on_response`.
-    id: SlotKey,
+    /// `RateLimit` for a request that found its key's bucket full: `r` one less than the
+    /// bucket, `t` one emission interval (rounded up).
+    full: Shared,
     /// `"name";q=limit;w=seconds`.
     policy: HeaderValue,
     /// The policy name as a structured-field string, quotes included.
@@ -134,11 +138,17 @@ struct Inner {
 }
 
 /// What a device that allowed a request tells it in `RateLimit`: the remaining requests and
-/// the seconds until the bucket is full (kept in the request's `DeviceSlots`).
-#[derive(Clone, Copy, Debug)]
+/// the seconds until the bucket is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Allowance {
     remaining: u64,
     reset: u64,
+}
+
+/// A `RateLimit` value made once and handed to every request it fits.
+struct Shared {
+    allowance: Allowance,
+    value: HeaderValue,
 }
 
 // === impl RateLimit ===
@@ -150,13 +160,23 @@ impl RateLimit {
         let quota = store.quota();
         let window = seconds(quota.period());
         let policy = format!("{quoted};q={};w={window}", quota.limit());
+        let allowance = Allowance {
+            remaining: quota.capacity() - 1,
+            reset: seconds(quota.emission_interval()),
+        };
+        let value = ratelimit(&quoted, allowance);
+        // Promoted to a shared buffer once, here: every later clone is a reference count.
+        let full = Shared {
+            allowance,
+            value: value.clone(),
+        };
         let inner = Inner {
             outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
             policy: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("\"\"")),
             quoted,
             options,
             store,
-            id: SlotKey::unique(),
+            full,
             log: LogThrottle::new(),
         };
         Self {
@@ -183,7 +203,12 @@ impl Inner {
                     remaining: decision.remaining,
                     reset: seconds(decision.reset),
                 };
-                ctx.info().slots.put(self.id, Box::new(allowance));
+                let value = if allowance == self.full.allowance {
+                    self.full.value.clone()
+                } else {
+                    ratelimit(&self.quoted, allowance)
+                };
+                ctx.add_response_header(RATELIMIT.clone(), value);
                 Flow::Continue
             }
             Ok(decision) => {
@@ -224,9 +249,11 @@ impl Inner {
         headers.insert(X_REQUEST_ID.clone(), ctx.request_id().clone());
         headers.insert(RETRY_AFTER, HeaderValue::from(retry));
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-        if let Ok(value) = HeaderValue::try_from(format!("{};r=0;t={retry}", self.quoted)) {
-            headers.insert(RATELIMIT.clone(), value);
-        }
+        let refused = Allowance {
+            remaining: 0,
+            reset: retry,
+        };
+        headers.insert(RATELIMIT.clone(), ratelimit(&self.quoted, refused));
         response
     }
 
@@ -258,25 +285,6 @@ impl Inner {
             .map(String::as_str)
     }
 
-    /// `before` followed by this device's `RateLimit` item, formatted without `fmt` into
-    /// one allocation of its exact size (which `Bytes` then owns as it is).
-    fn ratelimit(&self, before: &[u8], allowance: Allowance) -> Option<HeaderValue> {
-        let mut remaining = itoa::Buffer::new();
-        let mut reset = itoa::Buffer::new();
-        let (remaining, reset) = (
-            remaining.format(allowance.remaining).as_bytes(),
-            reset.format(allowance.reset).as_bytes(),
-        );
-        let parts: [&[u8]; 5] = [before, self.quoted.as_bytes(), b";r=", remaining, b";t="];
-        let len = parts.iter().map(|p| p.len()).sum::<usize>() + reset.len();
-        let mut value = Vec::with_capacity(len);
-        for part in parts {
-            value.extend_from_slice(part);
-        }
-        value.extend_from_slice(reset);
-        HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
-    }
-
     #[inline]
     fn count(&self, outcome: Outcome) {
         self.outcomes.add(outcome as usize, 1);
@@ -289,7 +297,7 @@ impl Device for RateLimit {
     }
 
     fn phases(&self) -> Phases {
-        Phases::only(Phase::Request).with(Phase::Response)
+        Phases::only(Phase::Request)
     }
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
@@ -315,32 +323,6 @@ impl Device for RateLimit {
             inner.count(Outcome::NoKey);
             Flow::Continue
         }))
-    }
-
-    fn on_response(
-        &self,
-        ctx: &mut RequestCtx,
-        res: &mut ResponseCtx<'_>,
-    ) -> Result<(), snakeway_core::DeviceError> {
-        let inner = &self.inner;
-        let Some(allowance) = ctx.info().slots.take::<Allowance>(inner.id) else {
-            return Ok(());
-        };
-        match res.head.headers.entry(&RATELIMIT) {
-            Entry::Vacant(entry) => {
-                if let Some(value) = inner.ratelimit(&[], *allowance) {
-                    entry.insert(value);
-                }
-            }
-            Entry::Occupied(mut entry) => {
-                let mut earlier = entry.get().as_bytes().to_vec();
-                earlier.extend_from_slice(b", ");
-                if let Some(value) = inner.ratelimit(&earlier, *allowance) {
-                    entry.insert(value);
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -375,6 +357,28 @@ where
         let decided = ready!(this.call.poll(cx));
         Poll::Ready(Ok(this.device.decided(ctx, decided)))
     }
+}
+
+/// The `RateLimit` item of the policy named `quoted` for `allowance`, formatted without `fmt`
+/// into one allocation of its exact size (which `Bytes` then owns as it is).
+fn ratelimit(quoted: &str, allowance: Allowance) -> HeaderValue {
+    let mut remaining = itoa::Buffer::new();
+    let mut reset = itoa::Buffer::new();
+    let parts: [&[u8]; 4] = [
+        quoted.as_bytes(),
+        b";r=",
+        remaining.format(allowance.remaining).as_bytes(),
+        b";t=",
+    ];
+    let reset = reset.format(allowance.reset).as_bytes();
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + reset.len();
+    let mut value = Vec::with_capacity(len);
+    for part in parts {
+        value.extend_from_slice(part);
+    }
+    value.extend_from_slice(reset);
+    // `quoted` is printable ASCII (see `quoted`), the rest digits and punctuation.
+    HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 /// Whole seconds, rounded up.

@@ -62,6 +62,12 @@ impl Quota {
         u64::from(self.limit) + u64::from(self.burst)
     }
 
+    /// The emission interval `T = period / limit` (at least a nanosecond): how long an allowed
+    /// request keeps a full bucket from being full.
+    pub fn emission_interval(&self) -> Duration {
+        Duration::from_nanos(self.interval(1))
+    }
+
     /// The emission interval `T = period / limit`, in `unit`s of a nanosecond (1 for
     /// nanoseconds, 1000 for microseconds), at least 1.
     pub(crate) fn interval(&self, unit: u64) -> u64 {

@@ -337,7 +337,8 @@ impl Pipeline {
     }
 
     /// Ends a request: `on_error` for a failure (which becomes its error response in
-    /// `format`), then `on_response` for every device, in order. For a gRPC request, a device's
+    /// `format`), the fields devices added for the response, then `on_response` for every
+    /// device, in order. For a gRPC request, a device's
     /// refusal becomes a gRPC status too ([`grpc::refusal`]).
     fn finish(
         &self,
@@ -352,10 +353,12 @@ impl Pipeline {
             Ok(response) => response,
             Err(error) => self.fail(&mut ctx, &error, format),
         };
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             crate::request_id::X_REQUEST_ID.clone(),
             ctx.request_id().clone(),
         );
+        ctx.apply_response_headers(headers);
         let mut origin = ctx.origin.unwrap_or(Origin::Upstream);
         let devices = self.in_phase(Phase::Response);
         if !devices.is_empty() {

@@ -964,3 +964,85 @@ async fn a_body_hook_cannot_defer_its_result() {
     let response = h.send(body, None).await;
     assert_eq!(response.status(), 500);
 }
+
+/// Adds `x-stamp: NAME` for the response in `on_request`; logs the `x-stamp` values the
+/// response has when its own `on_response` runs.
+struct Stamp {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Device for Stamp {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn phases(&self) -> Phases {
+        Phases::only(Phase::Request).with(Phase::Response)
+    }
+    fn on_request(&self, ctx: &mut RequestCtx, _: &mut request::Parts) -> DeviceResult {
+        ctx.add_response_header(
+            http::HeaderName::from_static("x-stamp"),
+            http::HeaderValue::from_static(self.name),
+        );
+        Ok(Flow::Continue)
+    }
+    fn on_response(
+        &self,
+        _: &mut RequestCtx,
+        res: &mut ResponseCtx<'_>,
+    ) -> Result<(), DeviceError> {
+        let stamps: Vec<_> = res.head.headers.get_all("x-stamp").iter().collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{}.response{stamps:?}", self.name));
+        Ok(())
+    }
+}
+
+fn stamps(response: &Response<Body>) -> Vec<&str> {
+    response
+        .headers()
+        .get_all("x-stamp")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn fields_added_on_the_request_side_reach_every_response_before_on_response() {
+    let stamped = |h: Harness| {
+        let mut h = h;
+        for name in ["s1", "s2"] {
+            let log = h.log.clone();
+            h.devices.insert(0, Arc::new(Stamp { name, log }));
+        }
+        h
+    };
+    // The upstream's answer: both fields, in the order the devices added them, already there
+    // for the first device's `on_response`.
+    let h = stamped(Harness::new());
+    let response = h.send(Body::from("hi"), None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(stamps(&response), ["s2", "s1"]);
+    assert_eq!(
+        h.log(),
+        [
+            "upstream",
+            r#"s2.response["s2", "s1"]"#,
+            r#"s1.response["s2", "s1"]"#
+        ]
+    );
+
+    // A later device's early answer and an upstream failure carry them too.
+    let h = stamped(Harness::new().device("b", &[(Phase::Request, Act::Respond(403))]));
+    let response = h.send(Body::from("hi"), None).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(stamps(&response), ["s2", "s1"]);
+    let h = stamped(Harness::new());
+    let response = h
+        .send(Body::from("hi"), Some(ErrorKind::UpstreamUnavailable))
+        .await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(stamps(&response), ["s2", "s1"]);
+}
