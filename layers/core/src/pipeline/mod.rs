@@ -193,8 +193,8 @@ impl Pipeline {
     ///
     /// The answer is always an error page: such a request was never read far enough to know
     /// whether it is gRPC (and gRPC runs over HTTP/2, which the framing guard never sees).
-    pub fn refuse(&self, ctx: RequestCtx, error: Error) -> Response<Body> {
-        self.finish(ctx, Err(error), ErrorFormat::Page)
+    pub fn refuse(&self, mut ctx: RequestCtx, error: Error) -> Response<Body> {
+        self.finish(&mut ctx, Err(error), ErrorFormat::Page)
     }
 
     #[inline]
@@ -340,9 +340,11 @@ impl Pipeline {
     /// `format`), the fields devices added for the response, then `on_response` for every
     /// device, in order. For a gRPC request, a device's
     /// refusal becomes a gRPC status too ([`grpc::refusal`]).
+    /// The context stays with the caller (not moved on every request) unless a `complete`
+    /// hook needs it with the response body.
     fn finish(
         &self,
-        mut ctx: RequestCtx,
+        ctx: &mut RequestCtx,
         result: Result<Response<Body>, Error>,
         format: ErrorFormat,
     ) -> Response<Body> {
@@ -351,7 +353,7 @@ impl Pipeline {
                 grpc::refusal(response)
             }
             Ok(response) => response,
-            Err(error) => self.fail(&mut ctx, &error, format),
+            Err(error) => self.fail(ctx, &error, format),
         };
         let headers = response.headers_mut();
         headers.insert(
@@ -372,11 +374,11 @@ impl Pipeline {
                 if let Err(e) = guarded(entry, Phase::Response, || {
                     entry
                         .device
-                        .on_response(&mut ctx, &mut res)
+                        .on_response(ctx, &mut res)
                         .map(|()| Flow::Continue)
                 }) {
                     // The response is replaced by the error's; later devices see that one.
-                    let replaced = self.fail(&mut ctx, &e.into_error(), format);
+                    let replaced = self.fail(ctx, &e.into_error(), format);
                     let (h, b) = replaced.into_parts();
                     head = h;
                     body = Some(b);
@@ -388,6 +390,7 @@ impl Pipeline {
         if self.has(Phase::Complete) {
             let status = response.status();
             let pipeline = self.clone();
+            let ctx = std::mem::replace(ctx, RequestCtx::from_info(ctx.info().clone()));
             response =
                 response.map(|body| Body::new(CompletingBody::new(body, pipeline, ctx, status)));
         }

@@ -142,6 +142,7 @@ impl Session {
     /// Ends the request with `result`: `on_error` for a failure (a body hook's verdict takes
     /// its place when one stopped the body), then `on_response`, and the `complete` hooks when
     /// the body has gone. The response carries the request id.
+    #[inline]
     pub fn finish(mut self, result: Answer) -> Response<Body> {
         let result = match result {
             Err(error) => match self.verdict.as_ref().and_then(|v| v.lock().ok()?.take()) {
@@ -154,7 +155,7 @@ impl Session {
             },
             ok => ok,
         };
-        self.pipeline.finish(self.ctx, result, self.format)
+        self.pipeline.finish(&mut self.ctx, result, self.format)
     }
 
     /// A request-side phase's outcome as the request's answer: `None` to go on, else the
