@@ -48,6 +48,10 @@
 #                       answer carries the device's `RateLimit` header. The summary adds
 #                       `snakeway-ratelimit / snakeway` and `snakeway-ratelimit − snakeway`
 #                       (issue 12 target: at most 1,500 instructions per request added).
+#   snakeway-pipeline-ratelimit
+#                       snakeway-pipeline plus the same rate_limit device, after the three
+#                       builtin devices: what the device adds to a pipeline that already runs.
+#                       The summary adds `snakeway-pipeline-ratelimit − snakeway-pipeline`.
 #
 # Everything runs on 127.0.0.1 on free ports found at run time. CPU 0 runs the proxy under
 # test (one worker each), CPU 1 runs the upstream (nginx, one worker) and the load generator.
@@ -127,13 +131,13 @@ CALLGRIND_WASM_MAX_INSTANCES=7 # ... and under valgrind (see wasm-device.toml.in
 
 for p in $PROXIES; do
     case $p in
-    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore) ;;
-    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm, snakeway-ratelimit, snakeway-percore)" ;;
+    nginx | nginx-log | snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-pipeline-ratelimit | snakeway-percore) ;;
+    *) die "unknown proxy '$p' in PROXIES (nginx, nginx-log, snakeway, snakeway-pipeline, snakeway-wasm, snakeway-ratelimit, snakeway-pipeline-ratelimit, snakeway-percore)" ;;
     esac
 done
 require_positive DURATION ROUNDS N WARMUP CONNECTIONS THREADS
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
-wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm || wants snakeway-ratelimit || wants snakeway-percore; }
+wants_snakeway() { wants snakeway || wants snakeway-pipeline || wants snakeway-wasm || wants snakeway-ratelimit || wants snakeway-pipeline-ratelimit || wants snakeway-percore; }
 # h2load connections of the callgrind runs, the same for every proxy of a run: 8, or with
 # snakeway-wasm CALLGRIND_WASM_MAX_INSTANCES (7), as each request in flight holds an instance.
 if wants snakeway-wasm; then
@@ -218,6 +222,11 @@ snakeway_config() {
     case $proxy in
     snakeway-pipeline) fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir" ;;
     snakeway-ratelimit) fill "$HERE/ratelimit-device.toml.in" "$dir/devices.toml" NAME=bench ;;
+    snakeway-pipeline-ratelimit)
+        fill "$HERE/pipeline-devices.toml.in" "$dir/devices.toml" DIR="$dir"
+        fill "$HERE/ratelimit-device.toml.in" "$dir/ratelimit.toml" NAME=bench
+        cat "$dir/ratelimit.toml" >>"$dir/devices.toml"
+        ;;
     snakeway-wasm)
         fill "$HERE/wasm-device.toml.in" "$dir/devices.toml" WASM="$WASM_GUEST" TIMEOUT_MS="$WASM_TIMEOUT_MS" \
             MAX_INSTANCES="$WASM_MAX_INSTANCES"
@@ -300,7 +309,7 @@ for p in $PROXIES; do
         WORKER[$p]=$(nginx_workers "$master" "$THREADS")
         MAIN[$p]=$master
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-pipeline-ratelimit | snakeway-percore)
         snakeway_start "proxy-$p" "$p" "${PORT[$p]}" "$PROXY_CPU"
         wait_port "${PORT[$p]}" "$STARTED_PID" "$START_TIMEOUT" "$STARTED_DIR/stdout.log"
         WORKER[$p]=$STARTED_PID
@@ -315,7 +324,7 @@ for p in $PROXIES; do
         SENT[$p]=2
         log "$p: the upstream receives x-snakeway-wasm: 1"
     fi
-    if [[ $p == snakeway-ratelimit ]]; then
+    if [[ $p == snakeway-ratelimit || $p == snakeway-pipeline-ratelimit ]]; then
         check_ratelimit_header "${PORT[$p]}" 10
         SENT[$p]=2
         log "$p: answers carry the RateLimit header"
@@ -385,7 +394,7 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
         ACCESS_LOG=$(access_log_of "$p") nginx_start "$name" "$HERE/proxy.nginx.conf.in" "$port" "$PROXY_CPU" \
             'daemon off; master_process off;' "${vg[@]}"
         ;;
-    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-percore)
+    snakeway | snakeway-pipeline | snakeway-wasm | snakeway-ratelimit | snakeway-pipeline-ratelimit | snakeway-percore)
         WASM_TIMEOUT_MS=$CALLGRIND_WASM_TIMEOUT_MS WASM_MAX_INSTANCES=$CALLGRIND_WASM_MAX_INSTANCES \
             snakeway_start "$name" "$p" "$port" "$PROXY_CPU" "${vg[@]}"
         ;;
@@ -394,7 +403,7 @@ callgrind_run() { # PROXY COUNT → sets CG_IR to the total Ir (no subshell: it 
     wait_port "$port" "$pid" "$VALGRIND_START_TIMEOUT" "$dir/stdout.log"
     # One extra request in both the N and the 5N run: it cancels out of (Ir(5N)-Ir(N))/4N.
     if [[ $p == snakeway-wasm ]]; then check_wasm_header "$port" 120; fi
-    if [[ $p == snakeway-ratelimit ]]; then check_ratelimit_header "$port" 120; fi
+    if [[ $p == snakeway-ratelimit || $p == snakeway-pipeline-ratelimit ]]; then check_ratelimit_header "$port" 120; fi
     callgrind_count "$p" "$pid" "$dir" "$port" "$out" "$n" "http://127.0.0.1:$port/"
 }
 
@@ -486,6 +495,7 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     ratio_row snakeway-pipeline nginx-log
     ratio_row snakeway-wasm snakeway
     ratio_row snakeway-ratelimit snakeway
+    ratio_row snakeway-pipeline-ratelimit snakeway-pipeline
     ratio_row snakeway-percore snakeway
     ratio_row snakeway-percore nginx
     if wants snakeway && wants snakeway-ratelimit; then
@@ -494,6 +504,13 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
             "$(difference "${M_P99[snakeway-ratelimit]}" "${M_P99[snakeway]}" '%+.2f')" \
             "$(difference "${M_CPU[snakeway-ratelimit]}" "${M_CPU[snakeway]}" '%+.2f')" \
             "$(difference "${IPR[snakeway-ratelimit]:-}" "${IPR[snakeway]:-}" '%+.0f')"
+    fi
+    if wants snakeway-pipeline && wants snakeway-pipeline-ratelimit; then
+        printf '| snakeway-pipeline-ratelimit − snakeway-pipeline | %s | %s | %s | %s |\n' \
+            "$(difference "${M_RPS[snakeway-pipeline-ratelimit]}" "${M_RPS[snakeway-pipeline]}" '%+.0f')" \
+            "$(difference "${M_P99[snakeway-pipeline-ratelimit]}" "${M_P99[snakeway-pipeline]}" '%+.2f')" \
+            "$(difference "${M_CPU[snakeway-pipeline-ratelimit]}" "${M_CPU[snakeway-pipeline]}" '%+.2f')" \
+            "$(difference "${IPR[snakeway-pipeline-ratelimit]:-}" "${IPR[snakeway-pipeline]:-}" '%+.0f')"
     fi
     if wants snakeway && wants snakeway-wasm; then
         printf '| snakeway-wasm − snakeway | %s | %s | %s | %s |\n' \
@@ -506,6 +523,13 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     for p in "${!CG_UNSUPPORTED[@]}"; do
         echo "$p: no instructions/req: it cannot start under valgrind (${CG_UNSUPPORTED[$p]})."
     done
+    if wants snakeway-pipeline && wants snakeway-pipeline-ratelimit; then
+        printf '| snakeway-pipeline-ratelimit − snakeway-pipeline | %s | %s | %s | %s |\n' \
+            "$(difference "${M_RPS[snakeway-pipeline-ratelimit]}" "${M_RPS[snakeway-pipeline]}" '%+.0f')" \
+            "$(difference "${M_P99[snakeway-pipeline-ratelimit]}" "${M_P99[snakeway-pipeline]}" '%+.2f')" \
+            "$(difference "${M_CPU[snakeway-pipeline-ratelimit]}" "${M_CPU[snakeway-pipeline]}" '%+.2f')" \
+            "$(difference "${IPR[snakeway-pipeline-ratelimit]:-}" "${IPR[snakeway-pipeline]:-}" '%+.0f')"
+    fi
     if wants snakeway && wants snakeway-wasm; then
         echo "One WASM device (add-header, on-request only): $(difference "${M_CPU[snakeway-wasm]}" "${M_CPU[snakeway]}" '%+.2f') CPU µs/req (snakeway-wasm ${M_CPU[snakeway-wasm]}, snakeway ${M_CPU[snakeway]}; issue 4 target: one header-adding device ≤ 25 µs CPU per request), $(difference "${IPR[snakeway-wasm]:-}" "${IPR[snakeway]:-}" '%+.0f') instructions/req."
     fi

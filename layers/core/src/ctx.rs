@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Uri, response};
-use smallvec::SmallVec;
 
 use crate::{DeviceLogs, DeviceSlots};
 
@@ -141,9 +140,30 @@ pub struct RequestCtx {
     response_headers: ResponseHeaders,
 }
 
-/// Response fields a device decided on the request side: one kept inline, as a throttling
-/// device adds one to every request it counts.
-type ResponseHeaders = SmallVec<[(HeaderName, HeaderValue); 1]>;
+/// Response fields devices decided on the request side, in the order they were added: the
+/// first kept inline (a throttling device adds one to every request it counts), any others in
+/// a list.
+#[derive(Clone, Debug, Default)]
+struct ResponseHeaders {
+    first: Option<(HeaderName, HeaderValue)>,
+    more: Vec<(HeaderName, HeaderValue)>,
+}
+
+// === impl ResponseHeaders ===
+
+impl ResponseHeaders {
+    fn push(&mut self, field: (HeaderName, HeaderValue)) {
+        if self.first.is_none() {
+            self.first = Some(field);
+        } else {
+            self.more.push(field);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.first.iter().chain(&self.more)
+    }
+}
 
 // === impl RequestCtx ===
 
@@ -156,7 +176,7 @@ impl RequestCtx {
             service: None,
             extensions: Extensions::new(),
             origin: None,
-            response_headers: ResponseHeaders::new(),
+            response_headers: ResponseHeaders::default(),
         }
     }
 
@@ -169,7 +189,7 @@ impl RequestCtx {
             service: None,
             extensions: Extensions::new(),
             origin: None,
-            response_headers: ResponseHeaders::new(),
+            response_headers: ResponseHeaders::default(),
         }
     }
 
@@ -215,8 +235,14 @@ impl RequestCtx {
 
     /// Appends the added fields to `headers` (the response's), in the order they were added.
     pub(crate) fn apply_response_headers(&mut self, headers: &mut HeaderMap) {
-        for (name, value) in self.response_headers.drain(..) {
-            headers.append(name, value);
+        let Some((name, value)) = self.response_headers.first.take() else {
+            return;
+        };
+        headers.append(name, value);
+        if !self.response_headers.more.is_empty() {
+            for (name, value) in self.response_headers.more.drain(..) {
+                headers.append(name, value);
+            }
         }
     }
 }

@@ -308,7 +308,9 @@ impl Device for RateLimit {
         let key = &inner.options.key;
         let flow = match &inner.store {
             Store::Local(store) => key
-                .with_bytes(ctx, req, Some(route), |key| store.check(key))
+                .with_bytes(ctx, req, Some(route), |key| {
+                    store.check(key, ctx.info().started)
+                })
                 .map(|decision| inner.decided(ctx, Ok(decision))),
             Store::Redis(store) => key
                 .with_bytes(ctx, req, Some(route), |key| store.check(key))

@@ -92,10 +92,12 @@ impl LocalStore {
         self.map.len()
     }
 
-    /// Counts one request of `key` now.
+    /// Counts one request of `key` that arrived at `at` (the request's start: the clock is
+    /// read once per request, by the server).
     #[inline]
-    pub fn check(&self, key: &[u8]) -> Decision {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    pub fn check(&self, key: &[u8], at: Instant) -> Decision {
+        let since = at.saturating_duration_since(self.epoch);
+        let now = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         self.check_at(crate::key::local_hash(self.seed, key), now)
     }
 

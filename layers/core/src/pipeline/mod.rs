@@ -21,6 +21,7 @@ mod proxy_hooks;
 mod service;
 mod session;
 
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::Poll;
@@ -263,36 +264,33 @@ impl Pipeline {
         }
     }
 
-    /// The `on_request` phase.
-    pub(crate) async fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-    ) -> DeviceResult {
+    /// The `on_request` phase (`run_phase`'s future itself, not one around it).
+    pub(crate) fn on_request<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        head: &'a mut request::Parts,
+    ) -> impl Future<Output = DeviceResult> + Send + 'a {
         self.run_phase(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
-            .await
     }
 
     /// The `before_proxy` phase.
-    pub(crate) async fn before_proxy(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-    ) -> DeviceResult {
+    pub(crate) fn before_proxy<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        head: &'a mut request::Parts,
+    ) -> impl Future<Output = DeviceResult> + Send + 'a {
         self.run_phase(Phase::BeforeProxy, ctx, head, |d, c, h| {
             d.before_proxy(c, h)
         })
-        .await
     }
 
     /// The `after_proxy` phase.
-    pub(crate) async fn after_proxy(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut response::Parts,
-    ) -> DeviceResult {
+    pub(crate) fn after_proxy<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        head: &'a mut response::Parts,
+    ) -> impl Future<Output = DeviceResult> + Send + 'a {
         self.run_phase(Phase::AfterProxy, ctx, head, |d, c, h| d.after_proxy(c, h))
-            .await
     }
 
     /// Runs `after_proxy` on the upstream's `response`, noting where the answer comes from:
