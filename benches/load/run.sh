@@ -498,38 +498,21 @@ difference() { # A B FORMAT: A - B, signed, or – if either is missing
     ratio_row snakeway-pipeline-ratelimit snakeway-pipeline
     ratio_row snakeway-percore snakeway
     ratio_row snakeway-percore nginx
-    if wants snakeway && wants snakeway-ratelimit; then
-        printf '| snakeway-ratelimit − snakeway | %s | %s | %s | %s |\n' \
-            "$(difference "${M_RPS[snakeway-ratelimit]}" "${M_RPS[snakeway]}" '%+.0f')" \
-            "$(difference "${M_P99[snakeway-ratelimit]}" "${M_P99[snakeway]}" '%+.2f')" \
-            "$(difference "${M_CPU[snakeway-ratelimit]}" "${M_CPU[snakeway]}" '%+.2f')" \
-            "$(difference "${IPR[snakeway-ratelimit]:-}" "${IPR[snakeway]:-}" '%+.0f')"
-    fi
-    if wants snakeway-pipeline && wants snakeway-pipeline-ratelimit; then
-        printf '| snakeway-pipeline-ratelimit − snakeway-pipeline | %s | %s | %s | %s |\n' \
-            "$(difference "${M_RPS[snakeway-pipeline-ratelimit]}" "${M_RPS[snakeway-pipeline]}" '%+.0f')" \
-            "$(difference "${M_P99[snakeway-pipeline-ratelimit]}" "${M_P99[snakeway-pipeline]}" '%+.2f')" \
-            "$(difference "${M_CPU[snakeway-pipeline-ratelimit]}" "${M_CPU[snakeway-pipeline]}" '%+.2f')" \
-            "$(difference "${IPR[snakeway-pipeline-ratelimit]:-}" "${IPR[snakeway-pipeline]:-}" '%+.0f')"
-    fi
-    if wants snakeway && wants snakeway-wasm; then
-        printf '| snakeway-wasm − snakeway | %s | %s | %s | %s |\n' \
-            "$(difference "${M_RPS[snakeway-wasm]}" "${M_RPS[snakeway]}" '%+.0f')" \
-            "$(difference "${M_P99[snakeway-wasm]}" "${M_P99[snakeway]}" '%+.2f')" \
-            "$(difference "${M_CPU[snakeway-wasm]}" "${M_CPU[snakeway]}" '%+.2f')" \
-            "$(difference "${IPR[snakeway-wasm]:-}" "${IPR[snakeway]:-}" '%+.0f')"
-    fi
+    difference_row() { # A B: the row "A − B"
+        wants "$1" && wants "$2" || return 0
+        printf '| %s − %s | %s | %s | %s | %s |\n' "$1" "$2" \
+            "$(difference "${M_RPS[$1]}" "${M_RPS[$2]}" '%+.0f')" \
+            "$(difference "${M_P99[$1]}" "${M_P99[$2]}" '%+.2f')" \
+            "$(difference "${M_CPU[$1]}" "${M_CPU[$2]}" '%+.2f')" \
+            "$(difference "${IPR[$1]:-}" "${IPR[$2]:-}" '%+.0f')"
+    }
+    difference_row snakeway-ratelimit snakeway
+    difference_row snakeway-pipeline-ratelimit snakeway-pipeline
+    difference_row snakeway-wasm snakeway
     echo
     for p in "${!CG_UNSUPPORTED[@]}"; do
         echo "$p: no instructions/req: it cannot start under valgrind (${CG_UNSUPPORTED[$p]})."
     done
-    if wants snakeway-pipeline && wants snakeway-pipeline-ratelimit; then
-        printf '| snakeway-pipeline-ratelimit − snakeway-pipeline | %s | %s | %s | %s |\n' \
-            "$(difference "${M_RPS[snakeway-pipeline-ratelimit]}" "${M_RPS[snakeway-pipeline]}" '%+.0f')" \
-            "$(difference "${M_P99[snakeway-pipeline-ratelimit]}" "${M_P99[snakeway-pipeline]}" '%+.2f')" \
-            "$(difference "${M_CPU[snakeway-pipeline-ratelimit]}" "${M_CPU[snakeway-pipeline]}" '%+.2f')" \
-            "$(difference "${IPR[snakeway-pipeline-ratelimit]:-}" "${IPR[snakeway-pipeline]:-}" '%+.0f')"
-    fi
     if wants snakeway && wants snakeway-wasm; then
         echo "One WASM device (add-header, on-request only): $(difference "${M_CPU[snakeway-wasm]}" "${M_CPU[snakeway]}" '%+.2f') CPU µs/req (snakeway-wasm ${M_CPU[snakeway-wasm]}, snakeway ${M_CPU[snakeway]}; issue 4 target: one header-adding device ≤ 25 µs CPU per request), $(difference "${IPR[snakeway-wasm]:-}" "${IPR[snakeway]:-}" '%+.0f') instructions/req."
     fi

@@ -216,13 +216,18 @@ impl Harness {
     }
 }
 
-fn seen_by(response: &Response<Body>) -> Vec<&str> {
+/// The values of the response's `name` fields, in order.
+fn values<'r>(response: &'r Response<Body>, name: &str) -> Vec<&'r str> {
     response
         .headers()
-        .get_all("x-seen-by")
+        .get_all(name)
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect()
+}
+
+fn seen_by(response: &Response<Body>) -> Vec<&str> {
+    values(response, "x-seen-by")
 }
 
 #[tokio::test]
@@ -1001,12 +1006,7 @@ impl Device for Stamp {
 }
 
 fn stamps(response: &Response<Body>) -> Vec<&str> {
-    response
-        .headers()
-        .get_all("x-stamp")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
+    values(response, "x-stamp")
 }
 
 #[tokio::test]
