@@ -145,7 +145,8 @@ struct Allowance {
     reset: u64,
 }
 
-/// A `RateLimit` value made once and handed to every request it fits.
+/// A `RateLimit` value made once and handed to every request it fits (its first clone makes
+/// its buffer shared; every clone after that is a reference count).
 struct Shared {
     allowance: Allowance,
     value: HeaderValue,
@@ -164,11 +165,9 @@ impl RateLimit {
             remaining: quota.capacity() - 1,
             reset: seconds(quota.emission_interval()),
         };
-        let value = ratelimit(&quoted, allowance);
-        // Promoted to a shared buffer once, here: every later clone is a reference count.
         let full = Shared {
             allowance,
-            value: value.clone(),
+            value: ratelimit(&quoted, allowance),
         };
         let inner = Inner {
             outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
