@@ -336,10 +336,11 @@ impl Pipeline {
 
     /// Ends a request: `on_error` for a failure (which becomes its error response in
     /// `format`), the fields devices added for the response, then `on_response` for every
-    /// device, in order. For a gRPC request, a device's
-    /// refusal becomes a gRPC status too ([`grpc::refusal`]).
-    /// The context stays with the caller (not moved on every request) unless a `complete`
-    /// hook needs it with the response body.
+    /// device, in order. For a gRPC request, a device's refusal becomes a gRPC status too
+    /// ([`grpc::refusal`]).
+    ///
+    /// The context stays with the caller (it is not moved on every request) unless a
+    /// `complete` hook needs it with the response body.
     fn finish(
         &self,
         ctx: &mut RequestCtx,
