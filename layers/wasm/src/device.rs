@@ -486,8 +486,9 @@ impl WasmDevice {
     ) -> DeviceResult {
         let seen = Seen::of(ctx);
         let limits = &self.limits.output;
+        let info = ctx.shared_info();
         let flow = self.hook(
-            ctx.info(),
+            &info,
             hook,
             self.needed_after(hook),
             Some(seen),
@@ -530,8 +531,9 @@ impl WasmDevice {
         let seen = Seen::of(ctx);
         let limits = &self.limits.output;
         let status = head.status.as_u16();
+        let info = ctx.shared_info();
         self.hook(
-            ctx.info(),
+            &info,
             hook,
             self.needed_after(hook),
             Some(seen),

@@ -92,7 +92,7 @@ impl Session {
         }
         if body_ended && self.pipeline.has(Phase::RequestBody) {
             let body_ctx = BodyCtx {
-                info: self.ctx.info().clone(),
+                info: self.ctx.shared_info(),
                 bytes_before: 0,
             };
             let outcome = self
@@ -113,7 +113,7 @@ impl Session {
         let hooked = HookedBody::new(
             body,
             self.pipeline.clone(),
-            self.ctx.info().clone(),
+            self.ctx.shared_info(),
             verdict.clone(),
         );
         self.verdict = Some(verdict);
