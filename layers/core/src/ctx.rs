@@ -62,20 +62,6 @@ impl RequestInfo {
     }
 }
 
-impl RequestInfo {
-    /// What a context holds in place of the info it moved into an `Arc` (never read).
-    fn vacant(started: Instant) -> Self {
-        Self::new(
-            HeaderValue::from_static(""),
-            SocketAddr::from(([0, 0, 0, 0], 0)),
-            Method::GET,
-            Uri::default(),
-            started,
-            false,
-        )
-    }
-}
-
 /// A request's body bytes read from the client so far: counted where the body is polled
 /// when a device needs the figure (a body or `complete` hook), else not counted at all.
 #[derive(Debug)]
@@ -138,13 +124,9 @@ pub struct Transfer {
 /// extensions they use to share data (e.g. the identity device's `ClientIdentity`).
 ///
 /// Extensions are never forwarded upstream nor logged unless a device chooses to.
-///
-/// The context holds its [`RequestInfo`] itself (no allocation per request) until something
-/// that outlives a hook must hold it too ([`RequestCtx::shared_info`]): a body hook's
-/// [`BodyCtx`], the `complete` hooks, a WASM instance.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestCtx {
-    info: Info,
+    info: Arc<RequestInfo>,
     /// The matched route, once routing has happened.
     pub route: Option<Arc<str>>,
     /// The upstream service the route leads to, if it is a service route.
@@ -161,7 +143,7 @@ pub struct RequestCtx {
 /// Response fields devices decided on the request side, in the order they were added: the
 /// first kept inline (a throttling device adds one to every request it counts), any others in
 /// a list.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ResponseHeaders {
     first: Option<(HeaderName, HeaderValue)>,
     more: Vec<(HeaderName, HeaderValue)>,
@@ -183,20 +165,13 @@ impl ResponseHeaders {
     }
 }
 
-/// A context's [`RequestInfo`]: its own, or shared once something else holds it too.
-#[derive(Debug)]
-enum Info {
-    Own(RequestInfo),
-    Shared(Arc<RequestInfo>),
-}
-
 // === impl RequestCtx ===
 
 impl RequestCtx {
     /// A context for a request just received.
     pub fn new(info: RequestInfo) -> Self {
         Self {
-            info: Info::Own(info),
+            info: Arc::new(info),
             route: None,
             service: None,
             extensions: Extensions::new(),
@@ -209,7 +184,7 @@ impl RequestCtx {
     /// dropped the context).
     pub fn from_info(info: Arc<RequestInfo>) -> Self {
         Self {
-            info: Info::Shared(info),
+            info,
             route: None,
             service: None,
             extensions: Extensions::new(),
@@ -219,45 +194,28 @@ impl RequestCtx {
     }
 
     /// What is known about the request.
-    #[inline]
-    pub fn info(&self) -> &RequestInfo {
-        match &self.info {
-            Info::Own(info) => info,
-            Info::Shared(info) => info,
-        }
-    }
-
-    /// What is known about the request, as a handle for what must hold it beyond a hook (a
-    /// body hook's [`BodyCtx`], a WASM instance): the context's own info moves into an `Arc`
-    /// the first time, and every handle and the context see the same info (the same device
-    /// slots and logs) from then on.
-    pub fn shared_info(&mut self) -> Arc<RequestInfo> {
-        let shared = match &mut self.info {
-            Info::Shared(shared) => return shared.clone(),
-            Info::Own(own) => Arc::new(std::mem::replace(own, RequestInfo::vacant(own.started))),
-        };
-        self.info = Info::Shared(shared.clone());
-        shared
+    pub fn info(&self) -> &Arc<RequestInfo> {
+        &self.info
     }
 
     /// The request id.
     pub fn request_id(&self) -> &HeaderValue {
-        &self.info().request_id
+        &self.info.request_id
     }
 
     /// The downstream peer's address.
     pub fn peer(&self) -> SocketAddr {
-        self.info().peer
+        self.info.peer
     }
 
     /// The request method.
     pub fn method(&self) -> &Method {
-        &self.info().method
+        &self.info.method
     }
 
     /// The normalized request path.
     pub fn path(&self) -> &str {
-        self.info().uri.path()
+        self.info.uri.path()
     }
 
     /// Adds a field to whatever response this request gets (the upstream's, a static file, a
@@ -337,38 +295,4 @@ pub struct BodyCtx {
     pub info: Arc<RequestInfo>,
     /// Body bytes seen so far, before the current chunk.
     pub bytes_before: u64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::SlotKey;
-
-    #[test]
-    fn a_shared_info_is_the_one_the_context_keeps_seeing() {
-        let info = RequestInfo::new(
-            HeaderValue::from_static("id-1"),
-            SocketAddr::from(([192, 0, 2, 1], 4000)),
-            Method::POST,
-            Uri::from_static("/a/b?q=1"),
-            Instant::now(),
-            true,
-        );
-        let mut ctx = RequestCtx::new(info);
-        let key = SlotKey::unique();
-        ctx.info().slots.put(key, Box::new(1u8));
-
-        let shared = ctx.shared_info();
-        assert_eq!(shared.request_id, "id-1");
-        assert_eq!(shared.uri.path(), "/a/b");
-        assert_eq!(shared.received.get(), Some(0), "still counted");
-        assert_eq!(ctx.path(), "/a/b");
-        assert_eq!(ctx.request_id(), "id-1");
-        // One info: what the context put before sharing is there, and what a holder puts
-        // after is seen by the context.
-        assert_eq!(shared.slots.take::<u8>(key).as_deref(), Some(&1));
-        shared.slots.put(key, Box::new(2u8));
-        assert_eq!(ctx.info().slots.take::<u8>(key).as_deref(), Some(&2));
-        assert!(Arc::ptr_eq(&shared, &ctx.shared_info()), "shared once");
-    }
 }

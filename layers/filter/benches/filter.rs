@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let body_ctx = BodyCtx {
-        info: ctx.shared_info(),
+        info: ctx.info().clone(),
         bytes_before: 65536,
     };
     let chunk = Bytes::from(vec![0u8; 16384]);

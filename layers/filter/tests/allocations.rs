@@ -63,7 +63,7 @@ fn a_request_that_passes_allocates_nothing() {
     let mut ctx = ctx();
     let mut req = head(Method::POST);
     let body = BodyCtx {
-        info: ctx.shared_info(),
+        info: ctx.info().clone(),
         bytes_before: 65_536,
     };
     let chunk = Bytes::from(vec![0u8; 16_384]);

@@ -486,9 +486,8 @@ impl WasmDevice {
     ) -> DeviceResult {
         let seen = Seen::of(ctx);
         let limits = &self.limits.output;
-        let info = ctx.shared_info();
         let flow = self.hook(
-            &info,
+            ctx.info(),
             hook,
             self.needed_after(hook),
             Some(seen),
@@ -531,9 +530,8 @@ impl WasmDevice {
         let seen = Seen::of(ctx);
         let limits = &self.limits.output;
         let status = head.status.as_u16();
-        let info = ctx.shared_info();
         self.hook(
-            &info,
+            ctx.info(),
             hook,
             self.needed_after(hook),
             Some(seen),

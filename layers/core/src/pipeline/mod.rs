@@ -8,9 +8,8 @@
 //! * [`ProxyHooksLayer`] goes directly around the upstream client: `before_proxy` and
 //!   `after_proxy`.
 //!
-//! The [`RequestCtx`] travels between them in the request's extensions (lent, see
-//! `lent.rs`), comes back in the response's extensions (or in the [`Error`]), and is never
-//! forwarded upstream.
+//! The [`RequestCtx`] travels between them in the request's extensions, comes back in the
+//! response's extensions (or in the [`Error`]), and is never forwarded upstream.
 //!
 //! In every phase, devices run in configured order: this is a linear pipeline, not an onion.
 //! An early answer skips the upstream and the remaining request-side hooks, and `on_response`
@@ -18,7 +17,6 @@
 
 mod body;
 mod complete;
-mod lent;
 mod proxy_hooks;
 mod service;
 mod session;
@@ -391,8 +389,7 @@ impl Pipeline {
         if self.has(Phase::Complete) {
             let status = response.status();
             let pipeline = self.clone();
-            let stays = RequestCtx::from_info(ctx.shared_info());
-            let ctx = std::mem::replace(ctx, stays);
+            let ctx = std::mem::replace(ctx, RequestCtx::from_info(ctx.info().clone()));
             response =
                 response.map(|body| Body::new(CompletingBody::new(body, pipeline, ctx, status)));
         }

@@ -8,8 +8,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::Pipeline;
-use super::lent::Lent;
-use crate::{Body, Error, Flow, Origin};
+use crate::{Body, Error, Flow, Origin, RequestCtx};
 
 /// Layer that applies the [`ProxyHooks`] middleware, which runs a [`Pipeline`]'s
 /// `before_proxy` and `after_proxy` hooks around an upstream client.
@@ -39,10 +38,10 @@ impl<S> Layer<S> for ProxyHooksLayer {
 
 /// Middleware running `before_proxy` and `after_proxy` around the upstream service `S`.
 ///
-/// It takes the [`RequestCtx`](crate::RequestCtx) that
-/// [`PipelineService`](super::PipelineService) lent it in the request's extensions (so the
-/// context is never forwarded upstream) and hands it back in the response's extensions, or in
-/// the [`Error`]. Without a context (used outside a pipeline) it only calls `S`.
+/// It takes the [`RequestCtx`] that [`PipelineService`](super::PipelineService) put in the
+/// request's extensions (so the context is never forwarded upstream) and hands it back in the
+/// response's extensions, or in the [`Error`]. Without a context (used outside a pipeline) it
+/// only calls `S`.
 #[derive(Clone, Debug)]
 pub struct ProxyHooks<S> {
     inner: S,
@@ -82,7 +81,7 @@ where
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let (mut head, body) = req.into_parts();
-            let Some(mut ctx) = head.extensions.remove::<Lent>().and_then(|l| l.take()) else {
+            let Some(mut ctx) = head.extensions.remove::<RequestCtx>() else {
                 return inner.call(Request::from_parts(head, body)).await;
             };
             let answer = match pipeline.before_proxy(&mut ctx, &mut head).await {
@@ -98,7 +97,7 @@ where
             };
             match answer {
                 Ok(mut response) => {
-                    response.extensions_mut().insert(Lent::new(ctx));
+                    response.extensions_mut().insert(ctx);
                     Ok(response)
                 }
                 Err(error) => Err(error.with_ctx(ctx)),

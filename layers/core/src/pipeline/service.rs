@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::lent::Lent;
 use super::{Pipeline, Session};
 use crate::request_id;
 use crate::{Body, BoxError, Error, PeerAddr, RequestCtx};
@@ -159,14 +158,14 @@ where
             let body = session.hook_body(body);
             if handoff {
                 // Lent to the `ProxyHooks` inside, which hands it back.
-                let stays = RequestCtx::from_info(session.ctx_mut().shared_info());
-                let lent = std::mem::replace(session.ctx_mut(), stays);
-                head.extensions.insert(Lent::new(lent));
+                let lent = RequestCtx::from_info(session.ctx().info().clone());
+                head.extensions
+                    .insert(std::mem::replace(session.ctx_mut(), lent));
             }
             let result = match inner.call(Request::from_parts(head, body)).await {
                 Ok(response) => {
                     let (mut head, body) = response.into_parts();
-                    if let Some(ctx) = head.extensions.remove::<Lent>().and_then(|l| l.take()) {
+                    if let Some(ctx) = head.extensions.remove::<RequestCtx>() {
                         *session.ctx_mut() = ctx;
                     }
                     Ok(Response::from_parts(head, Body::new(body)))

@@ -92,7 +92,7 @@ impl Session {
         }
         if body_ended && self.pipeline.has(Phase::RequestBody) {
             let body_ctx = BodyCtx {
-                info: self.ctx.shared_info(),
+                info: self.ctx.info().clone(),
                 bytes_before: 0,
             };
             let outcome = self
@@ -113,7 +113,7 @@ impl Session {
         let hooked = HookedBody::new(
             body,
             self.pipeline.clone(),
-            self.ctx.shared_info(),
+            self.ctx.info().clone(),
             verdict.clone(),
         );
         self.verdict = Some(verdict);
