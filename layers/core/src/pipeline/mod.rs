@@ -195,9 +195,7 @@ impl Pipeline {
     /// The answer is always an error page: such a request was never read far enough to know
     /// whether it is gRPC (and gRPC runs over HTTP/2, which the framing guard never sees).
     pub fn refuse(&self, mut ctx: RequestCtx, error: Error) -> Response<Body> {
-        let mut response = self.fail(&mut ctx, &error, ErrorFormat::Page);
-        self.finish(&mut ctx, &mut response, ErrorFormat::Page);
-        response
+        self.finish(&mut ctx, Err(error), ErrorFormat::Page)
     }
 
     #[inline]
@@ -336,17 +334,26 @@ impl Pipeline {
         Ok(Flow::Continue)
     }
 
-    /// Ends a request with `response` (a failure was made its error page by
-    /// [`Pipeline::fail`]), in place: the fields devices added for the response, then
-    /// `on_response` for every device, in order. For a gRPC request, a device's refusal becomes
-    /// a gRPC status too ([`grpc::refusal`]).
+    /// Ends a request: `on_error` for a failure (which becomes its error response in
+    /// `format`), the fields devices added for the response, then `on_response` for every
+    /// device, in order. For a gRPC request, a device's refusal becomes a gRPC status too
+    /// ([`grpc::refusal`]).
     ///
-    /// The context and the response stay with the caller (neither is moved on every request);
-    /// the context goes with the response body only when a `complete` hook needs it.
-    fn finish(&self, ctx: &mut RequestCtx, response: &mut Response<Body>, format: ErrorFormat) {
-        if format == ErrorFormat::Grpc && ctx.origin == Some(Origin::Device) {
-            *response = grpc::refusal(std::mem::take(response));
-        }
+    /// The context stays with the caller (it is not moved on every request) unless a
+    /// `complete` hook needs it with the response body.
+    fn finish(
+        &self,
+        ctx: &mut RequestCtx,
+        result: Result<Response<Body>, Error>,
+        format: ErrorFormat,
+    ) -> Response<Body> {
+        let mut response = match result {
+            Ok(response) if format == ErrorFormat::Grpc && ctx.origin == Some(Origin::Device) => {
+                grpc::refusal(response)
+            }
+            Ok(response) => response,
+            Err(error) => self.fail(ctx, &error, format),
+        };
         let headers = response.headers_mut();
         headers.insert(
             crate::request_id::X_REQUEST_ID.clone(),
@@ -356,7 +363,7 @@ impl Pipeline {
         let mut origin = ctx.origin.unwrap_or(Origin::Upstream);
         let devices = self.in_phase(Phase::Response);
         if !devices.is_empty() {
-            let (mut head, body) = std::mem::take(response).into_parts();
+            let (mut head, body) = response.into_parts();
             let mut body = Some(body);
             for entry in devices {
                 let mut res = ResponseCtx {
@@ -377,15 +384,16 @@ impl Pipeline {
                     origin = Origin::Error;
                 }
             }
-            *response = Response::from_parts(head, body.take().unwrap_or_default());
+            response = Response::from_parts(head, body.take().unwrap_or_default());
         }
         if self.has(Phase::Complete) {
             let status = response.status();
             let pipeline = self.clone();
             let ctx = std::mem::replace(ctx, RequestCtx::from_info(ctx.info().clone()));
-            let body = std::mem::take(response.body_mut());
-            *response.body_mut() = Body::new(CompletingBody::new(body, pipeline, ctx, status));
+            response =
+                response.map(|body| Body::new(CompletingBody::new(body, pipeline, ctx, status)));
         }
+        response
     }
 
     /// Runs the `on_complete` hooks: the request's body bytes went over the wire.
@@ -398,7 +406,6 @@ impl Pipeline {
     }
 
     /// Runs `on_error` and builds the error response in `format`.
-    #[cold]
     fn fail(&self, ctx: &mut RequestCtx, error: &Error, format: ErrorFormat) -> Response<Body> {
         for entry in self.in_phase(Phase::Error) {
             observed(entry, Phase::Error, || entry.device.on_error(ctx, error));

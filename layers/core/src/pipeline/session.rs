@@ -144,30 +144,18 @@ impl Session {
     /// the body has gone. The response carries the request id.
     #[inline]
     pub fn finish(mut self, result: Answer) -> Response<Body> {
-        let mut response = match result {
-            Ok(response) => response,
-            Err(error) => self.failed(error),
+        let result = match result {
+            Err(error) => match self.verdict.as_ref().and_then(|v| v.lock().ok()?.take()) {
+                Some(BodyVerdict::Respond(response)) => {
+                    self.ctx.origin = Some(Origin::Device);
+                    Ok(response)
+                }
+                Some(BodyVerdict::Fail(device_error)) => Err(device_error.into_error()),
+                None => Err(error),
+            },
+            ok => ok,
         };
-        self.pipeline
-            .finish(&mut self.ctx, &mut response, self.format);
-        response
-    }
-
-    /// The response to a failed request: a body hook's verdict when one stopped the body,
-    /// else `on_error` and the error page.
-    #[cold]
-    fn failed(&mut self, error: Error) -> Response<Body> {
-        match self.verdict.as_ref().and_then(|v| v.lock().ok()?.take()) {
-            Some(BodyVerdict::Respond(response)) => {
-                self.ctx.origin = Some(Origin::Device);
-                response
-            }
-            Some(BodyVerdict::Fail(device_error)) => {
-                self.pipeline
-                    .fail(&mut self.ctx, &device_error.into_error(), self.format)
-            }
-            None => self.pipeline.fail(&mut self.ctx, &error, self.format),
-        }
+        self.pipeline.finish(&mut self.ctx, result, self.format)
     }
 
     /// A request-side phase's outcome as the request's answer: `None` to go on, else the
