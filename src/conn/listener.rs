@@ -546,13 +546,8 @@ fn handshake(
                 return None;
             }
         };
-        let conn = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            Http::Http2(Box::pin(
-                runtime.h2.serve_connection(TokioIo::new(tls), service),
-            ))
-        } else {
-            Http::Http1(ParkingH1::new(tls, runtime, service, rejections, meter))
-        };
+        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let conn = Http::new(http2, tls, runtime, service, rejections, meter);
         Some(watch.drive(conn))
     })
 }

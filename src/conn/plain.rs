@@ -1,6 +1,7 @@
 //! A plain TCP connection on a listener that serves both HTTP/1 and h2c: its protocol sniffed
-//! from its first bytes ([`Sniff`]), then served by [`ParkingH1`] or hyper's `http2` builder,
-//! all under the one [`Watch`](super::watch::Watch) of the connection.
+//! from its first bytes ([`Sniff`]), then served as [`Http`] (HTTP/1 parking between
+//! requests, or hyper's HTTP/2), all under the one [`Watch`](super::watch::Watch) of the
+//! connection.
 //!
 //! One future for the connection's whole life, so the sniff needs no timer of its own (the
 //! watch closes a connection still [opening](Watched::opening) at `header_read_timeout_ms`,
@@ -11,13 +12,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use hyper_util::rt::TokioIo;
 use snakeway_core::BoxError;
 
 use super::detect::{Protocol, Rewind, Sniff};
 use super::h1::Rejections;
 use super::listener::Service;
-use super::park::ParkingH1;
 use super::serving::{Http, Tcp};
 use super::watch::{Meter, Watched};
 use crate::snapshot::ListenerRuntime;
@@ -85,14 +84,10 @@ impl Future for Plain {
                     else {
                         return Poll::Ready(Ok(()));
                     };
-                    this.state = State::Served(match sniffed? {
-                        (Protocol::Http1, io) => {
-                            Http::Http1(ParkingH1::new(io, runtime, service, rejections, meter))
-                        }
-                        (Protocol::Http2, io) => Http::Http2(Box::pin(
-                            runtime.h2.serve_connection(TokioIo::new(io), service),
-                        )),
-                    });
+                    let (protocol, io) = sniffed?;
+                    let http2 = protocol == Protocol::Http2;
+                    this.state =
+                        State::Served(Http::new(http2, io, runtime, service, rejections, meter));
                 }
                 State::Served(conn) => return Pin::new(conn).poll(cx),
                 State::Done => return Poll::Ready(Ok(())),

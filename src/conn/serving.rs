@@ -10,17 +10,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pin_project_lite::pin_project;
 use snakeway_core::BoxError;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::h1::Rejections;
 use super::listener::Service;
-use super::park::ParkingH1;
+use super::park::{ParkingH1, ReadReady};
 use super::plain::Plain;
-use super::watch::{Active, Driven, Watched};
+use super::watch::{Active, Driven, Meter, Watched};
+use crate::snapshot::ListenerRuntime;
 
 /// The socket of a connection, metered.
 pub(crate) type Tcp = Active<TcpStream>;
@@ -81,6 +85,31 @@ pub(crate) enum Http<I> {
     Http1(ParkingH1<I>),
     /// HTTP/2.
     Http2(Pin<Box<H2<I>>>),
+}
+
+impl<I> Http<I>
+where
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + Sync + 'static,
+{
+    /// Serves `io` as HTTP/2 (`http2`: ALPN or the h2c preface said so) with the listener's
+    /// HTTP/2 builder, else as HTTP/1 behind the framing guard, parking when the watch of
+    /// `meter` asks; `service` answers the refusals the guard puts in `rejections`.
+    pub(crate) fn new(
+        http2: bool,
+        io: I,
+        runtime: Arc<ListenerRuntime>,
+        service: Service,
+        rejections: Rejections,
+        meter: Arc<Meter>,
+    ) -> Self {
+        if http2 {
+            Self::Http2(Box::pin(
+                runtime.h2.serve_connection(TokioIo::new(io), service),
+            ))
+        } else {
+            Self::Http1(ParkingH1::new(io, runtime, service, rejections, meter))
+        }
+    }
 }
 
 impl<I> Future for Http<I>

@@ -149,13 +149,7 @@ impl H1Pool {
                 let _ = self.idle.push(conn);
                 continue;
             }
-            if let Some(deadline) = deadline {
-                conn.timer.as_mut().reset(deadline);
-            }
-            let sent = Timed::new(
-                conn.sender.try_send_request(req),
-                deadline.map(|_| conn.timer.as_mut()),
-            );
+            let sent = Timed::new(conn.sender.try_send_request(req), &mut conn.timer, deadline);
             match sent.await {
                 Some(Ok(response)) => return Ok(self.checkin_after(response, conn)),
                 Some(Err(mut error)) => match error.take_message() {
@@ -169,11 +163,8 @@ impl H1Pool {
             }
         }
         // A new connection's timer is made with it: the limit covers connecting too.
-        let mut timer = Box::pin(match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline),
-            None => tokio::time::sleep(Duration::MAX),
-        });
-        let connected = Timed::new(self.connect(), deadline.map(|_| timer.as_mut()));
+        let mut timer = Box::pin(tokio::time::sleep(Duration::MAX));
+        let connected = Timed::new(self.connect(), &mut timer, deadline);
         let (sender, connection, open) = connected.await.ok_or(SendError::TimedOut)??;
         tokio::spawn(async move {
             let _open = open;
@@ -182,10 +173,7 @@ impl H1Pool {
             }
         });
         let mut conn = Conn { sender, timer };
-        let sent = Timed::new(
-            conn.sender.send_request(req),
-            deadline.map(|_| conn.timer.as_mut()),
-        );
+        let sent = Timed::new(conn.sender.send_request(req), &mut conn.timer, deadline);
         let response = sent.await.ok_or(SendError::TimedOut)??;
         Ok(self.checkin_after(response, conn))
     }
@@ -278,7 +266,13 @@ pin_project! {
 }
 
 impl<'t, F> Timed<'t, F> {
-    fn new(send: F, timer: Option<Pin<&'t mut Sleep>>) -> Self {
+    /// `send` raced against `timer` set to `deadline`; not timed without a deadline (the
+    /// timer is then left as it is, never polled).
+    fn new(send: F, timer: &'t mut Pin<Box<Sleep>>, deadline: Option<Instant>) -> Self {
+        let timer = deadline.map(|deadline| {
+            timer.as_mut().reset(deadline);
+            timer.as_mut()
+        });
         Self { send, timer }
     }
 }
