@@ -159,10 +159,6 @@ impl ResponseHeaders {
             self.more.push(field);
         }
     }
-
-    fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
-        self.first.iter().chain(&self.more)
-    }
 }
 
 // === impl RequestCtx ===
@@ -226,11 +222,6 @@ impl RequestCtx {
     /// A response a later `on_response` replaces (its hook failed) does not carry it.
     pub fn add_response_header(&mut self, name: HeaderName, value: HeaderValue) {
         self.response_headers.push((name, value));
-    }
-
-    /// The fields added with [`RequestCtx::add_response_header`] and not yet in a response.
-    pub fn response_headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.response_headers.iter().map(|(n, v)| (n, v))
     }
 
     /// Appends the added fields to `headers` (the response's), in the order they were added.
