@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{raw, raw_exchange};
+use crate::client::{T, connect, raw, raw_exchange, read_one_response};
 use crate::harness::Server;
 use crate::upstream::{self, Upstream};
 
@@ -34,8 +34,36 @@ async fn answering(answer: Vec<u8>) -> Upstream {
     .await
 }
 
+/// A keep-alive raw upstream that answers every request head on a connection with `answer`.
+async fn answering_each(answer: Vec<u8>) -> Upstream {
+    let answer: &'static [u8] = answer.leak();
+    upstream::raw(move |mut s| {
+        Box::pin(async move {
+            let mut pending = Vec::new();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    pending.drain(..end + 4);
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    })
+    .await
+}
+
 async fn serve(up: &Upstream, service_keys: &str) -> Server {
-    Server::start(&format!(
+    Server::start(&config(up, service_keys)).await
+}
+
+fn config(up: &Upstream, service_keys: &str) -> String {
+    format!(
         r#"
 [server]
 threads = 2
@@ -53,8 +81,7 @@ path = "/"
 service = "app"
 "#,
         up.url()
-    ))
-    .await
+    )
 }
 
 const GET: &[u8] = b"GET /f HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n";
@@ -126,4 +153,42 @@ async fn http10_upstream_answer_goes_out_as_http11() {
     let text = r.text();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nok"), "{text}");
+}
+
+/// An upstream that lies in every answer on its keep-alive connection: `Content-Length: 5`
+/// beside a chunked body of 26 bytes, 40 more fields, and values that name the framing fields
+/// (`x-note: content-length: 999`). The framing guard follows the responses Snakeway writes to
+/// the client from their heads alone (a search for the framing fields at line starts). Over
+/// one kept-alive client connection, three such answers each arrive whole, and the connection
+/// parks after each one: the guard saw where each response ended.
+#[tokio::test]
+async fn lying_heads_with_many_fields_are_followed_to_their_end_on_one_client_connection() {
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\
+        x-note: content-length: 999\r\nx-other: transfer-encoding: chunked\r\n"
+        .to_vec();
+    for i in 0..40 {
+        answer.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(i)).as_bytes());
+    }
+    answer.extend_from_slice(b"\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n");
+    let up = answering_each(answer).await;
+    let server = Server::start_logging(&config(&up, ""), "info,snakeway::conn::park=trace").await;
+    let mut stream = connect(server.addr()).await.unwrap();
+    for i in 1..=3 {
+        stream
+            .write_all(b"GET /f HTTP/1.1\r\nHost: t.test\r\n\r\n")
+            .await
+            .unwrap();
+        let res = read_one_response(&mut stream).await;
+        assert_eq!(res.status, 200, "answer {i}");
+        assert_eq!(
+            String::from_utf8_lossy(&res.body),
+            "abcdefghijklmnopqrstuvwxyz",
+            "answer {i}"
+        );
+        assert!(
+            server.wait_for_log_count("connection parked", i, T).await,
+            "no park after answer {i}; log:\n{}",
+            server.log_text()
+        );
+    }
 }
