@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, req
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use snakeway_core::metrics::{Counter, CounterHandle};
-use snakeway_core::pipeline::{Answer, Session};
+use snakeway_core::pipeline::{Answer, Ran, Session};
 use snakeway_core::request_id::{self, X_REQUEST_ID};
 use snakeway_core::respond::ErrorFormat;
 use snakeway_core::{
@@ -257,7 +257,11 @@ pub(crate) async fn handle(
             started,
         );
         let ended = hyper::body::Body::is_end_stream(&body);
-        let answer = match session.on_request(&mut head, ended).await {
+        let early = match session.on_request(&mut head, ended) {
+            Ran::Ended(early) => early,
+            Ran::Waiting(rest) => rest.await,
+        };
+        let answer = match early {
             Some(answer) => answer,
             None => {
                 let body = session.hook_body(body);
@@ -292,7 +296,7 @@ impl<'a> Call<'a> {
     /// `before_proxy` and `after_proxy` around the upstream.
     async fn route_and_call(
         &mut self,
-        mut session: Option<&mut Session>,
+        mut session: Option<&mut Session<'_>>,
         head: request::Parts,
         body: Body,
     ) -> Answer {
@@ -321,7 +325,11 @@ impl<'a> Call<'a> {
             "request routed"
         );
         if let Some(session) = session.as_deref_mut() {
-            session.ctx_mut().route = Some(route.name.clone());
+            let service = match &route.target.outcome {
+                Outcome::Service { name, .. } => Some(name),
+                _ => None,
+            };
+            session.routed(&route.name, service);
         }
         let answer = match &route.target.outcome {
             Outcome::Respond(synthetic) => {
@@ -341,9 +349,9 @@ impl<'a> Call<'a> {
             }
             Outcome::Service {
                 service,
-                name,
                 strip_prefix,
                 websockets,
+                ..
             } => {
                 route.target.headers.apply_to_request(req.headers_mut());
                 if *strip_prefix {
@@ -356,15 +364,14 @@ impl<'a> Call<'a> {
                     .as_ref()
                     .filter(|_| is_websocket_upgrade(&req))
                     .and_then(|ws| Some((ws, req.extensions_mut().remove::<TunnelHost>()?)));
-                if let Some(session) = session.as_deref_mut() {
-                    session.ctx_mut().service = Some(name.clone());
-                    if session.has(Phase::BeforeProxy) {
-                        let (mut head, body) = req.into_parts();
-                        if let Some(answer) = session.before_proxy(&mut head).await {
-                            return self.logged(answer);
-                        }
-                        req = Request::from_parts(head, body);
+                if let Some(session) = session.as_deref_mut()
+                    && session.has(Phase::BeforeProxy)
+                {
+                    let (mut head, body) = req.into_parts();
+                    if let Some(answer) = session.before_proxy(&mut head).await {
+                        return self.logged(answer);
                     }
+                    req = Request::from_parts(head, body);
                 }
                 // The proxy's future in line; a WebSocket handshake's boxed.
                 let forwarded = match upgrade {
@@ -380,14 +387,19 @@ impl<'a> Call<'a> {
                         .await
                     }
                 };
-                match (session, forwarded) {
-                    // No device takes part: the response is not moved through a phase's future.
-                    (Some(session), Ok(response)) if !session.has(Phase::AfterProxy) => {
-                        session.ctx_mut().origin = Some(Origin::Upstream);
-                        Ok(response)
+                match session {
+                    Some(session) if session.has(Phase::AfterProxy) => match forwarded {
+                        Ok(response) => session.after_proxy(response).await,
+                        failed => failed,
+                    },
+                    // No device takes part: the response stays where it is.
+                    Some(session) => {
+                        if forwarded.is_ok() {
+                            session.ctx_mut().origin = Some(Origin::Upstream);
+                        }
+                        forwarded
                     }
-                    (Some(session), Ok(response)) => session.after_proxy(response).await,
-                    (_, forwarded) => forwarded,
+                    None => forwarded,
                 }
             }
         };

@@ -127,9 +127,11 @@ pub struct Transfer {
 #[derive(Clone, Debug)]
 pub struct RequestCtx {
     info: Arc<RequestInfo>,
-    /// The matched route, once routing has happened.
+    /// The matched route, once routing has happened (the server notes it when some device
+    /// runs after routing: no other could read it).
     pub route: Option<Arc<str>>,
-    /// The upstream service the route leads to, if it is a service route.
+    /// The upstream service the route leads to, if it is a service route (noted like
+    /// `route`).
     pub service: Option<Arc<str>>,
     /// Typed data shared between devices.
     pub extensions: Extensions,

@@ -33,7 +33,7 @@ pub use self::body::{BodyStopped, HookedBody};
 pub use self::complete::CompletingBody;
 pub use self::proxy_hooks::{ProxyHooks, ProxyHooksFuture, ProxyHooksLayer};
 pub use self::service::{PipelineFuture, PipelineLayer, PipelineService};
-pub use self::session::{Answer, Session};
+pub use self::session::{Answer, Ran, Session};
 use crate::metrics::{Counters, DEVICE_HOOKS};
 use crate::respond::{ErrorDetail, ErrorFormat};
 use crate::{
@@ -64,10 +64,16 @@ struct Inner {
     by_phase: [Box<[Entry]>; 7],
     /// How much clients are told about failures.
     error_detail: ErrorDetail,
+    /// Whether any device takes part in a phase after routing (see
+    /// [`Pipeline::runs_after_routing`]).
+    after_routing: bool,
 }
 
 /// A device hook of a phase that may answer, over the phase's head type.
 type Hook<H> = fn(&dyn Device, &mut RequestCtx, &mut H) -> DeviceResult;
+
+/// The `on_request` hook.
+const ON_REQUEST: Hook<request::Parts> = |d, c, h| d.on_request(c, h);
 
 /// Where a phase stopped: done with its result, or waiting on the deferred result of its
 /// device at an index.
@@ -124,11 +130,21 @@ impl Pipeline {
                 })
                 .collect::<Box<[_]>>()
         });
+        let after_routing = [
+            Phase::BeforeProxy,
+            Phase::AfterProxy,
+            Phase::Response,
+            Phase::Error,
+            Phase::Complete,
+        ]
+        .iter()
+        .any(|&phase| !by_phase[phase as usize].is_empty());
         Self {
             inner: Arc::new(Inner {
                 devices,
                 by_phase,
                 error_detail: ErrorDetail::default(),
+                after_routing,
             }),
         }
     }
@@ -167,6 +183,14 @@ impl Pipeline {
     #[inline]
     pub fn has(&self, phase: Phase) -> bool {
         !self.in_phase(phase).is_empty()
+    }
+
+    /// Whether any device takes part in a phase after routing (`before_proxy`, `after_proxy`,
+    /// `on_response`, `on_error`, `on_complete`): only those can read the route and service
+    /// noted in the request context.
+    #[inline]
+    pub fn runs_after_routing(&self) -> bool {
+        self.inner.after_routing
     }
 
     /// Whether request body bytes are counted (into [`RequestInfo::received`](crate::RequestInfo::received)): some device
@@ -262,15 +286,6 @@ impl Pipeline {
                 Step::Wait(next, deferred) => (at, pending) = (next, deferred),
             }
         }
-    }
-
-    /// The `on_request` phase (`run_phase`'s future itself, not one around it).
-    pub(crate) fn on_request<'a>(
-        &'a self,
-        ctx: &'a mut RequestCtx,
-        head: &'a mut request::Parts,
-    ) -> impl Future<Output = DeviceResult> + Send + 'a {
-        self.run_phase(Phase::Request, ctx, head, |d, c, h| d.on_request(c, h))
     }
 
     /// The `before_proxy` phase.

@@ -142,7 +142,8 @@ where
             .extensions
             .get::<PeerAddr>()
             .map_or(([0, 0, 0, 0], 0).into(), |p| p.0);
-        let mut session = Session::new(&self.pipeline, &head, request_id, peer, Instant::now());
+        let started = Instant::now();
+        let pipeline = self.pipeline.clone();
         let not_ready = self.not_ready.take();
         // The service that was polled ready goes into the future; a clone stays.
         let clone = self.inner.clone();
@@ -150,8 +151,9 @@ where
         let handoff = self.handoff;
         let body = Body::new(body);
         Box::pin(async move {
+            let mut session = Session::new(&pipeline, &head, request_id, peer, started);
             let ended = http_body::Body::is_end_stream(&body);
-            let early = session.on_request(&mut head, ended).await;
+            let early = session.on_request(&mut head, ended).outcome().await;
             if let Some(answer) = early.or_else(|| not_ready.map(Err)) {
                 return Ok(session.finish(answer));
             }

@@ -1,15 +1,17 @@
 //! [`Session`]: one request's way through a [`Pipeline`], phase by phase, with its context a
 //! local of whoever drives it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, request};
 
-use super::Pipeline;
 use super::body::{BodyVerdict, HookedBody};
+use super::{ON_REQUEST, Pipeline, Step};
 use crate::respond::ErrorFormat;
 use crate::{Body, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx, RequestInfo};
 
@@ -21,14 +23,14 @@ use crate::{Body, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
 ///                                         forward → after_proxy ──┴─ finish (on_error, on_response)
 /// ```
 ///
-/// `on_request`, `before_proxy` and `after_proxy` are `async`: a device may defer its result
-/// ([`Flow::Defer`]). A phase that answers gives `Some(result)`: the driver skips to
-/// [`Session::finish`] with it. The server's request path drives a session directly;
-/// [`PipelineLayer`](super::PipelineLayer) and [`ProxyHooksLayer`](super::ProxyHooksLayer)
+/// A device may defer its result ([`Flow::Defer`]): `before_proxy` and `after_proxy` are
+/// `async`, and `on_request` gives a [`Ran`], a future only when a device deferred. A phase that
+/// answers gives `Some(result)`: the driver skips to [`Session::finish`] with it. The server's
+/// request path drives a session directly; [`PipelineLayer`](super::PipelineLayer) and [`ProxyHooksLayer`](super::ProxyHooksLayer)
 /// drive the same phases as Tower middleware.
 #[derive(Debug)]
-pub struct Session {
-    pipeline: Pipeline,
+pub struct Session<'p> {
+    pipeline: &'p Pipeline,
     ctx: RequestCtx,
     /// The error format, decided on the headers as the client sent them.
     format: ErrorFormat,
@@ -39,13 +41,33 @@ pub struct Session {
 /// What a phase that answered gives: the response or the failure to finish with.
 pub type Answer = Result<Response<Body>, Error>;
 
+/// `on_request` as far as it ran without waiting.
+pub enum Ran<'a> {
+    /// The phase ended: `Some` answer to finish with, or `None` to go on.
+    Ended(Option<Answer>),
+    /// A device deferred its result: the rest of the phase, to await.
+    Waiting(Pin<Box<dyn Future<Output = Option<Answer>> + Send + 'a>>),
+}
+
+// === impl Ran ===
+
+impl Ran<'_> {
+    /// The phase's outcome, waited for when a device deferred.
+    pub async fn outcome(self) -> Option<Answer> {
+        match self {
+            Self::Ended(answer) => answer,
+            Self::Waiting(rest) => rest.await,
+        }
+    }
+}
+
 // === impl Session ===
 
-impl Session {
+impl<'p> Session<'p> {
     /// A session for the request whose head is `head`, with id `request_id` (already in its
     /// headers), from `peer`, arrived at `started`.
     pub fn new(
-        pipeline: &Pipeline,
+        pipeline: &'p Pipeline,
         head: &request::Parts,
         request_id: HeaderValue,
         peer: SocketAddr,
@@ -60,7 +82,7 @@ impl Session {
             pipeline.counts_body(),
         );
         Self {
-            pipeline: pipeline.clone(),
+            pipeline,
             ctx: RequestCtx::new(info),
             format: ErrorFormat::of(&head.headers),
             verdict: None,
@@ -79,14 +101,29 @@ impl Session {
         &mut self.ctx
     }
 
-    /// Runs `on_request`; for a request without a body (`body_ended`), the body hooks see its
-    /// end right after (nothing polls a body that is not there).
-    pub async fn on_request(
-        &mut self,
-        head: &mut request::Parts,
-        body_ended: bool,
-    ) -> Option<Answer> {
-        let outcome = self.pipeline.on_request(&mut self.ctx, head).await;
+    /// Runs `on_request` as far as it goes without waiting; for a request without a body
+    /// (`body_ended`), the body hooks see its end right after (nothing polls a body that is
+    /// not there). No future is made unless a device defers its result: the driver awaits
+    /// only [`Ran::Waiting`] (or [`Ran::outcome`] for either).
+    pub fn on_request<'a>(&'a mut self, head: &'a mut request::Parts, body_ended: bool) -> Ran<'a> {
+        match self
+            .pipeline
+            .run_from(Phase::Request, 0, &mut self.ctx, head, ON_REQUEST)
+        {
+            Step::Done(outcome) => Ran::Ended(self.requested(outcome, body_ended)),
+            Step::Wait(at, pending) => Ran::Waiting(Box::pin(async move {
+                let outcome = self
+                    .pipeline
+                    .resume(Phase::Request, at, pending, &mut self.ctx, head, ON_REQUEST)
+                    .await;
+                self.requested(outcome, body_ended)
+            })),
+        }
+    }
+
+    /// `on_request`'s outcome as the request's answer, once the body hooks saw the end of a
+    /// body that is not there (`body_ended`).
+    fn requested(&mut self, outcome: DeviceResult, body_ended: bool) -> Option<Answer> {
         if let Some(answer) = self.answered(outcome) {
             return Some(answer);
         }
@@ -118,6 +155,17 @@ impl Session {
         );
         self.verdict = Some(verdict);
         Body::new(hooked)
+    }
+
+    /// Notes the route the request took, and the service it leads to (`None` for another
+    /// outcome), in the context, for the devices that run after routing (nothing is noted
+    /// when none does: no device could read it).
+    #[inline]
+    pub fn routed(&mut self, route: &Arc<str>, service: Option<&Arc<str>>) {
+        if self.pipeline.runs_after_routing() {
+            self.ctx.route = Some(route.clone());
+            self.ctx.service = service.cloned();
+        }
     }
 
     /// Whether any device takes part in `phase` (a driver need not split a request or a
