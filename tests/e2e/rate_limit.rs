@@ -1,8 +1,9 @@
 //! The throttling device (`type = "rate_limit"`, issue 12) through the real server: GCRA per
 //! key with the IETF headers, the local store (refusals, recovery after the period, buckets kept
-//! across a reload, a flood of 100,000 distinct keys bounded by `max_keys` in count and memory), and the Redis store with a
-//! real `redis-server` (Debian's package): one budget across two Snakeway processes, Redis
-//! stopped mid-test answered as `on_store_error` says, and recovery when it comes back.
+//! across a reload, a flood of 100,000 distinct keys bounded by `max_keys` in count and
+//! memory), and the Redis store with a real `redis-server` (Debian's package): one budget
+//! across two Snakeway processes, Redis stopped mid-test answered as `on_store_error` says, and
+//! recovery when it comes back.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -24,10 +24,10 @@ use crate::{Body, BodyCtx, DeviceResult, Error, Flow, Origin, Phase, RequestCtx,
 /// ```
 ///
 /// A device may defer its result ([`Flow::Defer`]): `before_proxy` and `after_proxy` are
-/// `async`, and `on_request` gives a [`Ran`], a future only when a device deferred. A phase that
-/// answers gives `Some(result)`: the driver skips to [`Session::finish`] with it. The server's
-/// request path drives a session directly; [`PipelineLayer`](super::PipelineLayer) and [`ProxyHooksLayer`](super::ProxyHooksLayer)
-/// drive the same phases as Tower middleware.
+/// `async`, and `on_request` gives a [`Ran`], a future only when a device deferred. A phase
+/// that answers gives `Some(result)`: the driver skips to [`Session::finish`] with it. The
+/// server's request path drives a session directly; [`PipelineLayer`](super::PipelineLayer)
+/// and [`ProxyHooksLayer`](super::ProxyHooksLayer) drive the same phases as Tower middleware.
 #[derive(Debug)]
 pub struct Session<'p> {
     pipeline: &'p Pipeline,

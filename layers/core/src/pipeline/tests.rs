@@ -488,6 +488,31 @@ async fn devices_are_only_called_in_their_phases() {
     );
 }
 
+#[test]
+fn only_a_device_after_routing_needs_the_route_noted() {
+    let recorder = |phases| -> Arc<dyn Device> {
+        Arc::new(Recorder {
+            name: "d",
+            phases,
+            log: Arc::default(),
+            acts: HashMap::new(),
+        })
+    };
+    let request_side = Phases::only(Phase::Request).with(Phase::RequestBody);
+    assert!(!Pipeline::new(vec![recorder(request_side)]).runs_after_routing());
+    assert!(!Pipeline::new(Vec::new()).runs_after_routing());
+    for later in [
+        Phase::BeforeProxy,
+        Phase::AfterProxy,
+        Phase::Response,
+        Phase::Error,
+        Phase::Complete,
+    ] {
+        let pipeline = Pipeline::new(vec![recorder(request_side), recorder(Phases::only(later))]);
+        assert!(pipeline.runs_after_routing(), "{later:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_empty_pipeline_passes_requests_through() {
     let h = Harness::new();
