@@ -257,6 +257,7 @@ pub(crate) async fn handle(
             started,
         );
         let ended = hyper::body::Body::is_end_stream(&body);
+        // Matched rather than `Ran::outcome().await`: no future unless a device defers.
         let early = match session.on_request(&mut head, ended) {
             Ran::Ended(early) => early,
             Ran::Waiting(rest) => rest.await,
@@ -325,11 +326,7 @@ impl<'a> Call<'a> {
             "request routed"
         );
         if let Some(session) = session.as_deref_mut() {
-            let service = match &route.target.outcome {
-                Outcome::Service { name, .. } => Some(name),
-                _ => None,
-            };
-            session.routed(&route.name, service);
+            session.routed(&route.name, route.target.outcome.service_name());
         }
         let answer = match &route.target.outcome {
             Outcome::Respond(synthetic) => {

@@ -76,6 +76,16 @@ pub(crate) enum Outcome {
     Static(snakeway_static::StaticFiles),
 }
 
+impl Outcome {
+    /// The service's name, for a service route.
+    pub(crate) fn service_name(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Service { name, .. } => Some(name),
+            Self::Respond(_) | Self::Static(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

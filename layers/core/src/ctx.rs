@@ -232,10 +232,8 @@ impl RequestCtx {
             return;
         };
         headers.append(name, value);
-        if !self.response_headers.more.is_empty() {
-            for (name, value) in self.response_headers.more.drain(..) {
-                headers.append(name, value);
-            }
+        for (name, value) in self.response_headers.more.drain(..) {
+            headers.append(name, value);
         }
     }
 }

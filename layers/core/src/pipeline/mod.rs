@@ -64,9 +64,6 @@ struct Inner {
     by_phase: [Box<[Entry]>; 7],
     /// How much clients are told about failures.
     error_detail: ErrorDetail,
-    /// Whether any device takes part in a phase after routing (see
-    /// [`Pipeline::runs_after_routing`]).
-    after_routing: bool,
 }
 
 /// A device hook of a phase that may answer, over the phase's head type.
@@ -130,21 +127,11 @@ impl Pipeline {
                 })
                 .collect::<Box<[_]>>()
         });
-        let after_routing = [
-            Phase::BeforeProxy,
-            Phase::AfterProxy,
-            Phase::Response,
-            Phase::Error,
-            Phase::Complete,
-        ]
-        .iter()
-        .any(|&phase| !by_phase[phase as usize].is_empty());
         Self {
             inner: Arc::new(Inner {
                 devices,
                 by_phase,
                 error_detail: ErrorDetail::default(),
-                after_routing,
             }),
         }
     }
@@ -190,7 +177,15 @@ impl Pipeline {
     /// noted in the request context.
     #[inline]
     pub fn runs_after_routing(&self) -> bool {
-        self.inner.after_routing
+        [
+            Phase::BeforeProxy,
+            Phase::AfterProxy,
+            Phase::Response,
+            Phase::Error,
+            Phase::Complete,
+        ]
+        .into_iter()
+        .any(|phase| self.has(phase))
     }
 
     /// Whether request body bytes are counted (into [`RequestInfo::received`](crate::RequestInfo::received)): some device
