@@ -270,12 +270,14 @@ impl Inner {
         response
     }
 
-    /// The device's route prefix the path is under (the longest), `Some("")` when the device
-    /// has no routes, `None` when the request is not counted.
-    fn route<'a>(&'a self, path: &str) -> Option<&'a str> {
+    /// The device's route prefix the request's path is under (the longest), `Some("")` when
+    /// the device has no routes (the path is not read), `None` when the request is not
+    /// counted.
+    fn route<'a>(&'a self, ctx: &RequestCtx) -> Option<&'a str> {
         if self.options.routes.is_empty() {
             return Some("");
         }
+        let path = ctx.path();
         self.options
             .routes
             .iter()
@@ -301,7 +303,7 @@ impl Device for RateLimit {
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> DeviceResult {
         let inner = &self.inner;
-        let Some(route) = inner.route(ctx.path()) else {
+        let Some(route) = inner.route(ctx) else {
             return Ok(Flow::Continue);
         };
         let key = &inner.options.key;

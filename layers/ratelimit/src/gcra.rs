@@ -15,6 +15,10 @@ pub struct Quota {
     limit: u32,
     period: Duration,
     burst: u32,
+    /// The emission interval `T` in nanoseconds (at least 1), computed once.
+    interval: u64,
+    /// The bucket in nanoseconds, `(limit + burst) * T` (saturating), computed once.
+    window: u64,
 }
 
 /// What one request got from its key's bucket.
@@ -35,10 +39,17 @@ pub struct Decision {
 impl Quota {
     /// `limit` per `period`, with `burst` on top; `None` when `limit` or `period` is zero.
     pub fn new(limit: u32, period: Duration, burst: u32) -> Option<Self> {
-        (limit > 0 && !period.is_zero()).then_some(Self {
+        if limit == 0 || period.is_zero() {
+            return None;
+        }
+        let interval = interval_of(period, limit, 1);
+        let capacity = u64::from(limit) + u64::from(burst);
+        Some(Self {
             limit,
             period,
             burst,
+            interval,
+            window: interval.saturating_mul(capacity),
         })
     }
 
@@ -65,22 +76,20 @@ impl Quota {
     /// The emission interval `T = period / limit` (at least a nanosecond): how long an allowed
     /// request keeps a full bucket from being full.
     pub fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.interval(1))
+        Duration::from_nanos(self.interval)
     }
 
     /// The emission interval `T = period / limit`, in `unit`s of a nanosecond (1 for
     /// nanoseconds, 1000 for microseconds), at least 1.
     pub(crate) fn interval(&self, unit: u64) -> u64 {
-        let period = u64::try_from(self.period.as_nanos()).unwrap_or(u64::MAX) / unit;
-        (period / u64::from(self.limit)).max(1)
+        interval_of(self.period, self.limit, unit)
     }
 
     /// One GCRA step for a key whose TAT is `tat` (0 for a key never seen), at `now`, both in
     /// nanoseconds from the same origin: the decision, and the key's new TAT when the request is
     /// allowed (`None`: refused, the TAT stays).
     pub(crate) fn step(&self, tat: u64, now: u64) -> (Decision, Option<u64>) {
-        let interval = self.interval(1);
-        let window = interval.saturating_mul(self.capacity());
+        let (interval, window) = (self.interval, self.window);
         let start = tat.max(now);
         let next = start.saturating_add(interval);
         let allow_at = next.saturating_sub(window);
@@ -102,6 +111,12 @@ impl Quota {
         };
         (decision, Some(next))
     }
+}
+
+/// `period / limit` in `unit`s of a nanosecond, at least 1.
+fn interval_of(period: Duration, limit: u32, unit: u64) -> u64 {
+    let period = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX) / unit;
+    (period / u64::from(limit)).max(1)
 }
 
 #[cfg(test)]
