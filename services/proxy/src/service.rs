@@ -99,6 +99,20 @@ impl Default for ServiceOptions {
     }
 }
 
+/// Fields an HTTP/1 response's header map keeps room for, beyond those it holds, when it
+/// reaches the client: the `x-request-id`, a route's `response_headers`, device fields such as
+/// `RateLimit`.
+///
+/// Between HTTP/1 connections hyper recycles header maps: the map of a head it wrote parses
+/// the next head read on that connection, so the same few maps go round between the server
+/// connections and the upstream connections serving them. A map grows only as far as the
+/// fields it held (8 slots for 6 fields), and then every insert probes a long cluster. Asked
+/// for this room, each map grows once, to 32 slots, and stays at most a quarter full; inserts
+/// and lookups then probe one or two slots (measured in `docs/benchmarks.md` § Header map
+/// headroom). Only when both sides speak HTTP/1: an HTTP/2 map is new for every message, and
+/// would grow on every response.
+const HEADROOM: usize = 12;
+
 /// What the proxy needs to know about the downstream connection.
 ///
 /// [`ProxyService::forward`] takes it as an argument; the [`tower::Service`] impl reads it from
@@ -575,7 +589,8 @@ impl ProxyService {
             .then(|| req.headers().get(&snakeway_core::request_id::X_REQUEST_ID))
             .flatten()
             .cloned();
-        let try_ = match inner.prepare(upstream, req, downstream) {
+        let recycles = req.version() < Version::HTTP_2 && !upstream.pool.options.http2;
+        let mut try_ = match inner.prepare(upstream, req, downstream) {
             Ok(req) => {
                 upstream.health.requests.fetch_add(1, Ordering::Relaxed);
                 // Counts the request in flight until dropped: here on failure, or with the body.
@@ -589,6 +604,9 @@ impl ProxyService {
                 cause: None,
             },
         };
+        if recycles && let Ok(response) = &mut try_.result {
+            response.headers_mut().reserve(HEADROOM);
+        }
         if let Some(request_id) = request_id {
             let request_id = request_id.to_str().unwrap_or("-");
             match &try_.result {

@@ -124,6 +124,41 @@ async fn h2_style_request_gets_host_from_its_authority() {
     assert_eq!(seen.headers["te"], "trailers", "te: trailers passes (gRPC)");
 }
 
+/// An HTTP/1 response to an HTTP/1 request keeps room in its header map for the fields added
+/// on its way to the client (hyper recycles HTTP/1 maps, so each grows once); an HTTP/2 map,
+/// new for every message, is left as it came on either side.
+#[tokio::test]
+async fn only_http1_to_http1_responses_keep_room_for_added_fields() {
+    let up = http(named("a")).await;
+    let room = |headers: &http::HeaderMap| headers.capacity() - headers.len();
+
+    let h1 = service(vec![up.spec(1)], options());
+    let (status, headers, _) = fetch(&h1, "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        room(&headers) >= 12,
+        "h1 to h1: room for 12, got {}",
+        room(&headers)
+    );
+
+    let mut h2_down = get("/");
+    *h2_down.version_mut() = Version::HTTP_2;
+    let response = h1.forward(h2_down, &downstream()).await.unwrap();
+    assert!(
+        room(response.headers()) < 12,
+        "an HTTP/2 client's response is not grown"
+    );
+
+    let mut opts = options();
+    opts.http2 = true;
+    let (status, headers, _) = fetch(&service(vec![up.spec(1)], opts), "/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        room(&headers) < 12,
+        "an HTTP/2 upstream's response is not grown"
+    );
+}
+
 // === pooling ===
 
 #[tokio::test]
