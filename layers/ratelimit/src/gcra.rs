@@ -16,9 +16,9 @@ pub struct Quota {
     period: Duration,
     burst: u32,
     /// The emission interval `T` in nanoseconds (at least 1), computed once.
-    interval: u64,
+    interval_ns: u64,
     /// The bucket in nanoseconds, `(limit + burst) * T` (saturating), computed once.
-    window: u64,
+    window_ns: u64,
 }
 
 /// What one request got from its key's bucket.
@@ -42,14 +42,14 @@ impl Quota {
         if limit == 0 || period.is_zero() {
             return None;
         }
-        let interval = interval_of(period, limit, 1);
+        let interval_ns = interval_of(period, limit, 1);
         let capacity = u64::from(limit) + u64::from(burst);
         Some(Self {
             limit,
             period,
             burst,
-            interval,
-            window: interval.saturating_mul(capacity),
+            interval_ns,
+            window_ns: interval_ns.saturating_mul(capacity),
         })
     }
 
@@ -76,7 +76,7 @@ impl Quota {
     /// The emission interval `T = period / limit` (at least a nanosecond): how long an allowed
     /// request keeps a full bucket from being full.
     pub fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.interval)
+        Duration::from_nanos(self.interval_ns)
     }
 
     /// The emission interval `T = period / limit`, in `unit`s of a nanosecond (1 for
@@ -89,7 +89,7 @@ impl Quota {
     /// nanoseconds from the same origin: the decision, and the key's new TAT when the request is
     /// allowed (`None`: refused, the TAT stays).
     pub(crate) fn step(&self, tat: u64, now: u64) -> (Decision, Option<u64>) {
-        let (interval, window) = (self.interval, self.window);
+        let (interval, window) = (self.interval_ns, self.window_ns);
         let start = tat.max(now);
         let next = start.saturating_add(interval);
         let allow_at = next.saturating_sub(window);

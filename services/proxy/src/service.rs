@@ -589,6 +589,7 @@ impl ProxyService {
             .then(|| req.headers().get(&snakeway_core::request_id::X_REQUEST_ID))
             .flatten()
             .cloned();
+        // hyper recycles the header maps of an HTTP/1 exchange on both sides (see `HEADROOM`).
         let recycles = req.version() < Version::HTTP_2 && !upstream.pool.options.http2;
         let mut try_ = match inner.prepare(upstream, req, downstream) {
             Ok(req) => {
