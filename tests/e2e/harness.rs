@@ -139,13 +139,34 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> Output {
     }
 }
 
-/// A free loopback port (bound and released; the kernel does not hand it out again right away).
+/// A free loopback port, for a config that must name a port before its server starts.
+///
+/// Picked below the kernel's ephemeral range: a port released there cannot become the local
+/// end of some outgoing connection before the server binds it, as a port the kernel handed
+/// out for `:0` can (a test failed with "address already in use" that way). Each pick of this
+/// process is a different port (a counter, offset by the pid so that test binaries side by
+/// side start apart), checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static PICKS: AtomicUsize = AtomicUsize::new(0);
+    const LOW: usize = 10_000;
+    let span = ephemeral_low().saturating_sub(LOW).max(1_000);
+    let offset = std::process::id() as usize * 7_919;
+    for _ in 0..span {
+        let n = PICKS.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % span).expect("below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and the ephemeral range");
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A running `snakeway serve`.
