@@ -159,6 +159,71 @@ async fn only_http1_to_http1_responses_keep_room_for_added_fields() {
     );
 }
 
+/// A hostile upstream floods response fields on a kept-alive connection whose header maps
+/// are recycled (with room for added fields): a flood within hyper's limit (100 fields) passes
+/// whole, one past it is refused, and the small answers after either carry exactly their own
+/// fields, with a map no larger than the limit plus its room needs (256 slots).
+#[tokio::test]
+async fn a_field_flood_leaves_recycled_maps_bounded_and_clean() {
+    let flood = |n: usize| {
+        let mut response = Response::builder();
+        for i in 0..n {
+            response = response.header(format!("x-flood-{i}"), "v");
+        }
+        response.body(Body::from("flood")).unwrap()
+    };
+    let up = http(handler(move |req: Request<hyper::body::Incoming>| {
+        let n = match req.uri().path() {
+            "/flood" => 90,
+            "/over" => 150,
+            _ => 0,
+        };
+        async move {
+            if n == 0 {
+                Response::new(Body::from("small"))
+            } else {
+                flood(n)
+            }
+        }
+    }))
+    .await;
+    let svc = service(vec![up.spec(1)], options());
+    let small = |headers: &http::HeaderMap| {
+        assert!(
+            !headers.keys().any(|k| k.as_str().starts_with("x-flood")),
+            "no field of the flood stays behind: {headers:?}"
+        );
+        assert!(headers.capacity() - headers.len() >= 12, "room kept");
+        assert!(headers.capacity() <= 192, "bounded: {}", headers.capacity());
+    };
+
+    let (_, headers, body) = fetch(&svc, "/").await.unwrap();
+    assert_eq!(body, "small");
+    small(&headers);
+    let (status, headers, _) = fetch(&svc, "/flood").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-flood"))
+            .count(),
+        90,
+        "the flood within the limit arrives whole"
+    );
+    for _ in 0..3 {
+        let (_, headers, body) = fetch(&svc, "/").await.unwrap();
+        assert_eq!(body, "small");
+        small(&headers);
+    }
+    assert!(
+        fetch(&svc, "/over").await.is_err(),
+        "past hyper's 100 fields: refused"
+    );
+    let (_, headers, body) = fetch(&svc, "/").await.unwrap();
+    assert_eq!(body, "small");
+    small(&headers);
+}
+
 // === pooling ===
 
 #[tokio::test]
