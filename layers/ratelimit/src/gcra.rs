@@ -43,14 +43,15 @@ impl Quota {
             return None;
         }
         let interval_ns = interval_of(period, limit, 1);
-        let capacity = u64::from(limit) + u64::from(burst);
-        Some(Self {
+        let mut quota = Self {
             limit,
             period,
             burst,
             interval_ns,
-            window_ns: interval_ns.saturating_mul(capacity),
-        })
+            window_ns: 0,
+        };
+        quota.window_ns = interval_ns.saturating_mul(quota.capacity());
+        Some(quota)
     }
 
     /// Requests per period, sustained.

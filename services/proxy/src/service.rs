@@ -107,10 +107,10 @@ impl Default for ServiceOptions {
 /// the next head read on that connection, so the same few maps go round between the server
 /// connections and the upstream connections serving them. A map grows only as far as the
 /// fields it held (8 slots for 6 fields), and then every insert probes a long cluster. Asked
-/// for this room, each map grows once, to 32 slots, and stays at most a quarter full; inserts
-/// and lookups then probe one or two slots (measured in `docs/benchmarks.md` § Header map
-/// headroom). Only when both sides speak HTTP/1: an HTTP/2 map is new for every message, and
-/// would grow on every response.
+/// for this room, each map grows once (to 32 slots for a dozen fields or fewer) and stays
+/// about a quarter full; inserts and lookups then probe one or two slots (measured in
+/// `docs/benchmarks.md` § Header map headroom). Only when both sides speak HTTP/1: an HTTP/2
+/// map is new for every message, and would grow on every response.
 const HEADROOM: usize = 12;
 
 /// What the proxy needs to know about the downstream connection.
