@@ -14,6 +14,10 @@ FROM rust:1.95-slim-bookworm AS build
 ARG SNAKEWAY_COMMIT=unknown
 ENV SNAKEWAY_COMMIT=${SNAKEWAY_COMMIT}
 WORKDIR /src
+# jemalloc, the binary's allocator, is built from C source with make (the slim image has gcc).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --bin snakeway \
  && install -m 0755 target/release/snakeway /usr/local/bin/snakeway
