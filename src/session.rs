@@ -416,7 +416,13 @@ impl<'a> Call<'a> {
             check_h2_host(req)?;
         }
         let path = match self.unnormal {
-            _ if seen.is_some_and(|seen| seen != req.uri().path()) => {
+            // The devices' snapshot shares the path's bytes until one changes it: the same
+            // slice is the same path, with no comparison.
+            _ if seen.is_some_and(|seen| {
+                let path = req.uri().path();
+                !std::ptr::eq(seen, path) && seen != path
+            }) =>
+            {
                 path::normalize(req.uri().path())
             }
             Some(e) => Err(e),

@@ -26,9 +26,10 @@ impl SlotKey {
 ///
 /// The lock is per request and the hooks of one request run one after another, so it is
 /// never contended. The first two values are kept inline (only the values themselves are
-/// allocated), so a request with one or two slot-keeping devices allocates no list.
+/// allocated), so a request with one or two slot-keeping devices allocates no list; a request
+/// no such device saw has no list to drop.
 #[derive(Default)]
-pub struct DeviceSlots(Mutex<Slots>);
+pub struct DeviceSlots(Mutex<Option<Slots>>);
 
 /// The values, by key.
 type Slots = SmallVec<[(SlotKey, Box<dyn Any + Send>); 2]>;
@@ -38,9 +39,9 @@ impl DeviceSlots {
     /// `T`).
     pub fn take<T: Any + Send>(&self, key: SlotKey) -> Option<Box<T>> {
         let mut slots = self.lock();
+        let slots = slots.as_mut()?;
         let at = slots.iter().position(|(k, _)| *k == key)?;
         let (_, value) = slots.swap_remove(at);
-        drop(slots);
         let value: Box<dyn Any> = value;
         value.downcast().ok()
     }
@@ -49,6 +50,7 @@ impl DeviceSlots {
     pub fn put<T: Any + Send>(&self, key: SlotKey, value: Box<T>) {
         let old = {
             let mut slots = self.lock();
+            let slots = slots.get_or_insert_with(Slots::new);
             match slots.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, slot)) => Some(std::mem::replace(slot, value)),
                 None => {
@@ -60,14 +62,14 @@ impl DeviceSlots {
         drop(old);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Slots>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl fmt::Debug for DeviceSlots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<SlotKey> = self.lock().iter().map(|(k, _)| *k).collect();
+        let keys: Vec<SlotKey> = self.lock().iter().flatten().map(|(k, _)| *k).collect();
         f.debug_tuple("DeviceSlots").field(&keys).finish()
     }
 }

@@ -165,10 +165,12 @@ impl RateLimit {
             remaining: quota.capacity() - 1,
             reset: seconds(quota.emission_interval()),
         };
-        let full = Shared {
-            allowance,
-            value: ratelimit(&quoted, allowance),
-        };
+        // Cloned for most requests under the limit: held by an owner, a clone is one reference
+        // count (a `Bytes` made from a `Vec` checks its kind first).
+        let value = ratelimit(&quoted, allowance);
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(value.as_bytes().to_vec()))
+            .unwrap_or(value);
+        let full = Shared { allowance, value };
         let inner = Inner {
             outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
             policy: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("\"\"")),
@@ -192,28 +194,11 @@ impl RateLimit {
 // === impl Inner ===
 
 impl Inner {
-    /// What the store decided for a request, as the hook's result: an allowance noted for
-    /// `on_response`, a refusal, or what `on_store_error` says.
+    /// What the store answered for a request, as the hook's result: its decision
+    /// ([`Inner::answer`]), or what `on_store_error` says when the store failed.
     fn decided(&self, ctx: &mut RequestCtx, decided: Result<Decision, StoreError>) -> Flow {
         match decided {
-            Ok(decision) if decision.allowed => {
-                self.count(Outcome::Allowed);
-                let allowance = Allowance {
-                    remaining: decision.remaining,
-                    reset: seconds(decision.reset),
-                };
-                let value = if allowance == self.full.allowance {
-                    self.full.value.clone()
-                } else {
-                    ratelimit(&self.quoted, allowance)
-                };
-                ctx.add_response_header(RATELIMIT.clone(), value);
-                Flow::Continue
-            }
-            Ok(decision) => {
-                self.count(Outcome::Limited);
-                Flow::respond(self.refuse(&decision, ctx))
-            }
+            Ok(decision) => self.answer(ctx, &decision),
             Err(error) => {
                 self.count(Outcome::StoreError);
                 if self.log.allow() {
@@ -230,6 +215,28 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The request's way on a store's decision: on, with its `RateLimit` field, when allowed;
+    /// else refused.
+    #[inline]
+    fn answer(&self, ctx: &mut RequestCtx, decision: &Decision) -> Flow {
+        if !decision.allowed {
+            self.count(Outcome::Limited);
+            return Flow::respond(self.refuse(decision, ctx));
+        }
+        self.count(Outcome::Allowed);
+        let allowance = Allowance {
+            remaining: decision.remaining,
+            reset: seconds(decision.reset),
+        };
+        let value = if allowance == self.full.allowance {
+            self.full.value.clone()
+        } else {
+            ratelimit(&self.quoted, allowance)
+        };
+        ctx.add_response_header(RATELIMIT.clone(), value);
+        Flow::Continue
     }
 
     /// The early answer for a refused request.
@@ -312,7 +319,7 @@ impl Device for RateLimit {
                 .with_bytes(ctx, req, Some(route), |key| {
                     store.check(key, ctx.info().started)
                 })
-                .map(|decision| inner.decided(ctx, Ok(decision))),
+                .map(|decision| inner.answer(ctx, &decision)),
             Store::Redis(store) => key
                 .with_bytes(ctx, req, Some(route), |key| store.check(key))
                 .map(|call| {

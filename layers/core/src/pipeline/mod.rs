@@ -64,6 +64,10 @@ struct Inner {
     by_phase: [Box<[Entry]>; 7],
     /// How much clients are told about failures.
     error_detail: ErrorDetail,
+    /// Whether a device takes part in a phase after routing ([`Pipeline::runs_after_routing`]).
+    after_routing: bool,
+    /// Whether request body bytes are counted ([`Pipeline::counts_body`]).
+    counts_body: bool,
 }
 
 /// A device hook of a phase that may answer, over the phase's head type.
@@ -127,11 +131,24 @@ impl Pipeline {
                 })
                 .collect::<Box<[_]>>()
         });
+        let has = |phase: Phase| !by_phase[phase as usize].is_empty();
+        let after_routing = [
+            Phase::BeforeProxy,
+            Phase::AfterProxy,
+            Phase::Response,
+            Phase::Error,
+            Phase::Complete,
+        ]
+        .into_iter()
+        .any(has);
+        let counts_body = has(Phase::RequestBody) || has(Phase::Complete);
         Self {
             inner: Arc::new(Inner {
                 devices,
                 by_phase,
                 error_detail: ErrorDetail::default(),
+                after_routing,
+                counts_body,
             }),
         }
     }
@@ -177,22 +194,14 @@ impl Pipeline {
     /// noted in the request context.
     #[inline]
     pub fn runs_after_routing(&self) -> bool {
-        [
-            Phase::BeforeProxy,
-            Phase::AfterProxy,
-            Phase::Response,
-            Phase::Error,
-            Phase::Complete,
-        ]
-        .into_iter()
-        .any(|phase| self.has(phase))
+        self.inner.after_routing
     }
 
     /// Whether request body bytes are counted (into [`RequestInfo::received`](crate::RequestInfo::received)): some device
     /// sees the body or the completed transfer.
     #[inline]
     pub fn counts_body(&self) -> bool {
-        self.has(Phase::RequestBody) || self.has(Phase::Complete)
+        self.inner.counts_body
     }
 
     /// The outer layer for a stack with [`Pipeline::proxy_hooks`] inside: `on_request`, body
@@ -252,8 +261,11 @@ impl Pipeline {
     ) -> Step {
         for (at, entry) in self.in_phase(phase).iter().enumerate().skip(from) {
             let device = entry.device.as_ref();
-            match guarded(entry, phase, || hook(device, ctx, head)) {
-                Ok(Flow::Continue) => {}
+            let result = guarded(entry, phase, || hook(device, ctx, head));
+            match result {
+                // A `Continue` holds nothing: forgotten rather than left to the result's drop
+                // glue, a call on every device's every request.
+                Ok(Flow::Continue) => std::mem::forget(result),
                 Ok(Flow::Defer(pending)) => return Step::Wait(at, pending),
                 done => return Step::Done(done),
             }

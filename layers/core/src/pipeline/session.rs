@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, request};
+use http::{HeaderValue, Response, Uri, request};
 
 use super::body::{BodyVerdict, HookedBody};
 use super::{ON_REQUEST, Pipeline, Step};
@@ -73,11 +73,19 @@ impl<'p> Session<'p> {
         peer: SocketAddr,
         started: Instant,
     ) -> Self {
+        // An origin-form target (HTTP/1's usual) is only a path and query: the snapshot is made
+        // of that, without a clone of the empty authority.
+        let uri = match head.uri.path_and_query() {
+            Some(target) if head.uri.scheme().is_none() && head.uri.authority().is_none() => {
+                Uri::from(target.clone())
+            }
+            _ => head.uri.clone(),
+        };
         let info = RequestInfo::new(
             request_id,
             peer,
             head.method.clone(),
-            head.uri.clone(),
+            uri,
             started,
             pipeline.counts_body(),
         );
@@ -106,10 +114,18 @@ impl<'p> Session<'p> {
     /// not there). No future is made unless a device defers its result: the driver awaits
     /// only [`Ran::Waiting`] (or [`Ran::outcome`] for either).
     pub fn on_request<'a>(&'a mut self, head: &'a mut request::Parts, body_ended: bool) -> Ran<'a> {
-        match self
+        let step = self
             .pipeline
-            .run_from(Phase::Request, 0, &mut self.ctx, head, ON_REQUEST)
-        {
+            .run_from(Phase::Request, 0, &mut self.ctx, head, ON_REQUEST);
+        match step {
+            // Every device let the request on, and no body hook waits for a missing body's end.
+            // (A `Continue` holds nothing: forgotten, as in `run_from`.)
+            Step::Done(Ok(Flow::Continue))
+                if !(body_ended && self.pipeline.has(Phase::RequestBody)) =>
+            {
+                std::mem::forget(step);
+                Ran::Ended(None)
+            }
             Step::Done(outcome) => Ran::Ended(self.requested(outcome, body_ended)),
             Step::Wait(at, pending) => Ran::Waiting(Box::pin(async move {
                 let outcome = self
@@ -214,6 +230,8 @@ impl<'p> Session<'p> {
                 self.ctx.origin = Some(Origin::Device);
                 Some(Ok(*response))
             }
+            // Named apart: a `Continue` needs no drop glue run on it.
+            Ok(Flow::Continue) => None,
             Ok(_) => None,
             Err(e) => Some(Err(e.into_error())),
         }
