@@ -230,8 +230,6 @@ impl<'p> Session<'p> {
                 self.ctx.origin = Some(Origin::Device);
                 Some(Ok(*response))
             }
-            // Named apart: a `Continue` needs no drop glue run on it.
-            Ok(Flow::Continue) => None,
             Ok(_) => None,
             Err(e) => Some(Err(e.into_error())),
         }
