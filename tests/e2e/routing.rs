@@ -272,3 +272,94 @@ respond = { status = 503, body = "{\"down\":true}", content_type = "application/
         "HEAD response carried a body: {text:?}"
     );
 }
+
+/// With a request-side device in the pipeline (the session path, where the devices see a
+/// snapshot of the URI and routing checks whether they changed the path), a client's dot
+/// segments, encoded separators and absolute-form targets are treated exactly as without one:
+/// normalized and routed, or refused with 400 before any upstream sees them. Every answer,
+/// the refusals included, carries the device's `RateLimit` field.
+#[tokio::test]
+async fn with_a_device_hostile_paths_are_normalized_or_refused_as_without() {
+    let up = upstream::http(upstream::echo("norm")).await;
+    let server = Server::start(&format!(
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[service]]
+name = "echo"
+upstreams = [{{ url = "{}" }}]
+
+[[route]]
+path = "/api"
+service = "echo"
+
+[[route]]
+path = "/"
+respond = {{ status = 200, body = "root" }}
+
+[[device]]
+type = "rate_limit"
+name = "paths"
+key = "client_ip"
+limit = 1000000
+period_ms = 1000
+"#,
+        up.url()
+    ))
+    .await;
+    let exchange = |target: &str| {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
+        let addr = server.addr();
+        async move { raw_exchange(addr, req.as_bytes()).await }
+    };
+    for (sent, forwarded) in [
+        ("/api/a/../b", "/api/b"),
+        ("//api///x", "/api/x"),
+        ("/x/../api/y", "/api/y"),
+        ("/api/%41%2D%5F%2E", "/api/A-_."),
+        ("http://t.test/api/a/./b/../c?q=1", "/api/a/c?q=1"),
+    ] {
+        let res = exchange(sent).await;
+        assert_eq!(
+            res.status,
+            200,
+            "{sent}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+        assert_eq!(res.json()["uri"], forwarded, "{sent} forwarded as");
+        assert!(
+            res.header("ratelimit").is_some(),
+            "{sent}: no RateLimit field"
+        );
+    }
+    let res = exchange("/api/../x").await;
+    assert_eq!((res.status, res.body.as_slice()), (200, &b"root"[..]));
+    let served = up.requests();
+    for path in [
+        "/../x",
+        "/a/../../x",
+        "/api/%2e%2e/%2e%2e/etc/passwd",
+        "/api/a%2fb",
+        "/api/a%5cb",
+        "/api/a%00",
+        "http://t.test/api/../../x",
+    ] {
+        let res = exchange(path).await;
+        assert_eq!(
+            res.status,
+            400,
+            "{path}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+        assert!(
+            res.header("x-request-id").is_some(),
+            "{path}: no x-request-id"
+        );
+        assert!(
+            res.header("ratelimit").is_some(),
+            "{path}: no RateLimit field"
+        );
+    }
+    assert_eq!(up.requests(), served, "a refused path reached the upstream");
+}
