@@ -76,9 +76,10 @@ type Hook<H> = fn(&dyn Device, &mut RequestCtx, &mut H) -> DeviceResult;
 /// The `on_request` hook.
 const ON_REQUEST: Hook<request::Parts> = |d, c, h| d.on_request(c, h);
 
-/// Where a phase stopped: done with its result, or waiting on the deferred result of its
-/// device at an index.
+/// Where a phase stopped: passed (every device let the request on), done with a device's
+/// answer or failure, or waiting on the deferred result of its device at an index.
 enum Step {
+    Passed,
     Done(DeviceResult),
     Wait(usize, Deferred),
 }
@@ -243,6 +244,7 @@ impl Pipeline {
         hook: Hook<H>,
     ) -> DeviceResult {
         match self.run_from(phase, 0, ctx, head, hook) {
+            Step::Passed => Ok(Flow::Continue),
             Step::Done(result) => result,
             Step::Wait(at, pending) => {
                 Box::pin(self.resume(phase, at, pending, ctx, head, hook)).await
@@ -270,7 +272,7 @@ impl Pipeline {
                 done => return Step::Done(done),
             }
         }
-        Step::Done(Ok(Flow::Continue))
+        Step::Passed
     }
 
     /// The rest of a phase whose device at `at` deferred its result.
@@ -289,6 +291,7 @@ impl Pipeline {
                 answer => return Ok(answer),
             }
             match self.run_from(phase, at + 1, ctx, head, hook) {
+                Step::Passed => return Ok(Flow::Continue),
                 Step::Done(result) => return result,
                 Step::Wait(next, deferred) => (at, pending) = (next, deferred),
             }

@@ -114,19 +114,12 @@ impl<'p> Session<'p> {
     /// not there). No future is made unless a device defers its result: the driver awaits
     /// only [`Ran::Waiting`] (or [`Ran::outcome`] for either).
     pub fn on_request<'a>(&'a mut self, head: &'a mut request::Parts, body_ended: bool) -> Ran<'a> {
-        let step = self
+        match self
             .pipeline
-            .run_from(Phase::Request, 0, &mut self.ctx, head, ON_REQUEST);
-        match step {
-            // Every device let the request on, and no body hook waits for a missing body's end.
-            // (A `Continue` holds nothing: forgotten, as in `run_from`.)
-            Step::Done(Ok(Flow::Continue))
-                if !(body_ended && self.pipeline.has(Phase::RequestBody)) =>
-            {
-                std::mem::forget(step);
-                Ran::Ended(None)
-            }
-            Step::Done(outcome) => Ran::Ended(self.requested(outcome, body_ended)),
+            .run_from(Phase::Request, 0, &mut self.ctx, head, ON_REQUEST)
+        {
+            Step::Passed => Ran::Ended(self.passed(body_ended)),
+            Step::Done(outcome) => Ran::Ended(self.answered(outcome)),
             Step::Wait(at, pending) => Ran::Waiting(Box::pin(async move {
                 let outcome = self
                     .pipeline
@@ -137,23 +130,30 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// `on_request`'s outcome as the request's answer, once the body hooks saw the end of a
-    /// body that is not there (`body_ended`).
+    /// A deferred `on_request`'s outcome as the request's answer (see [`Session::passed`] for
+    /// one every device let on).
     fn requested(&mut self, outcome: DeviceResult, body_ended: bool) -> Option<Answer> {
-        if let Some(answer) = self.answered(outcome) {
-            return Some(answer);
+        match outcome {
+            Ok(Flow::Continue) => self.passed(body_ended),
+            outcome => self.answered(outcome),
         }
-        if body_ended && self.pipeline.has(Phase::RequestBody) {
-            let body_ctx = BodyCtx {
-                info: self.ctx.info().clone(),
-                bytes_before: 0,
-            };
-            let outcome = self
-                .pipeline
-                .on_request_body(&body_ctx, &Bytes::new(), true);
-            return self.answered(outcome);
+    }
+
+    /// The answer for a request every `on_request` hook let on: none, unless the body hooks,
+    /// shown the end of a body that is not there (`body_ended`), stop it.
+    #[inline]
+    fn passed(&mut self, body_ended: bool) -> Option<Answer> {
+        if !(body_ended && self.pipeline.has(Phase::RequestBody)) {
+            return None;
         }
-        None
+        let body_ctx = BodyCtx {
+            info: self.ctx.info().clone(),
+            bytes_before: 0,
+        };
+        let outcome = self
+            .pipeline
+            .on_request_body(&body_ctx, &Bytes::new(), true);
+        self.answered(outcome)
     }
 
     /// The request body as the rest of the request should read it: run through the body hooks
