@@ -167,9 +167,7 @@ impl RateLimit {
         };
         // Cloned for most requests under the limit: held by an owner, a clone is one reference
         // count (a `Bytes` made from a `Vec` checks its kind first).
-        let value = ratelimit(&quoted, allowance);
-        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(value.as_bytes().to_vec()))
-            .unwrap_or(value);
+        let value = field_value(Bytes::from_owner(ratelimit_bytes(&quoted, allowance)));
         let full = Shared { allowance, value };
         let inner = Inner {
             outcomes: RATE_LIMIT_REQUESTS.get(&[&options.name]),
@@ -369,9 +367,20 @@ where
     }
 }
 
+/// The `RateLimit` field value of the policy named `quoted` for `allowance`.
+fn ratelimit(quoted: &str, allowance: Allowance) -> HeaderValue {
+    field_value(Bytes::from(ratelimit_bytes(quoted, allowance)))
+}
+
+/// A formatted value as a field value. `quoted` is printable ASCII (see `quoted`), the rest
+/// digits and punctuation, so this never falls back.
+fn field_value(bytes: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
 /// The `RateLimit` item of the policy named `quoted` for `allowance`, formatted without `fmt`
 /// into one allocation of its exact size (which `Bytes` then owns as it is).
-fn ratelimit(quoted: &str, allowance: Allowance) -> HeaderValue {
+fn ratelimit_bytes(quoted: &str, allowance: Allowance) -> Vec<u8> {
     let mut remaining = itoa::Buffer::new();
     let mut reset = itoa::Buffer::new();
     let parts: [&[u8]; 4] = [
@@ -387,8 +396,7 @@ fn ratelimit(quoted: &str, allowance: Allowance) -> HeaderValue {
         value.extend_from_slice(part);
     }
     value.extend_from_slice(reset);
-    // `quoted` is printable ASCII (see `quoted`), the rest digits and punctuation.
-    HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or(HeaderValue::from_static("\"\""))
+    value
 }
 
 /// Whole seconds, rounded up.
