@@ -112,7 +112,37 @@ async fn no_route_is_404_with_request_id_on_h1_and_h2() {
 #[tokio::test]
 async fn paths_are_normalized_before_routing_and_forwarding() {
     let up = upstream::http(upstream::echo("norm")).await;
-    let server = Server::start(&format!(
+    let server = Server::start(&api_and_root(&up.url(), "")).await;
+    let cases = [
+        ("/api/a/../b", "/api/b"),
+        ("/api/./a/./b", "/api/a/b"),
+        ("//api///x", "/api/x"),
+        ("/api/%7euser", "/api/~user"),
+        ("/api/%41%2D%5F%2E", "/api/A-_."),
+        ("/x/../api/y", "/api/y"),
+        ("/api/q?a=1&b=../c", "/api/q?a=1&b=../c"),
+        ("/api/a/b/..", "/api/a/"),
+        ("/api/sp%20ace", "/api/sp%20ace"),
+    ];
+    for (sent, forwarded) in cases {
+        let res = get_target(server.addr(), sent).await;
+        assert_eq!(
+            res.status,
+            200,
+            "{sent}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+        assert_eq!(res.json()["uri"], forwarded, "{sent} forwarded as");
+    }
+    // `/apix/../api` is `/api` again; `/api/../x` leaves the service route.
+    let res = get_target(server.addr(), "/api/../x").await;
+    assert_eq!((res.status, res.body.as_slice()), (200, &b"root"[..]));
+}
+
+/// A service `echo` at `url` under `/api`, a synthetic `root` for every other path, and
+/// `extra` (more configuration) after them.
+fn api_and_root(url: &str, extra: &str) -> String {
+    format!(
         r#"
 [[listener]]
 listen = "127.0.0.1:0"
@@ -128,39 +158,15 @@ service = "echo"
 [[route]]
 path = "/"
 respond = {{ status = 200, body = "root" }}
-"#,
-        up.url()
-    ))
-    .await;
-    let cases = [
-        ("/api/a/../b", "/api/b"),
-        ("/api/./a/./b", "/api/a/b"),
-        ("//api///x", "/api/x"),
-        ("/api/%7euser", "/api/~user"),
-        ("/api/%41%2D%5F%2E", "/api/A-_."),
-        ("/x/../api/y", "/api/y"),
-        ("/api/q?a=1&b=../c", "/api/q?a=1&b=../c"),
-        ("/api/a/b/..", "/api/a/"),
-        ("/api/sp%20ace", "/api/sp%20ace"),
-    ];
-    for (sent, forwarded) in cases {
-        let req = format!("GET {sent} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
-        let res = raw_exchange(server.addr(), req.as_bytes()).await;
-        assert_eq!(
-            res.status,
-            200,
-            "{sent}: {}",
-            String::from_utf8_lossy(&res.body)
-        );
-        assert_eq!(res.json()["uri"], forwarded, "{sent} forwarded as");
-    }
-    // `/apix/../api` is `/api` again; `/api/../x` leaves the service route.
-    let res = raw_exchange(
-        server.addr(),
-        b"GET /api/../x HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n",
+{}"#,
+        url, extra
     )
-    .await;
-    assert_eq!((res.status, res.body.as_slice()), (200, &b"root"[..]));
+}
+
+/// `GET target` (any request-target form, sent as it is) on a connection of its own.
+async fn get_target(addr: std::net::SocketAddr, target: &str) -> client::Parsed {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, req.as_bytes()).await
 }
 
 #[tokio::test]
@@ -194,8 +200,7 @@ service = "echo"
         "/a%00",
         "/a%00b/c",
     ] {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
-        let res = raw_exchange(server.addr(), req.as_bytes()).await;
+        let res = get_target(server.addr(), path).await;
         assert_eq!(
             res.status,
             400,
@@ -281,38 +286,16 @@ respond = { status = 503, body = "{\"down\":true}", content_type = "application/
 #[tokio::test]
 async fn with_a_device_hostile_paths_are_normalized_or_refused_as_without() {
     let up = upstream::http(upstream::echo("norm")).await;
-    let server = Server::start(&format!(
-        r#"
-[[listener]]
-listen = "127.0.0.1:0"
-
-[[service]]
-name = "echo"
-upstreams = [{{ url = "{}" }}]
-
-[[route]]
-path = "/api"
-service = "echo"
-
-[[route]]
-path = "/"
-respond = {{ status = 200, body = "root" }}
-
+    let device = r#"
 [[device]]
 type = "rate_limit"
 name = "paths"
 key = "client_ip"
 limit = 1000000
 period_ms = 1000
-"#,
-        up.url()
-    ))
-    .await;
-    let exchange = |target: &str| {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n");
-        let addr = server.addr();
-        async move { raw_exchange(addr, req.as_bytes()).await }
-    };
+"#;
+    let server = Server::start(&api_and_root(&up.url(), device)).await;
+    let exchange = |target| get_target(server.addr(), target);
     for (sent, forwarded) in [
         ("/api/a/../b", "/api/b"),
         ("//api///x", "/api/x"),
